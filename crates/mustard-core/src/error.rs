@@ -1,0 +1,133 @@
+use std::path::PathBuf;
+
+use candle_core::Shape;
+
+/// The result type of mustard-core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in mustard-core. Each variant names the operation and the
+/// values involved, so that the message alone tells what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An error raised inside candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    /// Two inputs of one operation have incompatible shapes.
+    #[error("{op}: shape mismatch between {lhs_name} {lhs:?} and {rhs_name} {rhs:?}")]
+    ShapeMismatch {
+        /// The operation.
+        op: &'static str,
+        /// Name of the first input.
+        lhs_name: &'static str,
+        /// Shape of the first input.
+        lhs: Shape,
+        /// Name of the second input.
+        rhs_name: &'static str,
+        /// Shape of the second input.
+        rhs: Shape,
+    },
+
+    /// An input has a shape the operation cannot take.
+    #[error("{op}: {name} has shape {shape:?}, expected {expected}")]
+    UnexpectedShape {
+        /// The operation.
+        op: &'static str,
+        /// Name of the input.
+        name: &'static str,
+        /// Its shape.
+        shape: Shape,
+        /// What the operation expects, in words.
+        expected: String,
+    },
+
+    /// Top-K asked for more elements than the map holds.
+    #[error("{op}: k = {k} is larger than the {available} elements of a map of shape {shape:?}")]
+    TopKTooLarge {
+        /// The operation.
+        op: &'static str,
+        /// The requested number of elements.
+        k: usize,
+        /// The number of elements available.
+        available: usize,
+        /// The shape of the map.
+        shape: Shape,
+    },
+
+    /// A configuration value is out of range.
+    #[error("{what}: {reason}")]
+    InvalidConfig {
+        /// The setting, e.g. `max_pool2d padding`.
+        what: &'static str,
+        /// Why it is invalid.
+        reason: String,
+    },
+
+    /// A device string could not be parsed.
+    #[error("invalid device {input:?}: expected `cpu`, `cuda`, `cuda:N` or `metal`")]
+    InvalidDevice {
+        /// What the user wrote.
+        input: String,
+    },
+
+    /// The device exists in the syntax but this build lacks its backend.
+    #[error("device `{device}` needs mustard built with the `{feature}` feature (cargo build --features {feature})")]
+    BackendUnavailable {
+        /// The requested device.
+        device: String,
+        /// The cargo feature that enables it.
+        feature: &'static str,
+    },
+
+    /// A tensor holds NaN or infinite values where finite ones are required.
+    #[error("{what} is not finite ({value})")]
+    NonFinite {
+        /// What was checked, e.g. `loss of task detection at step 12`.
+        what: String,
+        /// The offending value.
+        value: f64,
+    },
+
+    /// A saved state does not fit the object it is loaded into.
+    #[error("{path}: {reason}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// What does not fit: missing keys, shapes…
+        reason: String,
+    },
+
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// A shape error for an input with a wrong rank or size.
+    pub(crate) fn shape(
+        op: &'static str,
+        name: &'static str,
+        shape: &Shape,
+        expected: impl Into<String>,
+    ) -> Self {
+        Error::UnexpectedShape {
+            op,
+            name,
+            shape: shape.clone(),
+            expected: expected.into(),
+        }
+    }
+
+    /// A configuration error.
+    pub(crate) fn config(what: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidConfig {
+            what,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! CenterNet heatmap utilities: peak extraction (3x3 max-pool NMS, top-K) for decoding and
+//! Gaussian rendering for target encoding ("Objects as Points", §3 and §4;
+//! <https://arxiv.org/abs/1904.07850>).
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+use candle_core::{DType, Tensor};
+use rayon::prelude::*;
+
+use crate::ops::{max_pool2d, MaxPool2dConfig};
+use crate::{Error, Result};
+
+/// Keeps only local maxima: `h · (h == maxpool_k×k(h, stride 1, pad k/2))`.
+///
+/// # Shapes
+/// `(B, C, H, W)` → `(B, C, H, W)`.
+pub fn nms(heat: &Tensor, kernel: usize) -> Result<Tensor> {
+    if kernel % 2 == 0 {
+        return Err(Error::config(
+            "heatmap nms",
+            format!("kernel {kernel} must be odd"),
+        ));
+    }
+    let hmax = max_pool2d(
+        heat,
+        MaxPool2dConfig {
+            kernel,
+            stride: 1,
+            padding: kernel / 2,
+        },
+    )?;
+    let keep = hmax.eq(heat)?.to_dtype(heat.dtype())?;
+    Ok((heat * keep)?)
+}
+
+/// The K highest peaks of one image, best first.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TopK {
+    /// Scores, descending (ties: lower class, then lower position first).
+    pub scores: Vec<f32>,
+    /// Channel (class) of each peak.
+    pub classes: Vec<u32>,
+    /// Row of each peak.
+    pub ys: Vec<u32>,
+    /// Column of each peak.
+    pub xs: Vec<u32>,
+}
+
+impl TopK {
+    /// Number of peaks.
+    pub fn len(&self) -> usize {
+        self.scores.len()
+    }
+
+    /// Whether there are no peaks.
+    pub fn is_empty(&self) -> bool {
+        self.scores.is_empty()
+    }
+
+    /// Flat positions `y · W + x` of the peaks in a map of width `width`.
+    pub fn positions(&self, width: usize) -> Vec<u32> {
+        self.ys
+            .iter()
+            .zip(&self.xs)
+            .map(|(&y, &x)| y * width as u32 + x)
+            .collect()
+    }
+}
+
+/// A score ordered so that a larger score, then a smaller index, is "greater".
+#[derive(Clone, Copy, PartialEq)]
+struct Candidate {
+    score: f32,
+    index: usize,
+}
+
+impl Eq for Candidate {}
+
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.index.cmp(&self.index))
+    }
+}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Top-K over all classes and positions of each image, without sorting the whole map: a
+/// K-element min-heap rejects almost every value with one comparison.
+///
+/// # Shapes
+/// `heat`: `(B, C, H, W)`; returns `B` results of `k` peaks each.
+pub fn topk(heat: &Tensor, k: usize) -> Result<Vec<TopK>> {
+    select(heat, k, None)
+}
+
+/// `topk(nms(heat, kernel), k)` fused: the local-maximum test runs only for the few values that
+/// would enter the top-K, so decoding costs about one comparison per value. Suppressed values
+/// count as score 0, exactly as in the two-step form.
+///
+/// # Shapes
+/// `heat`: `(B, C, H, W)`; returns `B` results of `k` peaks each.
+pub fn topk_peaks(heat: &Tensor, kernel: usize, k: usize) -> Result<Vec<TopK>> {
+    if kernel % 2 == 0 {
+        return Err(Error::config("heatmap nms", format!("kernel {kernel} must be odd")));
+    }
+    select(heat, k, Some(kernel / 2))
+}
+
+/// Whether `plane[y·w + x]` is the maximum of its `(2r + 1)²` window (clipped at the borders).
+fn is_local_max(plane: &[f32], (h, w): (usize, usize), (y, x): (usize, usize), r: usize) -> bool {
+    let v = plane[y * w + x];
+    let (y0, y1, x0, x1) = (y.saturating_sub(r), (y + r + 1).min(h), x.saturating_sub(r), (x + r + 1).min(w));
+    (y0..y1).all(|yy| plane[yy * w + x0..yy * w + x1].iter().all(|&n| n <= v))
+}
+
+fn select(heat: &Tensor, k: usize, nms_radius: Option<usize>) -> Result<Vec<TopK>> {
+    let (_, c, h, w) = heat
+        .dims4()
+        .map_err(|_| Error::shape("heatmap topk", "heat", heat.shape(), "(B, C, H, W)"))?;
+    let available = c * h * w;
+    if available == 0 {
+        return Err(Error::shape("heatmap topk", "heat", heat.shape(), "a non-empty map"));
+    }
+    if k > available {
+        return Err(Error::TopKTooLarge { op: "heatmap topk", k, available, shape: heat.shape().clone() });
+    }
+    let data = heat.to_dtype(DType::F32)?.flatten_from(1)?.to_vec2::<f32>()?;
+    data.par_iter()
+        .enumerate()
+        .map(|(image, values)| {
+            let mut heap: BinaryHeap<Reverse<Candidate>> = BinaryHeap::with_capacity(k + 1);
+            for (index, &score) in values.iter().enumerate() {
+                if score.is_nan() {
+                    return Err(Error::NonFinite {
+                        what: format!(
+                            "heatmap value of image {image} at channel {}, y {}, x {}",
+                            index / (h * w),
+                            index % (h * w) / w,
+                            index % w
+                        ),
+                        value: f64::NAN,
+                    });
+                }
+                let mut cand = Candidate { score, index };
+                // Suppression only lowers a score, so a value that cannot enter the heap as it
+                // is cannot enter it suppressed either.
+                if heap.len() == k && heap.peek().is_some_and(|worst| cand <= worst.0) {
+                    continue;
+                }
+                if let Some(r) = nms_radius {
+                    let plane = &values[index / (h * w) * h * w..][..h * w];
+                    if !is_local_max(plane, (h, w), (index % (h * w) / w, index % w), r) {
+                        cand.score = 0.0;
+                    }
+                }
+                if heap.len() < k {
+                    heap.push(Reverse(cand));
+                } else if let Some(mut worst) = heap.peek_mut() {
+                    if cand > worst.0 {
+                        *worst = Reverse(cand);
+                    }
+                }
+            }
+            let mut best: Vec<Candidate> = heap.into_iter().map(|r| r.0).collect();
+            best.sort_unstable_by(|a, b| b.cmp(a));
+            let mut out = TopK::default();
+            for cand in best {
+                out.scores.push(cand.score);
+                out.classes.push((cand.index / (h * w)) as u32);
+                out.ys.push((cand.index % (h * w) / w) as u32);
+                out.xs.push((cand.index % w) as u32);
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+/// The radius of the Gaussian for a box of `height` x `width` output pixels (SPEC §3): the
+/// largest shift of a corner that keeps IoU ≥ `min_overlap`, the minimum over three cases.
+pub fn gaussian_radius(height: f64, width: f64, min_overlap: f64) -> f64 {
+    let m = min_overlap;
+    let (b1, c1) = (height + width, width * height * (1.0 - m) / (1.0 + m));
+    let r1 = (b1 - (b1 * b1 - 4.0 * c1).sqrt()) / 2.0;
+    let (b2, c2) = (2.0 * (height + width), (1.0 - m) * width * height);
+    let r2 = (b2 - (b2 * b2 - 16.0 * c2).sqrt()) / 8.0;
+    let (b3, c3) = (-2.0 * m * (height + width), (m - 1.0) * width * height);
+    let r3 = (b3 + (b3 * b3 - 16.0 * m * c3).sqrt()) / (8.0 * m);
+    r1.min(r2).min(r3)
+}
+
+/// The integer radius CenterNet draws with: `max(0, floor(gaussian_radius(ceil h, ceil w, 0.7)))`.
+pub fn object_radius(height: f64, width: f64) -> usize {
+    let r = gaussian_radius(height.ceil(), width.ceil(), 0.7).floor();
+    if r.is_finite() && r > 0.0 {
+        r as usize
+    } else {
+        0
+    }
+}
+
+/// A `(2r + 1)²` Gaussian with σ = (2r + 1) / 6, values below `f32::EPSILON · max` set to 0.
+pub fn gaussian_kernel(radius: usize) -> Vec<f64> {
+    let d = 2 * radius + 1;
+    let sigma = d as f64 / 6.0;
+    let r = radius as f64;
+    let mut g = Vec::with_capacity(d * d);
+    for y in 0..d {
+        for x in 0..d {
+            let (dy, dx) = (y as f64 - r, x as f64 - r);
+            g.push((-(dx * dx + dy * dy) / (2.0 * sigma * sigma)).exp());
+        }
+    }
+    let max = g.iter().cloned().fold(0.0, f64::max);
+    for v in &mut g {
+        if *v < f32::EPSILON as f64 * max {
+            *v = 0.0;
+        }
+    }
+    g
+}
+
+/// Draws a Gaussian of `radius` centred on the integer point `(cx, cy)` into a row-major
+/// `height` x `width` map with element-wise maximum, clipped at the borders.
+pub fn draw_gaussian(
+    map: &mut [f32],
+    (height, width): (usize, usize),
+    (cx, cy): (i64, i64),
+    radius: usize,
+) -> Result<()> {
+    if map.len() != height * width {
+        return Err(Error::config(
+            "draw_gaussian",
+            format!(
+                "map holds {} values, expected {height} x {width} = {}",
+                map.len(),
+                height * width
+            ),
+        ));
+    }
+    let kernel = gaussian_kernel(radius);
+    let (r, d) = (radius as i64, 2 * radius as i64 + 1);
+    let (h, w) = (height as i64, width as i64);
+    if cx < 0 || cy < 0 || cx >= w || cy >= h {
+        return Ok(());
+    }
+    let (left, right) = (cx.min(r), (w - cx).min(r + 1));
+    let (top, bottom) = (cy.min(r), (h - cy).min(r + 1));
+    for y in -top..bottom {
+        let row = ((cy + y) * w) as usize;
+        let krow = ((r + y) * d) as usize;
+        for x in -left..right {
+            let g = kernel[krow + (r + x) as usize] as f32;
+            let v = &mut map[row + (cx + x) as usize];
+            if g > *v {
+                *v = g;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    #[test]
+    fn radius_matches_hand_computed_values() {
+        // A 10x10 box: r1 = (20 − √(400 − 4·100·0.3/1.7))/2, r2 = (40 − √(1600 − 16·30))/8,
+        // r3 = (−14 + √(196 + 16·0.7·30))/5.6.
+        let r1 = (20.0 - (400.0f64 - 4.0 * 100.0 * 0.3 / 1.7).sqrt()) / 2.0;
+        let r2 = (40.0 - (1600.0f64 - 16.0 * 30.0).sqrt()) / 8.0;
+        let r3 = (-14.0 + (196.0f64 + 16.0 * 0.7 * 30.0).sqrt()) / 5.6;
+        assert_eq!(gaussian_radius(10.0, 10.0, 0.7), r1.min(r2).min(r3));
+        assert!((gaussian_radius(10.0, 10.0, 0.7) - 0.816_699_867).abs() < 1e-8);
+        assert_eq!(object_radius(10.0, 10.0), 0);
+        assert_eq!(object_radius(40.0, 25.3), 2);
+        assert_eq!(object_radius(100.0, 80.0), 7);
+        assert_eq!(object_radius(0.0, 0.0), 0);
+    }
+
+    #[test]
+    fn gaussian_is_drawn_with_max_and_clipped() {
+        let mut map = vec![0f32; 5 * 6];
+        map[0] = 0.9;
+        draw_gaussian(&mut map, (5, 6), (0, 0), 1).unwrap();
+        let sigma = 0.5f64;
+        let edge = (-1.0 / (2.0 * sigma * sigma)).exp() as f32;
+        let corner = (-2.0 / (2.0 * sigma * sigma)).exp() as f32;
+        assert_eq!(map[0], 1.0);
+        assert_eq!(map[1], edge);
+        assert_eq!(map[6], edge);
+        assert_eq!(map[7], corner);
+        assert_eq!(map[2], 0.0);
+        let before = map.clone();
+        draw_gaussian(&mut map, (5, 6), (0, 0), 0).unwrap();
+        assert_eq!(map, before);
+        draw_gaussian(&mut map, (5, 6), (6, 0), 1).unwrap();
+        assert_eq!(map, before, "a centre outside the map draws nothing");
+    }
+
+    #[test]
+    fn nms_keeps_only_local_maxima_and_topk_orders_them() {
+        let v: Vec<f32> = vec![
+            0.1, 0.9, 0.2, 0.0, //
+            0.3, 0.4, 0.1, 0.7, //
+            0.0, 0.0, 0.1, 0.2, //
+            0.8, 0.1, 0.0, 0.6,
+        ];
+        let heat = Tensor::from_vec(v, (1, 1, 4, 4), &Device::Cpu).unwrap();
+        let kept = nms(&heat, 3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut expected = vec![0f32; 16];
+        for i in [1, 7, 12, 15] {
+            expected[i] = [
+                0.1, 0.9, 0.2, 0.0, 0.3, 0.4, 0.1, 0.7, 0.0, 0.0, 0.1, 0.2, 0.8, 0.1, 0.0, 0.6,
+            ][i];
+        }
+        assert_eq!(kept, expected);
+        let kept = Tensor::from_vec(kept, (1, 1, 4, 4), &Device::Cpu).unwrap();
+        let top = topk(&kept, 3).unwrap();
+        assert_eq!(
+            top[0],
+            TopK {
+                scores: vec![0.9, 0.8, 0.7],
+                classes: vec![0; 3],
+                ys: vec![0, 3, 1],
+                xs: vec![1, 0, 3]
+            }
+        );
+        assert_eq!(top[0].positions(4), vec![1, 12, 7]);
+    }
+
+    #[test]
+    fn fused_peaks_equal_nms_then_topk() {
+        let mut s = 12345u64;
+        let v: Vec<f32> = (0..2 * 3 * 9 * 7)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+                ((s >> 33) % 50) as f32 / 50.0
+            })
+            .collect();
+        let heat = Tensor::from_vec(v, (2, 3, 9, 7), &Device::Cpu).unwrap();
+        for k in [1, 5, 40, 189] {
+            let two_step = topk(&nms(&heat, 3).unwrap(), k).unwrap();
+            assert_eq!(topk_peaks(&heat, 3, k).unwrap(), two_step, "k = {k}");
+        }
+        assert_eq!(topk_peaks(&heat, 5, 40).unwrap(), topk(&nms(&heat, 5).unwrap(), 40).unwrap());
+    }
+
+    #[test]
+    fn topk_breaks_ties_by_class_then_position() {
+        let heat = Tensor::ones((1, 2, 2, 2), DType::F32, &Device::Cpu).unwrap();
+        let top = topk(&heat, 5).unwrap();
+        assert_eq!(top[0].classes, vec![0, 0, 0, 0, 1]);
+        assert_eq!(top[0].ys, vec![0, 0, 1, 1, 0]);
+        assert_eq!(top[0].xs, vec![0, 1, 0, 1, 0]);
+    }
+
+    #[test]
+    fn topk_rejects_bad_input_with_the_shape() {
+        let heat = Tensor::zeros((2, 3, 4, 5), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(
+            topk(&heat, 61).unwrap_err().to_string(),
+            "heatmap topk: k = 61 is larger than the 60 elements of a map of shape [2, 3, 4, 5]"
+        );
+        let flat = Tensor::zeros((3, 4), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(
+            topk(&flat, 1).unwrap_err().to_string(),
+            "heatmap topk: heat has shape [3, 4], expected (B, C, H, W)"
+        );
+        let empty = Tensor::zeros((1, 0, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(
+            topk(&empty, 0).unwrap_err().to_string(),
+            "heatmap topk: heat has shape [1, 0, 4, 4], expected a non-empty map"
+        );
+        let nan = Tensor::new(&[[[[0.5f32, f32::NAN]]]], &Device::Cpu).unwrap();
+        assert_eq!(
+            topk(&nan, 1).unwrap_err().to_string(),
+            "heatmap value of image 0 at channel 0, y 0, x 1 is not finite (NaN)"
+        );
+    }
+}

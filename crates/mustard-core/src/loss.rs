@@ -1,0 +1,351 @@
+//! Losses of the task heads (SPEC §4), from raw logits, honouring per-image presence masks.
+
+use candle_core::{DType, Tensor, D};
+
+use crate::{Error, Result};
+
+/// Probability clamp of CenterNet's `_sigmoid`.
+const P_MIN: f64 = 1e-4;
+
+fn same_shape(
+    op: &'static str,
+    lhs_name: &'static str,
+    lhs: &Tensor,
+    rhs_name: &'static str,
+    rhs: &Tensor,
+) -> Result<()> {
+    if lhs.shape() != rhs.shape() {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs_name,
+            lhs: lhs.shape().clone(),
+            rhs_name,
+            rhs: rhs.shape().clone(),
+        });
+    }
+    if lhs.elem_count() == 0 {
+        return Err(Error::shape(
+            op,
+            lhs_name,
+            lhs.shape(),
+            "a non-empty tensor",
+        ));
+    }
+    Ok(())
+}
+
+/// `log σ(x) = min(x, 0) − log(1 + e^{−|x|})`, stable for any x.
+fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
+    Ok((x.minimum(0.0)? - (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?)
+}
+
+/// Checks a `(B,)` presence mask against a batch of `b` images and returns it as `dtype`.
+fn presence_weights(op: &'static str, presence: &Tensor, b: usize, dtype: DType) -> Result<Tensor> {
+    if presence.dims() != [b] {
+        return Err(Error::shape(
+            op,
+            "presence",
+            presence.shape(),
+            format!("({b},), one flag per image"),
+        ));
+    }
+    Ok(presence.to_dtype(dtype)?)
+}
+
+/// Penalty-reduced pixel-wise focal loss of CenterNet, from logits.
+///
+/// With `p = clamp(σ(x), 1e−4, 1 − 1e−4)` and `N = #(y == 1)`:
+/// `L = −(1/N) Σ [y = 1: (1 − p)² log p ; y < 1: (1 − y)⁴ p² log(1 − p)]`, and when `N = 0` only
+/// the negative term, undivided. `log p` and `log(1 − p)` are computed as clamped
+/// log-sigmoids, so large logits never produce `log 0`. With `presence` (`(B,)`, 1 where the
+/// image carries this task's labels) absent images contribute nothing.
+///
+/// # Shapes
+/// `logits`, `target`: `(B, C, H, W)`; `presence`: `(B,)`; returns a scalar.
+pub fn focal_loss(logits: &Tensor, target: &Tensor, presence: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "focal_loss";
+    same_shape(OP, "logits", logits, "target", target)?;
+    let b = logits.dim(0)?;
+    let target = target.to_dtype(logits.dtype())?;
+    let (lo, hi) = (P_MIN.ln(), (1.0 - P_MIN).ln());
+    let log_p = log_sigmoid(logits)?.clamp(lo, hi)?;
+    let log_1mp = log_sigmoid(&logits.neg()?)?.clamp(lo, hi)?;
+    let p = log_p.exp()?;
+    let pos = target.eq(1.0)?.to_dtype(logits.dtype())?;
+    let neg = target.lt(1.0)?.to_dtype(logits.dtype())?;
+    let pos_loss = ((log_p * (1.0 - &p)?.sqr()?)? * &pos)?;
+    let neg_loss = ((log_1mp * p.sqr()?)? * (1.0 - &target)?.powf(4.0)?)?.mul(&neg)?;
+    // Per image sums, so that a presence mask can drop images.
+    let per_image = |t: &Tensor| t.flatten_from(1)?.sum(1);
+    let (mut pos_sum, mut neg_sum, mut num_pos) = (
+        per_image(&pos_loss)?,
+        per_image(&neg_loss)?,
+        per_image(&pos)?,
+    );
+    if let Some(presence) = presence {
+        let w = presence_weights(OP, presence, b, logits.dtype())?;
+        pos_sum = (pos_sum * &w)?;
+        neg_sum = (neg_sum * &w)?;
+        num_pos = (num_pos * &w)?;
+    }
+    // pos_sum is 0 when N = 0, so dividing by max(N, 1) is the reference's two cases in one.
+    let total = (pos_sum.sum_all()? + neg_sum.sum_all()?)?;
+    Ok(total
+        .neg()?
+        .broadcast_div(&num_pos.sum_all()?.maximum(1.0)?)?)
+}
+
+/// L1 regression at object centres: gathers `pred` at the flat positions `ind` and averages
+/// `|pred − target|` over the objects whose `mask` is 1, per coordinate:
+/// `Σ |pred − tgt| · m / (Σ m + 1e−4)` with `m` broadcast over the C channels.
+///
+/// # Shapes
+/// `pred`: `(B, C, H, W)`; `ind`: `(B, K)` integers in `[0, H·W)`; `mask`: `(B, K)`;
+/// `target`: `(B, K, C)`; returns a scalar.
+pub fn reg_l1(pred: &Tensor, ind: &Tensor, mask: &Tensor, target: &Tensor) -> Result<Tensor> {
+    const OP: &str = "reg_l1";
+    let (b, c, h, w) = pred
+        .dims4()
+        .map_err(|_| Error::shape(OP, "pred", pred.shape(), "(B, C, H, W)"))?;
+    let k = match ind.dims() {
+        &[ib, k] if ib == b => k,
+        _ => return Err(Error::shape(OP, "ind", ind.shape(), format!("({b}, K)"))),
+    };
+    if mask.dims() != [b, k] {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            lhs_name: "ind",
+            lhs: ind.shape().clone(),
+            rhs_name: "mask",
+            rhs: mask.shape().clone(),
+        });
+    }
+    if target.dims() != [b, k, c] {
+        return Err(Error::shape(
+            OP,
+            "target",
+            target.shape(),
+            format!("({b}, {k}, {c}) = (B, K, C of pred)"),
+        ));
+    }
+    let ind = ind.to_dtype(DType::U32)?;
+    if k > 0 {
+        let max = ind.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
+        if max >= h * w {
+            return Err(Error::config(
+                OP,
+                format!("index {max} is outside a {h} x {w} map"),
+            ));
+        }
+    }
+    let flat = pred.flatten_from(2)?.transpose(1, 2)?.contiguous()?; // (B, HW, C)
+    let idx = ind.unsqueeze(2)?.broadcast_as((b, k, c))?.contiguous()?;
+    let gathered = flat.gather(&idx, 1)?; // (B, K, C)
+    let m = mask
+        .to_dtype(pred.dtype())?
+        .unsqueeze(2)?
+        .broadcast_as((b, k, c))?;
+    let target = target.to_dtype(pred.dtype())?;
+    let num = ((gathered - target)?.abs()? * &m)?.sum_all()?;
+    Ok((num / (m.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()? + 1e-4))?)
+}
+
+/// Cross-entropy over the class dimension 1, averaged over the elements whose target is not
+/// `ignore_index` (0 when every element is ignored).
+///
+/// # Shapes
+/// `logits`: `(N, C)` or `(N, C, H, W)`; `target`: `(N,)` or `(N, H, W)` integers; returns a
+/// scalar.
+pub fn cross_entropy(logits: &Tensor, target: &Tensor, ignore_index: u32) -> Result<Tensor> {
+    const OP: &str = "cross_entropy";
+    let dims = logits.dims();
+    if dims.len() < 2 || logits.elem_count() == 0 {
+        return Err(Error::shape(
+            OP,
+            "logits",
+            logits.shape(),
+            "(N, C) or (N, C, H, W), non-empty",
+        ));
+    }
+    let mut expected: Vec<usize> = dims.to_vec();
+    let classes = expected.remove(1);
+    if target.dims() != expected.as_slice() {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            lhs_name: "logits",
+            lhs: logits.shape().clone(),
+            rhs_name: "target",
+            rhs: target.shape().clone(),
+        });
+    }
+    let target = target.to_dtype(DType::U32)?;
+    let valid = target.ne(ignore_index)?;
+    let safe = valid.where_cond(&target, &target.zeros_like()?)?;
+    let max = safe.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
+    if max >= classes {
+        return Err(Error::config(OP, format!("target class {max} is not below the {classes} classes of the logits (ignore index {ignore_index})")));
+    }
+    let log_probs = candle_nn::ops::log_softmax(logits, 1)?;
+    let picked = log_probs
+        .gather(&safe.unsqueeze(1)?.contiguous()?, 1)?
+        .squeeze(1)?;
+    let valid = valid.to_dtype(logits.dtype())?;
+    let count = valid.sum_all()?.maximum(1.0)?;
+    Ok((picked * valid)?.sum_all()?.neg()?.broadcast_div(&count)?)
+}
+
+/// Cross-entropy against soft targets (pseudo-labels): `mean_n −Σ_c t[n, c] log softmax(x)[n, c]`.
+///
+/// # Shapes
+/// `logits`, `target`: `(N, C)`; returns a scalar.
+pub fn soft_cross_entropy(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    const OP: &str = "soft_cross_entropy";
+    same_shape(OP, "logits", logits, "target", target)?;
+    if logits.rank() != 2 {
+        return Err(Error::shape(OP, "logits", logits.shape(), "(N, C)"));
+    }
+    let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    Ok((log_probs * target.to_dtype(logits.dtype())?)?
+        .sum(1)?
+        .neg()?
+        .mean_all()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    fn scalar(t: Tensor) -> f64 {
+        t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    #[test]
+    fn focal_loss_follows_the_definition_on_a_small_map() {
+        let x = [2.0f64, -1.0, 0.5, 30.0];
+        let y = [1.0f64, 0.5, 0.0, 0.0];
+        let logits = Tensor::new(&x, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 2, 2))
+            .unwrap();
+        let target = Tensor::new(&y, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 2, 2))
+            .unwrap();
+        let p = |v: f64| (1.0 / (1.0 + (-v).exp())).clamp(1e-4, 1.0 - 1e-4);
+        let mut expected = (1.0 - p(2.0)).powi(2) * p(2.0).ln();
+        for i in 1..4 {
+            expected += (1.0 - y[i]).powi(4) * p(x[i]).powi(2) * (1.0 - p(x[i])).ln();
+        }
+        let got = scalar(focal_loss(&logits, &target, None).unwrap());
+        assert!((got + expected).abs() < 1e-12, "{got} vs {}", -expected);
+    }
+
+    #[test]
+    fn focal_loss_without_positives_is_the_undivided_negative_term() {
+        let logits = Tensor::new(&[[[[0.0f64, 1.0]]]], &Device::Cpu).unwrap();
+        let target = Tensor::new(&[[[[0.0f64, 0.0]]]], &Device::Cpu).unwrap();
+        let p1 = 1.0 / (1.0 + (-1.0f64).exp());
+        let expected = -(0.25 * 0.5f64.ln() + p1 * p1 * (1.0 - p1).ln());
+        assert!((scalar(focal_loss(&logits, &target, None).unwrap()) - expected).abs() < 1e-12);
+    }
+
+    #[test]
+    fn absent_images_contribute_nothing() {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[[[0.3f64, -2.0]]], [[[5.0, 1.0]]]], &dev).unwrap();
+        let target = Tensor::new(&[[[[1.0f64, 0.2]]], [[[0.0, 1.0]]]], &dev).unwrap();
+        let presence = Tensor::new(&[1.0f64, 0.0], &dev).unwrap();
+        let masked = scalar(focal_loss(&logits, &target, Some(&presence)).unwrap());
+        let first = scalar(
+            focal_loss(
+                &logits.narrow(0, 0, 1).unwrap(),
+                &target.narrow(0, 0, 1).unwrap(),
+                None,
+            )
+            .unwrap(),
+        );
+        assert_eq!(masked, first);
+    }
+
+    #[test]
+    fn reg_l1_gathers_at_centres_and_divides_by_coordinates() {
+        let dev = Device::Cpu;
+        // pred (1, 2, 2, 2): channel 0 = [0,1,2,3], channel 1 = [10,11,12,13].
+        let pred =
+            Tensor::new(&[[[[0f32, 1.], [2., 3.]], [[10., 11.], [12., 13.]]]], &dev).unwrap();
+        let ind = Tensor::new(&[[3u32, 1, 0]], &dev).unwrap();
+        let mask = Tensor::new(&[[1f32, 1., 0.]], &dev).unwrap();
+        let target = Tensor::new(&[[[2.5f32, 13.0], [1.0, 10.0], [100., 100.]]], &dev).unwrap();
+        // |3 − 2.5| + |13 − 13| + |1 − 1| + |11 − 10| = 1.5 over 4 coordinates.
+        let got = scalar(reg_l1(&pred, &ind, &mask, &target).unwrap());
+        assert!((got - 1.5 / (4.0 + 1e-4)).abs() < 1e-7, "{got}");
+    }
+
+    #[test]
+    fn cross_entropy_ignores_255_and_soft_targets_reduce_to_hard_ones() {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(
+            &[[1.0f64, 2.0, 0.5], [0.0, 0.0, 3.0], [9.0, 9.0, 9.0]],
+            &dev,
+        )
+        .unwrap();
+        let target = Tensor::new(&[1u32, 2, 255], &dev).unwrap();
+        let lse = |v: [f64; 3]| v.iter().map(|x| x.exp()).sum::<f64>().ln();
+        let expected = ((lse([1.0, 2.0, 0.5]) - 2.0) + (lse([0.0, 0.0, 3.0]) - 3.0)) / 2.0;
+        let got = scalar(cross_entropy(&logits, &target, 255).unwrap());
+        assert!((got - expected).abs() < 1e-12);
+        let onehot = Tensor::new(&[[0.0f64, 1.0, 0.0], [0.0, 0.0, 1.0]], &dev).unwrap();
+        let soft = scalar(soft_cross_entropy(&logits.narrow(0, 0, 2).unwrap(), &onehot).unwrap());
+        assert!((soft - expected).abs() < 1e-12);
+        let all_ignored = Tensor::new(&[255u32, 255, 255], &dev).unwrap();
+        assert_eq!(
+            scalar(cross_entropy(&logits, &all_ignored, 255).unwrap()),
+            0.0
+        );
+    }
+
+    #[test]
+    fn bad_shapes_are_errors_that_name_the_shapes() {
+        let dev = Device::Cpu;
+        let a = Tensor::zeros((1, 2, 4, 4), DType::F32, &dev).unwrap();
+        let b = Tensor::zeros((1, 3, 4, 4), DType::F32, &dev).unwrap();
+        assert_eq!(
+            focal_loss(&a, &b, None).unwrap_err().to_string(),
+            "focal_loss: shape mismatch between logits [1, 2, 4, 4] and target [1, 3, 4, 4]"
+        );
+        let empty = Tensor::zeros((0, 2, 4, 4), DType::F32, &dev).unwrap();
+        assert_eq!(
+            focal_loss(&empty, &empty, None).unwrap_err().to_string(),
+            "focal_loss: logits has shape [0, 2, 4, 4], expected a non-empty tensor"
+        );
+        let presence = Tensor::ones(3, DType::F32, &dev).unwrap();
+        assert_eq!(
+            focal_loss(&a, &a, Some(&presence)).unwrap_err().to_string(),
+            "focal_loss: presence has shape [3], expected (1,), one flag per image"
+        );
+        let ind = Tensor::new(&[[16u32]], &dev).unwrap();
+        let mask = Tensor::ones((1, 1), DType::F32, &dev).unwrap();
+        let target = Tensor::zeros((1, 1, 2), DType::F32, &dev).unwrap();
+        assert_eq!(
+            reg_l1(&a, &ind, &mask, &target).unwrap_err().to_string(),
+            "reg_l1: index 16 is outside a 4 x 4 map"
+        );
+        let target3 = Tensor::zeros((1, 1, 3), DType::F32, &dev).unwrap();
+        assert_eq!(
+            reg_l1(&a, &ind, &mask, &target3).unwrap_err().to_string(),
+            "reg_l1: target has shape [1, 1, 3], expected (1, 1, 2) = (B, K, C of pred)"
+        );
+        let labels = Tensor::new(&[[[7u32; 4]; 4]], &dev).unwrap();
+        assert_eq!(
+            cross_entropy(&a, &labels, 255).unwrap_err().to_string(),
+            "cross_entropy: target class 7 is not below the 2 classes of the logits (ignore index 255)"
+        );
+        let wrong = Tensor::zeros((1, 4), DType::U32, &dev).unwrap();
+        assert_eq!(
+            cross_entropy(&a, &wrong, 255).unwrap_err().to_string(),
+            "cross_entropy: shape mismatch between logits [1, 2, 4, 4] and target [1, 4]"
+        );
+    }
+}

@@ -1,0 +1,211 @@
+use candle_core::{Module, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use super::default_init;
+use crate::Result;
+
+/// Hyperparameters of [`Conv2d`], filled with struct-update syntax.
+#[derive(Debug, Clone, Copy)]
+pub struct Conv2dConfig {
+    /// Zero padding on every side.
+    pub padding: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Dilation.
+    pub dilation: usize,
+    /// Groups (`in_channels` for depthwise).
+    pub groups: usize,
+    /// Whether the layer has a bias.
+    pub bias: bool,
+    /// Weight initialisation; `None` is PyTorch's default.
+    pub weight_init: Option<Init>,
+    /// Bias initialisation; `None` is PyTorch's default.
+    pub bias_init: Option<Init>,
+}
+
+impl Default for Conv2dConfig {
+    fn default() -> Self {
+        Self {
+            padding: 0,
+            stride: 1,
+            dilation: 1,
+            groups: 1,
+            bias: true,
+            weight_init: None,
+            bias_init: None,
+        }
+    }
+}
+
+/// A 2-D convolution with PyTorch's weight layout `(out, in / groups, k, k)`.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    config: Conv2dConfig,
+}
+
+impl Conv2d {
+    /// Creates (or loads) `weight` and optionally `bias` under `vb`.
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        config: Conv2dConfig,
+        vb: VarBuilder<'_>,
+    ) -> Result<Self> {
+        let fan_in = in_channels / config.groups.max(1) * kernel * kernel;
+        let weight = vb.get_with_hints(
+            (
+                out_channels,
+                in_channels / config.groups.max(1),
+                kernel,
+                kernel,
+            ),
+            "weight",
+            config.weight_init.unwrap_or_else(|| default_init(fan_in)),
+        )?;
+        let bias = if config.bias {
+            Some(vb.get_with_hints(
+                out_channels,
+                "bias",
+                config.bias_init.unwrap_or_else(|| default_init(fan_in)),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            config,
+        })
+    }
+
+    /// Wraps existing tensors.
+    pub fn from_tensors(weight: Tensor, bias: Option<Tensor>, config: Conv2dConfig) -> Self {
+        Self {
+            weight,
+            bias,
+            config,
+        }
+    }
+
+    /// The weight, `(out, in / groups, k, k)`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, `(out,)`.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// The hyperparameters.
+    pub fn config(&self) -> &Conv2dConfig {
+        &self.config
+    }
+}
+
+impl Module for Conv2d {
+    /// # Shapes
+    /// `(N, in, H, W)` → `(N, out, (H + 2p − d(k − 1) − 1) / s + 1, …)`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let y = x.conv2d(&self.weight, c.padding, c.stride, c.dilation, c.groups)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Hyperparameters of [`ConvTranspose2d`].
+#[derive(Debug, Clone, Copy)]
+pub struct ConvTranspose2dConfig {
+    /// Padding removed from every side of the output.
+    pub padding: usize,
+    /// Extra rows/columns added at the bottom/right of the output.
+    pub output_padding: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Dilation.
+    pub dilation: usize,
+    /// Whether the layer has a bias.
+    pub bias: bool,
+    /// Weight initialisation; `None` is PyTorch's default.
+    pub weight_init: Option<Init>,
+}
+
+impl Default for ConvTranspose2dConfig {
+    fn default() -> Self {
+        Self {
+            padding: 0,
+            output_padding: 0,
+            stride: 1,
+            dilation: 1,
+            bias: true,
+            weight_init: None,
+        }
+    }
+}
+
+/// A 2-D transposed convolution with PyTorch's weight layout `(in, out, k, k)`.
+#[derive(Debug, Clone)]
+pub struct ConvTranspose2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    config: ConvTranspose2dConfig,
+}
+
+impl ConvTranspose2d {
+    /// Creates (or loads) `weight` and optionally `bias` under `vb`.
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        config: ConvTranspose2dConfig,
+        vb: VarBuilder<'_>,
+    ) -> Result<Self> {
+        // PyTorch computes fan_in of a transposed conv from weight.size(1) = out_channels.
+        let fan_in = out_channels * kernel * kernel;
+        let weight = vb.get_with_hints(
+            (in_channels, out_channels, kernel, kernel),
+            "weight",
+            config.weight_init.unwrap_or_else(|| default_init(fan_in)),
+        )?;
+        let bias = if config.bias {
+            Some(vb.get_with_hints(out_channels, "bias", default_init(fan_in))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            config,
+        })
+    }
+
+    /// The weight, `(in, out, k, k)`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for ConvTranspose2d {
+    /// # Shapes
+    /// `(N, in, H, W)` → `(N, out, (H − 1)s − 2p + d(k − 1) + output_padding + 1, …)`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let y = x.conv_transpose2d(
+            &self.weight,
+            c.padding,
+            c.output_padding,
+            c.stride,
+            c.dilation,
+        )?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}

@@ -1,0 +1,36 @@
+use candle_core::{Module, Tensor};
+use candle_nn::VarBuilder;
+
+use super::default_init;
+use crate::Result;
+
+/// A fully connected layer with PyTorch's weight layout `(out, in)`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+}
+
+impl Linear {
+    /// Creates (or loads) `weight` and `bias` under `vb`.
+    pub fn new(in_features: usize, out_features: usize, vb: VarBuilder<'_>) -> Result<Self> {
+        let init = default_init(in_features);
+        let weight = vb.get_with_hints((out_features, in_features), "weight", init)?;
+        let bias = vb.get_with_hints(out_features, "bias", init)?;
+        Ok(Self {
+            inner: candle_nn::Linear::new(weight, Some(bias)),
+        })
+    }
+
+    /// The weight, `(out, in)`.
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+}
+
+impl Module for Linear {
+    /// # Shapes
+    /// `(…, in)` → `(…, out)`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.inner.forward(x)
+    }
+}

@@ -1,0 +1,23 @@
+//! The layers every model uses, defined once.
+//!
+//! They delegate to candle today; the convolution engine replaces their forward functions here
+//! without touching the backbone or the heads. Constructors take a `VarBuilder` whose key names
+//! mirror PyTorch checkpoints (`weight`, `bias`, `running_mean`, `running_var`).
+
+mod batchnorm;
+mod conv;
+mod linear;
+
+pub use batchnorm::{BatchNorm2d, BatchNorm2dConfig};
+pub use conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
+pub use linear::Linear;
+
+/// PyTorch's default initialisation of conv and linear layers (`kaiming_uniform_(a=√5)` for the
+/// weight, and the bias): uniform in ±1/√fan_in.
+pub(crate) fn default_init(fan_in: usize) -> candle_nn::Init {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    candle_nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}

@@ -1,0 +1,407 @@
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{check_nchw, contiguous_slice, nchw, Real};
+use crate::{Error, Result};
+
+/// Max-pooling hyperparameters (PyTorch `nn.MaxPool2d` without `ceil_mode` and dilation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPool2dConfig {
+    /// Window size.
+    pub kernel: usize,
+    /// Step between windows.
+    pub stride: usize,
+    /// Implicit negative-infinity padding on every side; at most `kernel / 2`.
+    pub padding: usize,
+}
+
+impl MaxPool2dConfig {
+    /// A `kernel` x `kernel` window moved by `stride`, without padding.
+    pub fn new(kernel: usize, stride: usize) -> Self {
+        Self {
+            kernel,
+            stride,
+            padding: 0,
+        }
+    }
+
+    /// ResNet's stem pool: 3x3, stride 2, padding 1.
+    pub fn resnet_stem() -> Self {
+        Self {
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.kernel == 0 || self.stride == 0 {
+            return Err(Error::config(
+                "max_pool2d",
+                "kernel and stride must be at least 1",
+            ));
+        }
+        if 2 * self.padding > self.kernel {
+            return Err(Error::config(
+                "max_pool2d",
+                format!(
+                    "padding {} is larger than half the kernel {}",
+                    self.padding, self.kernel
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Output size along one axis, or `None` when the window does not fit.
+    fn out_len(&self, len: usize) -> Option<usize> {
+        (len + 2 * self.padding)
+            .checked_sub(self.kernel)
+            .map(|v| v / self.stride + 1)
+    }
+}
+
+/// 2-D max-pooling of an `(N, C, H, W)` tensor with a correct backward pass.
+///
+/// Like PyTorch, the gradient goes to the first maximum of each window in scan order and a NaN
+/// in a window wins. On non-CPU devices the pool is composed from shifted strided views and
+/// `maximum`, whose candle gradient splits ties evenly.
+///
+/// # Shapes
+/// `(N, C, H, W)` → `(N, C, (H + 2p − k) / s + 1, (W + 2p − k) / s + 1)`.
+pub fn max_pool2d(x: &Tensor, cfg: MaxPool2dConfig) -> Result<Tensor> {
+    cfg.validate()?;
+    let (_, _, h, w) = check_nchw("max_pool2d", x)?;
+    if cfg.out_len(h).is_none() || cfg.out_len(w).is_none() {
+        return Err(Error::shape(
+            "max_pool2d",
+            "input",
+            x.shape(),
+            format!(
+                "H and W of at least {} for kernel {} and padding {}",
+                cfg.kernel.saturating_sub(2 * cfg.padding),
+                cfg.kernel,
+                cfg.padding
+            ),
+        ));
+    }
+    if x.device().is_cpu() {
+        Ok(x.contiguous()?.apply_op1(MaxPool2d(cfg))?)
+    } else {
+        composed(x, cfg)
+    }
+}
+
+/// The device-generic path: the maximum over the k² shifted, strided views of the padded input.
+fn composed(x: &Tensor, cfg: MaxPool2dConfig) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (oh, ow) = (cfg.out_len(h).unwrap_or(0), cfg.out_len(w).unwrap_or(0));
+    let (s, p, k) = (cfg.stride, cfg.padding, cfg.kernel);
+    // Pad to at least (k − 1 + s·oh) rows so that every strided view can be reshaped.
+    let (ph, pw) = (k - 1 + s * oh, k - 1 + s * ow);
+    let ph = ph.max(h + 2 * p);
+    let pw = pw.max(w + 2 * p);
+    let neg = |rows: usize, cols: usize| {
+        Tensor::full(f64::NEG_INFINITY, (n, c, rows, cols), x.device())?.to_dtype(x.dtype())
+    };
+    let mut padded = x.clone();
+    if p > 0 || pw > w {
+        padded = Tensor::cat(&[&neg(h, p)?, &padded, &neg(h, pw - w - p)?], 3)?;
+    }
+    if p > 0 || ph > h {
+        padded = Tensor::cat(&[&neg(p, pw)?, &padded, &neg(ph - h - p, pw)?], 2)?;
+    }
+    let mut out: Option<Tensor> = None;
+    for dy in 0..k {
+        let rows = padded
+            .narrow(2, dy, s * oh)?
+            .reshape((n, c, oh, s, pw))?
+            .narrow(3, 0, 1)?;
+        let rows = rows.reshape((n, c, oh, pw))?;
+        for dx in 0..k {
+            let v = rows
+                .narrow(3, dx, s * ow)?
+                .reshape((n, c, oh, ow, s))?
+                .narrow(4, 0, 1)?;
+            let v = v.reshape((n, c, oh, ow))?;
+            out = Some(match out {
+                None => v,
+                Some(o) => o.maximum(&v)?,
+            });
+        }
+    }
+    Ok(out.expect("kernel >= 1"))
+}
+
+/// Visits every output element with the index of the winning input element of its window
+/// (`None` only for a window entirely in the padding, which a valid config never has).
+fn for_each_window<T: Real>(
+    plane: &[T],
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+    cfg: MaxPool2dConfig,
+    mut visit: impl FnMut(usize, Option<usize>, T),
+) {
+    // The window rows/columns that fall inside the map, so the inner loops need no checks.
+    let span = |o: usize, len: usize| {
+        let start = (o * cfg.stride) as isize - cfg.padding as isize;
+        let lo = start.max(0) as usize;
+        let hi = ((start + cfg.kernel as isize).min(len as isize)).max(0) as usize;
+        (lo, hi)
+    };
+    let cols: Vec<(usize, usize)> = (0..ow).map(|ox| span(ox, w)).collect();
+    for oy in 0..oh {
+        let (y0, y1) = span(oy, h);
+        for (ox, &(x0, x1)) in cols.iter().enumerate() {
+            let mut best = T::NEG_INFINITY;
+            let mut arg = None;
+            'window: for y in y0..y1 {
+                let row = &plane[y * w..(y + 1) * w];
+                for x in x0..x1 {
+                    let v = row[x];
+                    if arg.is_none() || v > best || v.is_nan_() {
+                        best = v;
+                        arg = Some(y * w + x);
+                        if v.is_nan_() {
+                            break 'window;
+                        }
+                    }
+                }
+            }
+            visit(oy * ow + ox, arg, best);
+        }
+    }
+}
+
+struct MaxPool2d(MaxPool2dConfig);
+
+impl MaxPool2d {
+    fn fwd<T: Real>(&self, x: &[T], (n, c, h, w): (usize, usize, usize, usize)) -> (Vec<T>, Shape) {
+        let (oh, ow) = (
+            self.0.out_len(h).unwrap_or(0),
+            self.0.out_len(w).unwrap_or(0),
+        );
+        let mut out = vec![T::ZERO; n * c * oh * ow];
+        out.par_chunks_mut(oh * ow)
+            .zip(x.par_chunks(h * w))
+            .for_each(|(o, plane)| {
+                for_each_window(plane, (h, w), (oh, ow), self.0, |j, _, v| o[j] = v);
+            });
+        (out, nchw(n, c, oh, ow))
+    }
+}
+
+impl CustomOp1 for MaxPool2d {
+    fn name(&self) -> &'static str {
+        "mustard.max_pool2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = l.shape().dims4()?;
+        match s {
+            CpuStorage::F32(_) => {
+                let (v, shape) = self.fwd(contiguous_slice::<f32>(self.name(), s, l)?, dims);
+                Ok((CpuStorage::F32(v), shape))
+            }
+            CpuStorage::F64(_) => {
+                let (v, shape) = self.fwd(contiguous_slice::<f64>(self.name(), s, l)?, dims);
+                Ok((CpuStorage::F64(v), shape))
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
+        }
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let grad = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPool2dBackward(self.0))?;
+        Ok(Some(grad))
+    }
+}
+
+/// Routes each output gradient to the winning input element of its window.
+struct MaxPool2dBackward(MaxPool2dConfig);
+
+impl MaxPool2dBackward {
+    fn bwd<T: Real>(&self, x: &[T], g: &[T], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<T> {
+        let (oh, ow) = (
+            self.0.out_len(h).unwrap_or(0),
+            self.0.out_len(w).unwrap_or(0),
+        );
+        let mut dx = vec![T::ZERO; n * c * h * w];
+        dx.par_chunks_mut(h * w)
+            .zip(x.par_chunks(h * w).zip(g.par_chunks(oh * ow)))
+            .for_each(|(d, (plane, gp))| {
+                for_each_window(plane, (h, w), (oh, ow), self.0, |j, arg, _| {
+                    if let Some(i) = arg {
+                        d[i] += gp[j];
+                    }
+                });
+            });
+        dx
+    }
+}
+
+impl CustomOp2 for MaxPool2dBackward {
+    fn name(&self) -> &'static str {
+        "mustard.max_pool2d_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = l1.shape().dims4()?;
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(self.bwd(
+                contiguous_slice::<f32>(self.name(), s1, l1)?,
+                contiguous_slice::<f32>(self.name(), s2, l2)?,
+                dims,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(self.bwd(
+                contiguous_slice::<f64>(self.name(), s1, l1)?,
+                contiguous_slice::<f64>(self.name(), s2, l2)?,
+                dims,
+            )),
+            _ => candle_core::bail!(
+                "{}: input and gradient must both be f32 or f64",
+                self.name()
+            ),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    fn grad_of(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> (Tensor, Tensor) {
+        let var = Var::from_tensor(x).unwrap();
+        let y = f(var.as_tensor()).unwrap();
+        let w = Tensor::arange(0f64, y.elem_count() as f64, &Device::Cpu)
+            .unwrap()
+            .reshape(y.shape())
+            .unwrap();
+        let w = w.to_dtype(y.dtype()).unwrap().affine(0.1, 1.0).unwrap();
+        let g = (&y * w).unwrap().sum_all().unwrap().backward().unwrap();
+        (y, g.get(var.as_tensor()).unwrap().clone())
+    }
+
+    /// candle 0.11.1's max_pool2d backward scales every gradient by 1/k² (0.25 here).
+    #[test]
+    fn regression_candle_max_pool_gradient_scaled_by_inverse_k_squared() {
+        let x = Tensor::new(&[[[[1f32, 2.], [3., 4.]]]], &Device::Cpu).unwrap();
+        let var = Var::from_tensor(&x).unwrap();
+        let y = max_pool2d(var.as_tensor(), MaxPool2dConfig::new(2, 2)).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let g = g
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(g, [0.0, 0.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn the_first_maximum_of_a_tie_takes_the_gradient_and_nan_wins() {
+        let x = Tensor::new(
+            &[[[[5f32, 5., 1.], [5., f32::NAN, 0.], [2., 2., 2.]]]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let (y, g) = grad_of(&x, |x| max_pool2d(x, MaxPool2dConfig::new(2, 1)));
+        let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(y.iter().all(|v| v.is_nan()), "{y:?}");
+        let x = Tensor::new(&[[[[5f32, 5.], [5., 1.]]]], &Device::Cpu).unwrap();
+        let (_, g2) = grad_of(&x, |x| max_pool2d(x, MaxPool2dConfig::new(2, 2)));
+        assert_eq!(
+            g2.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [1.0, 0.0, 0.0, 0.0]
+        );
+        assert_eq!(g.dims(), &[1, 1, 3, 3]);
+    }
+
+    #[test]
+    fn composed_path_equals_the_kernel() {
+        let n = 2 * 3 * 9 * 11;
+        let v: Vec<f64> = (0..n).map(|i| ((i * 7919) % 1009) as f64 / 97.0).collect();
+        let x = Tensor::from_vec(v, (2, 3, 9, 11), &Device::Cpu).unwrap();
+        for cfg in [
+            MaxPool2dConfig::resnet_stem(),
+            MaxPool2dConfig::new(2, 2),
+            MaxPool2dConfig {
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+            },
+            MaxPool2dConfig::new(3, 3),
+        ] {
+            let (y1, g1) = grad_of(&x, |x| max_pool2d(x, cfg));
+            let (y2, g2) = grad_of(&x, |x| composed(x, cfg));
+            assert_eq!(
+                y1.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+                y2.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+                "{cfg:?}"
+            );
+            let d = (g1 - g2)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(d < 1e-12, "{cfg:?}: gradients differ by {d}");
+        }
+    }
+
+    #[test]
+    fn bad_configurations_and_inputs_are_errors() {
+        let x = Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let err = |x: &Tensor, cfg| max_pool2d(x, cfg).unwrap_err().to_string();
+        assert_eq!(
+            err(
+                &x,
+                MaxPool2dConfig {
+                    kernel: 2,
+                    stride: 1,
+                    padding: 2
+                }
+            ),
+            "max_pool2d: padding 2 is larger than half the kernel 2"
+        );
+        assert_eq!(
+            err(&x, MaxPool2dConfig::new(0, 1)),
+            "max_pool2d: kernel and stride must be at least 1"
+        );
+        assert_eq!(err(&x, MaxPool2dConfig::new(3, 1)), "max_pool2d: input has shape [1, 1, 2, 2], expected H and W of at least 3 for kernel 3 and padding 0");
+        let flat = Tensor::zeros((2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(
+            err(&flat, MaxPool2dConfig::new(2, 2)),
+            "max_pool2d: input has shape [2, 2], expected (N, C, H, W)"
+        );
+        let empty = Tensor::zeros((0, 1, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(
+            err(&empty, MaxPool2dConfig::new(2, 2)),
+            "max_pool2d: input has shape [0, 1, 2, 2], expected a non-empty tensor"
+        );
+        let ints = Tensor::zeros((1, 1, 2, 2), candle_core::DType::U32, &Device::Cpu).unwrap();
+        assert_eq!(
+            err(&ints, MaxPool2dConfig::new(2, 2)),
+            "max_pool2d: dtype U32 is not supported, use f32 or f64"
+        );
+    }
+}

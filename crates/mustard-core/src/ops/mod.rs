@@ -1,0 +1,91 @@
+//! Custom ops with a correct backward pass.
+//!
+//! candle 0.11 refuses the backward of max-pooling with kernel != stride and of bilinear
+//! upsampling, and its max-pool backward with kernel == stride silently scales every gradient by
+//! 1/k². These ops replace them. Each has a CPU kernel (always built) for f32 and f64; on other
+//! devices the same function falls back to a composition of candle ops whose gradient candle
+//! derives itself.
+
+mod maxpool;
+mod upsample;
+
+pub use maxpool::{max_pool2d, MaxPool2dConfig};
+pub use upsample::{upsample_bilinear2d, upsample_nearest2d};
+
+use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
+
+use crate::{Error, Result};
+
+/// The float types the CPU kernels run on.
+pub(crate) trait Real:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::AddAssign
+    + candle_core::WithDType
+{
+    const ZERO: Self;
+    const NEG_INFINITY: Self;
+    fn from_f64_(v: f64) -> Self;
+    fn is_nan_(self) -> bool;
+}
+
+impl Real for f32 {
+    const ZERO: Self = 0.0;
+    const NEG_INFINITY: Self = f32::NEG_INFINITY;
+    fn from_f64_(v: f64) -> Self {
+        v as f32
+    }
+    fn is_nan_(self) -> bool {
+        self.is_nan()
+    }
+}
+
+impl Real for f64 {
+    const ZERO: Self = 0.0;
+    const NEG_INFINITY: Self = f64::NEG_INFINITY;
+    fn from_f64_(v: f64) -> Self {
+        v
+    }
+    fn is_nan_(self) -> bool {
+        self.is_nan()
+    }
+}
+
+/// The contiguous data of a CPU tensor, or an error naming the op.
+pub(crate) fn contiguous_slice<'a, T: Real>(
+    op: &'static str,
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<&'a [T]> {
+    let data = storage.as_slice::<T>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: the input must be contiguous"),
+    }
+}
+
+/// Checks that `x` is a non-empty 4-D float tensor and returns its dims.
+pub(crate) fn check_nchw(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    let dims = x
+        .dims4()
+        .map_err(|_| Error::shape(op, "input", x.shape(), "(N, C, H, W)"))?;
+    if x.elem_count() == 0 {
+        return Err(Error::shape(op, "input", x.shape(), "a non-empty tensor"));
+    }
+    if !matches!(x.dtype(), DType::F32 | DType::F64) {
+        return Err(Error::config(
+            op,
+            format!("dtype {:?} is not supported, use f32 or f64", x.dtype()),
+        ));
+    }
+    Ok(dims)
+}
+
+pub(crate) fn nchw(n: usize, c: usize, h: usize, w: usize) -> Shape {
+    Shape::from((n, c, h, w))
+}

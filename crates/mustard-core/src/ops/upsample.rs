@@ -1,0 +1,303 @@
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{check_nchw, contiguous_slice, nchw, Real};
+use crate::{Error, Result};
+
+/// Bilinear resize of an `(N, C, H, W)` tensor to `(out_h, out_w)` with PyTorch's
+/// `align_corners=False` semantics (`F.interpolate(x, size, mode="bilinear")`), with a backward
+/// pass.
+///
+/// Source coordinate of output pixel `o`: `max((o + 0.5) · in / out − 0.5, 0)`, interpolated
+/// between its floor and the next pixel (clamped at the border).
+///
+/// # Shapes
+/// `(N, C, H, W)` → `(N, C, out_h, out_w)`.
+pub fn upsample_bilinear2d(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let (_, _, h, w) = check_nchw("upsample_bilinear2d", x)?;
+    if out_h == 0 || out_w == 0 {
+        return Err(Error::config(
+            "upsample_bilinear2d",
+            format!("output size ({out_h}, {out_w}) must be at least (1, 1)"),
+        ));
+    }
+    if x.device().is_cpu() {
+        Ok(x.contiguous()?.apply_op1(Bilinear {
+            in_hw: (h, w),
+            out_hw: (out_h, out_w),
+        })?)
+    } else {
+        // Device-generic path: out = A_h · x · A_wᵀ with sparse interpolation matrices.
+        let (n, c, _, _) = x.dims4()?;
+        let a_h = interpolation_matrix(h, out_h, x)?;
+        let a_w = interpolation_matrix(w, out_w, x)?.t()?;
+        let planes = x.reshape((n * c, h, w))?;
+        let out = a_h.broadcast_matmul(&planes)?.broadcast_matmul(&a_w)?;
+        Ok(out.reshape((n, c, out_h, out_w))?)
+    }
+}
+
+/// Nearest-neighbour upsampling by an integer `factor` (each pixel becomes a `factor` x `factor`
+/// block), with a backward pass that sums each block.
+///
+/// # Shapes
+/// `(N, C, H, W)` → `(N, C, factor·H, factor·W)`.
+pub fn upsample_nearest2d(x: &Tensor, factor: usize) -> Result<Tensor> {
+    let (_, _, h, w) = check_nchw("upsample_nearest2d", x)?;
+    if factor == 0 {
+        return Err(Error::config(
+            "upsample_nearest2d",
+            "factor must be at least 1",
+        ));
+    }
+    // candle's nearest upsampling is exact, with a correct gradient, for integer factors.
+    Ok(x.upsample_nearest2d(h * factor, w * factor)?)
+}
+
+/// Per output index: the two source indices and their weights.
+#[derive(Debug, Clone, Copy)]
+struct Tap {
+    i0: usize,
+    i1: usize,
+    w0: f64,
+    w1: f64,
+}
+
+fn taps(input: usize, output: usize) -> Vec<Tap> {
+    let scale = input as f64 / output as f64;
+    (0..output)
+        .map(|o| {
+            let src = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(input - 1);
+            let i1 = if i0 < input - 1 { i0 + 1 } else { i0 };
+            let w1 = (src - i0 as f64).clamp(0.0, 1.0);
+            Tap {
+                i0,
+                i1,
+                w0: 1.0 - w1,
+                w1,
+            }
+        })
+        .collect()
+}
+
+fn interpolation_matrix(input: usize, output: usize, like: &Tensor) -> Result<Tensor> {
+    let mut m = vec![0f64; output * input];
+    for (o, t) in taps(input, output).iter().enumerate() {
+        m[o * input + t.i0] += t.w0;
+        m[o * input + t.i1] += t.w1;
+    }
+    Ok(Tensor::from_vec(m, (output, input), like.device())?.to_dtype(like.dtype())?)
+}
+
+struct Bilinear {
+    in_hw: (usize, usize),
+    out_hw: (usize, usize),
+}
+
+impl Bilinear {
+    fn fwd<T: Real>(&self, x: &[T], planes: usize) -> Vec<T> {
+        let ((h, w), (oh, ow)) = (self.in_hw, self.out_hw);
+        let (ty, tx) = (taps(h, oh), taps(w, ow));
+        let tx: Vec<(usize, usize, T, T)> = tx
+            .iter()
+            .map(|t| (t.i0, t.i1, T::from_f64_(t.w0), T::from_f64_(t.w1)))
+            .collect();
+        let mut out = vec![T::ZERO; planes * oh * ow];
+        out.par_chunks_mut(oh * ow)
+            .zip(x.par_chunks(h * w))
+            .for_each(|(o, p)| {
+                for (oy, t) in ty.iter().enumerate() {
+                    let (r0, r1) = (&p[t.i0 * w..(t.i0 + 1) * w], &p[t.i1 * w..(t.i1 + 1) * w]);
+                    let (wy0, wy1) = (T::from_f64_(t.w0), T::from_f64_(t.w1));
+                    for (ox, &(x0, x1, wx0, wx1)) in tx.iter().enumerate() {
+                        o[oy * ow + ox] = wy0 * (wx0 * r0[x0] + wx1 * r0[x1])
+                            + wy1 * (wx0 * r1[x0] + wx1 * r1[x1]);
+                    }
+                }
+            });
+        out
+    }
+}
+
+impl CustomOp1 for Bilinear {
+    fn name(&self) -> &'static str {
+        "mustard.upsample_bilinear2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, _, _) = l.shape().dims4()?;
+        let out = match s {
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(self.fwd(contiguous_slice::<f32>(self.name(), s, l)?, n * c))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(self.fwd(contiguous_slice::<f64>(self.name(), s, l)?, n * c))
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
+        };
+        Ok((out, nchw(n, c, self.out_hw.0, self.out_hw.1)))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let op = BilinearBackward {
+            in_hw: self.in_hw,
+            out_hw: self.out_hw,
+        };
+        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+/// Scatters each output gradient to the four source pixels with the forward's weights.
+struct BilinearBackward {
+    in_hw: (usize, usize),
+    out_hw: (usize, usize),
+}
+
+impl BilinearBackward {
+    fn bwd<T: Real>(&self, g: &[T], planes: usize) -> Vec<T> {
+        let ((h, w), (oh, ow)) = (self.in_hw, self.out_hw);
+        let (ty, tx) = (taps(h, oh), taps(w, ow));
+        let mut dx = vec![T::ZERO; planes * h * w];
+        dx.par_chunks_mut(h * w)
+            .zip(g.par_chunks(oh * ow))
+            .for_each(|(d, gp)| {
+                for (oy, t) in ty.iter().enumerate() {
+                    for (ox, s) in tx.iter().enumerate() {
+                        let v = gp[oy * ow + ox];
+                        let (a, b) = (T::from_f64_(t.w0), T::from_f64_(t.w1));
+                        let (e, f) = (T::from_f64_(s.w0), T::from_f64_(s.w1));
+                        d[t.i0 * w + s.i0] += a * e * v;
+                        d[t.i0 * w + s.i1] += a * f * v;
+                        d[t.i1 * w + s.i0] += b * e * v;
+                        d[t.i1 * w + s.i1] += b * f * v;
+                    }
+                }
+            });
+        dx
+    }
+}
+
+impl CustomOp1 for BilinearBackward {
+    fn name(&self) -> &'static str {
+        "mustard.upsample_bilinear2d_backward"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, _, _) = l.shape().dims4()?;
+        let out = match s {
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(self.bwd(contiguous_slice::<f32>(self.name(), s, l)?, n * c))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(self.bwd(contiguous_slice::<f64>(self.name(), s, l)?, n * c))
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
+        };
+        Ok((out, nchw(n, c, self.in_hw.0, self.in_hw.1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, IndexOp, Var};
+
+    use super::*;
+
+    #[test]
+    fn matrix_path_equals_the_kernel_in_values_and_gradients() {
+        let v: Vec<f64> = (0..2 * 5 * 7)
+            .map(|i| ((i * 31) % 17) as f64 - 8.0)
+            .collect();
+        let x = Tensor::from_vec(v, (1, 2, 5, 7), &Device::Cpu).unwrap();
+        for (oh, ow) in [(10, 14), (13, 16), (3, 4), (5, 7)] {
+            let var = Var::from_tensor(&x).unwrap();
+            let kernel = upsample_bilinear2d(var.as_tensor(), oh, ow).unwrap();
+            let planes = var.as_tensor().reshape((2, 5, 7)).unwrap();
+            let a_h = interpolation_matrix(5, oh, &x).unwrap();
+            let a_w = interpolation_matrix(7, ow, &x).unwrap().t().unwrap();
+            let matrix = a_h
+                .broadcast_matmul(&planes)
+                .unwrap()
+                .broadcast_matmul(&a_w)
+                .unwrap()
+                .reshape((1, 2, oh, ow))
+                .unwrap();
+            let d = (&kernel - &matrix)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(d < 1e-12, "{oh}x{ow}: {d}");
+            let w = Tensor::arange(0f64, kernel.elem_count() as f64, &Device::Cpu)
+                .unwrap()
+                .reshape(kernel.shape())
+                .unwrap();
+            let g1 = (&kernel * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (&matrix * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let (g1, g2) = (
+                g1.get(var.as_tensor()).unwrap(),
+                g2.get(var.as_tensor()).unwrap(),
+            );
+            let d = (g1 - g2)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(d < 1e-9, "{oh}x{ow} gradient: {d}");
+        }
+    }
+
+    #[test]
+    fn same_size_is_the_identity_and_nearest_repeats_blocks() {
+        let x = Tensor::new(&[[[[1f32, 2.], [3., 4.]]]], &Device::Cpu).unwrap();
+        let same = upsample_bilinear2d(&x, 2, 2).unwrap();
+        assert_eq!(
+            same.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [1., 2., 3., 4.]
+        );
+        let up = upsample_nearest2d(&x, 2).unwrap();
+        assert_eq!(
+            up.i((0, 0)).unwrap().to_vec2::<f32>().unwrap(),
+            [
+                [1., 1., 2., 2.],
+                [1., 1., 2., 2.],
+                [3., 3., 4., 4.],
+                [3., 3., 4., 4.]
+            ]
+        );
+        assert_eq!(
+            upsample_nearest2d(&x, 0).unwrap_err().to_string(),
+            "upsample_nearest2d: factor must be at least 1"
+        );
+        assert_eq!(
+            upsample_bilinear2d(&x, 0, 3).unwrap_err().to_string(),
+            "upsample_bilinear2d: output size (0, 3) must be at least (1, 1)"
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! Finite-difference gradient checks (f64, CPU) of every op and loss with a custom or composed
+//! backward: the autograd gradient must equal central differences.
+
+use anyhow::Result;
+use candle_core::{DType, Device, Module, ModuleT, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use mustard_core::loss::{cross_entropy, focal_loss, reg_l1, soft_cross_entropy};
+use mustard_core::nn::{BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig};
+use mustard_core::ops::{max_pool2d, upsample_bilinear2d, upsample_nearest2d, MaxPool2dConfig};
+
+/// Deterministic, tie-free values in [−2, 2).
+fn values(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+fn tensor(shape: &[usize], seed: u64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(values(n, seed), shape, &Device::Cpu).unwrap()
+}
+
+/// Compares the autograd gradient of the scalar `f(x)` with central differences.
+fn check(what: &str, x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<()> {
+    let var = Var::from_tensor(&x.copy()?)?;
+    let analytic = f(var.as_tensor())?
+        .backward()?
+        .get(var.as_tensor())
+        .expect("gradient")
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let base = x.flatten_all()?.to_vec1::<f64>()?;
+    let eps = 1e-6;
+    for i in 0..base.len() {
+        let eval = |delta: f64| -> Result<f64> {
+            let mut v = base.clone();
+            v[i] += delta;
+            Ok(f(&Tensor::from_vec(v, x.shape(), x.device())?)?.to_scalar::<f64>()?)
+        };
+        let numeric = (eval(eps)? - eval(-eps)?) / (2.0 * eps);
+        let err = (numeric - analytic[i]).abs() / (1.0f64).max(numeric.abs());
+        assert!(
+            err < 1e-6,
+            "{what}: element {i}: autograd {} vs finite differences {numeric}",
+            analytic[i]
+        );
+    }
+    Ok(())
+}
+
+/// A fixed random projection so that every output element gets a different weight.
+fn project(y: &Tensor, seed: u64) -> Result<Tensor> {
+    Ok((y * tensor(y.dims(), seed))?.sum_all()?)
+}
+
+#[test]
+fn max_pool2d_gradients() -> Result<()> {
+    let x = tensor(&[2, 2, 7, 8], 1);
+    for cfg in [
+        MaxPool2dConfig::resnet_stem(),
+        MaxPool2dConfig::new(2, 2),
+        MaxPool2dConfig {
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        },
+        MaxPool2dConfig::new(3, 3),
+    ] {
+        check(&format!("max_pool2d {cfg:?}"), &x, |x| {
+            project(&max_pool2d(x, cfg)?, 2)
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn upsample_gradients() -> Result<()> {
+    let x = tensor(&[1, 2, 4, 5], 3);
+    for (oh, ow) in [(8, 10), (7, 13), (3, 2), (4, 5)] {
+        check(&format!("bilinear to {oh}x{ow}"), &x, |x| {
+            project(&upsample_bilinear2d(x, oh, ow)?, 4)
+        })?;
+    }
+    for factor in [1, 2, 3] {
+        check(&format!("nearest x{factor}"), &x, |x| {
+            project(&upsample_nearest2d(x, factor)?, 5)
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn loss_gradients() -> Result<()> {
+    let logits = (tensor(&[2, 2, 3, 3], 6) * 2.0)?;
+    let mut gt = ((tensor(&[2, 2, 3, 3], 7) + 2.0)? * 0.2)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    gt[4] = 1.0;
+    gt[20] = 1.0;
+    let gt = Tensor::from_vec(gt, (2, 2, 3, 3), &Device::Cpu)?;
+    let presence = Tensor::new(&[1.0f64, 0.0], &Device::Cpu)?;
+    check("focal", &logits, |x| Ok(focal_loss(x, &gt, None)?))?;
+    check("focal with presence", &logits, |x| {
+        Ok(focal_loss(x, &gt, Some(&presence))?)
+    })?;
+
+    let ind = Tensor::new(&[[0u32, 4, 8], [3, 3, 7]], &Device::Cpu)?;
+    let mask = Tensor::new(&[[1.0f64, 1.0, 0.0], [1.0, 1.0, 1.0]], &Device::Cpu)?;
+    let target = tensor(&[2, 3, 2], 8);
+    check("reg_l1", &logits, |x| Ok(reg_l1(x, &ind, &mask, &target)?))?;
+
+    let labels = Tensor::new(
+        &[
+            [[0u32, 1, 255], [1, 1, 0], [255, 0, 1]],
+            [[1, 0, 0], [0, 255, 1], [1, 1, 1]],
+        ],
+        &Device::Cpu,
+    )?;
+    check("cross_entropy", &logits, |x| {
+        Ok(cross_entropy(x, &labels, 255)?)
+    })?;
+    let flat = tensor(&[3, 4], 9);
+    let soft = candle_nn::ops::softmax(&tensor(&[3, 4], 10), 1)?;
+    check("soft_cross_entropy", &flat, |x| {
+        Ok(soft_cross_entropy(x, &soft)?)
+    })?;
+    Ok(())
+}
+
+#[test]
+fn batchnorm_and_conv_gradients() -> Result<()> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
+    let conv = Conv2d::new(
+        2,
+        3,
+        3,
+        Conv2dConfig {
+            padding: 1,
+            stride: 2,
+            ..Default::default()
+        },
+        vb.pp("conv"),
+    )?;
+    let bn = BatchNorm2d::new(3, BatchNorm2dConfig::default(), vb.pp("bn"))?;
+    let x = tensor(&[2, 2, 5, 5], 11);
+    check("conv → batchnorm(train)", &x, |x| {
+        project(&bn.forward_t(&conv.forward(x)?, true)?, 12)
+    })?;
+    check("conv → batchnorm(eval)", &x, |x| {
+        project(&bn.forward_t(&conv.forward(x)?, false)?, 13)
+    })?;
+    Ok(())
+}
