@@ -181,6 +181,7 @@ fn venv() -> Result<PathBuf> {
             "install",
             "--quiet",
             "torch",
+            "timm",
             "safetensors",
             "numpy",
             "pycocotools",

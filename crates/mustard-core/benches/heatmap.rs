@@ -32,9 +32,15 @@ fn targets(c: &mut Criterion) {
     let r = noise(400);
     let objects: Vec<(usize, i64, i64, usize)> = (0..100)
         .map(|i| {
-            let (w, h) = (4.0 + 60.0 * r[4 * i] as f64, 4.0 + 60.0 * r[4 * i + 1] as f64);
+            let (w, h) = (
+                4.0 + 60.0 * r[4 * i] as f64,
+                4.0 + 60.0 * r[4 * i + 1] as f64,
+            );
             let class = (r[4 * i + 2] * 80.0) as usize;
-            let (cx, cy) = ((r[4 * i + 3] * 127.0) as i64, (r[(4 * i + 7) % 400] * 127.0) as i64);
+            let (cx, cy) = (
+                (r[4 * i + 3] * 127.0) as i64,
+                (r[(4 * i + 7) % 400] * 127.0) as i64,
+            );
             (class, cx, cy, object_radius(h, w))
         })
         .collect();

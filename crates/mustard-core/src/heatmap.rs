@@ -108,7 +108,10 @@ pub fn topk(heat: &Tensor, k: usize) -> Result<Vec<TopK>> {
 /// `heat`: `(B, C, H, W)`; returns `B` results of `k` peaks each.
 pub fn topk_peaks(heat: &Tensor, kernel: usize, k: usize) -> Result<Vec<TopK>> {
     if kernel % 2 == 0 {
-        return Err(Error::config("heatmap nms", format!("kernel {kernel} must be odd")));
+        return Err(Error::config(
+            "heatmap nms",
+            format!("kernel {kernel} must be odd"),
+        ));
     }
     select(heat, k, Some(kernel / 2))
 }
@@ -116,7 +119,12 @@ pub fn topk_peaks(heat: &Tensor, kernel: usize, k: usize) -> Result<Vec<TopK>> {
 /// Whether `plane[y·w + x]` is the maximum of its `(2r + 1)²` window (clipped at the borders).
 fn is_local_max(plane: &[f32], (h, w): (usize, usize), (y, x): (usize, usize), r: usize) -> bool {
     let v = plane[y * w + x];
-    let (y0, y1, x0, x1) = (y.saturating_sub(r), (y + r + 1).min(h), x.saturating_sub(r), (x + r + 1).min(w));
+    let (y0, y1, x0, x1) = (
+        y.saturating_sub(r),
+        (y + r + 1).min(h),
+        x.saturating_sub(r),
+        (x + r + 1).min(w),
+    );
     (y0..y1).all(|yy| plane[yy * w + x0..yy * w + x1].iter().all(|&n| n <= v))
 }
 
@@ -126,12 +134,25 @@ fn select(heat: &Tensor, k: usize, nms_radius: Option<usize>) -> Result<Vec<TopK
         .map_err(|_| Error::shape("heatmap topk", "heat", heat.shape(), "(B, C, H, W)"))?;
     let available = c * h * w;
     if available == 0 {
-        return Err(Error::shape("heatmap topk", "heat", heat.shape(), "a non-empty map"));
+        return Err(Error::shape(
+            "heatmap topk",
+            "heat",
+            heat.shape(),
+            "a non-empty map",
+        ));
     }
     if k > available {
-        return Err(Error::TopKTooLarge { op: "heatmap topk", k, available, shape: heat.shape().clone() });
+        return Err(Error::TopKTooLarge {
+            op: "heatmap topk",
+            k,
+            available,
+            shape: heat.shape().clone(),
+        });
     }
-    let data = heat.to_dtype(DType::F32)?.flatten_from(1)?.to_vec2::<f32>()?;
+    let data = heat
+        .to_dtype(DType::F32)?
+        .flatten_from(1)?
+        .to_vec2::<f32>()?;
     data.par_iter()
         .enumerate()
         .map(|(image, values)| {
@@ -357,7 +378,10 @@ mod tests {
             let two_step = topk(&nms(&heat, 3).unwrap(), k).unwrap();
             assert_eq!(topk_peaks(&heat, 3, k).unwrap(), two_step, "k = {k}");
         }
-        assert_eq!(topk_peaks(&heat, 5, 40).unwrap(), topk(&nms(&heat, 5).unwrap(), 40).unwrap());
+        assert_eq!(
+            topk_peaks(&heat, 5, 40).unwrap(),
+            topk(&nms(&heat, 5).unwrap(), 40).unwrap()
+        );
     }
 
     #[test]

@@ -104,6 +104,26 @@ impl Conv2d {
     pub fn config(&self) -> &Conv2dConfig {
         &self.config
     }
+
+    /// Stops the weight and bias from receiving gradients (they still follow loaded values).
+    pub fn freeze(&mut self) {
+        self.weight = self.weight.detach();
+        self.bias = self.bias.as_ref().map(Tensor::detach);
+    }
+
+    /// Multiply-accumulate operations × 2 for an `in_h` x `in_w` input, and the output size.
+    pub fn flops(&self, (in_h, in_w): (usize, usize)) -> (u64, (usize, usize)) {
+        let (out_c, in_per_group, k, _) = self.weight.dims4().unwrap_or((0, 0, 0, 0));
+        let c = &self.config;
+        let out = |len: usize| {
+            (len + 2 * c.padding).saturating_sub(c.dilation * (k - 1) + 1) / c.stride + 1
+        };
+        let (oh, ow) = (out(in_h), out(in_w));
+        (
+            2 * (out_c * in_per_group * k * k * oh * ow) as u64,
+            (oh, ow),
+        )
+    }
 }
 
 impl Module for Conv2d {
@@ -188,6 +208,26 @@ impl ConvTranspose2d {
     /// The weight, `(in, out, k, k)`.
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// Stops the weight and bias from receiving gradients.
+    pub fn freeze(&mut self) {
+        self.weight = self.weight.detach();
+        self.bias = self.bias.as_ref().map(Tensor::detach);
+    }
+
+    /// Multiply-accumulate operations × 2 for an `in_h` x `in_w` input, and the output size.
+    pub fn flops(&self, (in_h, in_w): (usize, usize)) -> (u64, (usize, usize)) {
+        let (in_c, out_c, k, _) = self.weight.dims4().unwrap_or((0, 0, 0, 0));
+        let c = &self.config;
+        let out = |len: usize| {
+            ((len - 1) * c.stride + c.dilation * (k - 1) + c.output_padding + 1)
+                .saturating_sub(2 * c.padding)
+        };
+        (
+            2 * (in_c * out_c * k * k * in_h * in_w) as u64,
+            (out(in_h), out(in_w)),
+        )
     }
 }
 
