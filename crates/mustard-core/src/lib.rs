@@ -24,6 +24,7 @@ pub mod loss;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod rng;
 
 pub use device::DeviceSpec;
 pub use error::{Error, Result};

@@ -1,0 +1,115 @@
+//! Semantic segmentation: per-pixel class logits at stride 4, upsampled to the input.
+
+use mustard_core::candle_core::{DType, Device, Tensor};
+use mustard_core::candle_nn::VarBuilder;
+use mustard_core::loss::cross_entropy;
+use mustard_core::ops::upsample_bilinear2d;
+use mustard_core::{Error, Result};
+
+use crate::block::{HeadBlock, HeadInit};
+use crate::STRIDE;
+
+/// The label that no loss or metric counts.
+pub const IGNORE: u8 = 255;
+
+/// Hyperparameters of segmentation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SegmentationConfig {
+    /// Classes, background included.
+    pub num_classes: usize,
+    /// Hidden channels of the head block.
+    pub head_conv: usize,
+}
+
+/// A batch of label maps.
+#[derive(Debug, Clone)]
+pub struct SegmentationBatch {
+    /// `(B, H, W)` u32 train ids; 255 where ignored or where the image is not labelled.
+    pub labels: Tensor,
+}
+
+/// Stacks label maps (row-major `H·W` bytes each); images without labels become all-ignore.
+pub fn collate(
+    maps: &[Option<Vec<u8>>],
+    (h, w): (usize, usize),
+    device: &Device,
+) -> Result<SegmentationBatch> {
+    let mut all = Vec::with_capacity(maps.len() * h * w);
+    for (i, m) in maps.iter().enumerate() {
+        match m {
+            Some(m) if m.len() == h * w => all.extend(m.iter().map(|&v| v as u32)),
+            Some(m) => {
+                return Err(Error::InvalidConfig {
+                    what: "segmentation collate",
+                    reason: format!("map {i} has {} pixels, expected {h} x {w}", m.len()),
+                })
+            }
+            None => all.extend(std::iter::repeat_n(IGNORE as u32, h * w)),
+        }
+    }
+    Ok(SegmentationBatch {
+        labels: Tensor::from_vec(all, (maps.len(), h, w), device)?,
+    })
+}
+
+/// The segmentation head.
+#[derive(Debug, Clone)]
+pub struct SegmentationHead {
+    block: HeadBlock,
+    config: SegmentationConfig,
+}
+
+impl SegmentationHead {
+    /// Builds (or loads) the head under `vb` (`seg.*`).
+    pub fn new(
+        in_channels: usize,
+        config: &SegmentationConfig,
+        vb: VarBuilder<'_>,
+    ) -> Result<Self> {
+        let block = HeadBlock::new(
+            in_channels,
+            config.head_conv,
+            config.num_classes,
+            HeadInit::Default,
+            vb.pp("seg"),
+        )?;
+        Ok(Self {
+            block,
+            config: config.clone(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SegmentationConfig {
+        &self.config
+    }
+
+    /// Logits at the input resolution.
+    ///
+    /// # Shapes
+    /// `(B, in, h, w)` → `(B, C, 4h, 4w)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let logits = self.block.forward(x)?;
+        let (_, _, h, w) = logits.dims4()?;
+        upsample_bilinear2d(&logits, h * STRIDE, w * STRIDE)
+    }
+
+    /// Pixel cross-entropy, ignoring label 255.
+    pub fn loss(&self, logits: &Tensor, t: &SegmentationBatch) -> Result<Tensor> {
+        cross_entropy(logits, &t.labels, IGNORE as u32)
+    }
+
+    /// The class of every pixel, per image (row-major).
+    pub fn decode(&self, logits: &Tensor) -> Result<Vec<Vec<u8>>> {
+        Ok(logits
+            .argmax(1)?
+            .to_dtype(DType::U8)?
+            .flatten_from(1)?
+            .to_vec2::<u8>()?)
+    }
+
+    /// Convolution FLOPs on an `h` x `w` stride-4 map.
+    pub fn flops(&self, h: usize, w: usize) -> u64 {
+        self.block.flops(h, w)
+    }
+}
