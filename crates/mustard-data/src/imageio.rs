@@ -1,0 +1,183 @@
+//! Decoding and writing images, label maps and depth maps.
+
+use std::path::Path;
+
+use image::{DynamicImage, GrayImage, ImageBuffer, ImageDecoder, ImageReader, Luma, RgbImage};
+
+use crate::{Error, Result};
+
+/// A depth map in metres; 0 means "no depth".
+pub type DepthMap = ImageBuffer<Luma<f32>, Vec<f32>>;
+
+fn image_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Image {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+fn open(path: &Path) -> Result<DynamicImage> {
+    if !path.is_file() {
+        return Err(Error::Image {
+            path: path.to_path_buf(),
+            reason: "no such file".into(),
+        });
+    }
+    let reader = ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    let mut decoder = reader.into_decoder().map_err(|e| image_err(path, e))?;
+    let orientation = decoder.orientation().map_err(|e| image_err(path, e))?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| image_err(path, e))?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// Decodes a JPEG or PNG (8 or 16 bit, grey, RGB or RGBA) into 8-bit RGB, honouring the EXIF
+/// orientation.
+pub fn read_rgb(path: &Path) -> Result<RgbImage> {
+    Ok(open(path)?.to_rgb8())
+}
+
+/// The size of an image after EXIF orientation, reading only the header.
+pub fn dimensions(path: &Path) -> Result<(u32, u32)> {
+    let reader = ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    let mut decoder = reader.into_decoder().map_err(|e| image_err(path, e))?;
+    let (w, h) = decoder.dimensions();
+    let orientation = decoder.orientation().map_err(|e| image_err(path, e))?;
+    use image::metadata::Orientation::*;
+    Ok(match orientation {
+        Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH => (h, w),
+        _ => (w, h),
+    })
+}
+
+/// Reads an 8-bit, single-channel label map.
+pub fn read_labels(path: &Path) -> Result<GrayImage> {
+    match open(path)? {
+        DynamicImage::ImageLuma8(g) => Ok(g),
+        _ => Err(Error::Image {
+            path: path.to_path_buf(),
+            reason: "a label map must be a single-channel 8-bit PNG".into(),
+        }),
+    }
+}
+
+/// Reads a 16-bit depth PNG and converts it to metres with `scale` (metres per unit).
+pub fn read_depth(path: &Path, scale: f64) -> Result<DepthMap> {
+    let img = open(path)?;
+    let DynamicImage::ImageLuma16(raw) = img else {
+        return Err(Error::Image {
+            path: path.to_path_buf(),
+            reason: "a depth map must be a single-channel 16-bit PNG".into(),
+        });
+    };
+    let (w, h) = raw.dimensions();
+    let data = raw
+        .into_raw()
+        .into_iter()
+        .map(|v| (v as f64 * scale) as f32)
+        .collect();
+    Ok(DepthMap::from_raw(w, h, data).expect("sizes match"))
+}
+
+fn save(path: &Path, img: DynamicImage) -> Result<()> {
+    let format = image::ImageFormat::from_path(path).map_err(|e| image_err(path, e))?;
+    mustard_core::io::write_atomic(path, |tmp| {
+        img.save_with_format(tmp, format)
+            .map_err(|e| mustard_core::Error::Io {
+                path: tmp.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            })
+    })?;
+    Ok(())
+}
+
+/// Writes an RGB image (format from the extension: png or jpg) atomically.
+pub fn write_rgb(path: &Path, img: &RgbImage) -> Result<()> {
+    save(path, DynamicImage::ImageRgb8(img.clone()))
+}
+
+/// Writes an 8-bit label map as PNG atomically.
+pub fn write_labels(path: &Path, img: &GrayImage) -> Result<()> {
+    save(path, DynamicImage::ImageLuma8(img.clone()))
+}
+
+/// Writes a depth map in metres as a 16-bit PNG with `scale` metres per unit, atomically.
+pub fn write_depth(path: &Path, depth: &DepthMap, scale: f64) -> Result<()> {
+    let (w, h) = depth.dimensions();
+    let raw: Vec<u16> = depth
+        .as_raw()
+        .iter()
+        .map(|&m| (m as f64 / scale).round().clamp(0.0, 65535.0) as u16)
+        .collect();
+    save(
+        path,
+        DynamicImage::ImageLuma16(ImageBuffer::from_raw(w, h, raw).expect("sizes match")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pixel_format_decodes_to_rgb_and_depth_round_trips() {
+        let dir = std::env::temp_dir().join(format!("mustard-imageio-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let grey =
+            DynamicImage::ImageLuma8(GrayImage::from_fn(3, 2, |x, y| Luma([(10 * x + y) as u8])));
+        let rgba = DynamicImage::ImageRgba8(image::RgbaImage::from_fn(3, 2, |x, _| {
+            image::Rgba([x as u8, 1, 2, 128])
+        }));
+        let deep = DynamicImage::ImageRgb16(ImageBuffer::from_fn(3, 2, |x, _| {
+            image::Rgb([x as u16 * 257, 0, 65535])
+        }));
+        for (name, img) in [("grey.png", grey), ("rgba.png", rgba), ("deep.png", deep)] {
+            let p = dir.join(name);
+            img.save(&p).unwrap();
+            let rgb = read_rgb(&p).unwrap();
+            assert_eq!(rgb.dimensions(), (3, 2), "{name}");
+            assert_eq!(dimensions(&p).unwrap(), (3, 2));
+        }
+        assert_eq!(
+            read_rgb(&dir.join("grey.png")).unwrap().get_pixel(2, 1).0,
+            [21, 21, 21]
+        );
+        assert_eq!(
+            read_rgb(&dir.join("deep.png")).unwrap().get_pixel(1, 0).0,
+            [1, 0, 255]
+        );
+
+        let depth = DepthMap::from_fn(4, 2, |x, y| Luma([x as f32 * 1.5 + y as f32 * 0.001]));
+        write_depth(&dir.join("d.png"), &depth, 0.001).unwrap();
+        let back = read_depth(&dir.join("d.png"), 0.001).unwrap();
+        for (a, b) in depth.as_raw().iter().zip(back.as_raw()) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+        std::fs::write(dir.join("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+        let err = read_rgb(&dir.join("broken.png")).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}: ", dir.join("broken.png").display())),
+            "{err}"
+        );
+        assert_eq!(
+            read_rgb(&dir.join("none.png")).unwrap_err().to_string(),
+            format!("{}: no such file", dir.join("none.png").display())
+        );
+        assert_eq!(
+            read_depth(&dir.join("grey.png"), 0.001)
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "{}: a depth map must be a single-channel 16-bit PNG",
+                dir.join("grey.png").display()
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,618 @@
+//! The embedded default dataset: procedurally drawn scenes that label every task exactly.
+//!
+//! Each scene has a textured background plane receding from 4 m (bottom) to 8 m (top) and
+//! 1–`max_objects` objects, each at its own depth between 1.2 and 3.6 m, drawn far to near so
+//! nearer objects occlude farther ones. Objects are circles, squares and triangles (random
+//! colours, sizes and rotations, size shrinking with depth) and stick-figure people with the 17
+//! COCO joints. From the drawing come, exactly:
+//!
+//! - instance masks of the visible part (compressed RLE), their boxes and areas;
+//! - person keypoints: `v = 2` where the joint is visible, `1` where a nearer object covers it,
+//!   `0` (at 0, 0) outside the image;
+//! - a semantic label map (0 background, `i + 1` for category `i`), a depth map in millimetres;
+//! - an image-level label: the category covering the most pixels.
+//!
+//! Everything is a function of the seed and the image index.
+
+use std::path::{Path, PathBuf};
+
+use image::{GrayImage, Luma, Rgb, RgbImage};
+use mustard_core::rng::Rng;
+use mustard_eval::rle::Rle;
+use rayon::prelude::*;
+
+use crate::coco::{
+    self, Annotation, Category, CocoFile, ImageRecord, Segmentation, COCO_KEYPOINTS, COCO_SKELETON,
+};
+use crate::imageio::{self, DepthMap};
+use crate::{Error, Result, Task};
+
+/// Names of the categories, in order (ids 1..=4).
+pub const CATEGORIES: [&str; 4] = ["circle", "square", "triangle", "person"];
+const PERSON: usize = 3;
+/// Depth map unit: millimetres.
+pub const DEPTH_SCALE: f64 = 0.001;
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SynthConfig {
+    /// Image side in pixels.
+    pub size: u32,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Most objects per scene.
+    pub max_objects: usize,
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        Self {
+            size: 256,
+            seed: 0,
+            max_objects: 6,
+        }
+    }
+}
+
+/// One annotated object of a scene.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SceneObject {
+    /// Category index into [`CATEGORIES`].
+    pub class: usize,
+    /// Visible mask.
+    pub mask: Rle,
+    /// `[x, y, w, h]` of the visible mask.
+    pub bbox: [f64; 4],
+    /// Distance in metres.
+    pub depth: f64,
+    /// `[x, y, v] × 17` for people.
+    pub keypoints: Option<Vec<f64>>,
+}
+
+/// A rendered scene with every label.
+#[derive(Debug, Clone)]
+pub struct Scene {
+    /// Pixels.
+    pub image: RgbImage,
+    /// Semantic train ids.
+    pub semantic: GrayImage,
+    /// Depth in metres.
+    pub depth: DepthMap,
+    /// Visible objects, far to near.
+    pub objects: Vec<SceneObject>,
+    /// The category covering the most pixels (index into [`CATEGORIES`]).
+    pub label: u32,
+}
+
+type Polygon = Vec<f64>;
+
+fn regular_polygon(cx: f64, cy: f64, r: f64, n: usize, angle: f64) -> Polygon {
+    (0..n)
+        .flat_map(|k| {
+            let a = angle + 2.0 * std::f64::consts::PI * k as f64 / n as f64;
+            [cx + r * a.cos(), cy + r * a.sin()]
+        })
+        .collect()
+}
+
+/// A thick segment from `a` to `b` as a quadrilateral.
+fn limb(a: (f64, f64), b: (f64, f64), half_width: f64) -> Polygon {
+    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+    let len = (dx * dx + dy * dy).sqrt().max(1e-6);
+    let (nx, ny) = (-dy / len * half_width, dx / len * half_width);
+    vec![
+        a.0 + nx,
+        a.1 + ny,
+        b.0 + nx,
+        b.1 + ny,
+        b.0 - nx,
+        b.1 - ny,
+        a.0 - nx,
+        a.1 - ny,
+    ]
+}
+
+/// The 17 joints of a stick figure of height `h` standing at `(cx, top)`, in COCO order.
+fn person_joints(cx: f64, top: f64, h: f64, rng: &mut Rng) -> Vec<(f64, f64)> {
+    let at = |x: f64, y: f64| (cx + x * h, top + y * h);
+    let swing = |rng: &mut Rng, base: f64| base + rng.range(-0.6, 0.6);
+    let (sl, sr) = (at(-0.13, 0.2), at(0.13, 0.2));
+    let (hl, hr) = (at(-0.08, 0.52), at(0.08, 0.52));
+    // Arms and legs: two segments each, at random angles (radians from straight down).
+    let chain = |rng: &mut Rng, start: (f64, f64), base: f64, len: f64| {
+        let a1 = swing(rng, base);
+        let mid = (start.0 + len * a1.sin() * h, start.1 + len * a1.cos() * h);
+        let a2 = swing(rng, a1);
+        (
+            mid,
+            (mid.0 + len * a2.sin() * h, mid.1 + len * a2.cos() * h),
+        )
+    };
+    let (el, wl) = chain(rng, sl, -0.4, 0.16);
+    let (er, wr) = chain(rng, sr, 0.4, 0.16);
+    let (kl, al) = chain(rng, hl, -0.1, 0.23);
+    let (kr, ar) = chain(rng, hr, 0.1, 0.23);
+    vec![
+        at(0.0, 0.07),
+        at(-0.03, 0.05),
+        at(0.03, 0.05),
+        at(-0.06, 0.07),
+        at(0.06, 0.07),
+        sl,
+        sr,
+        el,
+        er,
+        wl,
+        wr,
+        hl,
+        hr,
+        kl,
+        kr,
+        al,
+        ar,
+    ]
+}
+
+/// The body of a stick figure: head, torso, limbs and joint disks (so every joint is inside).
+fn person_polygons(joints: &[(f64, f64)], h: f64) -> Vec<Polygon> {
+    let w = 0.035 * h;
+    let mut polys = vec![regular_polygon(
+        joints[0].0,
+        joints[0].1 - 0.01 * h,
+        0.085 * h,
+        16,
+        0.0,
+    )];
+    let (sl, sr, hl, hr) = (joints[5], joints[6], joints[11], joints[12]);
+    polys.push(vec![sl.0, sl.1, sr.0, sr.1, hr.0, hr.1, hl.0, hl.1]);
+    for [a, b] in [
+        [5, 7],
+        [7, 9],
+        [6, 8],
+        [8, 10],
+        [11, 13],
+        [13, 15],
+        [12, 14],
+        [14, 16],
+    ] {
+        polys.push(limb(joints[a], joints[b], w));
+    }
+    for &(x, y) in &joints[5..] {
+        polys.push(regular_polygon(x, y, w * 1.2, 8, 0.0));
+    }
+    polys
+}
+
+fn random_colour(rng: &mut Rng) -> [f64; 3] {
+    [
+        rng.range(30.0, 230.0),
+        rng.range(30.0, 230.0),
+        rng.range(30.0, 230.0),
+    ]
+}
+
+/// Renders scene `index` of `config`.
+pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
+    let s = config.size;
+    if s < 32 {
+        return Err(Error::config(
+            "synth size",
+            format!("{s} is smaller than 32 pixels"),
+        ));
+    }
+    let sf = s as f64;
+    let mut rng = Rng::derive(config.seed, &[index]);
+    // Background: two colours, a stripe or checker texture, and a receding depth plane.
+    let (bg_a, bg_b) = (random_colour(&mut rng), random_colour(&mut rng));
+    let period = rng.range(6.0, 24.0);
+    let checker = rng.chance(0.5);
+    let angle = rng.range(0.0, std::f64::consts::PI);
+    let mut image = RgbImage::from_fn(s, s, |x, y| {
+        let (u, v) = (
+            x as f64 * angle.cos() + y as f64 * angle.sin(),
+            -(x as f64) * angle.sin() + y as f64 * angle.cos(),
+        );
+        let t = if checker {
+            (((u / period).floor() + (v / period).floor()) as i64).rem_euclid(2) as f64
+        } else {
+            0.5 + 0.5 * (u / period * std::f64::consts::PI).sin()
+        };
+        Rgb([0, 1, 2].map(|c| (bg_a[c] * t + bg_b[c] * (1.0 - t)) as u8))
+    });
+    let mut depth = DepthMap::from_fn(s, s, |_, y| {
+        Luma([(8.0 - 4.0 * (y as f64 + 0.5) / sf) as f32])
+    });
+    let mut owner: Vec<Option<usize>> = vec![None; (s * s) as usize];
+
+    let count = 1 + rng.below(config.max_objects.max(1));
+    struct Drawn {
+        class: usize,
+        depth: f64,
+        polygons: Vec<Polygon>,
+        joints: Option<Vec<(f64, f64)>>,
+        colour: [f64; 3],
+    }
+    let mut drawn: Vec<Drawn> = (0..count)
+        .map(|_| {
+            let class = rng.below(CATEGORIES.len());
+            let z = rng.range(1.2, 3.6);
+            let extent = sf * rng.range(0.22, 0.42) * 2.0 / z;
+            let (cx, cy) = (rng.range(0.1, 0.9) * sf, rng.range(0.1, 0.9) * sf);
+            let turn = rng.range(0.0, std::f64::consts::TAU);
+            let (polygons, joints) = match class {
+                0 => (vec![regular_polygon(cx, cy, extent / 2.0, 32, 0.0)], None),
+                1 => (
+                    vec![regular_polygon(
+                        cx,
+                        cy,
+                        extent / 2.0 * std::f64::consts::SQRT_2,
+                        4,
+                        turn,
+                    )],
+                    None,
+                ),
+                2 => (vec![regular_polygon(cx, cy, extent * 0.6, 3, turn)], None),
+                _ => {
+                    let h = extent * 1.6;
+                    let joints = person_joints(cx, cy - h / 2.0, h, &mut rng);
+                    (person_polygons(&joints, h), Some(joints))
+                }
+            };
+            Drawn {
+                class,
+                depth: z,
+                polygons,
+                joints,
+                colour: random_colour(&mut rng),
+            }
+        })
+        .collect();
+    drawn.sort_by(|a, b| b.depth.total_cmp(&a.depth));
+
+    let mut semantic = GrayImage::new(s, s);
+    for (k, d) in drawn.iter().enumerate() {
+        let mask = Rle::from_polygons(&d.polygons, s, s)
+            .map_err(|e| Error::config("synth", e.to_string()))?;
+        let pixels = mask.decode_row_major();
+        let shade = d.colour;
+        for (i, &m) in pixels.iter().enumerate() {
+            if m == 0 {
+                continue;
+            }
+            let (x, y) = (i as u32 % s, i as u32 / s);
+            // Light texture on objects: a gentle ripple so flat colour alone is not the cue.
+            let ripple = 1.0 + 0.12 * ((x as f64 * 0.7 + y as f64 * 0.45 + k as f64).sin());
+            image.put_pixel(
+                x,
+                y,
+                Rgb(shade.map(|c| (c * ripple).clamp(0.0, 255.0) as u8)),
+            );
+            depth.put_pixel(x, y, Luma([d.depth as f32]));
+            semantic.put_pixel(x, y, Luma([d.class as u8 + 1]));
+            owner[i] = Some(k);
+        }
+    }
+    let mut area_per_class = [0u64; CATEGORIES.len()];
+    let mut objects = Vec::new();
+    for (k, d) in drawn.iter().enumerate() {
+        let visible: Vec<u8> = owner.iter().map(|o| u8::from(*o == Some(k))).collect();
+        let mask = Rle::encode_row_major(&visible, s, s)
+            .map_err(|e| Error::config("synth", e.to_string()))?;
+        let area = mask.area();
+        if area == 0 {
+            continue;
+        }
+        area_per_class[d.class] += area;
+        let keypoints = d.joints.as_ref().map(|joints| {
+            joints
+                .iter()
+                .flat_map(|&(x, y)| {
+                    if x < 0.0 || y < 0.0 || x >= sf || y >= sf {
+                        return [0.0, 0.0, 0.0];
+                    }
+                    let i = (y as u32 * s + x as u32) as usize;
+                    [x, y, if owner[i] == Some(k) { 2.0 } else { 1.0 }]
+                })
+                .collect()
+        });
+        objects.push(SceneObject {
+            class: d.class,
+            mask: mask.clone(),
+            bbox: mask.to_bbox(),
+            depth: d.depth,
+            keypoints,
+        });
+    }
+    let label = (0..CATEGORIES.len())
+        .max_by_key(|&c| (area_per_class[c], std::cmp::Reverse(c)))
+        .unwrap_or(0) as u32;
+    Ok(Scene {
+        image,
+        semantic,
+        depth,
+        objects,
+        label,
+    })
+}
+
+/// Which images go where.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Splits {
+    /// Images of each single-task labelled split (one split per task).
+    pub per_task: usize,
+    /// Images of the unlabelled split.
+    pub unlabeled: usize,
+    /// Images of the fully labelled test split.
+    pub test: usize,
+}
+
+/// The files `write` produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// Dataset files by split name (`all`, `detection`, …, `unlabeled`, `test`).
+    pub files: Vec<(String, PathBuf)>,
+    /// Images rendered.
+    pub images: usize,
+}
+
+fn categories() -> Vec<Category> {
+    CATEGORIES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Category {
+            id: i as u64 + 1,
+            name: name.to_string(),
+            supercategory: Some(if i == PERSON { "person" } else { "shape" }.into()),
+            keypoints: (i == PERSON)
+                .then(|| COCO_KEYPOINTS.iter().map(|s| s.to_string()).collect()),
+            skeleton: (i == PERSON).then(|| COCO_SKELETON.to_vec()),
+        })
+        .collect()
+}
+
+/// Renders `images` scenes into `out` (`images/`, `semantic/`, `depth/`, in parallel) and writes
+/// `instances.json` labelling every task. With `splits`, the images are instead divided into
+/// one single-task split per task (`train_<task>.json`, carrying only that task's labels),
+/// `unlabeled.json` (images only) and `test.json` (every label); `images` is then ignored.
+pub fn write(
+    out: &Path,
+    config: &SynthConfig,
+    images: usize,
+    splits: Option<&Splits>,
+) -> Result<Written> {
+    let total = match splits {
+        Some(s) => s.per_task * Task::ALL.len() + s.unlabeled + s.test,
+        None => images,
+    };
+    if total == 0 {
+        return Err(Error::config("synth", "nothing to generate: 0 images"));
+    }
+    for dir in ["images", "semantic", "depth"] {
+        std::fs::create_dir_all(out.join(dir)).map_err(|e| Error::io(out.join(dir), e))?;
+    }
+    let records: Vec<(ImageRecord, Vec<Annotation>)> = (0..total)
+        .into_par_iter()
+        .map(|i| -> Result<_> {
+            let scene = render(config, i as u64)?;
+            let id = i as u64 + 1;
+            let name = format!("{id:06}.png");
+            imageio::write_rgb(&out.join("images").join(&name), &scene.image)?;
+            imageio::write_labels(&out.join("semantic").join(&name), &scene.semantic)?;
+            imageio::write_depth(&out.join("depth").join(&name), &scene.depth, DEPTH_SCALE)?;
+            let record = ImageRecord {
+                id,
+                file_name: format!("images/{name}"),
+                width: config.size,
+                height: config.size,
+                seg_file: Some(format!("semantic/{name}")),
+                depth_file: Some(format!("depth/{name}")),
+                depth_scale: Some(DEPTH_SCALE),
+                label: Some(scene.label),
+                tasks: Some(Task::ALL.to_vec()),
+            };
+            let anns = scene
+                .objects
+                .iter()
+                .enumerate()
+                .map(|(k, o)| Annotation {
+                    id: id * 1000 + k as u64,
+                    image_id: id,
+                    category_id: o.class as u64 + 1,
+                    bbox: Some(o.bbox),
+                    area: Some(o.mask.area() as f64),
+                    iscrowd: 0,
+                    segmentation: Some(Segmentation::from_rle(&o.mask)),
+                    num_keypoints: o
+                        .keypoints
+                        .as_ref()
+                        .map(|k| k.chunks(3).filter(|j| j[2] > 0.0).count() as u32),
+                    keypoints: o.keypoints.clone(),
+                })
+                .collect();
+            Ok((record, anns))
+        })
+        .collect::<Result<_>>()?;
+    let dataset = |range: std::ops::Range<usize>, task: Option<Option<Task>>| -> CocoFile {
+        let mut file = CocoFile {
+            categories: categories(),
+            label_names: CATEGORIES.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        for (record, anns) in &records[range] {
+            let mut record = record.clone();
+            let keep = |t: Task| match task {
+                None => true,
+                Some(only) => only == Some(t),
+            };
+            record.tasks = Some(Task::ALL.into_iter().filter(|&t| keep(t)).collect());
+            if !keep(Task::Segmentation) {
+                record.seg_file = None;
+            }
+            if !keep(Task::Depth) {
+                record.depth_file = None;
+                record.depth_scale = None;
+            }
+            if !keep(Task::Classification) {
+                record.label = None;
+            }
+            for a in anns {
+                let person = a.category_id as usize == PERSON + 1;
+                if keep(Task::Detection) || (keep(Task::Pose) && person) {
+                    let mut a = a.clone();
+                    if !keep(Task::Segmentation) && task.is_some() {
+                        a.segmentation = None;
+                    }
+                    if !keep(Task::Pose) {
+                        a.keypoints = None;
+                        a.num_keypoints = None;
+                    }
+                    file.annotations.push(a);
+                }
+            }
+            file.images.push(record);
+        }
+        file
+    };
+    let mut files = Vec::new();
+    let mut save = |name: &str, file: CocoFile| -> Result<()> {
+        let path = out.join(format!("{name}.json"));
+        coco::write(&file, &path)?;
+        files.push((name.trim_start_matches("train_").to_string(), path));
+        Ok(())
+    };
+    match splits {
+        None => save("instances", dataset(0..total, None))?,
+        Some(s) => {
+            let mut start = 0;
+            for task in Task::ALL {
+                save(
+                    &format!("train_{}", task.name()),
+                    dataset(start..start + s.per_task, Some(Some(task))),
+                )?;
+                start += s.per_task;
+            }
+            save("unlabeled", dataset(start..start + s.unlabeled, Some(None)))?;
+            start += s.unlabeled;
+            save("test", dataset(start..start + s.test, None))?;
+        }
+    }
+    Ok(Written {
+        files,
+        images: total,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenes_are_deterministic_and_labels_agree_with_the_pixels() {
+        let config = SynthConfig {
+            size: 96,
+            seed: 5,
+            max_objects: 5,
+        };
+        let a = render(&config, 3).unwrap();
+        let b = render(&config, 3).unwrap();
+        assert_eq!(a.image, b.image);
+        assert_eq!(a.objects, b.objects);
+        assert_ne!(render(&config, 4).unwrap().image, a.image);
+        let mut people = 0;
+        for index in 0..40 {
+            let scene = render(&config, index).unwrap();
+            let sem = scene.semantic.as_raw();
+            for o in &scene.objects {
+                // The visible mask is exactly the pixels of the semantic map with its class
+                // owned by it: every mask pixel carries the object's class.
+                let pixels = o.mask.decode_row_major();
+                assert!(pixels
+                    .iter()
+                    .zip(sem)
+                    .all(|(&m, &c)| m == 0 || c as usize == o.class + 1));
+                assert_eq!(o.bbox, o.mask.to_bbox());
+                if let Some(k) = &o.keypoints {
+                    people += 1;
+                    assert_eq!(k.len(), 51);
+                    for j in k.chunks(3) {
+                        if j[2] == 2.0 {
+                            let i = (j[1] as u32 * 96 + j[0] as u32) as usize;
+                            assert_eq!(pixels[i], 1, "a visible joint lies on the visible mask");
+                        }
+                    }
+                }
+            }
+            let depth = scene.depth.as_raw();
+            assert!(depth.iter().all(|&d| (1.2..=8.0).contains(&d)));
+        }
+        assert!(people > 5, "people appear in the scenes ({people})");
+    }
+
+    #[test]
+    fn splits_carry_only_their_task() {
+        let dir = std::env::temp_dir().join(format!("mustard-synth-{}", std::process::id()));
+        let config = SynthConfig {
+            size: 64,
+            seed: 1,
+            max_objects: 3,
+        };
+        let written = write(
+            &dir,
+            &config,
+            0,
+            Some(&Splits {
+                per_task: 2,
+                unlabeled: 3,
+                test: 2,
+            }),
+        )
+        .unwrap();
+        let names: Vec<&str> = written.files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "detection",
+                "pose",
+                "segmentation",
+                "depth",
+                "classification",
+                "unlabeled",
+                "test"
+            ]
+        );
+        assert_eq!(written.images, 15);
+        let read = |name: &str| coco::read(&dir.join(format!("{name}.json"))).unwrap();
+        let seg = read("train_segmentation");
+        assert!(seg.annotations.is_empty());
+        assert!(seg
+            .images
+            .iter()
+            .all(|r| r.seg_file.is_some() && r.depth_file.is_none() && r.label.is_none()));
+        assert!(seg
+            .images
+            .iter()
+            .all(|r| r.tasks == Some(vec![Task::Segmentation])));
+        let pose = read("train_pose");
+        assert!(pose
+            .annotations
+            .iter()
+            .all(|a| a.category_id == 4 && a.keypoints.is_some() && a.segmentation.is_none()));
+        let det = read("train_detection");
+        assert!(det
+            .annotations
+            .iter()
+            .all(|a| a.keypoints.is_none() && a.bbox.is_some()));
+        let unlabeled = read("unlabeled");
+        assert!(
+            unlabeled.annotations.is_empty()
+                && unlabeled.images.iter().all(|r| r.tasks == Some(vec![]))
+        );
+        let test = read("test");
+        assert!(test
+            .images
+            .iter()
+            .all(|r| r.tasks.as_ref().unwrap().len() == 5));
+        assert_eq!(test.images[0].id, 14);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
