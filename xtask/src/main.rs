@@ -24,7 +24,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("mustard-data", &["mustard-core", "mustard-eval"]),
     (
         "mustard-pseudo",
-        &["mustard-core", "mustard-heads", "mustard-data", "mustard-eval"],
+        &[
+            "mustard-core",
+            "mustard-heads",
+            "mustard-data",
+            "mustard-eval",
+        ],
     ),
     (
         "mustard",

@@ -13,7 +13,9 @@ pub struct Rng {
 impl Rng {
     /// A generator from a seed.
     pub fn new(seed: u64) -> Self {
-        Self { state: seed ^ 0x5851_F42D_4C95_7F2D }
+        Self {
+            state: seed ^ 0x5851_F42D_4C95_7F2D,
+        }
     }
 
     /// An independent generator for the stream `ids` (e.g. `[epoch, index]`) of `seed`.
@@ -82,8 +84,14 @@ mod tests {
     fn streams_are_deterministic_and_distinct() {
         let a: Vec<u64> = (0..3).map(|_| Rng::derive(7, &[1, 2]).next_u64()).collect();
         assert_eq!(a[0], a[1]);
-        assert_ne!(Rng::derive(7, &[1, 2]).next_u64(), Rng::derive(7, &[2, 1]).next_u64());
-        assert_ne!(Rng::derive(7, &[1]).next_u64(), Rng::derive(8, &[1]).next_u64());
+        assert_ne!(
+            Rng::derive(7, &[1, 2]).next_u64(),
+            Rng::derive(7, &[2, 1]).next_u64()
+        );
+        assert_ne!(
+            Rng::derive(7, &[1]).next_u64(),
+            Rng::derive(8, &[1]).next_u64()
+        );
         let mut r = Rng::new(1);
         let n = 100_000;
         let mean = (0..n).map(|_| r.uniform()).sum::<f64>() / n as f64;
@@ -92,7 +100,12 @@ mod tests {
             c[r.below(3)] += 1;
             c
         });
-        assert!(counts.iter().all(|&c| (c as f64 / n as f64 - 1.0 / 3.0).abs() < 0.01), "{counts:?}");
+        assert!(
+            counts
+                .iter()
+                .all(|&c| (c as f64 / n as f64 - 1.0 / 3.0).abs() < 0.01),
+            "{counts:?}"
+        );
         let mut v: Vec<u32> = (0..10).collect();
         r.shuffle(&mut v);
         v.sort();
