@@ -575,7 +575,7 @@ impl Dataset {
             };
             masks.push((rle.area(), value, rle));
         }
-        masks.sort_by(|a, b| b.0.cmp(&a.0));
+        masks.sort_by_key(|m| std::cmp::Reverse(m.0));
         for (_, value, rle) in masks {
             for (p, &m) in map.pixels_mut().zip(rle.decode_row_major().iter()) {
                 if m != 0 {
