@@ -79,7 +79,7 @@ fn synth(args: SynthArgs) -> Result<ExitCode> {
         seed: args.seed,
         max_objects: args.max_objects,
     };
-    let splits = args.splits.then(|| Splits {
+    let splits = args.splits.then_some(Splits {
         per_task: args.per_task,
         unlabeled: args.unlabeled,
         test: args.test,

@@ -183,12 +183,15 @@ fn every_kind_of_bad_record_is_reported_with_its_id_and_file() -> Result<()> {
     Ok(())
 }
 
-/// An encoder that records what it saw: (image id, pixel sum, first box) per sample.
+/// What the probe records of a sample: image id, pixel sum, first box.
+type Seen = (u64, u64, Option<[f32; 4]>);
+
+/// An encoder that records what it saw.
 struct Probe(AtomicUsize);
 
 impl BatchEncoder for Probe {
-    type Item = (u64, u64, Option<[f32; 4]>);
-    type Batch = Vec<(u64, u64, Option<[f32; 4]>)>;
+    type Item = Seen;
+    type Batch = Vec<Seen>;
 
     fn encode(&self, s: Sample) -> mustard_data::Result<Self::Item> {
         self.0.fetch_add(1, Ordering::SeqCst);
@@ -201,7 +204,7 @@ impl BatchEncoder for Probe {
     }
 }
 
-fn run_epoch(dir: &Path, threads: usize, epoch: u64) -> Vec<Vec<(u64, u64, Option<[f32; 4]>)>> {
+fn run_epoch(dir: &Path, threads: usize, epoch: u64) -> Vec<Vec<Seen>> {
     let ds = Arc::new(Dataset::open(&dir.join("instances.json"), None).unwrap());
     let config = LoaderConfig {
         threads: Some(threads),
