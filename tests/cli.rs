@@ -149,3 +149,74 @@ fn bad_input_is_a_clear_error_and_a_non_zero_exit() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn train_then_evaluate_through_the_command_line() {
+    let dir = temp("train");
+    let data = dir.join("data");
+    let out = mustard(&["synth", "--out", s(&data), "--images", "8", "--size", "64", "--seed", "2", "--max-objects", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json = data.join("instances.json");
+    let runs = dir.join("runs");
+    let args = [
+        "train", "--runs", s(&runs), "--name", "tiny", "--data", s(&json), "--val", s(&json), "--input-size", "64",
+        "--batch-size", "4", "--epochs", "6", "--lr", "0.003", "--workers", "2",
+    ];
+    let out = mustard(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("trained 12 steps in "), "{stdout}");
+    assert!(stdout.contains("detection (COCO box AP, equal to pycocotools):\n Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = "), "{stdout}");
+    let run = runs.join("tiny");
+    for file in ["config.toml", "metrics.csv", "weights/last.safetensors", "weights/best.safetensors"] {
+        assert!(run.join(file).is_file(), "{file}");
+    }
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows[0][..6], ["epoch", "step", "lr", "seconds", "loss", "loss_detection"]);
+    assert_eq!(rows.len(), 7, "{csv}");
+    let loss = |r: &Vec<&str>| r[4].parse::<f64>().unwrap();
+    let (first, last) = (loss(&rows[1]) + loss(&rows[2]), loss(&rows[5]) + loss(&rows[6]));
+    assert!(last < first, "the loss decreases: {csv}");
+
+    // Training into the same run again is refused; the checkpoint evaluates.
+    let out = mustard(&args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("already holds a trained run; pass --resume"), "{}", text(&out.stderr));
+    let report = dir.join("report.json");
+    let out = mustard(&["eval", "--checkpoint", s(&run), "--data", s(&json), "--out", s(&report)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("8 images\ndetection (COCO box AP"), "{}", text(&out.stdout));
+    let numbers: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(numbers["images"], 8);
+    assert!(numbers["segmentation"]["mean_iou"].as_f64().unwrap() > 0.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn eval_scores_a_coco_results_file_like_pycocotools() {
+    let dir = temp("results");
+    let data = dir.join("data");
+    assert!(mustard(&["synth", "--out", s(&data), "--images", "3", "--size", "64"]).status.success());
+    let json = data.join("instances.json");
+    // Perfect detections: every ground-truth box with score 1.
+    let gt: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let results: Vec<serde_json::Value> = gt["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| serde_json::json!({"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}))
+        .collect();
+    let res = dir.join("results.json");
+    std::fs::write(&res, serde_json::to_vec(&results).unwrap()).unwrap();
+    let out = mustard(&["eval", "--gt", s(&json), "--results", s(&res)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with(" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 1.000\n"), "{stdout}");
+    // A result on an unknown image is refused with the record named.
+    std::fs::write(&res, br#"[{"image_id": 99, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}]"#).unwrap();
+    let out = mustard(&["eval", "--gt", s(&json), "--results", s(&res)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("error: ") && text(&out.stderr).contains("99"), "{}", text(&out.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

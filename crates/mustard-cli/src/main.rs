@@ -3,11 +3,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mustard::backbone::ResNetPreset;
 use mustard::data::synth::{self, Splits, SynthConfig};
-use mustard::data::Dataset;
+use mustard::data::{Dataset, Task};
+use mustard::eval::{CocoDt, CocoGt, IouType, Params};
+use mustard::train::{TrainOptions, TrainSummary};
+use mustard::{Config, Preset};
 
 /// One model that detects objects, segments scenes, estimates human pose and depth, and
 /// classifies images.
@@ -27,6 +32,10 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// Train a model (any subset of tasks); with no data given, on the synthetic default.
+    Train(TrainArgs),
+    /// Evaluate a checkpoint on a dataset, or score a COCO results file against ground truth.
+    Eval(EvalArgs),
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +82,124 @@ enum DataCommand {
     },
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PresetArg {
+    /// Tiny model, small synthetic set: minutes on 2 CPU cores.
+    Quick,
+    /// ResNet-18 + FPN at 256 px: a GPU or a long CPU run.
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BackboneArg {
+    Tiny,
+    R18,
+    R34,
+    R50,
+}
+
+#[derive(Debug, Args)]
+struct TrainArgs {
+    /// A TOML config (see `runs/<name>/config.toml` of any run); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Starting point when no --config is given.
+    #[arg(long, value_enum, default_value = "quick")]
+    preset: PresetArg,
+    /// Run name: the folder under --runs.
+    #[arg(long)]
+    name: Option<String>,
+    /// Folder of the runs.
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
+    /// Continue the run from its last checkpoint (its saved config is used).
+    #[arg(long)]
+    resume: bool,
+    /// Training COCO file (default: the synthetic dataset).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Validation COCO file.
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// Image folder (default: each file's folder).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Tasks to train, comma separated (detection, pose, segmentation, depth, classification).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Option<Vec<Task>>,
+    /// Backbone preset.
+    #[arg(long, value_enum)]
+    backbone: Option<BackboneArg>,
+    /// Backbone weights: a safetensors path or hf:<org>/<repo>[:<file>].
+    #[arg(long)]
+    pretrained: Option<String>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Stop after this many steps.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Images per step.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Input side in pixels (a multiple of 32).
+    #[arg(long)]
+    input_size: Option<u32>,
+    /// Learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Loader threads.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Synthetic training images (with no --data).
+    #[arg(long)]
+    synth_images: Option<usize>,
+    /// Leave bad dataset records out (each is logged) instead of refusing the dataset.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Do not validate after each epoch.
+    #[arg(long)]
+    no_val: bool,
+    /// Write a checkpoint every this many steps.
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct EvalArgs {
+    /// A checkpoint file (runs/<name>/weights/*.safetensors) or a run folder.
+    #[arg(long, conflicts_with_all = ["gt", "results"])]
+    checkpoint: Option<PathBuf>,
+    /// Dataset to evaluate the checkpoint on (default: the run's validation set).
+    #[arg(long, requires = "checkpoint")]
+    data: Option<PathBuf>,
+    /// Ground-truth COCO file (with --results).
+    #[arg(long, requires = "results")]
+    gt: Option<PathBuf>,
+    /// COCO results file (with --gt).
+    #[arg(long, requires = "gt")]
+    results: Option<PathBuf>,
+    /// What the results are (with --gt).
+    #[arg(long, value_enum, default_value = "bbox")]
+    iou_type: IouArg,
+    /// Write every number as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Folder of the runs (for the synthetic validation set).
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum IouArg {
+    Bbox,
+    Segm,
+    Keypoints,
+}
+
 fn synth(args: SynthArgs) -> Result<ExitCode> {
     let config = SynthConfig {
         size: args.size,
@@ -109,6 +236,147 @@ fn data_check(dataset: PathBuf, root: Option<PathBuf>) -> Result<ExitCode> {
     })
 }
 
+fn train_config(args: &TrainArgs) -> Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::read(path)?,
+        None => Config::preset(
+            match args.preset {
+                PresetArg::Quick => Preset::Quick,
+                PresetArg::Full => Preset::Full,
+            },
+            "train",
+        ),
+    };
+    if let Some(v) = &args.name {
+        config.name = v.clone();
+    }
+    if let Some(v) = &args.data {
+        config.data.train = Some(v.clone());
+        config.data.val = None;
+    }
+    if let Some(v) = &args.val {
+        config.data.val = Some(v.clone());
+    }
+    if let Some(v) = &args.root {
+        config.data.root = Some(v.clone());
+    }
+    if let Some(v) = &args.tasks {
+        config.model.tasks = v.clone();
+    }
+    if let Some(v) = args.backbone {
+        config.model.backbone = match v {
+            BackboneArg::Tiny => ResNetPreset::Tiny,
+            BackboneArg::R18 => ResNetPreset::R18,
+            BackboneArg::R34 => ResNetPreset::R34,
+            BackboneArg::R50 => ResNetPreset::R50,
+        };
+    }
+    if let Some(v) = &args.pretrained {
+        config.model.pretrained = Some(v.clone());
+    }
+    let t = &mut config.train;
+    t.epochs = args.epochs.unwrap_or(t.epochs);
+    t.max_steps = args.max_steps.or(t.max_steps);
+    t.batch_size = args.batch_size.unwrap_or(t.batch_size);
+    t.input_size = args.input_size.unwrap_or(t.input_size);
+    t.lr = args.lr.unwrap_or(t.lr);
+    t.workers = args.workers.or(t.workers);
+    t.checkpoint_every = args.checkpoint_every.unwrap_or(t.checkpoint_every);
+    if args.no_val {
+        t.validate = false;
+    }
+    config.seed = args.seed.unwrap_or(config.seed);
+    if let Some(n) = args.synth_images {
+        config.data.synth.train_images = n;
+    }
+    config.data.skip_bad |= args.skip_bad;
+    config.validate()?;
+    Ok(config)
+}
+
+fn print_summary(summary: &TrainSummary) {
+    println!(
+        "trained {} steps in {:.1} s ({} parameters); run folder {}",
+        summary.steps,
+        summary.seconds,
+        summary.parameters,
+        summary.run.display()
+    );
+    if let Some(v) = &summary.validation {
+        print!("{}", v.summary());
+    }
+}
+
+fn train(args: TrainArgs) -> Result<ExitCode> {
+    let options = TrainOptions {
+        runs: args.runs.clone(),
+        resume: args.resume,
+        progress: true,
+        stop_after: None,
+    };
+    let config = if args.resume {
+        let name = args
+            .name
+            .clone()
+            .context("--resume needs --name of the run to continue")?;
+        let mut c = Config::preset(Preset::Quick, &name);
+        c.name = name;
+        c
+    } else {
+        train_config(&args)?
+    };
+    let summary = mustard::train::train(&config, &options)?;
+    print_summary(&summary);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval(args: EvalArgs) -> Result<ExitCode> {
+    if let (Some(gt), Some(results)) = (&args.gt, &args.results) {
+        let gt = CocoGt::from_path(gt)?;
+        let dt = CocoDt::from_path(&gt, results)?;
+        let iou = match args.iou_type {
+            IouArg::Bbox => IouType::Bbox,
+            IouArg::Segm => IouType::Segm,
+            IouArg::Keypoints => IouType::Keypoints,
+        };
+        let report = mustard::eval::evaluate(&gt, &dt, &Params::new(iou))?;
+        print!("{}", report.summary());
+        if let Some(out) = &args.out {
+            let text = serde_json::to_string_pretty(&report.to_json())?;
+            std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(checkpoint) = &args.checkpoint else {
+        bail!("give --checkpoint (a model to evaluate) or --gt with --results (a COCO results file to score)");
+    };
+    let (config, _, model) = mustard::checkpoint::load_model(checkpoint)?;
+    let data = match (&args.data, &config.data.val, &config.data.train) {
+        (Some(d), _, _) => d.clone(),
+        (None, Some(v), _) => v.clone(),
+        (None, None, None) => mustard::train::synthetic_datasets(&config, &args.runs)?.1,
+        (None, None, Some(_)) => bail!("the run has no validation set: pass --data"),
+    };
+    let ds = Arc::new(mustard::train::open_dataset(
+        &data,
+        config.data.root.as_deref(),
+        false,
+    )?);
+    let report = mustard::evaluate::evaluate(
+        &model,
+        ds,
+        config.train.input_size,
+        config.train.batch_size,
+        config.train.workers,
+    )?;
+    print!("{}", report.summary());
+    if let Some(out) = &args.out {
+        let text = serde_json::to_string_pretty(&report.to_json())?;
+        std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The error and its causes, leaving out causes the message already quotes.
 fn describe(e: &anyhow::Error) -> String {
     let mut out = String::new();
@@ -131,6 +399,8 @@ fn main() -> ExitCode {
         Command::Data {
             command: DataCommand::Check { dataset, root },
         } => data_check(dataset, root),
+        Command::Train(args) => train(args),
+        Command::Eval(args) => eval(args),
     };
     match result {
         Ok(code) => code,

@@ -1,12 +1,25 @@
 //! mustard: one model that detects objects, segments scenes, estimates human pose and depth,
 //! and classifies images, trained, evaluated and deployed from Rust.
 //!
-//! This is the thin orchestration crate. It will assemble models from a typed config (backbone,
-//! neck and any subset of heads), run training, evaluation and prediction, and the MCN
-//! (<https://arxiv.org/abs/2108.05060>) and MuST (<https://arxiv.org/abs/2108.11353>) pipelines.
-//! Today it re-exports the crates that exist, so that the command line depends on this crate
-//! alone.
+//! This is the thin orchestration crate: it assembles a [`MultiTaskModel`] (backbone preset +
+//! neck + any subset of heads) from a typed [`Config`] saved as TOML beside every checkpoint,
+//! encodes batches for it ([`targets`]), trains it ([`train`]) with exact resume, and evaluates
+//! it through mustard-eval ([`evaluate`]). MultiTask-CenterNet:
+//! <https://arxiv.org/abs/2108.05060>; MuST: <https://arxiv.org/abs/2108.11353>.
 #![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod config;
+mod error;
+pub mod evaluate;
+pub mod init;
+pub mod model;
+pub mod targets;
+pub mod train;
+
+pub use config::{Config, Preset};
+pub use error::{Error, Result};
+pub use model::MultiTaskModel;
 
 pub use mustard_backbone as backbone;
 pub use mustard_core as core;

@@ -1,0 +1,202 @@
+//! Checkpoints: one safetensors file holding the model's variables (by their names), the
+//! optimiser state (`optimizer.*`) and the loop position (`state.*`), written atomically so a
+//! killed process leaves the previous checkpoint intact.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use mustard_core::candle_core::{DType, Device, Tensor};
+use mustard_core::candle_nn::{VarBuilder, VarMap};
+use mustard_core::io::{load_weights, LoadOptions};
+
+use crate::config::Config;
+use crate::model::MultiTaskModel;
+use crate::{Error, Result};
+
+/// Where the training loop stands.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LoopState {
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// Current epoch.
+    pub epoch: u64,
+    /// Batches of the current epoch already consumed.
+    pub batch: u64,
+    /// Best validation score so far.
+    pub best: f64,
+}
+
+/// The files of a run.
+#[derive(Debug, Clone)]
+pub struct RunPaths {
+    /// `runs/<name>`.
+    pub dir: PathBuf,
+}
+
+impl RunPaths {
+    /// The run folder `root/name`.
+    pub fn new(root: &Path, name: &str) -> Self {
+        Self {
+            dir: root.join(name),
+        }
+    }
+
+    /// `config.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    /// `weights/last.safetensors`.
+    pub fn last(&self) -> PathBuf {
+        self.dir.join("weights").join("last.safetensors")
+    }
+
+    /// `weights/best.safetensors`.
+    pub fn best(&self) -> PathBuf {
+        self.dir.join("weights").join("best.safetensors")
+    }
+
+    /// `metrics.csv`.
+    pub fn metrics(&self) -> PathBuf {
+        self.dir.join("metrics.csv")
+    }
+}
+
+fn model_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
+    varmap
+        .data()
+        .lock()
+        .expect("VarMap lock poisoned")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
+/// Writes model, optimiser state and loop state to `path` atomically.
+pub fn save(
+    path: &Path,
+    varmap: &VarMap,
+    optimizer: Option<HashMap<String, Tensor>>,
+    state: LoopState,
+) -> Result<()> {
+    let mut all = model_tensors(varmap);
+    for (k, v) in optimizer.unwrap_or_default() {
+        all.insert(format!("optimizer.{k}"), v);
+    }
+    let cpu = Device::Cpu;
+    all.insert(
+        "state.step".into(),
+        Tensor::new(&[state.step as i64], &cpu)?,
+    );
+    all.insert(
+        "state.epoch".into(),
+        Tensor::new(&[state.epoch as i64], &cpu)?,
+    );
+    all.insert(
+        "state.batch".into(),
+        Tensor::new(&[state.batch as i64], &cpu)?,
+    );
+    all.insert("state.best".into(), Tensor::new(&[state.best], &cpu)?);
+    mustard_core::io::save_safetensors(&all, path)?;
+    Ok(())
+}
+
+/// A loaded checkpoint, split into its parts.
+pub struct Loaded {
+    /// Optimiser state (keys without the `optimizer.` prefix).
+    pub optimizer: HashMap<String, Tensor>,
+    /// Loop position.
+    pub state: LoopState,
+}
+
+/// Loads `path` into `varmap` (strictly: the model must match) and returns the rest.
+pub fn load(path: &Path, varmap: &VarMap) -> Result<Loaded> {
+    let all = mustard_core::io::load_safetensors(path, &Device::Cpu)?;
+    let (mut model, mut optimizer, mut state) = (HashMap::new(), HashMap::new(), HashMap::new());
+    for (k, v) in all {
+        if let Some(rest) = k.strip_prefix("optimizer.") {
+            optimizer.insert(rest.to_string(), v);
+        } else if let Some(rest) = k.strip_prefix("state.") {
+            state.insert(rest.to_string(), v);
+        } else {
+            model.insert(k, v);
+        }
+    }
+    load_weights(
+        varmap,
+        &model,
+        &LoadOptions {
+            strict: true,
+            ..Default::default()
+        },
+        path,
+    )?;
+    let int = |name: &str| -> Result<u64> {
+        let t = state
+            .get(name)
+            .ok_or_else(|| Error::file(path, format!("no `state.{name}` entry")))?;
+        Ok(t.flatten_all()?
+            .to_vec1::<i64>()?
+            .first()
+            .copied()
+            .unwrap_or(0)
+            .max(0) as u64)
+    };
+    let best = match state.get("best") {
+        Some(t) => t
+            .flatten_all()?
+            .to_vec1::<f64>()?
+            .first()
+            .copied()
+            .unwrap_or(f64::NEG_INFINITY),
+        None => f64::NEG_INFINITY,
+    };
+    let state = if state.is_empty() {
+        LoopState {
+            best,
+            ..Default::default()
+        }
+    } else {
+        LoopState {
+            step: int("step")?,
+            epoch: int("epoch")?,
+            batch: int("batch")?,
+            best,
+        }
+    };
+    Ok(Loaded { optimizer, state })
+}
+
+/// Rebuilds a trained model from a checkpoint file and the `config.toml` of its run (two
+/// folders up: `runs/<name>/weights/<file>`), or from a run folder (its `best`, else `last`).
+pub fn load_model(path: &Path) -> Result<(Config, VarMap, MultiTaskModel)> {
+    let (config_path, weights) = if path.is_dir() {
+        let run = RunPaths {
+            dir: path.to_path_buf(),
+        };
+        let weights = if run.best().is_file() {
+            run.best()
+        } else {
+            run.last()
+        };
+        (run.config(), weights)
+    } else {
+        let run = path
+            .parent()
+            .and_then(Path::parent)
+            .ok_or_else(|| Error::file(path, "expected runs/<name>/weights/<file>"))?;
+        (run.join("config.toml"), path.to_path_buf())
+    };
+    if !weights.is_file() {
+        return Err(Error::file(&weights, "no such checkpoint"));
+    }
+    let config = Config::read(&config_path)?;
+    let device = config.device.device()?;
+    let varmap = VarMap::new();
+    let model = MultiTaskModel::new(
+        &config.model,
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+    )?;
+    load(&weights, &varmap)?;
+    Ok((config, varmap, model))
+}

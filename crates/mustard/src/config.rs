@@ -1,0 +1,345 @@
+//! The typed configuration of a run, saved as `config.toml` beside every checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use mustard_backbone::ResNetPreset;
+use mustard_core::DeviceSpec;
+use mustard_data::Task;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// A whole run: model, data and training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Run name: the folder under `runs/`.
+    pub name: String,
+    /// Seed of initialisation, data order and augmentation.
+    pub seed: u64,
+    /// Where to run.
+    pub device: DeviceSpec,
+    /// The network.
+    pub model: ModelConfig,
+    /// The datasets.
+    pub data: DataConfig,
+    /// The optimisation.
+    pub train: TrainConfig,
+}
+
+/// The neck between backbone and heads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NeckConfig {
+    /// FPN, with the fused stride-4 map when `fuse`.
+    Fpn {
+        /// Channels of every level.
+        channels: usize,
+        /// Sum all levels at stride 4.
+        fuse: bool,
+    },
+    /// CenterNet's transposed convolutions.
+    Deconv {
+        /// Channels per stage.
+        widths: Vec<usize>,
+    },
+}
+
+/// Per-task loss weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossWeights {
+    /// Detection.
+    pub detection: f64,
+    /// Pose.
+    pub pose: f64,
+    /// Segmentation.
+    pub segmentation: f64,
+    /// Depth.
+    pub depth: f64,
+    /// Classification.
+    pub classification: f64,
+}
+
+impl Default for LossWeights {
+    fn default() -> Self {
+        Self {
+            detection: 1.0,
+            pose: 1.0,
+            segmentation: 1.0,
+            depth: 1.0,
+            classification: 1.0,
+        }
+    }
+}
+
+impl LossWeights {
+    /// The weight of `task`.
+    pub fn of(&self, task: Task) -> f64 {
+        match task {
+            Task::Detection => self.detection,
+            Task::Pose => self.pose,
+            Task::Segmentation => self.segmentation,
+            Task::Depth => self.depth,
+            Task::Classification => self.classification,
+        }
+    }
+}
+
+/// What the heads predict, filled from the training dataset and saved with the model so that
+/// evaluation and prediction rebuild it without the data.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Classes {
+    /// Object categories (detection classes), in dataset order.
+    pub categories: Vec<String>,
+    /// Their dataset ids.
+    pub category_ids: Vec<u64>,
+    /// Index of the pose category, when there is one.
+    pub person: Option<usize>,
+    /// Joints per person.
+    pub joints: usize,
+    /// Image-level class names.
+    pub labels: Vec<String>,
+}
+
+/// The network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Backbone preset.
+    pub backbone: ResNetPreset,
+    /// Backbone weights: a safetensors path or `hf:<org>/<repo>[:<file>]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<String>,
+    /// The neck.
+    pub neck: NeckConfig,
+    /// Hidden channels of the head blocks.
+    pub head_conv: usize,
+    /// The tasks with a head.
+    pub tasks: Vec<Task>,
+    /// Per-task loss weights.
+    #[serde(default)]
+    pub loss_weights: LossWeights,
+    /// Train depth with the scale-and-shift-invariant loss (relative depth labels).
+    #[serde(default)]
+    pub relative_depth: bool,
+    /// Filled from the dataset at training time.
+    #[serde(default)]
+    pub classes: Classes,
+}
+
+/// The synthetic dataset used when no data is given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthData {
+    /// Training images.
+    pub train_images: usize,
+    /// Validation images.
+    pub val_images: usize,
+    /// Image side.
+    pub size: u32,
+    /// Seed of the scenes.
+    pub seed: u64,
+}
+
+/// The datasets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Training COCO file (the synthetic default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<PathBuf>,
+    /// Validation COCO file (the synthetic default's when absent and `train` is absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val: Option<PathBuf>,
+    /// Image folder (default: each file's folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+    /// Leave bad records out instead of refusing the dataset.
+    #[serde(default)]
+    pub skip_bad: bool,
+    /// The synthetic default.
+    pub synth: SynthData,
+}
+
+/// The optimisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Network input side (a multiple of 32).
+    pub input_size: u32,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Stop after this many steps (for smoke runs); `None` runs all epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u64>,
+    /// AdamW learning rate.
+    pub lr: f64,
+    /// AdamW weight decay (not on biases and BatchNorm).
+    pub weight_decay: f64,
+    /// Linear warm-up steps, then cosine decay to 1% of `lr`.
+    pub warmup_steps: u64,
+    /// Clip gradients to this global norm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_grad_norm: Option<f64>,
+    /// Write `last.safetensors` every this many steps (and at every epoch end).
+    pub checkpoint_every: u64,
+    /// Augment training images (scale, crop, flip, colour).
+    pub augment: bool,
+    /// Loader threads (`None`: all cores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// Validate at every epoch end.
+    pub validate: bool,
+}
+
+/// Named starting points for configs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// Tiny model, small synthetic set: minutes on 2 CPU cores.
+    Quick,
+    /// ResNet-18 + FPN at 256 px on a larger synthetic set.
+    Full,
+}
+
+impl Config {
+    /// A config for `preset` with every task.
+    pub fn preset(preset: Preset, name: &str) -> Self {
+        let quick = preset == Preset::Quick;
+        Config {
+            name: name.to_string(),
+            seed: 0,
+            device: DeviceSpec::Cpu,
+            model: ModelConfig {
+                backbone: if quick {
+                    ResNetPreset::Tiny
+                } else {
+                    ResNetPreset::R18
+                },
+                pretrained: None,
+                neck: NeckConfig::Fpn {
+                    channels: if quick { 32 } else { 128 },
+                    fuse: true,
+                },
+                head_conv: if quick { 32 } else { 64 },
+                tasks: Task::ALL.to_vec(),
+                loss_weights: LossWeights::default(),
+                relative_depth: false,
+                classes: Classes::default(),
+            },
+            data: DataConfig {
+                train: None,
+                val: None,
+                root: None,
+                skip_bad: false,
+                synth: SynthData {
+                    train_images: if quick { 256 } else { 4000 },
+                    val_images: if quick { 48 } else { 500 },
+                    size: if quick { 128 } else { 256 },
+                    seed: 0,
+                },
+            },
+            train: TrainConfig {
+                input_size: if quick { 128 } else { 256 },
+                batch_size: if quick { 16 } else { 32 },
+                epochs: if quick { 12 } else { 70 },
+                max_steps: None,
+                lr: if quick { 2e-3 } else { 1.25e-4 * 32.0 / 8.0 },
+                weight_decay: 1e-4,
+                warmup_steps: if quick { 30 } else { 500 },
+                clip_grad_norm: Some(10.0),
+                checkpoint_every: 100,
+                augment: true,
+                workers: None,
+                validate: true,
+            },
+        }
+    }
+
+    /// Checks values that would fail later.
+    pub fn validate(&self) -> Result<()> {
+        let t = &self.train;
+        if t.input_size == 0 || t.input_size % 32 != 0 {
+            return Err(Error::config(
+                "train.input_size",
+                format!("{} must be a positive multiple of 32", t.input_size),
+            ));
+        }
+        if t.batch_size == 0 || t.epochs == 0 || t.checkpoint_every == 0 {
+            return Err(Error::config(
+                "train",
+                "batch_size, epochs and checkpoint_every must be at least 1",
+            ));
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return Err(Error::config(
+                "train.lr",
+                format!("{} must be positive", t.lr),
+            ));
+        }
+        if self.model.tasks.is_empty() {
+            return Err(Error::config("model.tasks", "at least one task is needed"));
+        }
+        if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name == ".." {
+            return Err(Error::config(
+                "name",
+                format!("{:?} must be a plain folder name", self.name),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads a TOML config.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| Error::file(path, e.to_string().trim_end()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Writes the config as TOML, atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text = toml::to_string_pretty(self).map_err(|e| Error::file(path, e))?;
+        mustard_core::io::write_atomic(path, |tmp| {
+            std::fs::write(tmp, &text).map_err(|source| mustard_core::Error::Io {
+                path: tmp.to_path_buf(),
+                source,
+            })
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_round_trip_through_toml_and_bad_ones_are_named() {
+        let dir = std::env::temp_dir().join(format!("mustard-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        let config = Config::preset(Preset::Quick, "quick");
+        config.write(&path).unwrap();
+        assert_eq!(Config::read(&path).unwrap(), config);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("backbone = \"tiny\""), "{text}");
+        std::fs::write(&path, text.replace("input_size = 128", "input_size = 100")).unwrap();
+        assert_eq!(
+            Config::read(&path).unwrap_err().to_string(),
+            "train.input_size: 100 must be a positive multiple of 32"
+        );
+        std::fs::write(&path, text.replace("seed = 0\n", "seed = 0\nsede = 1\n")).unwrap();
+        let err = Config::read(&path).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}: ", path.display()))
+                && err.contains("unknown field `sede`"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

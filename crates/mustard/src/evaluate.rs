@@ -1,0 +1,307 @@
+//! Evaluation of a model on a dataset through mustard-eval: COCO box and keypoint AP (equal to
+//! pycocotools), mIoU, depth errors and top-1/top-5.
+
+use std::sync::Arc;
+
+use mustard_data::augment::Affine;
+use mustard_data::{Dataset, Loader, LoaderConfig, Task};
+use mustard_eval::coco::ResultRecord;
+use mustard_eval::{
+    ClassificationAccuracy, CocoDt, CocoEval, CocoGt, ConfusionMatrix, DepthAccumulator, IouType,
+    Params, SegmentationMetrics,
+};
+use mustard_heads::segmentation::IGNORE;
+use serde_json::{json, Value};
+
+use crate::model::MultiTaskModel;
+use crate::targets::{Batch, Encoder};
+use crate::Result;
+
+/// Everything measured on one dataset.
+#[derive(Debug, Clone, Default)]
+pub struct EvalReport {
+    /// Images evaluated.
+    pub images: usize,
+    /// COCO box AP.
+    pub detection: Option<CocoEval>,
+    /// COCO keypoint AP.
+    pub pose: Option<CocoEval>,
+    /// mIoU and pixel accuracy.
+    pub segmentation: Option<SegmentationMetrics>,
+    /// Depth errors (metres).
+    pub depth: Option<mustard_eval::DepthMetrics>,
+    /// (top-1, top-5).
+    pub classification: Option<(f64, f64)>,
+}
+
+impl EvalReport {
+    /// Each task's headline number (higher is better): box AP, keypoint AP, mIoU, δ < 1.25,
+    /// top-1.
+    pub fn headline(&self) -> Vec<(Task, f64)> {
+        let mut out = Vec::new();
+        if let Some(e) = &self.detection {
+            out.push((Task::Detection, e.stats()[0].max(0.0)));
+        }
+        if let Some(e) = &self.pose {
+            out.push((Task::Pose, e.stats()[0].max(0.0)));
+        }
+        if let Some(s) = &self.segmentation {
+            out.push((Task::Segmentation, s.mean_iou.unwrap_or(0.0)));
+        }
+        if let Some(d) = &self.depth {
+            out.push((Task::Depth, d.delta1));
+        }
+        if let Some((top1, _)) = self.classification {
+            out.push((Task::Classification, top1));
+        }
+        out
+    }
+
+    /// The mean of the headline numbers (the "best checkpoint" criterion).
+    pub fn score(&self) -> f64 {
+        let h = self.headline();
+        if h.is_empty() {
+            0.0
+        } else {
+            h.iter().map(|(_, v)| v).sum::<f64>() / h.len() as f64
+        }
+    }
+
+    /// Human-readable tables: pycocotools' summary lines, then the other metrics.
+    pub fn summary(&self) -> String {
+        let mut s = format!("{} images\n", self.images);
+        if let Some(e) = &self.detection {
+            s.push_str("detection (COCO box AP, equal to pycocotools):\n");
+            push_lines(&mut s, &e.summary());
+        }
+        if let Some(e) = &self.pose {
+            s.push_str("pose (COCO keypoint AP, equal to pycocotools):\n");
+            push_lines(&mut s, &e.summary());
+        }
+        if let Some(m) = &self.segmentation {
+            s.push_str(&format!(
+                "segmentation: mIoU {:.4}, pixel accuracy {:.4}\n",
+                m.mean_iou.unwrap_or(f64::NAN),
+                m.pixel_accuracy.unwrap_or(f64::NAN)
+            ));
+        }
+        if let Some(d) = &self.depth {
+            s.push_str(&format!(
+                "depth: AbsRel {:.4}, RMSE {:.4} m, δ<1.25 {:.4}, δ<1.25² {:.4}, δ<1.25³ {:.4}\n",
+                d.abs_rel, d.rmse, d.delta1, d.delta2, d.delta3
+            ));
+        }
+        if let Some((t1, t5)) = self.classification {
+            s.push_str(&format!("classification: top-1 {t1:.4}, top-5 {t5:.4}\n"));
+        }
+        s
+    }
+
+    /// Every number as JSON.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "images": self.images,
+            "detection": self.detection.as_ref().map(CocoEval::to_json),
+            "pose": self.pose.as_ref().map(CocoEval::to_json),
+            "segmentation": self.segmentation.as_ref().map(|m| json!({"mean_iou": m.mean_iou, "pixel_accuracy": m.pixel_accuracy, "per_class_iou": m.per_class_iou})),
+            "depth": self.depth.as_ref().map(|d| json!({"abs_rel": d.abs_rel, "rmse": d.rmse, "delta1": d.delta1, "delta2": d.delta2, "delta3": d.delta3})),
+            "classification": self.classification.map(|(t1, t5)| json!({"top1": t1, "top5": t5})),
+            "score": self.score(),
+        })
+    }
+}
+
+fn push_lines(s: &mut String, lines: &str) {
+    s.push_str(lines);
+    if !lines.ends_with('\n') {
+        s.push('\n');
+    }
+}
+
+/// Maps a box from network-input pixels back to the original image, clipped to it.
+pub fn to_original(bbox: [f32; 4], transform: &Affine, (w, h): (u32, u32)) -> [f64; 4] {
+    let inv = transform.inverse().unwrap_or(Affine::IDENTITY);
+    let (x1, y1) = inv.apply(bbox[0] as f64, bbox[1] as f64);
+    let (x2, y2) = inv.apply(bbox[2] as f64, bbox[3] as f64);
+    let (x1, x2) = (
+        x1.min(x2).clamp(0.0, w as f64),
+        x1.max(x2).clamp(0.0, w as f64),
+    );
+    let (y1, y2) = (
+        y1.min(y2).clamp(0.0, h as f64),
+        y1.max(y2).clamp(0.0, h as f64),
+    );
+    [x1, y1, x2 - x1, y2 - y1]
+}
+
+/// Detections and keypoints of one batch as COCO result records (original image pixels).
+pub fn result_records(
+    model: &MultiTaskModel,
+    out: &crate::model::Outputs,
+    batch: &Batch,
+) -> Result<(Vec<ResultRecord>, Vec<ResultRecord>)> {
+    let classes = &model.config().classes;
+    let mut boxes = Vec::new();
+    let mut people = Vec::new();
+    if let (Some(head), Some(o)) = (model.detection(), &out.detection) {
+        for (dets, meta) in head.decode(o)?.iter().zip(&batch.meta) {
+            for d in dets {
+                boxes.push(ResultRecord {
+                    image_id: meta.image_id as i64,
+                    category_id: classes.category_ids[d.class] as i64,
+                    score: d.score as f64,
+                    bbox: Some(to_original(d.bbox, &meta.transform, meta.original_size)),
+                    segmentation: None,
+                    keypoints: None,
+                });
+            }
+        }
+    }
+    if let (Some(head), Some(o), Some(person)) = (model.pose(), &out.pose, classes.person) {
+        for (dets, meta) in head.decode(o)?.iter().zip(&batch.meta) {
+            let inv = meta.transform.inverse().unwrap_or(Affine::IDENTITY);
+            for d in dets {
+                let keypoints = d
+                    .payload
+                    .iter()
+                    .flat_map(|k| {
+                        let (x, y) = inv.apply(k[0] as f64, k[1] as f64);
+                        [x, y, 1.0]
+                    })
+                    .collect();
+                people.push(ResultRecord {
+                    image_id: meta.image_id as i64,
+                    category_id: classes.category_ids[person] as i64,
+                    score: d.score as f64,
+                    bbox: None,
+                    segmentation: None,
+                    keypoints: Some(keypoints),
+                });
+            }
+        }
+    }
+    Ok((boxes, people))
+}
+
+/// Evaluates `model` on `dataset` at `size` x `size` (letterboxed, no augmentation).
+pub fn evaluate(
+    model: &MultiTaskModel,
+    dataset: Arc<Dataset>,
+    size: u32,
+    batch_size: usize,
+    workers: Option<usize>,
+) -> Result<EvalReport> {
+    let config = LoaderConfig {
+        threads: workers,
+        ..LoaderConfig::eval(batch_size, size)
+    };
+    let loader = Loader::new(
+        dataset.clone(),
+        Arc::new(Encoder::new(model.config(), size)),
+        config,
+    )?;
+    let classes = &model.config().classes;
+    let tasks = &model.config().tasks;
+    let labelled = |t: Task| {
+        (0..dataset.len())
+            .filter(|&i| dataset.tasks(i).contains(t))
+            .map(|i| dataset.image(i).id as i64)
+            .collect::<Vec<_>>()
+    };
+    let mut confusion =
+        ConfusionMatrix::with_ignore_index(classes.categories.len() + 1, Some(IGNORE as u64));
+    let mut depth = DepthAccumulator::new(mustard_eval::DepthConfig::default());
+    let mut accuracy = ClassificationAccuracy::new();
+    let (mut boxes, mut people) = (Vec::new(), Vec::new());
+    let mut images = 0;
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        images += batch.meta.len();
+        let out = model.forward_t(&batch.images, false)?;
+        let (b, p) = result_records(model, &out, &batch)?;
+        let keep = |r: &ResultRecord, t: Task| {
+            batch
+                .meta
+                .iter()
+                .any(|m| m.image_id as i64 == r.image_id && m.tasks.contains(t))
+        };
+        boxes.extend(b.into_iter().filter(|r| keep(r, Task::Detection)));
+        people.extend(p.into_iter().filter(|r| keep(r, Task::Pose)));
+        if let (Some(head), Some(logits), Some(t)) =
+            (model.segmentation(), &out.segmentation, &batch.segmentation)
+        {
+            let pred = head.decode(logits)?;
+            let target = t.labels.flatten_from(1)?.to_vec2::<u32>()?;
+            for (p, t) in pred.iter().zip(&target) {
+                let p: Vec<u32> = p.iter().map(|&v| v as u32).collect();
+                confusion.update(t, &p)?;
+            }
+        }
+        if let (Some(head), Some(pred), Some(t)) = (model.depth(), &out.depth, &batch.depth) {
+            let pred = head.decode(pred)?;
+            let log = t.log_depth.flatten_from(1)?.to_vec2::<f32>()?;
+            let valid = t.valid.flatten_from(1)?.to_vec2::<f32>()?;
+            for ((p, l), v) in pred.iter().zip(&log).zip(&valid) {
+                if v.iter().all(|&x| x == 0.0) {
+                    continue;
+                }
+                // Unknown depth is 0, which the metric skips (≤ min_depth).
+                let target: Vec<f32> = l
+                    .iter()
+                    .zip(v)
+                    .map(|(&l, &v)| if v > 0.0 { l.exp() } else { 0.0 })
+                    .collect();
+                depth.update(p, &target)?;
+            }
+        }
+        if let (Some(logits), Some(t)) = (&out.classification, &batch.classification) {
+            let presence = t.presence.to_vec1::<f32>()?;
+            let targets = t.probs.argmax(1)?.to_vec1::<u32>()?;
+            let scores = logits.to_vec2::<f32>()?;
+            for ((row, &target), &p) in scores.iter().zip(&targets).zip(&presence) {
+                if p > 0.0 {
+                    accuracy.update(row, row.len(), &[target])?;
+                }
+            }
+        }
+    }
+    let mut report = EvalReport {
+        images,
+        ..Default::default()
+    };
+    let coco = |records: Vec<ResultRecord>,
+                iou: IouType,
+                task: Task,
+                report_slot: &mut Option<CocoEval>|
+     -> Result<()> {
+        let ids = labelled(task);
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let gt = CocoGt::from_path(dataset.path())?;
+        let dt = CocoDt::from_records(&gt, records, format!("{task} predictions"))?;
+        let mut params = Params::new(iou);
+        params.img_ids = Some(ids);
+        if task == Task::Pose {
+            params.cat_ids = classes.person.map(|p| vec![classes.category_ids[p] as i64]);
+        }
+        *report_slot = Some(mustard_eval::evaluate(&gt, &dt, &params)?);
+        Ok(())
+    };
+    if tasks.contains(&Task::Detection) {
+        coco(boxes, IouType::Bbox, Task::Detection, &mut report.detection)?;
+    }
+    if tasks.contains(&Task::Pose) {
+        coco(people, IouType::Keypoints, Task::Pose, &mut report.pose)?;
+    }
+    if tasks.contains(&Task::Segmentation) && confusion.counts().iter().any(|&c| c > 0) {
+        report.segmentation = Some(confusion.metrics());
+    }
+    if tasks.contains(&Task::Depth) {
+        report.depth = depth.mean();
+    }
+    if tasks.contains(&Task::Classification) {
+        report.classification = accuracy.top1().zip(accuracy.top5());
+    }
+    Ok(report)
+}

@@ -1,0 +1,222 @@
+//! Training on tiny synthetic data: overfitting one batch proves that targets, losses and
+//! decoding agree; a resumed run equals an uninterrupted one; a diverging run stops with the
+//! task and step named and leaves its checkpoint intact.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Result;
+use mustard::checkpoint::{self, RunPaths};
+use mustard::config::Config;
+use mustard::core::candle_core::{DType, Device};
+use mustard::core::candle_nn::VarMap;
+use mustard::core::optim::{param_groups, AdamW, AdamWConfig, Optimizer};
+use mustard::data::synth::{self, SynthConfig};
+use mustard::data::{Dataset, Loader, LoaderConfig, Task};
+use mustard::evaluate::evaluate;
+use mustard::targets::Encoder;
+use mustard::train::{classes_of, train, TrainOptions};
+use mustard::{MultiTaskModel, Preset};
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mustard-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The first seed whose first `n` scenes each show a person with at least 8 visible joints.
+fn seed_with_people(n: usize, size: u32) -> u64 {
+    (0..200)
+        .find(|&seed| {
+            let cfg = SynthConfig {
+                size,
+                seed,
+                max_objects: 3,
+            };
+            (0..n as u64).all(|i| {
+                synth::render(&cfg, i).unwrap().objects.iter().any(|o| {
+                    o.keypoints
+                        .as_ref()
+                        .is_some_and(|k| k.chunks(3).filter(|j| j[2] == 2.0).count() >= 8)
+                })
+            })
+        })
+        .expect("a seed with people")
+}
+
+#[test]
+fn overfitting_one_batch_reaches_high_box_and_keypoint_ap() -> Result<()> {
+    let dir = temp("overfit");
+    let size = 96;
+    let seed = seed_with_people(2, size);
+    synth::write(
+        &dir,
+        &SynthConfig {
+            size,
+            seed,
+            max_objects: 3,
+        },
+        2,
+        None,
+    )?;
+    let ds = Arc::new(Dataset::open(&dir.join("instances.json"), None)?);
+    let mut config = Config::preset(Preset::Quick, "overfit");
+    config.model.tasks = vec![Task::Detection, Task::Pose];
+    config.model.classes = classes_of(&ds);
+    let varmap = VarMap::new();
+    let model = MultiTaskModel::new(
+        &config.model,
+        mustard::init::seeded(&varmap, 0, DType::F32, &Device::Cpu),
+    )?;
+    let loader = Loader::new(
+        ds.clone(),
+        Arc::new(Encoder::new(&config.model, size)),
+        LoaderConfig::eval(2, size),
+    )?;
+    let batch = loader.epoch(0).next().expect("one batch")?;
+    let mut opt = AdamW::new(
+        param_groups(&varmap, 0.0),
+        AdamWConfig {
+            lr: 2e-3,
+            ..Default::default()
+        },
+    )?;
+    let mut first = None;
+    let mut last = 0.0;
+    for step in 0..300 {
+        if step == 200 {
+            opt.set_learning_rate(2e-4);
+        }
+        let out = model.forward_t(&batch.images, true)?;
+        let loss = model.loss(&out, &batch)?.total;
+        last = loss.to_scalar::<f32>()?;
+        first.get_or_insert(last);
+        opt.step(&loss.backward()?)?;
+    }
+    let report = evaluate(&model, ds, size, 2, None)?;
+    let box_ap = report.detection.as_ref().unwrap().stats()[0];
+    let kp_ap = report.pose.as_ref().unwrap().stats()[0];
+    assert!(
+        box_ap >= 0.9 && kp_ap >= 0.8,
+        "loss {first:?} → {last}; box AP {box_ap}, keypoint AP {kp_ap}\n{}",
+        report.summary()
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+fn small_config(dir: &Path, name: &str) -> Result<Config> {
+    let data = dir.join("data");
+    if !data.join("instances.json").is_file() {
+        synth::write(
+            &data,
+            &SynthConfig {
+                size: 64,
+                seed: 4,
+                max_objects: 3,
+            },
+            8,
+            None,
+        )?;
+    }
+    let mut config = Config::preset(Preset::Quick, name);
+    config.data.train = Some(data.join("instances.json"));
+    config.train.input_size = 64;
+    config.train.batch_size = 2;
+    config.train.epochs = 2;
+    config.train.max_steps = Some(6);
+    config.train.checkpoint_every = 3;
+    config.train.validate = false;
+    config.train.workers = Some(2);
+    Ok(config)
+}
+
+fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let mut all: Vec<(String, Vec<f32>)> = mustard::core::io::load_safetensors(path, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("state."))
+        .map(|(k, v)| {
+            (
+                k,
+                v.flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+#[test]
+fn a_resumed_run_equals_an_uninterrupted_one() -> Result<()> {
+    let dir = temp("resume");
+    let options = |resume, stop_after| TrainOptions {
+        runs: dir.join("runs"),
+        resume,
+        progress: false,
+        stop_after,
+    };
+    let straight = train(&small_config(&dir, "straight")?, &options(false, None))?;
+    assert_eq!(straight.steps, 6);
+    // Interrupted after its step-3 checkpoint (mid-epoch: 4 batches per epoch), then resumed.
+    let config = small_config(&dir, "resumed")?;
+    assert_eq!(train(&config, &options(false, Some(3)))?.steps, 3);
+    let resumed = train(&config, &options(true, None))?;
+    assert_eq!(resumed.steps, 6);
+    let a = weights(&RunPaths::new(&dir.join("runs"), "straight").last());
+    let b = weights(&RunPaths::new(&dir.join("runs"), "resumed").last());
+    assert_eq!(a.len(), b.len());
+    for ((ka, va), (kb, vb)) in a.iter().zip(&b) {
+        assert_eq!(ka, kb);
+        assert_eq!(va, vb, "{ka} differs after resuming");
+    }
+    // A second training into the same folder is refused rather than overwriting it.
+    let err = train(&config, &options(false, None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("already holds a trained run; pass --resume"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[test]
+fn a_diverging_run_names_the_task_and_step_and_keeps_its_checkpoint() -> Result<()> {
+    let dir = temp("nan");
+    let mut config = small_config(&dir, "diverge")?;
+    config.train.lr = 1e30;
+    config.train.warmup_steps = 0;
+    config.train.clip_grad_norm = None;
+    config.train.checkpoint_every = 1;
+    config.train.max_steps = Some(50);
+    let options = TrainOptions {
+        runs: dir.join("runs"),
+        resume: false,
+        progress: false,
+        stop_after: None,
+    };
+    let err = train(&config, &options).unwrap_err();
+    let text = err.to_string();
+    let last = RunPaths::new(&dir.join("runs"), "diverge").last();
+    let mustard::Error::NonFiniteLoss { step, .. } = &err else {
+        panic!("{text}")
+    };
+    assert!(
+        text.starts_with("the detection loss is ") || text.contains(" loss is "),
+        "{text}"
+    );
+    assert!(text.ends_with(&format!("at step {step}; training stopped and the last checkpoint ({}) is unchanged — lower the learning rate or check the labels", last.display())), "{text}");
+    // The checkpoint on disk is the one of the step before, and it loads.
+    let (_, varmap, _) = checkpoint::load_model(&last)?;
+    let loaded = checkpoint::load(&last, &varmap)?;
+    assert_eq!(loaded.state.step, step - 1);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
