@@ -154,13 +154,42 @@ fn bad_input_is_a_clear_error_and_a_non_zero_exit() {
 fn train_then_evaluate_through_the_command_line() {
     let dir = temp("train");
     let data = dir.join("data");
-    let out = mustard(&["synth", "--out", s(&data), "--images", "8", "--size", "64", "--seed", "2", "--max-objects", "3"]);
+    let out = mustard(&[
+        "synth",
+        "--out",
+        s(&data),
+        "--images",
+        "8",
+        "--size",
+        "64",
+        "--seed",
+        "2",
+        "--max-objects",
+        "3",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json = data.join("instances.json");
     let runs = dir.join("runs");
     let args = [
-        "train", "--runs", s(&runs), "--name", "tiny", "--data", s(&json), "--val", s(&json), "--input-size", "64",
-        "--batch-size", "4", "--epochs", "6", "--lr", "0.003", "--workers", "2",
+        "train",
+        "--runs",
+        s(&runs),
+        "--name",
+        "tiny",
+        "--data",
+        s(&json),
+        "--val",
+        s(&json),
+        "--input-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "6",
+        "--lr",
+        "0.003",
+        "--workers",
+        "2",
     ];
     let out = mustard(&args);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -168,28 +197,104 @@ fn train_then_evaluate_through_the_command_line() {
     assert!(stdout.starts_with("trained 12 steps in "), "{stdout}");
     assert!(stdout.contains("detection (COCO box AP, equal to pycocotools):\n Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = "), "{stdout}");
     let run = runs.join("tiny");
-    for file in ["config.toml", "metrics.csv", "weights/last.safetensors", "weights/best.safetensors"] {
+    for file in [
+        "config.toml",
+        "metrics.csv",
+        "results.png",
+        "weights/last.safetensors",
+        "weights/best.safetensors",
+    ] {
         assert!(run.join(file).is_file(), "{file}");
     }
     let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
-    assert_eq!(rows[0][..6], ["epoch", "step", "lr", "seconds", "loss", "loss_detection"]);
+    assert_eq!(
+        rows[0][..6],
+        ["epoch", "step", "lr", "seconds", "loss", "loss_detection"]
+    );
     assert_eq!(rows.len(), 7, "{csv}");
     let loss = |r: &Vec<&str>| r[4].parse::<f64>().unwrap();
-    let (first, last) = (loss(&rows[1]) + loss(&rows[2]), loss(&rows[5]) + loss(&rows[6]));
+    let (first, last) = (
+        loss(&rows[1]) + loss(&rows[2]),
+        loss(&rows[5]) + loss(&rows[6]),
+    );
     assert!(last < first, "the loss decreases: {csv}");
 
     // Training into the same run again is refused; the checkpoint evaluates.
     let out = mustard(&args);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("already holds a trained run; pass --resume"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already holds a trained run; pass --resume"),
+        "{}",
+        text(&out.stderr)
+    );
     let report = dir.join("report.json");
-    let out = mustard(&["eval", "--checkpoint", s(&run), "--data", s(&json), "--out", s(&report)]);
+    let out = mustard(&[
+        "eval",
+        "--checkpoint",
+        s(&run),
+        "--data",
+        s(&json),
+        "--out",
+        s(&report),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).starts_with("8 images\ndetection (COCO box AP"), "{}", text(&out.stdout));
-    let numbers: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(
+        text(&out.stdout).starts_with("8 images\ndetection (COCO box AP"),
+        "{}",
+        text(&out.stdout)
+    );
+    let numbers: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(numbers["images"], 8);
     assert!(numbers["segmentation"]["mean_iou"].as_f64().unwrap() > 0.0);
+
+    // Prediction on a folder of images: JSON and pictures.
+    let pictures = dir.join("pred");
+    let out = mustard(&[
+        "predict",
+        "--checkpoint",
+        s(&run.join("weights/last.safetensors")),
+        "--input",
+        s(&data.join("images")),
+        "--out",
+        s(&pictures),
+        "--save-heatmaps",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("Speed: ")
+            && stdout
+                .contains("per image at shape (1, 3, 64, 64)\nwrote 19 files for 8 images to "),
+        "{stdout}"
+    );
+    let detections: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(pictures.join("detections.json")).unwrap()).unwrap();
+    assert_eq!(detections.len(), 8 * 100, "top-100 boxes per image");
+    assert_eq!(detections[0]["file_name"], "000001.png");
+    let picture = image::open(pictures.join("000001.png")).unwrap();
+    assert_eq!(
+        (picture.width(), picture.height()),
+        (128, 64),
+        "the image and its depth map side by side"
+    );
+    assert!(pictures.join("000001_heatmaps.png").is_file());
+    let out = mustard(&[
+        "predict",
+        "--checkpoint",
+        s(&run),
+        "--input",
+        s(&dir.join("nothing")),
+        "--out",
+        s(&pictures),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with(&format!("error: {}: ", dir.join("nothing").display())),
+        "{}",
+        text(&out.stderr)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -197,7 +302,11 @@ fn train_then_evaluate_through_the_command_line() {
 fn eval_scores_a_coco_results_file_like_pycocotools() {
     let dir = temp("results");
     let data = dir.join("data");
-    assert!(mustard(&["synth", "--out", s(&data), "--images", "3", "--size", "64"]).status.success());
+    assert!(
+        mustard(&["synth", "--out", s(&data), "--images", "3", "--size", "64"])
+            .status
+            .success()
+    );
     let json = data.join("instances.json");
     // Perfect detections: every ground-truth box with score 1.
     let gt: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -212,11 +321,24 @@ fn eval_scores_a_coco_results_file_like_pycocotools() {
     let out = mustard(&["eval", "--gt", s(&json), "--results", s(&res)]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.starts_with(" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 1.000\n"), "{stdout}");
+    assert!(
+        stdout.starts_with(
+            " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 1.000\n"
+        ),
+        "{stdout}"
+    );
     // A result on an unknown image is refused with the record named.
-    std::fs::write(&res, br#"[{"image_id": 99, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}]"#).unwrap();
+    std::fs::write(
+        &res,
+        br#"[{"image_id": 99, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}]"#,
+    )
+    .unwrap();
     let out = mustard(&["eval", "--gt", s(&json), "--results", s(&res)]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).starts_with("error: ") && text(&out.stderr).contains("99"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("error: ") && text(&out.stderr).contains("99"),
+        "{}",
+        text(&out.stderr)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

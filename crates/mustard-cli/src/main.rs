@@ -36,6 +36,27 @@ enum Command {
     Train(TrainArgs),
     /// Evaluate a checkpoint on a dataset, or score a COCO results file against ground truth.
     Eval(EvalArgs),
+    /// Run a checkpoint on images: COCO-results JSON and pictures of the predictions.
+    Predict(PredictArgs),
+}
+
+#[derive(Debug, Args)]
+struct PredictArgs {
+    /// A checkpoint file (runs/<name>/weights/*.safetensors) or a run folder.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// An image, or a folder of .jpg/.png images.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the heatmaps as pictures (to compare with the targets).
+    #[arg(long)]
+    save_heatmaps: bool,
+    /// Draw boxes and people scoring at least this.
+    #[arg(long, default_value_t = 0.3)]
+    threshold: f32,
 }
 
 #[derive(Debug, Args)]
@@ -377,6 +398,29 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn predict(args: PredictArgs) -> Result<ExitCode> {
+    let (config, _, model) = mustard::checkpoint::load_model(&args.checkpoint)?;
+    let inputs = mustard::predict::collect_inputs(&args.input)?;
+    let options = mustard::predict::PredictOptions {
+        save_heatmaps: args.save_heatmaps,
+        draw_threshold: args.threshold,
+    };
+    let summary = mustard::predict::predict(&model, &config, &inputs, &args.out, &options)?;
+    let t = summary.timing;
+    let s = config.train.input_size;
+    println!(
+        "Speed: {:.1}ms preprocess, {:.1}ms inference, {:.1}ms postprocess per image at shape (1, 3, {s}, {s})",
+        t.preprocess, t.inference, t.postprocess
+    );
+    println!(
+        "wrote {} files for {} images to {}",
+        summary.files.len(),
+        summary.images,
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The error and its causes, leaving out causes the message already quotes.
 fn describe(e: &anyhow::Error) -> String {
     let mut out = String::new();
@@ -401,6 +445,7 @@ fn main() -> ExitCode {
         } => data_check(dataset, root),
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
+        Command::Predict(args) => predict(args),
     };
     match result {
         Ok(code) => code,

@@ -10,10 +10,12 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod draw;
 mod error;
 pub mod evaluate;
 pub mod init;
 pub mod model;
+pub mod predict;
 pub mod targets;
 pub mod train;
 

@@ -118,6 +118,45 @@ fn csv_header(tasks: &[Task]) -> String {
     cols.join(",")
 }
 
+/// Draws `results.png` (loss curves and validation metrics per epoch) from `metrics.csv`.
+pub fn write_results_png(run: &RunPaths) -> Result<()> {
+    let csv = std::fs::read_to_string(run.metrics()).map_err(|e| Error::file(run.metrics(), e))?;
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| {
+            l.split(',')
+                .map(|v| v.parse().unwrap_or(f64::NAN))
+                .collect()
+        })
+        .collect();
+    let column = |name: &str| -> Option<Vec<f64>> {
+        let i = header.iter().position(|h| *h == name)?;
+        Some(
+            rows.iter()
+                .map(|r| r.get(i).copied().unwrap_or(f64::NAN))
+                .collect(),
+        )
+    };
+    let pick = |prefix: &str| -> Vec<(String, Vec<f64>)> {
+        header
+            .iter()
+            .filter(|h| h.starts_with(prefix))
+            .filter_map(|h| column(h).map(|v| (h.trim_start_matches(prefix).to_string(), v)))
+            .collect()
+    };
+    let mut losses = pick("loss_");
+    if let Some(total) = column("loss") {
+        losses.insert(0, ("total".into(), total));
+    }
+    let picture = crate::draw::stack(&[
+        crate::draw::chart("training loss per epoch", &losses, 640, 220),
+        crate::draw::chart("validation (higher is better)", &pick("val_"), 640, 220),
+    ]);
+    mustard_data::imageio::write_rgb(&run.dir.join("results.png"), &picture)?;
+    Ok(())
+}
+
 /// Trains (or resumes) the run `config.name` under `options.runs`.
 pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let started = Instant::now();
@@ -389,6 +428,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             .open(run.metrics())
             .map_err(|e| Error::file(run.metrics(), e))?;
         writeln!(file, "{}", row.join(",")).map_err(|e| Error::file(run.metrics(), e))?;
+        write_results_png(&run)?;
         if options.progress {
             let val = validation
                 .as_ref()

@@ -1,0 +1,306 @@
+//! Prediction on image files: COCO-results JSON and pictures (boxes, labels, skeletons,
+//! segmentation overlay, depth colour map, optionally the raw heatmaps).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use image::{GrayImage, Luma, RgbImage};
+use mustard_core::candle_core::{Device, Tensor};
+use mustard_core::candle_nn::ops::sigmoid;
+use mustard_core::rng::Rng;
+use mustard_data::augment::{Affine, AugmentConfig};
+use mustard_data::{imageio, Sample, TaskSet};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::evaluate::to_original;
+use crate::model::MultiTaskModel;
+use crate::targets::normalise;
+use crate::{draw, Error, Result};
+
+/// How to predict.
+#[derive(Debug, Clone)]
+pub struct PredictOptions {
+    /// Also write the detection and joint heatmaps as pictures.
+    pub save_heatmaps: bool,
+    /// Boxes and people below this score are not drawn (all go to the JSON).
+    pub draw_threshold: f32,
+}
+
+/// Milliseconds per image of each stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timing {
+    /// Decoding and letterboxing.
+    pub preprocess: f64,
+    /// The network.
+    pub inference: f64,
+    /// Decoding the heads and mapping back to the image.
+    pub postprocess: f64,
+}
+
+/// What [`predict`] wrote.
+#[derive(Debug, Clone)]
+pub struct PredictSummary {
+    /// Images processed.
+    pub images: usize,
+    /// Files written.
+    pub files: Vec<PathBuf>,
+    /// Mean time per image.
+    pub timing: Timing,
+}
+
+/// The image files of `input`: the file itself, or the JPEG/PNG files of a folder, sorted.
+pub fn collect_inputs(input: &Path) -> Result<Vec<PathBuf>> {
+    if input.is_file() {
+        return Ok(vec![input.to_path_buf()]);
+    }
+    let entries = std::fs::read_dir(input).map_err(|e| Error::file(input, e))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::file(input, "no .jpg, .jpeg or .png images here"));
+    }
+    Ok(files)
+}
+
+/// Resamples a map given in network-input pixels onto the original image (nearest).
+fn to_original_map<T: Copy>(
+    values: &[T],
+    size: usize,
+    t: &Affine,
+    (w, h): (u32, u32),
+    outside: T,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity((w * h) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            let (u, v) = t.apply(x as f64 + 0.5, y as f64 + 0.5);
+            let inside = u >= 0.0 && v >= 0.0 && (u as usize) < size && (v as usize) < size;
+            out.push(if inside {
+                values[v as usize * size + u as usize]
+            } else {
+                outside
+            });
+        }
+    }
+    out
+}
+
+/// Runs `model` on every file and writes `detections.json`, `keypoints.json` and
+/// `classification.json` (COCO results, `image_id` = position in `inputs` + 1, with
+/// `file_name`), and one picture per image into `out`.
+pub fn predict(
+    model: &MultiTaskModel,
+    config: &Config,
+    inputs: &[PathBuf],
+    out: &Path,
+    options: &PredictOptions,
+) -> Result<PredictSummary> {
+    std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
+    let size = config.train.input_size;
+    let s = size as usize;
+    let classes = &config.model.classes;
+    let (mut boxes, mut people, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    let mut timing = Timing::default();
+    let mut files = Vec::new();
+    for (i, path) in inputs.iter().enumerate() {
+        let image_id = i as u64 + 1;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("{image_id}"));
+        let t0 = Instant::now();
+        let original = imageio::read_rgb(path)?;
+        let (w, h) = original.dimensions();
+        let sample = Sample {
+            image_id,
+            image: original.clone(),
+            objects: Vec::new(),
+            semantic: None,
+            depth: None,
+            label: None,
+            tasks: TaskSet::EMPTY,
+            transform: Affine::IDENTITY,
+            original_size: (w, h),
+        };
+        let sample = AugmentConfig::eval(size).apply(sample, &[], &mut Rng::new(0));
+        let x = Tensor::from_vec(normalise(&sample.image), (1, 3, s, s), &Device::Cpu)?;
+        let t1 = Instant::now();
+        let outputs = model.forward_t(&x, false)?;
+        let t2 = Instant::now();
+        let inv = sample.transform.inverse().unwrap_or(Affine::IDENTITY);
+        let mut picture = original.clone();
+        if let (Some(head), Some(logits)) = (model.segmentation(), &outputs.segmentation) {
+            let pred = head.decode(logits)?.remove(0);
+            let map = to_original_map(&pred, s, &sample.transform, (w, h), 0u8);
+            draw::overlay(
+                &mut picture,
+                &GrayImage::from_raw(w, h, map).expect("sizes match"),
+            );
+        }
+        if let (Some(head), Some(o)) = (model.detection(), &outputs.detection) {
+            for d in head.decode(o)?.remove(0) {
+                let bbox = to_original(d.bbox, &sample.transform, (w, h));
+                boxes.push(json!({"image_id": image_id, "file_name": name, "category_id": classes.category_ids[d.class], "bbox": bbox, "score": d.score}));
+                if d.score >= options.draw_threshold {
+                    let b = [
+                        bbox[0] as f32,
+                        bbox[1] as f32,
+                        (bbox[0] + bbox[2]) as f32,
+                        (bbox[1] + bbox[3]) as f32,
+                    ];
+                    draw::boxed(
+                        &mut picture,
+                        b,
+                        &format!("{} {:.2}", classes.categories[d.class], d.score),
+                        draw::colour(d.class),
+                    );
+                }
+            }
+        }
+        if let (Some(head), Some(o), Some(person)) = (model.pose(), &outputs.pose, classes.person) {
+            let skeleton = mustard_data::coco::COCO_SKELETON;
+            for d in head.decode(o)?.remove(0) {
+                let joints: Vec<[f32; 3]> = d
+                    .payload
+                    .iter()
+                    .map(|k| {
+                        let (x, y) = inv.apply(k[0] as f64, k[1] as f64);
+                        [x as f32, y as f32, k[2]]
+                    })
+                    .collect();
+                let flat: Vec<f64> = joints
+                    .iter()
+                    .flat_map(|j| [j[0] as f64, j[1] as f64, 1.0])
+                    .collect();
+                people.push(json!({"image_id": image_id, "file_name": name, "category_id": classes.category_ids[person], "keypoints": flat, "score": d.score}));
+                if d.score >= options.draw_threshold {
+                    draw::skeleton(
+                        &mut picture,
+                        &joints,
+                        if joints.len() == 17 { &skeleton } else { &[] },
+                        draw::colour(person),
+                    );
+                }
+            }
+        }
+        if let (Some(head), Some(logits)) = (model.classification(), &outputs.classification) {
+            let probs = head.decode(logits)?.remove(0);
+            let (best, p) =
+                probs
+                    .iter()
+                    .enumerate()
+                    .fold((0, f32::MIN), |a, (i, &p)| if p > a.1 { (i, p) } else { a });
+            labels.push(json!({"image_id": image_id, "file_name": name, "label": classes.labels.get(best), "score": p, "probabilities": probs}));
+            draw::label(
+                &mut picture,
+                2,
+                h as i32 - 14,
+                &format!(
+                    "{} {:.2}",
+                    classes.labels.get(best).map_or("?", String::as_str),
+                    p
+                ),
+                draw::colour(best),
+            );
+        }
+        let mut parts = vec![picture];
+        if let (Some(head), Some(pred)) = (model.depth(), &outputs.depth) {
+            let depth = head.decode(pred)?.remove(0);
+            let map = to_original_map(&depth, s, &sample.transform, (w, h), f32::NAN);
+            parts.push(draw::colour_map(&map, w, h, true));
+        }
+        let side = side_by_side(&parts);
+        let file = out.join(format!("{stem}.png"));
+        imageio::write_rgb(&file, &side)?;
+        files.push(file);
+        if options.save_heatmaps {
+            let mut maps = Vec::new();
+            if let Some(o) = &outputs.detection {
+                maps.push(heat_picture(&o.hm)?);
+            }
+            if let Some(o) = &outputs.pose {
+                maps.push(heat_picture(&o.hm_hp)?);
+            }
+            if !maps.is_empty() {
+                let file = out.join(format!("{stem}_heatmaps.png"));
+                imageio::write_rgb(&file, &side_by_side(&maps))?;
+                files.push(file);
+            }
+        }
+        let t3 = Instant::now();
+        timing.preprocess += (t1 - t0).as_secs_f64() * 1e3;
+        timing.inference += (t2 - t1).as_secs_f64() * 1e3;
+        timing.postprocess += (t3 - t2).as_secs_f64() * 1e3;
+    }
+    for (name, records) in [
+        ("detections", &boxes),
+        ("keypoints", &people),
+        ("classification", &labels),
+    ] {
+        if records.is_empty() {
+            continue;
+        }
+        let file = out.join(format!("{name}.json"));
+        let bytes = serde_json::to_vec(&Value::Array(records.clone()))
+            .map_err(|e| Error::file(&file, e))?;
+        mustard_core::io::write_atomic(&file, |tmp| {
+            std::fs::write(tmp, &bytes).map_err(|source| mustard_core::Error::Io {
+                path: tmp.to_path_buf(),
+                source,
+            })
+        })?;
+        files.push(file);
+    }
+    let n = inputs.len().max(1) as f64;
+    timing = Timing {
+        preprocess: timing.preprocess / n,
+        inference: timing.inference / n,
+        postprocess: timing.postprocess / n,
+    };
+    Ok(PredictSummary {
+        images: inputs.len(),
+        files,
+        timing,
+    })
+}
+
+/// The maximum over channels of a heatmap's sigmoid, as a colour map, 4x enlarged.
+fn heat_picture(logits: &Tensor) -> Result<RgbImage> {
+    let (_, _, h, w) = logits.dims4()?;
+    let heat = sigmoid(logits)?.max(1)?.flatten_all()?.to_vec1::<f32>()?;
+    let small = GrayImage::from_fn(w as u32, h as u32, |x, y| {
+        Luma([(heat[y as usize * w + x as usize] * 255.0) as u8])
+    });
+    let big = image::imageops::resize(
+        &small,
+        4 * w as u32,
+        4 * h as u32,
+        image::imageops::FilterType::Nearest,
+    );
+    let values: Vec<f32> = big.pixels().map(|p| p.0[0] as f32).collect();
+    Ok(draw::colour_map(&values, big.width(), big.height(), false))
+}
+
+fn side_by_side(parts: &[RgbImage]) -> RgbImage {
+    let w = parts.iter().map(RgbImage::width).sum::<u32>().max(1);
+    let h = parts.iter().map(RgbImage::height).max().unwrap_or(1);
+    let mut out = RgbImage::new(w, h);
+    let mut x = 0;
+    for p in parts {
+        image::imageops::overlay(&mut out, p, x as i64, 0);
+        x += p.width();
+    }
+    out
+}
