@@ -38,6 +38,15 @@ enum Command {
     Eval(EvalArgs),
     /// Run a checkpoint on images: COCO-results JSON and pictures of the predictions.
     Predict(PredictArgs),
+    /// The MultiTask-CenterNet study: single-task models against one joint model.
+    Mcn {
+        /// Model and data size.
+        #[arg(long, value_enum, default_value = "quick")]
+        preset: PresetArg,
+        /// Folder of the runs (the study writes runs/mcn/).
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -421,6 +430,17 @@ fn predict(args: PredictArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn mcn(preset: PresetArg, runs: PathBuf) -> Result<ExitCode> {
+    let preset = match preset {
+        PresetArg::Quick => Preset::Quick,
+        PresetArg::Full => Preset::Full,
+    };
+    let study = mustard::mcn::study(&mustard::mcn::base_config(preset), &runs, true)?;
+    print!("{}", std::fs::read_to_string(&study.report)?);
+    println!("report: {}", study.report.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The error and its causes, leaving out causes the message already quotes.
 fn describe(e: &anyhow::Error) -> String {
     let mut out = String::new();
@@ -446,6 +466,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
         Command::Predict(args) => predict(args),
+        Command::Mcn { preset, runs } => mcn(preset, runs),
     };
     match result {
         Ok(code) => code,

@@ -14,6 +14,7 @@ pub mod draw;
 mod error;
 pub mod evaluate;
 pub mod init;
+pub mod mcn;
 pub mod model;
 pub mod predict;
 pub mod targets;

@@ -220,3 +220,43 @@ fn a_diverging_run_names_the_task_and_step_and_keeps_its_checkpoint() -> Result<
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+#[test]
+fn the_mcn_study_trains_every_variant_and_writes_its_report() -> Result<()> {
+    let dir = temp("mcn");
+    let mut base = mustard::mcn::base_config(Preset::Quick);
+    base.data.synth = mustard::config::SynthData {
+        train_images: 8,
+        val_images: 4,
+        size: 64,
+        seed: 1,
+    };
+    base.train.input_size = 64;
+    base.train.batch_size = 4;
+    base.train.epochs = 1;
+    base.train.workers = Some(2);
+    let study = mustard::mcn::study(&base, &dir, false)?;
+    let names: Vec<&str> = study.variants.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["detection", "segmentation", "pose", "joint"]);
+    let joint = &study.variants[3];
+    let singles: usize = study.variants[..3].iter().map(|v| v.parameters).sum();
+    assert!(joint.parameters < singles, "one backbone instead of three");
+    let report = std::fs::read_to_string(&study.report)?;
+    assert!(
+        report.starts_with("# MultiTask-CenterNet study\n"),
+        "{report}"
+    );
+    for row in [
+        "| detection | box AP | ",
+        "| segmentation | mIoU | ",
+        "| pose | keypoint AP | ",
+        "| sum of the single-task models | ",
+    ] {
+        assert!(report.contains(row), "{row} missing from\n{report}");
+    }
+    // A second run reuses the trained models.
+    let again = mustard::mcn::study(&base, &dir, false)?;
+    assert!(again.variants.iter().all(|v| v.train_seconds == 0.0));
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
