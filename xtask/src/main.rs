@@ -211,8 +211,45 @@ fn fixtures() -> Result<()> {
     Ok(())
 }
 
+/// The criterion benches, then (when Python with pycocotools is available, in `$MUSTARD_VENV`
+/// or `~/.cache/mustard/venv`) the side-by-side COCO evaluation against pycocotools on the same
+/// files.
 fn bench(extra: &[String]) -> Result<()> {
     let mut args = vec!["bench", "--workspace"];
     args.extend(extra.iter().map(String::as_str));
-    run("cargo", &args)
+    run("cargo", &args)?;
+    let dir = match std::env::var_os("MUSTARD_VENV") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
+            .join(".cache/mustard/venv"),
+    };
+    let python = dir.join("bin/python");
+    let has_pycocotools = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import pycocotools"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !has_pycocotools {
+        eprintln!("bench: no Python with pycocotools at {} (run `cargo xtask fixtures` once); skipping the comparison", dir.display());
+        return Ok(());
+    }
+    let problem = std::env::temp_dir().join("mustard-eval-speed");
+    let problem = problem.to_str().context("temp path is not UTF-8")?;
+    run(
+        python.to_str().context("venv path is not UTF-8")?,
+        &["bench/eval_speed.py", problem],
+    )?;
+    run(
+        "cargo",
+        &[
+            "run",
+            "--release",
+            "-p",
+            "mustard-eval",
+            "--example",
+            "coco_speed",
+            "--",
+            problem,
+        ],
+    )
 }

@@ -125,6 +125,61 @@ impl Dataset {
         Ok(Self::from_file(file, json, root))
     }
 
+    /// An ImageNet-style classification tree: `root/<class>/<image>.{jpg,jpeg,png}`. Classes are
+    /// the folder names in sorted order (they become `label_names`); every image is labelled for
+    /// classification only.
+    pub fn from_class_folders(root: &Path) -> Result<Self> {
+        let read_dir = |dir: &Path| -> Result<Vec<PathBuf>> {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| Error::io(dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            entries.sort();
+            Ok(entries)
+        };
+        let classes: Vec<PathBuf> = read_dir(root)?.into_iter().filter(|p| p.is_dir()).collect();
+        if classes.is_empty() {
+            return Err(Error::Json {
+                path: root.to_path_buf(),
+                reason: "no class folders (expected root/<class>/<image>)".into(),
+            });
+        }
+        let mut file = CocoFile::default();
+        for (label, dir) in classes.iter().enumerate() {
+            let class = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            file.label_names.push(class.clone());
+            for image in read_dir(dir)? {
+                let ext = image
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .map(str::to_ascii_lowercase);
+                if !matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png")) {
+                    continue;
+                }
+                let (width, height) = imageio::dimensions(&image)?;
+                let name = image
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                file.images.push(ImageRecord {
+                    id: file.images.len() as u64 + 1,
+                    file_name: format!("{class}/{name}"),
+                    width,
+                    height,
+                    seg_file: None,
+                    depth_file: None,
+                    depth_scale: None,
+                    label: Some(label as u32),
+                    tasks: Some(vec![Task::Classification]),
+                });
+            }
+        }
+        Ok(Self::from_file(file, root, root.to_path_buf()))
+    }
+
     /// A dataset from an already parsed file.
     pub fn from_file(file: CocoFile, json: &Path, root: PathBuf) -> Self {
         let category_index = file
@@ -660,6 +715,45 @@ mod tests {
         for bad in ["../a.png", "/etc/passwd", "sub/../../x.png", ""] {
             assert!(!stays_inside(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn class_folders_become_image_labels() {
+        let root = std::env::temp_dir().join(format!("mustard-folders-{}", std::process::id()));
+        for (class, n) in [("dog", 2), ("cat", 1)] {
+            std::fs::create_dir_all(root.join(class)).unwrap();
+            for i in 0..n {
+                image::RgbImage::new(5, 3)
+                    .save(root.join(class).join(format!("{i}.png")))
+                    .unwrap();
+            }
+        }
+        std::fs::write(root.join("dog/notes.txt"), "not an image").unwrap();
+        let ds = Dataset::from_class_folders(&root).unwrap();
+        assert_eq!(ds.file().label_names, ["cat", "dog"]);
+        assert_eq!(ds.len(), 3);
+        let names: Vec<(&str, Option<u32>)> = ds
+            .file()
+            .images
+            .iter()
+            .map(|r| (r.file_name.as_str(), r.label))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("cat/0.png", Some(0)),
+                ("dog/0.png", Some(1)),
+                ("dog/1.png", Some(1))
+            ]
+        );
+        assert!(ds.check().is_clean());
+        let s = ds.load(2).unwrap();
+        assert_eq!(
+            (s.label.clone(), s.tasks.iter().collect::<Vec<_>>()),
+            (Some(Label::Class(1)), vec![Task::Classification])
+        );
+        assert_eq!(s.size(), (5, 3));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

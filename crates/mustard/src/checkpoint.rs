@@ -72,16 +72,20 @@ fn model_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
         .collect()
 }
 
-/// Writes model, optimiser state and loop state to `path` atomically.
+/// Writes model, optimiser state, weight averages and loop state to `path` atomically.
 pub fn save(
     path: &Path,
     varmap: &VarMap,
     optimizer: Option<HashMap<String, Tensor>>,
+    ema: Option<HashMap<String, Tensor>>,
     state: LoopState,
 ) -> Result<()> {
     let mut all = model_tensors(varmap);
     for (k, v) in optimizer.unwrap_or_default() {
         all.insert(format!("optimizer.{k}"), v);
+    }
+    for (k, v) in ema.unwrap_or_default() {
+        all.insert(format!("ema.{k}"), v);
     }
     let cpu = Device::Cpu;
     all.insert(
@@ -105,6 +109,8 @@ pub fn save(
 pub struct Loaded {
     /// Optimiser state (keys without the `optimizer.` prefix).
     pub optimizer: HashMap<String, Tensor>,
+    /// Weight averages (keys without the `ema.` prefix), when training keeps them.
+    pub ema: HashMap<String, Tensor>,
     /// Loop position.
     pub state: LoopState,
 }
@@ -112,10 +118,17 @@ pub struct Loaded {
 /// Loads `path` into `varmap` (strictly: the model must match) and returns the rest.
 pub fn load(path: &Path, varmap: &VarMap) -> Result<Loaded> {
     let all = mustard_core::io::load_safetensors(path, &Device::Cpu)?;
-    let (mut model, mut optimizer, mut state) = (HashMap::new(), HashMap::new(), HashMap::new());
+    let (mut model, mut optimizer, mut state, mut ema) = (
+        HashMap::new(),
+        HashMap::new(),
+        HashMap::new(),
+        HashMap::new(),
+    );
     for (k, v) in all {
         if let Some(rest) = k.strip_prefix("optimizer.") {
             optimizer.insert(rest.to_string(), v);
+        } else if let Some(rest) = k.strip_prefix("ema.") {
+            ema.insert(rest.to_string(), v);
         } else if let Some(rest) = k.strip_prefix("state.") {
             state.insert(rest.to_string(), v);
         } else {
@@ -164,7 +177,11 @@ pub fn load(path: &Path, varmap: &VarMap) -> Result<Loaded> {
             best,
         }
     };
-    Ok(Loaded { optimizer, state })
+    Ok(Loaded {
+        optimizer,
+        ema,
+        state,
+    })
 }
 
 /// Rebuilds a trained model from a checkpoint file and the `config.toml` of its run (two

@@ -194,6 +194,17 @@ pub struct TrainConfig {
     pub workers: Option<usize>,
     /// Validate at every epoch end.
     pub validate: bool,
+    /// Keep an exponential moving average of the weights with this decay (ramped up over the
+    /// first ~`ema_ramp` steps); validation and `best.safetensors` then use the average.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<f64>,
+    /// Steps over which the average's decay ramps up.
+    #[serde(default = "default_ema_ramp")]
+    pub ema_ramp: f64,
+}
+
+fn default_ema_ramp() -> f64 {
+    200.0
 }
 
 /// Named starting points for configs.
@@ -247,7 +258,9 @@ impl Config {
                 batch_size: if quick { 16 } else { 32 },
                 epochs: if quick { 12 } else { 70 },
                 max_steps: None,
-                lr: if quick { 2e-3 } else { 1.25e-4 * 32.0 / 8.0 },
+                // Measured on the synthetic scenes: at 2e-3 the tiny model collapses to
+                // predicting background; 5e-4 learns.
+                lr: 5e-4,
                 weight_decay: 1e-4,
                 warmup_steps: if quick { 30 } else { 500 },
                 clip_grad_norm: Some(10.0),
@@ -255,6 +268,8 @@ impl Config {
                 augment: true,
                 workers: None,
                 validate: true,
+                ema: if quick { None } else { Some(0.9998) },
+                ema_ramp: if quick { 100.0 } else { 2000.0 },
             },
         }
     }

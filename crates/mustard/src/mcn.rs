@@ -49,7 +49,9 @@ pub struct Study {
 pub fn base_config(preset: Preset) -> Config {
     let mut config = Config::preset(preset, "mcn");
     if preset == Preset::Quick {
-        config.train.epochs = 6;
+        // About 2.5 minutes per model on 2 cores: 240 steps of 8 images.
+        config.train.epochs = 10;
+        config.train.batch_size = 8;
         config.data.synth.train_images = 192;
     }
     config

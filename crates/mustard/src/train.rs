@@ -12,7 +12,7 @@ use mustard_core::candle_core::DType;
 use mustard_core::candle_nn::VarMap;
 use mustard_core::io::LoadOptions;
 use mustard_core::optim::{
-    clip_grad_norm, param_groups, trainable_vars, AdamW, AdamWConfig, LrSchedule, Optimizer,
+    clip_grad_norm, param_groups, trainable_vars, AdamW, AdamWConfig, Ema, LrSchedule, Optimizer,
     ScheduleKind,
 };
 use mustard_data::synth::{self, SynthConfig};
@@ -85,10 +85,14 @@ pub fn synthetic_datasets(config: &Config, runs: &Path) -> Result<(PathBuf, Path
     Ok((paths[0].clone(), paths[1].clone()))
 }
 
-/// Opens a dataset and refuses it when bad, unless `skip_bad` (then each skipped record is
-/// printed to stderr).
+/// Opens a dataset (a COCO file, or an ImageNet-style `root/<class>/<image>` folder tree) and
+/// refuses it when bad, unless `skip_bad` (then each skipped record is printed to stderr).
 pub fn open_dataset(path: &Path, root: Option<&Path>, skip_bad: bool) -> Result<Dataset> {
-    let ds = Dataset::open(path, root)?;
+    let ds = if path.is_dir() {
+        Dataset::from_class_folders(path)?
+    } else {
+        Dataset::open(path, root)?
+    };
     Ok(ds.require_clean(skip_bad, |p| eprintln!("skipping {p}"))?)
 }
 
@@ -116,6 +120,29 @@ fn csv_header(tasks: &[Task]) -> String {
     cols.extend(tasks.iter().map(|t| format!("val_{t}")));
     cols.push("val_score".into());
     cols.join(",")
+}
+
+/// Copies the averaged weights into `varmap`, returning the training weights.
+fn swap_in(varmap: &VarMap, ema: &Ema) -> Result<Vec<(String, mustard_core::candle_core::Tensor)>> {
+    let saved = varmap
+        .data()
+        .lock()
+        .expect("VarMap lock poisoned")
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+        .collect::<Result<Vec<_>>>()?;
+    ema.copy_to(varmap)?;
+    Ok(saved)
+}
+
+fn restore(varmap: &VarMap, weights: &[(String, mustard_core::candle_core::Tensor)]) -> Result<()> {
+    let data = varmap.data().lock().expect("VarMap lock poisoned");
+    for (k, t) in weights {
+        if let Some(v) = data.get(k) {
+            v.set(t)?;
+        }
+    }
+    Ok(())
 }
 
 /// Draws `results.png` (loss curves and validation metrics per epoch) from `metrics.csv`.
@@ -265,9 +292,16 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         best: f64::NEG_INFINITY,
         ..Default::default()
     };
+    let mut ema = match t.ema {
+        Some(decay) => Some(Ema::new(&varmap, decay, Some(t.ema_ramp))?),
+        None => None,
+    };
     if options.resume {
         let loaded = checkpoint::load(&run.last(), &varmap)?;
         optimizer.load_state(loaded.optimizer, &run.last())?;
+        if let Some(ema) = &mut ema {
+            ema.load_state(loaded.ema, &run.last())?;
+        }
         state = loaded.state;
     }
     let vars = trainable_vars(&varmap);
@@ -285,8 +319,15 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         seconds: 0.0,
         parameters,
     };
-    let save = |state: LoopState, optimizer: &AdamW| {
-        checkpoint::save(&run.last(), &varmap, Some(optimizer.state()?), state)
+    let save = |state: LoopState, optimizer: &AdamW, ema: &Option<Ema>| {
+        let averages = ema.as_ref().map(Ema::state).transpose()?;
+        checkpoint::save(
+            &run.last(),
+            &varmap,
+            Some(optimizer.state()?),
+            averages,
+            state,
+        )
     };
 
     while state.epoch < t.epochs as u64 && state.step < total_steps {
@@ -337,11 +378,16 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             }
             optimizer.set_learning_rate(schedule.lr_at(state.step));
             optimizer.step(&grads)?;
+            if let Some(ema) = &mut ema {
+                ema.update(&varmap)?;
+            }
             state.step += 1;
             state.batch += 1;
             sums[0] += total as f64;
-            for (i, v) in values.iter().enumerate() {
-                sums[i + 1] += *v as f64;
+            for ((task, _), v) in losses.per_task.iter().zip(&values) {
+                if let Some(i) = tasks.iter().position(|t| t == task) {
+                    sums[i + 1] += *v as f64;
+                }
             }
             count += 1;
             images += batch.meta.len();
@@ -358,10 +404,10 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             ));
             bar.inc(1);
             if state.step % t.checkpoint_every == 0 {
-                save(state, &optimizer)?;
+                save(state, &optimizer, &ema)?;
             }
             if options.stop_after == Some(state.step) {
-                save(state, &optimizer)?;
+                save(state, &optimizer, &ema)?;
                 summary.steps = state.step;
                 summary.seconds = started.elapsed().as_secs_f64();
                 return Ok(summary);
@@ -377,22 +423,22 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
             state.batch = 0;
         }
         let validation = match &val_ds {
-            Some(ds) if finished_epoch || state.step >= total_steps => Some(evaluate(
-                &model,
-                ds.clone(),
-                t.input_size,
-                t.batch_size,
-                t.workers,
-            )?),
+            Some(ds) if finished_epoch || state.step >= total_steps => {
+                // With an average, validate (and keep as best) the averaged weights.
+                let training = ema.as_ref().map(|e| swap_in(&varmap, e)).transpose()?;
+                let report = evaluate(&model, ds.clone(), t.input_size, t.batch_size, t.workers)?;
+                if report.score() > state.best {
+                    state.best = report.score();
+                    checkpoint::save(&run.best(), &varmap, None, None, state)?;
+                }
+                if let Some(weights) = training {
+                    restore(&varmap, &weights)?;
+                }
+                Some(report)
+            }
             _ => None,
         };
-        if let Some(v) = &validation {
-            if v.score() > state.best {
-                state.best = v.score();
-                checkpoint::save(&run.best(), &varmap, None, state)?;
-            }
-        }
-        save(state, &optimizer)?;
+        save(state, &optimizer, &ema)?;
         let mean = |i: usize| {
             if count > 0 {
                 sums[i] / count as f64

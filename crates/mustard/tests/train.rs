@@ -161,16 +161,24 @@ fn a_resumed_run_equals_an_uninterrupted_one() -> Result<()> {
         progress: false,
         stop_after,
     };
-    let straight = train(&small_config(&dir, "straight")?, &options(false, None))?;
+    // With a weight average, which must resume exactly too.
+    let mut straight = small_config(&dir, "straight")?;
+    straight.train.ema = Some(0.9);
+    let straight = train(&straight, &options(false, None))?;
     assert_eq!(straight.steps, 6);
     // Interrupted after its step-3 checkpoint (mid-epoch: 4 batches per epoch), then resumed.
-    let config = small_config(&dir, "resumed")?;
+    let mut config = small_config(&dir, "resumed")?;
+    config.train.ema = Some(0.9);
     assert_eq!(train(&config, &options(false, Some(3)))?.steps, 3);
     let resumed = train(&config, &options(true, None))?;
     assert_eq!(resumed.steps, 6);
     let a = weights(&RunPaths::new(&dir.join("runs"), "straight").last());
     let b = weights(&RunPaths::new(&dir.join("runs"), "resumed").last());
     assert_eq!(a.len(), b.len());
+    assert!(
+        a.iter().any(|(k, _)| k.starts_with("ema."))
+            && a.iter().any(|(k, _)| k.starts_with("optimizer."))
+    );
     for ((ka, va), (kb, vb)) in a.iter().zip(&b) {
         assert_eq!(ka, kb);
         assert_eq!(va, vb, "{ka} differs after resuming");

@@ -89,19 +89,29 @@ impl Ema {
         Ok(())
     }
 
-    /// Saves the average and its update count atomically.
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// The averages and the update count (`ema.updates`) as named tensors.
+    pub fn state(&self) -> Result<HashMap<String, Tensor>> {
         let mut state = self.tensors();
         state.insert(
             "ema.updates".into(),
             Tensor::new(&[self.updates as i64], &Device::Cpu)?,
         );
-        crate::io::save_safetensors(&state, path)
+        Ok(state)
+    }
+
+    /// Saves the average and its update count atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::io::save_safetensors(&self.state()?, path)
     }
 
     /// Loads a state saved by [`Ema::save`]; every averaged variable must be present.
     pub fn load(&mut self, path: &Path, device: &Device) -> Result<()> {
-        let mut state = crate::io::load_safetensors(path, device)?;
+        let state = crate::io::load_safetensors(path, device)?;
+        self.load_state(state, path)
+    }
+
+    /// Restores a state produced by [`Ema::state`]; `path` names its source in errors.
+    pub fn load_state(&mut self, mut state: HashMap<String, Tensor>, path: &Path) -> Result<()> {
         let bad = |reason: String| Error::State {
             path: path.to_path_buf(),
             reason,
