@@ -5,8 +5,13 @@ use anyhow::Result;
 use candle_core::{DType, Device, Module, ModuleT, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use mustard_core::loss::{cross_entropy, focal_loss, reg_l1, soft_cross_entropy};
-use mustard_core::nn::{BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig};
-use mustard_core::ops::{max_pool2d, upsample_bilinear2d, upsample_nearest2d, MaxPool2dConfig};
+use mustard_core::nn::{
+    BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig,
+};
+use mustard_core::ops::{
+    conv2d, conv_transpose2d, max_pool2d, upsample_bilinear2d, upsample_nearest2d, ConvParams,
+    MaxPool2dConfig,
+};
 
 /// Deterministic, tie-free values in [−2, 2).
 fn values(n: usize, seed: u64) -> Vec<f64> {
@@ -157,6 +162,77 @@ fn batchnorm_and_conv_gradients() -> Result<()> {
     })?;
     check("conv → batchnorm(eval)", &x, |x| {
         project(&bn.forward_t(&conv.forward(x)?, false)?, 13)
+    })?;
+    Ok(())
+}
+
+/// Input shape, output channels, kernel, stride, padding, dilation.
+type ConvCase = (&'static [usize], usize, usize, usize, usize, usize);
+
+/// The convolution engine: input, weight and bias gradients for strides, paddings, dilations and
+/// 1x1 / 3x3 / 7x7 kernels.
+#[test]
+fn conv_engine_gradients() -> Result<()> {
+    let cases: [ConvCase; 6] = [
+        (&[2, 3, 5, 6], 2, 3, 1, 1, 1),
+        (&[1, 2, 7, 5], 3, 3, 2, 1, 1),
+        (&[2, 2, 7, 7], 2, 3, 1, 2, 2),
+        (&[1, 3, 4, 5], 2, 1, 1, 0, 1),
+        (&[2, 2, 5, 4], 3, 1, 2, 0, 1),
+        (&[1, 2, 9, 8], 2, 7, 2, 3, 1),
+    ];
+    for (i, &(shape, out, k, stride, padding, dilation)) in cases.iter().enumerate() {
+        let seed = 100 + 10 * i as u64;
+        let x = tensor(shape, seed);
+        let w = tensor(&[out, shape[1], k, k], seed + 1);
+        let b = tensor(&[out], seed + 2);
+        let p = ConvParams {
+            padding,
+            stride,
+            dilation,
+            groups: 1,
+        };
+        let what = format!("conv2d {shape:?} k{k} {p:?}");
+        check(&format!("{what} input"), &x, |x| {
+            project(&conv2d(x, &w, Some(&b), p)?, seed + 3)
+        })?;
+        check(&format!("{what} weight"), &w, |w| {
+            project(&conv2d(&x, w, Some(&b), p)?, seed + 3)
+        })?;
+        check(&format!("{what} bias"), &b, |b| {
+            project(&conv2d(&x, &w, Some(b), p)?, seed + 3)
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn conv_transpose_gradients() -> Result<()> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
+    let cfg = ConvTranspose2dConfig {
+        padding: 1,
+        stride: 2,
+        ..Default::default()
+    };
+    let deconv = ConvTranspose2d::new(3, 2, 4, cfg, vb.pp("deconv"))?;
+    let x = tensor(&[2, 3, 3, 4], 201);
+    check("ConvTranspose2d k4 s2 p1 input", &x, |x| {
+        project(&deconv.forward(x)?, 202)
+    })?;
+    let w = tensor(&[2, 3, 3, 3], 203);
+    let p = ConvParams {
+        padding: 1,
+        stride: 2,
+        dilation: 2,
+        groups: 1,
+    };
+    let x = tensor(&[1, 2, 3, 3], 204);
+    check("conv_transpose2d dilation 2 weight", &w, |w| {
+        project(&conv_transpose2d(&x, w, None, p, 1)?, 205)
+    })?;
+    check("conv_transpose2d dilation 2 input", &x, |x| {
+        project(&conv_transpose2d(x, &w, None, p, 1)?, 205)
     })?;
     Ok(())
 }

@@ -1,8 +1,9 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::default_init;
-use crate::Result;
+use super::{default_init, BatchNorm2d};
+use crate::ops::{self, ConvParams};
+use crate::{Error, Result};
 
 /// Hyperparameters of [`Conv2d`], filled with struct-update syntax.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +39,10 @@ impl Default for Conv2dConfig {
 }
 
 /// A 2-D convolution with PyTorch's weight layout `(out, in / groups, k, k)`.
+///
+/// The forward pass and both gradients run the CPU engine of [`crate::ops::conv`] (candle's
+/// convolution on other devices and for `groups > 1`). For inference, [`Conv2d::forward_relu`]
+/// fuses a following ReLU and [`Conv2d::fold_batchnorm`] a following BatchNorm.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
@@ -124,18 +129,73 @@ impl Conv2d {
             (oh, ow),
         )
     }
+
+    /// `relu(self.forward(x))` with the ReLU fused into the convolution (forward and backward).
+    ///
+    /// # Shapes
+    /// As [`Module::forward`].
+    pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        ops::conv2d_relu(x, &self.weight, self.bias.as_ref(), self.params())
+    }
+
+    /// This convolution followed by `bn` in evaluation mode, as one convolution: the weight
+    /// scaled per output channel by `γ / √(var + ε)` and the bias `β + (b − mean)·γ / √(var + ε)`.
+    /// Gradients still flow to the original tensors.
+    pub fn fold_batchnorm(&self, bn: &BatchNorm2d) -> Result<Self> {
+        let out = self.weight.dim(0)?;
+        let (scale, shift) = bn.scale_shift()?;
+        if scale.dims() != [out] {
+            return Err(Error::ShapeMismatch {
+                op: "fold_batchnorm",
+                lhs_name: "conv weight",
+                lhs: self.weight.shape().clone(),
+                rhs_name: "batchnorm scale",
+                rhs: scale.shape().clone(),
+            });
+        }
+        let scale = scale.to_dtype(self.weight.dtype())?;
+        let shift = shift.to_dtype(self.weight.dtype())?;
+        let weight = self.weight.broadcast_mul(&scale.reshape((out, 1, 1, 1))?)?;
+        let bias = match &self.bias {
+            Some(b) => ((b * &scale)? + shift)?,
+            None => shift,
+        };
+        Ok(Self {
+            weight,
+            bias: Some(bias),
+            config: Conv2dConfig {
+                bias: true,
+                ..self.config
+            },
+        })
+    }
+
+    fn params(&self) -> ConvParams {
+        let c = &self.config;
+        ConvParams {
+            padding: c.padding,
+            stride: c.stride,
+            dilation: c.dilation,
+            groups: c.groups,
+        }
+    }
+}
+
+/// Keeps the message of a mustard error inside a candle error.
+fn to_candle(e: Error) -> candle_core::Error {
+    match e {
+        Error::Candle(e) => e,
+        e => candle_core::Error::Wrapped(Box::new(e)),
+    }
 }
 
 impl Module for Conv2d {
+    /// Runs the convolution engine ([`ops::conv2d`]).
+    ///
     /// # Shapes
     /// `(N, in, H, W)` → `(N, out, (H + 2p − d(k − 1) − 1) / s + 1, …)`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let c = &self.config;
-        let y = x.conv2d(&self.weight, c.padding, c.stride, c.dilation, c.groups)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-            None => Ok(y),
-        }
+        ops::conv2d(x, &self.weight, self.bias.as_ref(), self.params()).map_err(to_candle)
     }
 }
 
@@ -169,7 +229,9 @@ impl Default for ConvTranspose2dConfig {
     }
 }
 
-/// A 2-D transposed convolution with PyTorch's weight layout `(in, out, k, k)`.
+/// A 2-D transposed convolution with PyTorch's weight layout `(in, out, k, k)`, run by the
+/// convolution engine ([`crate::ops::conv_transpose2d`]); `output_padding` must be smaller than
+/// the stride.
 #[derive(Debug, Clone)]
 pub struct ConvTranspose2d {
     weight: Tensor,
@@ -232,20 +294,25 @@ impl ConvTranspose2d {
 }
 
 impl Module for ConvTranspose2d {
+    /// Runs the convolution engine ([`ops::conv_transpose2d`]).
+    ///
     /// # Shapes
     /// `(N, in, H, W)` → `(N, out, (H − 1)s − 2p + d(k − 1) + output_padding + 1, …)`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let c = &self.config;
-        let y = x.conv_transpose2d(
+        let params = ConvParams {
+            padding: c.padding,
+            stride: c.stride,
+            dilation: c.dilation,
+            groups: 1,
+        };
+        ops::conv_transpose2d(
+            x,
             &self.weight,
-            c.padding,
+            self.bias.as_ref(),
+            params,
             c.output_padding,
-            c.stride,
-            c.dilation,
-        )?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-            None => Ok(y),
-        }
+        )
+        .map_err(to_candle)
     }
 }

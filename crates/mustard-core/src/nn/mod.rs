@@ -1,8 +1,9 @@
 //! The layers every model uses, defined once.
 //!
-//! They delegate to candle today; the convolution engine replaces their forward functions here
-//! without touching the backbone or the heads. Constructors take a `VarBuilder` whose key names
-//! mirror PyTorch checkpoints (`weight`, `bias`, `running_mean`, `running_var`).
+//! [`Conv2d`] and [`ConvTranspose2d`] run the CPU convolution engine of [`crate::ops::conv`]
+//! (forward, input and weight gradients), so the backbone and the heads get it without change;
+//! the other layers delegate to candle. Constructors take a `VarBuilder` whose key names mirror
+//! PyTorch checkpoints (`weight`, `bias`, `running_mean`, `running_var`).
 
 mod batchnorm;
 mod conv;

@@ -5,10 +5,17 @@
 //! 1/k². These ops replace them. Each has a CPU kernel (always built) for f32 and f64; on other
 //! devices the same function falls back to a composition of candle ops whose gradient candle
 //! derives itself.
+//!
+//! The convolution engine ([`conv2d`], [`conv_transpose2d`] and their gradients) replaces
+//! candle's CPU convolution, whose input gradient runs a naive direct loop; see [`conv`].
 
+pub mod conv;
 mod maxpool;
 mod upsample;
 
+pub use conv::{
+    conv2d, conv2d_input_grad, conv2d_relu, conv2d_weight_grad, conv_transpose2d, ConvParams,
+};
 pub use maxpool::{max_pool2d, MaxPool2dConfig};
 pub use upsample::{upsample_bilinear2d, upsample_nearest2d};
 
