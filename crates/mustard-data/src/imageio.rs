@@ -123,7 +123,38 @@ pub fn write_depth(path: &Path, depth: &DepthMap, scale: f64) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use image::ImageEncoder;
+
     use super::*;
+
+    /// A PNG whose EXIF says "rotate 90° clockwise" (orientation 6) decodes rotated.
+    #[test]
+    fn exif_orientation_is_honoured() {
+        let dir = std::env::temp_dir().join(format!("mustard-exif-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rotated.png");
+        // 3 x 2 pixels, red at (0, 0).
+        let mut img = RgbImage::new(3, 2);
+        img.put_pixel(0, 0, image::Rgb([255, 0, 0]));
+        // TIFF header (big endian), one IFD entry: tag 0x0112 (orientation), SHORT, value 6.
+        let exif = vec![
+            0x4D, 0x4D, 0x00, 0x2A, 0x00, 0x00, 0x00, 0x08, 0x00, 0x01, 0x01, 0x12, 0x00, 0x03,
+            0x00, 0x00, 0x00, 0x01, 0x00, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ];
+        let mut bytes = Vec::new();
+        let mut encoder = image::codecs::png::PngEncoder::new(&mut bytes);
+        encoder.set_exif_metadata(exif).unwrap();
+        encoder
+            .write_image(img.as_raw(), 3, 2, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        let decoded = read_rgb(&path).unwrap();
+        assert_eq!(decoded.dimensions(), (2, 3));
+        assert_eq!(dimensions(&path).unwrap(), (2, 3));
+        // Rotating clockwise moves the top-left pixel to the top-right.
+        assert_eq!(decoded.get_pixel(1, 0).0, [255, 0, 0]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn every_pixel_format_decodes_to_rgb_and_depth_round_trips() {
