@@ -43,6 +43,16 @@ where
     std::fs::rename(&tmp, path).map_err(io_err)
 }
 
+/// Writes `bytes` to `path` atomically.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(path, |tmp| {
+        std::fs::write(tmp, bytes).map_err(|source| Error::Io {
+            path: tmp.to_path_buf(),
+            source,
+        })
+    })
+}
+
 /// Saves named tensors as safetensors, atomically.
 pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     write_atomic(path, |tmp| {

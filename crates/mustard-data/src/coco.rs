@@ -321,12 +321,7 @@ pub fn write(file: &CocoFile, path: &Path) -> Result<()> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    mustard_core::io::write_atomic(path, |tmp| {
-        std::fs::write(tmp, &bytes).map_err(|source| mustard_core::Error::Io {
-            path: tmp.to_path_buf(),
-            source,
-        })
-    })?;
+    mustard_core::io::write_bytes(path, &bytes)?;
     Ok(())
 }
 

@@ -319,12 +319,7 @@ impl Config {
     /// Writes the config as TOML, atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
         let text = toml::to_string_pretty(self).map_err(|e| Error::file(path, e))?;
-        mustard_core::io::write_atomic(path, |tmp| {
-            std::fs::write(tmp, &text).map_err(|source| mustard_core::Error::Io {
-                path: tmp.to_path_buf(),
-                source,
-            })
-        })?;
+        mustard_core::io::write_bytes(path, text.as_bytes())?;
         Ok(())
     }
 }

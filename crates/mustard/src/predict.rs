@@ -255,12 +255,7 @@ pub fn predict(
         let file = out.join(format!("{name}.json"));
         let bytes = serde_json::to_vec(&Value::Array(records.clone()))
             .map_err(|e| Error::file(&file, e))?;
-        mustard_core::io::write_atomic(&file, |tmp| {
-            std::fs::write(tmp, &bytes).map_err(|source| mustard_core::Error::Io {
-                path: tmp.to_path_buf(),
-                source,
-            })
-        })?;
+        mustard_core::io::write_bytes(&file, &bytes)?;
         files.push(file);
     }
     let n = inputs.len().max(1) as f64;
