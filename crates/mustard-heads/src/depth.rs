@@ -32,7 +32,7 @@ pub struct DepthBatch {
 
 /// Stacks depth maps in metres (row-major); images without depth are all-invalid.
 pub fn collate(
-    maps: &[Option<Vec<f32>>],
+    maps: &[Option<&[f32]>],
     (h, w): (usize, usize),
     device: &Device,
 ) -> Result<DepthBatch> {
@@ -43,7 +43,7 @@ pub fn collate(
     for (i, m) in maps.iter().enumerate() {
         match m {
             Some(m) if m.len() == h * w => {
-                for &d in m {
+                for &d in m.iter() {
                     let ok = d.is_finite() && d > 0.0;
                     log.push(if ok { d.ln() } else { 0.0 });
                     valid.push(f32::from(u8::from(ok)));
@@ -146,7 +146,7 @@ mod tests {
     fn relative_loss_ignores_scale_and_shift_of_log_depth() {
         let dev = Device::Cpu;
         let depth = vec![1.0f32, 2.0, 4.0, 8.0];
-        let batch = collate(&[Some(depth.clone())], (2, 2), &dev).unwrap();
+        let batch = collate(&[Some(&depth)], (2, 2), &dev).unwrap();
         let vm = VarMap::new();
         let head = |relative| {
             DepthHead::new(
@@ -182,7 +182,7 @@ mod tests {
             .unwrap();
         let expected = depth.iter().map(|d| (d.ln() + 3.0).abs()).sum::<f32>() / 4.0;
         assert!((metric - expected).abs() < 1e-5, "{metric} vs {expected}");
-        let missing = collate(&[None, Some(vec![0.0; 4])], (2, 2), &dev).unwrap();
+        let missing = collate(&[None, Some(&[0.0; 4])], (2, 2), &dev).unwrap();
         assert_eq!(
             missing.valid.sum_all().unwrap().to_scalar::<f32>().unwrap(),
             0.0

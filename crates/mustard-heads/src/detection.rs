@@ -153,9 +153,9 @@ pub struct DetectionBatch {
     pub presence: Tensor,
 }
 
-/// Stacks per-image targets; `presence[i]` says whether image `i` is labelled for the task.
+/// Stacks per-image targets (borrowed: they are copied once, into the tensors); `presence[i]` says whether image `i` is labelled for the task.
 pub fn collate(
-    items: &[DetectionTargets],
+    items: &[&DetectionTargets],
     presence: &[bool],
     device: &Device,
 ) -> Result<DetectionBatch> {

@@ -175,8 +175,8 @@ pub struct PoseBatch {
 }
 
 /// Stacks per-image targets.
-pub fn collate(items: &[PoseTargets], presence: &[bool], device: &Device) -> Result<PoseBatch> {
-    let dets: Vec<DetectionTargets> = items.iter().map(|t| t.det.clone()).collect();
+pub fn collate(items: &[&PoseTargets], presence: &[bool], device: &Device) -> Result<PoseBatch> {
+    let dets: Vec<&DetectionTargets> = items.iter().map(|t| &t.det).collect();
     let det = detection::collate(&dets, presence, device)?;
     let b = items.len();
     let (oh, ow) = items[0].det.size;

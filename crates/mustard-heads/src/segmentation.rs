@@ -30,7 +30,7 @@ pub struct SegmentationBatch {
 
 /// Stacks label maps (row-major `H·W` bytes each); images without labels become all-ignore.
 pub fn collate(
-    maps: &[Option<Vec<u8>>],
+    maps: &[Option<&[u8]>],
     (h, w): (usize, usize),
     device: &Device,
 ) -> Result<SegmentationBatch> {

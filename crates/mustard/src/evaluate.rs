@@ -269,23 +269,28 @@ pub fn evaluate(
         images,
         ..Default::default()
     };
-    let coco = |records: Vec<ResultRecord>,
-                iou: IouType,
-                task: Task,
-                report_slot: &mut Option<CocoEval>|
+    // The ground truth is read once, when the first COCO task needs it.
+    let mut gt: Option<CocoGt> = None;
+    let mut coco = |records: Vec<ResultRecord>,
+                    iou: IouType,
+                    task: Task,
+                    report_slot: &mut Option<CocoEval>|
      -> Result<()> {
         let ids = labelled(task);
         if ids.is_empty() {
             return Ok(());
         }
-        let gt = CocoGt::from_path(dataset.path())?;
-        let dt = CocoDt::from_records(&gt, records, format!("{task} predictions"))?;
+        let gt = match &mut gt {
+            Some(gt) => gt,
+            slot => slot.insert(CocoGt::from_path(dataset.path())?),
+        };
+        let dt = CocoDt::from_records(gt, records, format!("{task} predictions"))?;
         let mut params = Params::new(iou);
         params.img_ids = Some(ids);
         if task == Task::Pose {
             params.cat_ids = classes.person.map(|p| vec![classes.category_ids[p] as i64]);
         }
-        *report_slot = Some(mustard_eval::evaluate(&gt, &dt, &params)?);
+        *report_slot = Some(mustard_eval::evaluate(gt, &dt, &params)?);
         Ok(())
     };
     if tasks.contains(&Task::Detection) {

@@ -191,26 +191,27 @@ impl BatchEncoder for Encoder {
         };
         let images: Vec<f32> = items.iter().flat_map(|i| i.image.iter().copied()).collect();
         let detection = if self.has(Task::Detection) {
-            let t: Vec<DetectionTargets> =
-                items.iter().filter_map(|i| i.detection.clone()).collect();
+            let t: Vec<&DetectionTargets> =
+                items.iter().filter_map(|i| i.detection.as_ref()).collect();
             Some(detection::collate(&t, &presence(Task::Detection), &dev).map_err(wrap)?)
         } else {
             None
         };
         let pose = if self.has(Task::Pose) {
-            let t: Vec<PoseTargets> = items.iter().filter_map(|i| i.pose.clone()).collect();
+            let t: Vec<&PoseTargets> = items.iter().filter_map(|i| i.pose.as_ref()).collect();
             Some(pose::collate(&t, &presence(Task::Pose), &dev).map_err(wrap)?)
         } else {
             None
         };
         let segmentation = if self.has(Task::Segmentation) {
-            let maps: Vec<Option<Vec<u8>>> = items.iter().map(|i| i.segmentation.clone()).collect();
+            let maps: Vec<Option<&[u8]>> =
+                items.iter().map(|i| i.segmentation.as_deref()).collect();
             Some(segmentation::collate(&maps, (s, s), &dev).map_err(wrap)?)
         } else {
             None
         };
         let depth = if self.has(Task::Depth) {
-            let maps: Vec<Option<Vec<f32>>> = items.iter().map(|i| i.depth.clone()).collect();
+            let maps: Vec<Option<&[f32]>> = items.iter().map(|i| i.depth.as_deref()).collect();
             Some(depth::collate(&maps, (s, s), &dev).map_err(wrap)?)
         } else {
             None
