@@ -204,18 +204,8 @@ pub fn hflip(mut sample: Sample, flip_pairs: &[(usize, usize)]) -> Sample {
 
 /// Warps a sample with `t` into an `out_w` x `out_h` sample.
 pub fn warp(mut sample: Sample, t: Affine, out_w: u32, out_h: u32) -> Sample {
-    assert!(
-        t.0[1] == 0.0 && t.0[3] == 0.0,
-        "warp supports scale and translation only"
-    );
-    let inv = t.inverse().expect("crop transforms are invertible");
     // Source coordinates of the output pixel centres, per column and per row.
-    let xs: Vec<f64> = (0..out_w)
-        .map(|u| inv.0[0] * (u as f64 + 0.5) + inv.0[2])
-        .collect();
-    let ys: Vec<f64> = (0..out_h)
-        .map(|v| inv.0[4] * (v as f64 + 0.5) + inv.0[5])
-        .collect();
+    let (xs, ys) = source_grid(t, out_w, out_h);
     sample.image = warp_rgb(&sample.image, &xs, &ys);
     sample.semantic = sample
         .semantic
@@ -251,6 +241,36 @@ pub fn warp(mut sample: Sample, t: Affine, out_w: u32, out_h: u32) -> Sample {
         .retain(|o| o.bbox[2] > o.bbox[0] && o.bbox[3] > o.bbox[1]);
     sample.transform = t.after(&sample.transform);
     sample
+}
+
+/// Source coordinates of the output pixel centres of a scale + translation warp.
+fn source_grid(t: Affine, out_w: u32, out_h: u32) -> (Vec<f64>, Vec<f64>) {
+    assert!(
+        t.0[1] == 0.0 && t.0[3] == 0.0,
+        "warp supports scale and translation only"
+    );
+    let inv = t
+        .inverse()
+        .expect("scale and translation warps are invertible");
+    let xs = (0..out_w)
+        .map(|u| inv.0[0] * (u as f64 + 0.5) + inv.0[2])
+        .collect();
+    let ys = (0..out_h)
+        .map(|v| inv.0[4] * (v as f64 + 0.5) + inv.0[5])
+        .collect();
+    (xs, ys)
+}
+
+/// Warps a label map with `t` (nearest neighbour; `outside` where the source has no pixel).
+pub fn warp_labels(img: &GrayImage, t: Affine, out_w: u32, out_h: u32, outside: u8) -> GrayImage {
+    let (xs, ys) = source_grid(t, out_w, out_h);
+    warp_nearest_gray(img, &xs, &ys, outside)
+}
+
+/// Warps a depth map with `t` (nearest neighbour; 0, unknown, where the source has no pixel).
+pub fn warp_depth(img: &DepthMap, t: Affine, out_w: u32, out_h: u32) -> DepthMap {
+    let (xs, ys) = source_grid(t, out_w, out_h);
+    warp_nearest_depth(img, &xs, &ys)
 }
 
 fn warp_rgb(img: &RgbImage, xs: &[f64], ys: &[f64]) -> RgbImage {

@@ -106,6 +106,15 @@ pub struct Dataset {
     skipped_annotations: HashSet<usize>,
 }
 
+/// Whether `path` names a JPEG or PNG file (by its extension).
+fn is_image_file(path: &Path) -> bool {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    path.is_file() && matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png"))
+}
+
 /// Whether a relative path stays inside its root.
 fn stays_inside(name: &str) -> bool {
     let p = Path::new(name);
@@ -152,11 +161,7 @@ impl Dataset {
                 .unwrap_or_default();
             file.label_names.push(class.clone());
             for image in read_dir(dir)? {
-                let ext = image
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .map(str::to_ascii_lowercase);
-                if !matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png")) {
+                if !is_image_file(&image) {
                     continue;
                 }
                 let (width, height) = imageio::dimensions(&image)?;
@@ -176,6 +181,57 @@ impl Dataset {
                     tasks: Some(vec![Task::Classification]),
                 });
             }
+        }
+        Ok(Self::from_file(file, root, root.to_path_buf()))
+    }
+
+    /// A folder of unlabelled images (`*.jpg`, `*.jpeg`, `*.png`, sub-folders included, in
+    /// sorted order): no categories and no task labels, as the unlabelled set of MuST.
+    pub fn from_images(root: &Path) -> Result<Self> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| Error::io(dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            entries.sort();
+            for p in entries {
+                if p.is_dir() {
+                    walk(&p, out)?;
+                } else if is_image_file(&p) {
+                    out.push(p);
+                }
+            }
+            Ok(())
+        }
+        let mut paths = Vec::new();
+        walk(root, &mut paths)?;
+        if paths.is_empty() {
+            return Err(Error::Json {
+                path: root.to_path_buf(),
+                reason: "no images (*.jpg, *.jpeg, *.png) in this folder".into(),
+            });
+        }
+        let mut file = CocoFile::default();
+        for image in paths {
+            let (width, height) = imageio::dimensions(&image)?;
+            let name = image
+                .strip_prefix(root)
+                .unwrap_or(&image)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
+            file.images.push(ImageRecord {
+                id: file.images.len() as u64 + 1,
+                file_name: name,
+                width,
+                height,
+                seg_file: None,
+                depth_file: None,
+                depth_scale: None,
+                label: None,
+                tasks: Some(Vec::new()),
+            });
         }
         Ok(Self::from_file(file, root, root.to_path_buf()))
     }

@@ -24,6 +24,7 @@ mod error;
 pub mod imageio;
 mod loader;
 mod sample;
+mod source;
 pub mod synth;
 mod task;
 
@@ -31,4 +32,5 @@ pub use dataset::{CheckReport, Dataset, Problem};
 pub use error::{Error, Result};
 pub use loader::{BatchEncoder, Epoch, Loader, LoaderConfig};
 pub use sample::{Label, Object, Sample};
+pub use source::Source;
 pub use task::{Task, TaskSet};

@@ -6,7 +6,7 @@ use mustard_core::rng::Rng;
 use rayon::prelude::*;
 
 use crate::augment::AugmentConfig;
-use crate::{Dataset, Error, Result, Sample};
+use crate::{Error, Result, Sample, Source};
 
 /// Turns samples into training items and items into batches. Supplied by the caller (the
 /// heads' target encoders live upstream), so the data crate never depends on the heads.
@@ -75,15 +75,15 @@ impl LoaderConfig {
 /// Sample `i` of epoch `e` is augmented with a generator derived from `(seed, e, i)`, and the
 /// order of epoch `e` from `(seed, e)`, so batches are identical whatever the thread count.
 pub struct Loader<E: BatchEncoder> {
-    dataset: Arc<Dataset>,
+    dataset: Arc<dyn Source>,
     encoder: Arc<E>,
     config: LoaderConfig,
     pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 impl<E: BatchEncoder> Loader<E> {
-    /// A loader over `dataset`.
-    pub fn new(dataset: Arc<Dataset>, encoder: Arc<E>, config: LoaderConfig) -> Result<Self> {
+    /// A loader over `dataset` (a [`Dataset`](crate::Dataset) or any other [`Source`]).
+    pub fn new(dataset: Arc<dyn Source>, encoder: Arc<E>, config: LoaderConfig) -> Result<Self> {
         if config.batch_size == 0 || config.prefetch == 0 {
             return Err(Error::config(
                 "loader",

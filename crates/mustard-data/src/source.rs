@@ -1,0 +1,55 @@
+//! Anything the [`Loader`](crate::Loader) can read samples from: a labelled [`Dataset`], or a
+//! pseudo-label store that pairs unlabelled images with teacher labels.
+
+use std::path::Path;
+
+use crate::coco::Category;
+use crate::{Dataset, Result, Sample};
+
+/// A numbered collection of samples with the class lists that describe their labels.
+pub trait Source: Send + Sync + 'static {
+    /// Where the samples come from (named in errors).
+    fn path(&self) -> &Path;
+    /// Number of samples.
+    fn len(&self) -> usize;
+    /// Whether there are no samples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Decodes sample `i` with all its labels (no augmentation).
+    fn load(&self, i: usize) -> Result<Sample>;
+    /// The object categories (class index = position).
+    fn categories(&self) -> &[Category];
+    /// Names of the image-level classes.
+    fn label_names(&self) -> &[String];
+    /// Joint pairs swapped by a horizontal flip.
+    fn flip_pairs(&self) -> &[(usize, usize)];
+    /// Joints of the pose category (0 without one).
+    fn num_keypoints(&self) -> usize {
+        self.categories()
+            .iter()
+            .find_map(|c| c.keypoints.as_ref().map(Vec::len))
+            .unwrap_or(0)
+    }
+}
+
+impl Source for Dataset {
+    fn path(&self) -> &Path {
+        Dataset::path(self)
+    }
+    fn len(&self) -> usize {
+        Dataset::len(self)
+    }
+    fn load(&self, i: usize) -> Result<Sample> {
+        Dataset::load(self, i)
+    }
+    fn categories(&self) -> &[Category] {
+        Dataset::categories(self)
+    }
+    fn label_names(&self) -> &[String] {
+        &self.file().label_names
+    }
+    fn flip_pairs(&self) -> &[(usize, usize)] {
+        Dataset::flip_pairs(self)
+    }
+}
