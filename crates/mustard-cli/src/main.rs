@@ -38,6 +38,12 @@ enum Command {
     Eval(EvalArgs),
     /// Run a checkpoint on images: COCO-results JSON and pictures of the predictions.
     Predict(PredictArgs),
+    /// Run teacher checkpoints over unlabelled images into a sharded, resumable pseudo-label
+    /// store (MuST step 2); `--shard i/N` lets N workers share the work.
+    PseudoLabel(PseudoArgs),
+    /// MuST: train one teacher per task, pseudo-label the unlabelled set, train the multi-task
+    /// student, evaluate them all and run the transfer test; writes runs/must/report.md.
+    Must(MustArgs),
     /// The MultiTask-CenterNet study: single-task models against one joint model.
     Mcn {
         /// Model and data size.
@@ -47,6 +53,128 @@ enum Command {
         #[arg(long, default_value = "runs")]
         runs: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+struct ThresholdArgs {
+    /// Keep boxes scoring at least this.
+    #[arg(long, default_value_t = 0.5)]
+    det_threshold: f64,
+    /// Keep people (pose teacher) scoring at least this.
+    #[arg(long, default_value_t = 0.5)]
+    pose_threshold: f64,
+    /// Leave joints whose heatmap score is below this unlabelled.
+    #[arg(long, default_value_t = 0.0)]
+    keypoint_threshold: f64,
+    /// Ignore pixels whose top class probability is below this.
+    #[arg(long, default_value_t = 0.5)]
+    seg_threshold: f64,
+    /// Softmax temperature of the soft class labels.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+}
+
+impl ThresholdArgs {
+    fn thresholds(&self) -> mustard::pseudo_labels::Thresholds {
+        mustard::pseudo_labels::Thresholds {
+            detection: self.det_threshold,
+            pose: self.pose_threshold,
+            keypoint: self.keypoint_threshold,
+            segmentation: self.seg_threshold,
+            temperature: self.temperature,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct PseudoArgs {
+    /// A teacher checkpoint (file or run folder); repeat for each task's teacher.
+    #[arg(long = "teacher", required = true)]
+    teachers: Vec<PathBuf>,
+    /// The unlabelled images: a folder of .jpg/.png images or a COCO file.
+    #[arg(long)]
+    images: PathBuf,
+    /// Image folder of a COCO file (default: its folder).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// The store folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// This worker's slice: shards i, i+N, i+2N, … (e.g. $SLURM_ARRAY_TASK_ID/N).
+    #[arg(long, default_value = "0/1")]
+    shard: mustard::pseudo_labels::ShardSpec,
+    /// Images per shard (fixed when the store is created).
+    #[arg(long, default_value_t = 256)]
+    shard_size: usize,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Network input size (default: the largest training size of the teachers).
+    #[arg(long)]
+    input_size: Option<u32>,
+    #[command(flatten)]
+    thresholds: ThresholdArgs,
+}
+
+#[derive(Debug, Args)]
+struct MustArgs {
+    /// Model and data size.
+    #[arg(long, value_enum, default_value = "quick")]
+    preset: PresetArg,
+    /// Folder of the runs (the pipeline writes runs/must/).
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
+    /// A teacher's labelled COCO file, as TASK=FILE; repeat per task. With --unlabelled and
+    /// --test, runs on your data instead of the synthetic default.
+    #[arg(long = "labelled", value_name = "TASK=FILE", requires_all = ["unlabelled", "test"])]
+    labelled: Vec<String>,
+    /// The unlabelled images: a folder or a COCO file.
+    #[arg(long, requires = "labelled")]
+    unlabelled: Option<PathBuf>,
+    /// The held-out labelled COCO file every model is evaluated on.
+    #[arg(long, requires = "labelled")]
+    test: Option<PathBuf>,
+    /// Tasks with a teacher (default: every task, or those given with --labelled).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Option<Vec<Task>>,
+    /// Synthetic default: labelled images per task.
+    #[arg(long)]
+    per_task: Option<usize>,
+    /// Synthetic default: unlabelled images.
+    #[arg(long)]
+    unlabelled_images: Option<usize>,
+    /// Synthetic default: held-out test images.
+    #[arg(long)]
+    test_images: Option<usize>,
+    /// Synthetic default: image side.
+    #[arg(long)]
+    size: Option<u32>,
+    /// Network input size.
+    #[arg(long)]
+    input_size: Option<u32>,
+    /// Images per batch.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Epochs of each teacher.
+    #[arg(long)]
+    teacher_epochs: Option<usize>,
+    /// Epochs of the student.
+    #[arg(long)]
+    student_epochs: Option<usize>,
+    /// Images per pseudo-label shard.
+    #[arg(long)]
+    shard_size: Option<usize>,
+    /// Task of the transfer test, or `none`.
+    #[arg(long)]
+    transfer: Option<String>,
+    /// Labelled images of the transfer split.
+    #[arg(long)]
+    transfer_images: Option<usize>,
+    /// Fine-tuning epochs of the transfer test.
+    #[arg(long)]
+    transfer_epochs: Option<usize>,
+    #[command(flatten)]
+    thresholds: ThresholdArgs,
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +291,15 @@ struct TrainArgs {
     /// Backbone weights: a safetensors path or hf:<org>/<repo>[:<file>].
     #[arg(long)]
     pretrained: Option<String>,
+    /// Start the backbone and neck from a mustard checkpoint (file or run folder).
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    /// Train on a pseudo-label store (from `mustard pseudo-label`) instead of --data.
+    #[arg(long, conflicts_with = "data")]
+    pseudo: Option<PathBuf>,
+    /// With --pseudo: use an image's real labels where it has them.
+    #[arg(long, requires = "pseudo")]
+    real_labels: bool,
     /// Epochs.
     #[arg(long)]
     epochs: Option<usize>,
@@ -304,6 +441,15 @@ fn train_config(args: &TrainArgs) -> Result<Config> {
     if let Some(v) = &args.pretrained {
         config.model.pretrained = Some(v.clone());
     }
+    if let Some(v) = &args.init_from {
+        config.model.init_from = Some(v.clone());
+    }
+    if let Some(v) = &args.pseudo {
+        config.data.pseudo = Some(v.clone());
+        config.data.train = None;
+        config.model.relative_depth = true;
+    }
+    config.data.real_labels |= args.real_labels;
     let t = &mut config.train;
     t.epochs = args.epochs.unwrap_or(t.epochs);
     t.max_steps = args.max_steps.or(t.max_steps);
@@ -430,6 +576,104 @@ fn predict(args: PredictArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn pseudo_label(args: PseudoArgs) -> Result<ExitCode> {
+    let mut options = mustard::pseudo::PseudoOptions::new(args.teachers, args.images, args.out);
+    options.root = args.root;
+    options.shard = args.shard;
+    options.shard_size = args.shard_size;
+    options.batch_size = args.batch_size;
+    options.input_size = args.input_size;
+    options.thresholds = args.thresholds.thresholds();
+    options.progress = true;
+    let s = mustard::pseudo::pseudo_label(&options)?;
+    println!(
+        "shard {}: wrote {} shard(s), {} already complete, {} redone, in {:.1} s",
+        options.shard, s.written, s.skipped, s.redone, s.seconds
+    );
+    let tasks = mustard::pseudo::store_tasks(&s.store)?;
+    if s.complete {
+        println!("store {} is complete:", s.store.display());
+        println!("{}", s.stats.describe(tasks));
+    } else {
+        println!(
+            "store {} is not complete yet: other workers (--shard) still have shards to write",
+            s.store.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn must(args: MustArgs) -> Result<ExitCode> {
+    use mustard::must::{MustConfig, MustData, Transfer};
+    let preset = match args.preset {
+        PresetArg::Quick => Preset::Quick,
+        PresetArg::Full => Preset::Full,
+    };
+    let mut config = MustConfig::preset(preset);
+    if !args.labelled.is_empty() {
+        let mut labelled = Vec::new();
+        for item in &args.labelled {
+            let Some((task, file)) = item.split_once('=') else {
+                bail!("--labelled {item:?}: expected TASK=FILE, e.g. detection=train.json");
+            };
+            let task: Task = task
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--labelled {item:?}: {e}"))?;
+            labelled.push((task, PathBuf::from(file)));
+        }
+        config.tasks = labelled.iter().map(|(t, _)| *t).collect();
+        config.data = MustData::User {
+            labelled,
+            unlabelled: args
+                .unlabelled
+                .clone()
+                .context("--unlabelled is required")?,
+            test: args.test.clone().context("--test is required")?,
+        };
+    }
+    if let MustData::Synthetic { splits, size, .. } = &mut config.data {
+        splits.per_task = args.per_task.unwrap_or(splits.per_task);
+        splits.unlabeled = args.unlabelled_images.unwrap_or(splits.unlabeled);
+        splits.test = args.test_images.unwrap_or(splits.test);
+        *size = args.size.unwrap_or(*size);
+    }
+    if let Some(tasks) = &args.tasks {
+        config.tasks = tasks.clone();
+    }
+    let t = &mut config.base.train;
+    t.input_size = args.input_size.unwrap_or(t.input_size);
+    t.batch_size = args.batch_size.unwrap_or(t.batch_size);
+    config.teacher_epochs = args.teacher_epochs.unwrap_or(config.teacher_epochs);
+    config.student_epochs = args.student_epochs.unwrap_or(config.student_epochs);
+    config.shard_size = args.shard_size.unwrap_or(config.shard_size);
+    config.thresholds = args.thresholds.thresholds();
+    match args.transfer.as_deref() {
+        Some("none") => config.transfer = None,
+        Some(task) => {
+            let task: Task = task
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--transfer {task:?}: {e}"))?;
+            let images = config.transfer.as_ref().map_or(64, |t| t.images);
+            let epochs = config.transfer.as_ref().map_or(6, |t| t.epochs);
+            config.transfer = Some(Transfer {
+                task,
+                images,
+                epochs,
+            });
+        }
+        None => {}
+    }
+    if let Some(tr) = &mut config.transfer {
+        tr.images = args.transfer_images.unwrap_or(tr.images);
+        tr.epochs = args.transfer_epochs.unwrap_or(tr.epochs);
+    }
+    config.base.validate()?;
+    let report = mustard::must::must(&config, &args.runs, true)?;
+    print!("{}", std::fs::read_to_string(&report.report)?);
+    println!("report: {}", report.report.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn mcn(preset: PresetArg, runs: PathBuf) -> Result<ExitCode> {
     let preset = match preset {
         PresetArg::Quick => Preset::Quick,
@@ -466,6 +710,8 @@ fn main() -> ExitCode {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
         Command::Predict(args) => predict(args),
+        Command::PseudoLabel(args) => pseudo_label(args),
+        Command::Must(args) => must(args),
         Command::Mcn { preset, runs } => mcn(preset, runs),
     };
     match result {

@@ -32,5 +32,5 @@ pub use dataset::{CheckReport, Dataset, Problem};
 pub use error::{Error, Result};
 pub use loader::{BatchEncoder, Epoch, Loader, LoaderConfig};
 pub use sample::{Label, Object, Sample};
-pub use source::Source;
+pub use source::{Source, Subset};
 pub use task::{Task, TaskSet};

@@ -53,3 +53,41 @@ impl Source for Dataset {
         Dataset::flip_pairs(self)
     }
 }
+
+/// A contiguous slice of another source (sample `i` is `inner`'s sample `range.start + i`).
+pub struct Subset {
+    inner: std::sync::Arc<dyn Source>,
+    range: std::ops::Range<usize>,
+}
+
+impl Subset {
+    /// Samples `range` of `inner` (clipped to its length).
+    pub fn new(inner: std::sync::Arc<dyn Source>, range: std::ops::Range<usize>) -> Self {
+        let end = range.end.min(inner.len());
+        Subset {
+            range: range.start.min(end)..end,
+            inner,
+        }
+    }
+}
+
+impl Source for Subset {
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+    fn len(&self) -> usize {
+        self.range.len()
+    }
+    fn load(&self, i: usize) -> Result<Sample> {
+        self.inner.load(self.range.start + i)
+    }
+    fn categories(&self) -> &[Category] {
+        self.inner.categories()
+    }
+    fn label_names(&self) -> &[String] {
+        self.inner.label_names()
+    }
+    fn flip_pairs(&self) -> &[(usize, usize)] {
+        self.inner.flip_pairs()
+    }
+}

@@ -184,25 +184,34 @@ pub fn load(path: &Path, varmap: &VarMap) -> Result<Loaded> {
     })
 }
 
-/// Rebuilds a trained model from a checkpoint file and the `config.toml` of its run (two
-/// folders up: `runs/<name>/weights/<file>`), or from a run folder (its `best`, else `last`).
-pub fn load_model(path: &Path) -> Result<(Config, VarMap, MultiTaskModel)> {
-    let (config_path, weights) = if path.is_dir() {
+/// The weights file a checkpoint argument names: the file itself, or a run folder's `best`
+/// (else `last`) checkpoint.
+pub fn weights_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
         let run = RunPaths {
             dir: path.to_path_buf(),
         };
-        let weights = if run.best().is_file() {
+        if run.best().is_file() {
             run.best()
         } else {
             run.last()
-        };
-        (run.config(), weights)
+        }
     } else {
-        let run = path
-            .parent()
+        path.to_path_buf()
+    }
+}
+
+/// Rebuilds a trained model from a checkpoint file and the `config.toml` of its run (two
+/// folders up: `runs/<name>/weights/<file>`), or from a run folder (its `best`, else `last`).
+pub fn load_model(path: &Path) -> Result<(Config, VarMap, MultiTaskModel)> {
+    let weights = weights_file(path);
+    let config_path = if path.is_dir() {
+        path.join("config.toml")
+    } else {
+        path.parent()
             .and_then(Path::parent)
-            .ok_or_else(|| Error::file(path, "expected runs/<name>/weights/<file>"))?;
-        (run.join("config.toml"), path.to_path_buf())
+            .ok_or_else(|| Error::file(path, "expected runs/<name>/weights/<file>"))?
+            .join("config.toml")
     };
     if !weights.is_file() {
         return Err(Error::file(&weights, "no such checkpoint"));

@@ -112,6 +112,10 @@ pub struct ModelConfig {
     /// Backbone weights: a safetensors path or `hf:<org>/<repo>[:<file>]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrained: Option<String>,
+    /// Start the backbone and neck from this mustard checkpoint (a run folder or a weights
+    /// file), e.g. to fine-tune a MuST student on a new task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
     /// The neck.
     pub neck: NeckConfig,
     /// Hidden channels of the head blocks.
@@ -159,6 +163,13 @@ pub struct DataConfig {
     /// Leave bad records out instead of refusing the dataset.
     #[serde(default)]
     pub skip_bad: bool,
+    /// Train on a pseudo-label store (`mustard pseudo-label --out DIR`) instead of `train`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pseudo: Option<PathBuf>,
+    /// With `pseudo`: where an image of the store also carries real labels for a task, train
+    /// on those instead of the teacher's.
+    #[serde(default)]
+    pub real_labels: bool,
     /// The synthetic default.
     pub synth: SynthData,
 }
@@ -231,6 +242,7 @@ impl Config {
                     ResNetPreset::R18
                 },
                 pretrained: None,
+                init_from: None,
                 neck: NeckConfig::Fpn {
                     channels: if quick { 32 } else { 128 },
                     fuse: true,
@@ -246,6 +258,8 @@ impl Config {
                 val: None,
                 root: None,
                 skip_bad: false,
+                pseudo: None,
+                real_labels: false,
                 synth: SynthData {
                     train_images: if quick { 256 } else { 4000 },
                     val_images: if quick { 48 } else { 500 },

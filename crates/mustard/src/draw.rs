@@ -200,6 +200,60 @@ pub fn chart(title: &str, series: &[(String, Vec<f64>)], width: u32, height: u32
     img
 }
 
+/// A grouped bar chart of values in `[0, 1]`: one group per `(name, values)`, one bar colour per
+/// entry of `legend`.
+pub fn bars(title: &str, groups: &[(String, Vec<f64>)], legend: &[&str], height: u32) -> RgbImage {
+    let per_group = legend.len().max(1) as u32;
+    let bar_w = 14u32;
+    let group_w = per_group * bar_w + 24;
+    let width = (16 + group_w * groups.len().max(1) as u32).max(320);
+    let mut img = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
+    let black = Rgb([0, 0, 0]);
+    draw_text_mut(&mut img, black, 8, 2, PxScale::from(13.0), &font(), title);
+    let (top, bottom) = (34.0f32, height as f32 - 18.0);
+    let mut x = 8;
+    for (k, name) in legend.iter().enumerate() {
+        draw_text_mut(
+            &mut img,
+            colour(k),
+            x,
+            17,
+            PxScale::from(11.0),
+            &font(),
+            name,
+        );
+        x += 7 * name.chars().count() as i32 + 14;
+    }
+    draw_line_segment_mut(&mut img, (8.0, bottom), (width as f32 - 8.0, bottom), black);
+    for (g, (name, values)) in groups.iter().enumerate() {
+        let x0 = 16 + g as u32 * group_w;
+        for (k, v) in values.iter().enumerate() {
+            let v = if v.is_finite() {
+                v.clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            let h = ((bottom - top) * v as f32).round().max(1.0) as u32;
+            imageproc::drawing::draw_filled_rect_mut(
+                &mut img,
+                Rect::at((x0 + k as u32 * bar_w) as i32, bottom as i32 - h as i32)
+                    .of_size(bar_w - 2, h),
+                colour(k),
+            );
+        }
+        draw_text_mut(
+            &mut img,
+            black,
+            x0 as i32,
+            bottom as i32 + 3,
+            PxScale::from(11.0),
+            &font(),
+            name,
+        );
+    }
+    img
+}
+
 /// Stacks images vertically.
 pub fn stack(parts: &[RgbImage]) -> RgbImage {
     let w = parts.iter().map(RgbImage::width).max().unwrap_or(1);

@@ -22,6 +22,10 @@ pub enum Error {
     #[error(transparent)]
     Eval(#[from] mustard_eval::Error),
 
+    /// An error of the pseudo-label store.
+    #[error(transparent)]
+    Pseudo(#[from] mustard_pseudo::Error),
+
     /// A configuration that cannot work.
     #[error("{what}: {reason}")]
     Config {

@@ -183,6 +183,34 @@ pub fn result_records(
     Ok((boxes, people))
 }
 
+/// A relative depth prediction aligned to the target as it was trained: `s·log p + t` fitted to
+/// the log target by least squares over valid pixels, then exponentiated.
+pub fn align_log_depth(pred: &[f32], log_target: &[f32], valid: &[f32]) -> Vec<f32> {
+    let (mut n, mut sx, mut sy, mut sxx, mut sxy) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    for ((&p, &t), &v) in pred.iter().zip(log_target).zip(valid) {
+        if v > 0.0 && p > 0.0 {
+            let x = (p as f64).ln();
+            n += 1.0;
+            sx += x;
+            sy += t as f64;
+            sxx += x * x;
+            sxy += x * t as f64;
+        }
+    }
+    let det = n * sxx - sx * sx;
+    let (s, t) = if n > 0.0 && det.abs() > 1e-12 {
+        let s = (n * sxy - sx * sy) / det;
+        (s, (sy - s * sx) / n)
+    } else if n > 0.0 {
+        (1.0, (sy - sx) / n)
+    } else {
+        (1.0, 0.0)
+    };
+    pred.iter()
+        .map(|&p| (s * (p.max(1e-12) as f64).ln() + t).exp() as f32)
+        .collect()
+}
+
 /// Evaluates `model` on `dataset` at `size` x `size` (letterboxed, no augmentation).
 pub fn evaluate(
     model: &MultiTaskModel,
@@ -202,6 +230,7 @@ pub fn evaluate(
     )?;
     let classes = &model.config().classes;
     let tasks = &model.config().tasks;
+    let relative = model.config().relative_depth;
     let labelled = |t: Task| {
         (0..dataset.len())
             .filter(|&i| dataset.tasks(i).contains(t))
@@ -251,7 +280,11 @@ pub fn evaluate(
                     .zip(v)
                     .map(|(&l, &v)| if v > 0.0 { l.exp() } else { 0.0 })
                     .collect();
-                depth.update(p, &target)?;
+                if relative {
+                    depth.update(&align_log_depth(p, l, v), &target)?;
+                } else {
+                    depth.update(p, &target)?;
+                }
             }
         }
         if let (Some(logits), Some(t)) = (&out.classification, &batch.classification) {

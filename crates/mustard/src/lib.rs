@@ -16,7 +16,9 @@ pub mod evaluate;
 pub mod init;
 pub mod mcn;
 pub mod model;
+pub mod must;
 pub mod predict;
+pub mod pseudo;
 pub mod targets;
 pub mod train;
 
@@ -29,3 +31,4 @@ pub use mustard_core as core;
 pub use mustard_data as data;
 pub use mustard_eval as eval;
 pub use mustard_heads as heads;
+pub use mustard_pseudo as pseudo_labels;

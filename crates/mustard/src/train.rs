@@ -16,7 +16,8 @@ use mustard_core::optim::{
     ScheduleKind,
 };
 use mustard_data::synth::{self, SynthConfig};
-use mustard_data::{Dataset, Loader, LoaderConfig, Task};
+use mustard_data::{Dataset, Loader, LoaderConfig, Source, Task};
+use mustard_pseudo::PseudoSource;
 
 use crate::checkpoint::{self, LoopState, RunPaths};
 use crate::config::{Classes, Config};
@@ -96,15 +97,15 @@ pub fn open_dataset(path: &Path, root: Option<&Path>, skip_bad: bool) -> Result<
     Ok(ds.require_clean(skip_bad, |p| eprintln!("skipping {p}"))?)
 }
 
-/// The class lists of a dataset.
-pub fn classes_of(ds: &Dataset) -> Classes {
+/// The class lists of a dataset or pseudo-label store.
+pub fn classes_of(ds: &dyn Source) -> Classes {
     let cats = ds.categories();
     Classes {
         categories: cats.iter().map(|c| c.name.clone()).collect(),
         category_ids: cats.iter().map(|c| c.id).collect(),
         person: cats.iter().position(|c| c.keypoints.is_some()),
         joints: ds.num_keypoints(),
-        labels: ds.file().label_names.clone(),
+        labels: ds.label_names().to_vec(),
     }
 }
 
@@ -120,6 +121,30 @@ fn csv_header(tasks: &[Task]) -> String {
     cols.extend(tasks.iter().map(|t| format!("val_{t}")));
     cols.push("val_score".into());
     cols.join(",")
+}
+
+/// Loads the backbone and neck variables of a mustard checkpoint (a run folder or weights file)
+/// into `varmap`; returns how many tensors were loaded. Heads are left as initialised.
+pub fn init_from(varmap: &VarMap, from: &Path) -> Result<usize> {
+    let file = checkpoint::weights_file(from);
+    let tensors: std::collections::HashMap<_, _> =
+        mustard_core::io::load_safetensors(&file, &mustard_core::candle_core::Device::Cpu)?
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("backbone.") || k.starts_with("neck."))
+            .collect();
+    let options = LoadOptions {
+        strict: false,
+        prefix: String::new(),
+        skip: Vec::new(),
+    };
+    let report = mustard_core::io::load_weights(varmap, &tensors, &options, &file)?;
+    if !report.mismatched.is_empty() || !report.unexpected.is_empty() || report.loaded == 0 {
+        return Err(Error::file(
+            &file,
+            format!("its backbone and neck do not fit this model: {report}"),
+        ));
+    }
+    Ok(report.loaded)
 }
 
 /// Copies the averaged weights into `varmap`, returning the training weights.
@@ -203,19 +228,24 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         config.clone()
     };
     config.validate()?;
-    let (train_path, val_path) = match (&config.data.train, &config.data.val) {
-        (Some(t), v) => (t.clone(), v.clone()),
-        (None, _) => {
-            let (t, v) = synthetic_datasets(&config, &options.runs)?;
-            (t, Some(v))
-        }
-    };
     let root = config.data.root.clone();
-    let train_ds = Arc::new(open_dataset(
-        &train_path,
-        root.as_deref(),
-        config.data.skip_bad,
-    )?);
+    let (train_ds, val_path): (Arc<dyn Source>, Option<PathBuf>) =
+        match (&config.data.pseudo, &config.data.train) {
+            (Some(store), _) => (
+                Arc::new(
+                    PseudoSource::open(store, None)?.with_real_labels(config.data.real_labels),
+                ),
+                config.data.val.clone(),
+            ),
+            (None, Some(train)) => (
+                Arc::new(open_dataset(train, root.as_deref(), config.data.skip_bad)?),
+                config.data.val.clone(),
+            ),
+            (None, None) => {
+                let (t, v) = synthetic_datasets(&config, &options.runs)?;
+                (Arc::new(open_dataset(&t, None, false)?), Some(v))
+            }
+        };
     let val_ds = match &val_path {
         Some(p) if config.train.validate => Some(Arc::new(open_dataset(
             p,
@@ -225,7 +255,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         _ => None,
     };
     if !options.resume {
-        config.model.classes = classes_of(&train_ds);
+        config.model.classes = classes_of(train_ds.as_ref());
     }
     std::fs::create_dir_all(run.dir.join("weights")).map_err(|e| Error::file(&run.dir, e))?;
     config.write(&run.config())?;
@@ -246,6 +276,13 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         };
         let report = mustard_backbone::weights::load_into(&varmap, &path, &options)?;
         eprintln!("backbone weights from {}: {report}", path.display());
+    }
+    if let (Some(from), false) = (&config.model.init_from, options.resume) {
+        let loaded = init_from(&varmap, from)?;
+        eprintln!(
+            "backbone and neck from {}: {loaded} tensors",
+            from.display()
+        );
     }
     let t = &config.train;
     let loader_config = LoaderConfig {

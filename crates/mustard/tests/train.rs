@@ -62,7 +62,7 @@ fn overfitting_one_batch_reaches_high_box_and_keypoint_ap() -> Result<()> {
     let ds = Arc::new(Dataset::open(&dir.join("instances.json"), None)?);
     let mut config = Config::preset(Preset::Quick, "overfit");
     config.model.tasks = vec![Task::Detection, Task::Pose];
-    config.model.classes = classes_of(&ds);
+    config.model.classes = classes_of(ds.as_ref());
     let varmap = VarMap::new();
     let model = MultiTaskModel::new(
         &config.model,

@@ -1,0 +1,366 @@
+//! Running teachers over unlabelled images into a pseudo-label store (MuST step 2).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use mustard_data::coco::{Category, COCO_KEYPOINTS, COCO_SKELETON};
+use mustard_data::imageio::DepthMap;
+use mustard_data::{Dataset, Loader, LoaderConfig, Source, Subset, Task, TaskSet};
+use mustard_pseudo::labels::{
+    keep_boxes, keep_people, labels_to_original, relative_depth, segmentation_labels, soft_labels,
+};
+use mustard_pseudo::store::{fingerprint, sha256_file, FORMAT};
+use mustard_pseudo::{
+    ImageLabels, Manifest, ShardSpec, ShardState, Stats, Store, Teacher, Thresholds,
+};
+
+use crate::checkpoint::load_model;
+use crate::config::{Classes, Config};
+use crate::targets::Encoder;
+use crate::{Error, MultiTaskModel, Result};
+
+/// What [`pseudo_label`] does.
+#[derive(Debug, Clone)]
+pub struct PseudoOptions {
+    /// Teacher checkpoints (a `.safetensors` file or a run folder); each task by one teacher.
+    pub teachers: Vec<PathBuf>,
+    /// The unlabelled images: a COCO file or a folder of images.
+    pub images: PathBuf,
+    /// Image root of a COCO file (default: its folder).
+    pub root: Option<PathBuf>,
+    /// The store folder.
+    pub out: PathBuf,
+    /// Score and confidence thresholds.
+    pub thresholds: Thresholds,
+    /// Images per shard.
+    pub shard_size: usize,
+    /// The slice of shards this process writes.
+    pub shard: ShardSpec,
+    /// Network input size (default: the largest training size of the teachers).
+    pub input_size: Option<u32>,
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Draw a progress bar.
+    pub progress: bool,
+}
+
+impl PseudoOptions {
+    /// Defaults for `teachers` over `images` into `out`.
+    pub fn new(teachers: Vec<PathBuf>, images: PathBuf, out: PathBuf) -> Self {
+        PseudoOptions {
+            teachers,
+            images,
+            root: None,
+            out,
+            thresholds: Thresholds::default(),
+            shard_size: 256,
+            shard: ShardSpec::ALL,
+            input_size: None,
+            batch_size: 8,
+            progress: false,
+        }
+    }
+}
+
+/// What a [`pseudo_label`] call did.
+#[derive(Debug, Clone)]
+pub struct PseudoSummary {
+    /// The store.
+    pub store: PathBuf,
+    /// Shards written by this call.
+    pub written: usize,
+    /// Shards this call found complete and skipped.
+    pub skipped: usize,
+    /// Shards found broken (partial or corrupt) and redone.
+    pub redone: usize,
+    /// Whether every shard of the store is now complete.
+    pub complete: bool,
+    /// Totals over the complete shards.
+    pub stats: Stats,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// The categories a store records, rebuilt from a teacher's class lists.
+pub fn categories_of(classes: &Classes) -> Vec<Category> {
+    classes
+        .categories
+        .iter()
+        .zip(&classes.category_ids)
+        .enumerate()
+        .map(|(i, (name, &id))| {
+            let person = classes.person == Some(i);
+            let coco = classes.joints == COCO_KEYPOINTS.len();
+            Category {
+                id,
+                name: name.clone(),
+                supercategory: None,
+                keypoints: person.then(|| {
+                    if coco {
+                        COCO_KEYPOINTS.iter().map(|s| s.to_string()).collect()
+                    } else {
+                        (0..classes.joints).map(|j| format!("joint_{j}")).collect()
+                    }
+                }),
+                skeleton: (person && coco).then(|| COCO_SKELETON.to_vec()),
+            }
+        })
+        .collect()
+}
+
+struct LoadedTeacher {
+    path: PathBuf,
+    config: Config,
+    model: MultiTaskModel,
+}
+
+/// Loads the teachers and checks they label distinct tasks with the same classes.
+fn load_teachers(paths: &[PathBuf]) -> Result<Vec<LoadedTeacher>> {
+    if paths.is_empty() {
+        return Err(Error::config(
+            "teachers",
+            "give at least one teacher checkpoint",
+        ));
+    }
+    let mut teachers: Vec<LoadedTeacher> = Vec::new();
+    for path in paths {
+        let (config, _, model) = load_model(path)?;
+        for t in &teachers {
+            if let Some(task) = t
+                .config
+                .model
+                .tasks
+                .iter()
+                .find(|x| config.model.tasks.contains(x))
+            {
+                return Err(Error::config(
+                    "teachers",
+                    format!(
+                        "{} and {} both label {task}; give one teacher per task",
+                        t.path.display(),
+                        path.display()
+                    ),
+                ));
+            }
+            let (a, b) = (&t.config.model.classes, &config.model.classes);
+            if !a.categories.is_empty() && !b.categories.is_empty() && a.categories != b.categories
+            {
+                return Err(Error::config(
+                    "teachers",
+                    format!(
+                        "{} has categories {:?} but {} has {:?}; teachers must share one category list",
+                        t.path.display(), a.categories, path.display(), b.categories
+                    ),
+                ));
+            }
+        }
+        teachers.push(LoadedTeacher {
+            path: path.clone(),
+            config,
+            model,
+        });
+    }
+    Ok(teachers)
+}
+
+/// Runs `options.teachers` over the images of shards `options.shard` owns and writes them into
+/// the store; complete shards are skipped, partial or corrupt ones redone.
+pub fn pseudo_label(options: &PseudoOptions) -> Result<PseudoSummary> {
+    let started = Instant::now();
+    options
+        .thresholds
+        .validate()
+        .map_err(|e| Error::config("thresholds", e))?;
+    if options.batch_size == 0 || options.shard_size == 0 {
+        return Err(Error::config(
+            "pseudo-label",
+            "batch size and shard size must be at least 1",
+        ));
+    }
+    let teachers = load_teachers(&options.teachers)?;
+    let images: Arc<Dataset> = Arc::new(mustard_pseudo::open_images(
+        &options.images,
+        options.root.as_deref(),
+    )?);
+    let input_size = options.input_size.unwrap_or_else(|| {
+        teachers
+            .iter()
+            .map(|t| t.config.train.input_size)
+            .max()
+            .unwrap_or(256)
+    });
+    // Categories from the first teacher that has them; image-level classes from the
+    // classification teacher.
+    let categories = teachers
+        .iter()
+        .map(|t| &t.config.model.classes)
+        .find(|c| !c.categories.is_empty())
+        .map(categories_of)
+        .unwrap_or_default();
+    let label_names = teachers
+        .iter()
+        .find(|t| t.config.model.tasks.contains(&Task::Classification))
+        .map(|t| t.config.model.classes.labels.clone())
+        .unwrap_or_default();
+    let mut tasks: Vec<Task> = teachers
+        .iter()
+        .flat_map(|t| t.config.model.tasks.clone())
+        .collect();
+    tasks.sort();
+    let manifest = Manifest {
+        format: FORMAT,
+        source: options.images.clone(),
+        images: images.len(),
+        fingerprint: fingerprint(&images),
+        shard_size: options.shard_size,
+        tasks,
+        teachers: teachers
+            .iter()
+            .map(|t| {
+                let file = crate::checkpoint::weights_file(&t.path);
+                Ok(Teacher {
+                    tasks: t.config.model.tasks.clone(),
+                    checkpoint: t.path.clone(),
+                    sha256: sha256_file(&file)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+        thresholds: options.thresholds.clone(),
+        input_size,
+        categories,
+        label_names,
+    };
+    let store = Store::create(&options.out, manifest)?;
+    store.clean_temporaries(options.shard);
+    let m = store.manifest().clone();
+    let owned: Vec<usize> = (0..m.shards()).filter(|&k| options.shard.owns(k)).collect();
+    let bar = if options.progress {
+        ProgressBar::new(owned.iter().map(|&k| m.range(k).len() as u64).sum())
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("pseudo-labels [{bar:30}] {pos}/{len} images {msg} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let encoder = Arc::new(Encoder::new(&teachers[0].config.model, input_size));
+    let source: Arc<dyn Source> = images.clone();
+    let (mut written, mut skipped, mut redone) = (0, 0, 0);
+    for &k in &owned {
+        let range = m.range(k);
+        match store.check(k) {
+            ShardState::Complete(_) => {
+                skipped += 1;
+                bar.inc(range.len() as u64);
+                continue;
+            }
+            ShardState::Broken(why) => {
+                bar.println(format!("redoing shard {k}: {why}"));
+                redone += 1;
+            }
+            ShardState::Missing => {}
+        }
+        bar.set_message(format!("shard {k}"));
+        let loader = Loader::new(
+            Arc::new(Subset::new(source.clone(), range.clone())),
+            encoder.clone(),
+            LoaderConfig {
+                threads: None,
+                ..LoaderConfig::eval(options.batch_size, input_size)
+            },
+        )?;
+        let mut ids = Vec::with_capacity(range.len());
+        let mut labels = Vec::with_capacity(range.len());
+        for batch in loader.epoch(0) {
+            let batch = batch?;
+            let mut per_image: Vec<ImageLabels> = batch
+                .meta
+                .iter()
+                .map(|_| ImageLabels {
+                    tasks: m.task_set(),
+                    ..Default::default()
+                })
+                .collect();
+            for t in &teachers {
+                label_batch(t, &batch, &m, &mut per_image)?;
+            }
+            ids.extend(batch.meta.iter().map(|meta| meta.image_id));
+            bar.inc(per_image.len() as u64);
+            labels.extend(per_image);
+        }
+        store.write_shard(k, &ids, &labels)?;
+        written += 1;
+    }
+    bar.finish_and_clear();
+    let states = store.status();
+    let complete = states.iter().all(|s| matches!(s, ShardState::Complete(_)));
+    let stats = store.write_stats(&states)?;
+    Ok(PseudoSummary {
+        store: options.out.clone(),
+        written,
+        skipped,
+        redone,
+        complete,
+        stats,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Adds one teacher's labels of `batch` to `out`.
+fn label_batch(
+    teacher: &LoadedTeacher,
+    batch: &crate::targets::Batch,
+    m: &Manifest,
+    out: &mut [ImageLabels],
+) -> Result<()> {
+    let model = &teacher.model;
+    let th = &m.thresholds;
+    let o = model.forward_t(&batch.images, false)?;
+    let metas = &batch.meta;
+    if let (Some(head), Some(d)) = (model.detection(), &o.detection) {
+        for ((dets, meta), l) in head.decode(d)?.iter().zip(metas).zip(out.iter_mut()) {
+            l.boxes = keep_boxes(dets, th.detection, &meta.transform, meta.original_size);
+        }
+    }
+    if let (Some(head), Some(p)) = (model.pose(), &o.pose) {
+        let person = m
+            .person()
+            .ok_or_else(|| Error::config("teachers", "the pose teacher has no person category"))?;
+        for ((people, meta), l) in head.decode(p)?.iter().zip(metas).zip(out.iter_mut()) {
+            l.people = keep_people(people, th, person, &meta.transform, meta.original_size);
+        }
+    }
+    if let Some(logits) = &o.segmentation {
+        for ((map, meta), l) in segmentation_labels(logits, th.segmentation)?
+            .iter()
+            .zip(metas)
+            .zip(out.iter_mut())
+        {
+            l.semantic = Some(labels_to_original(map, &meta.transform, meta.original_size));
+        }
+    }
+    if let (Some(head), Some(d)) = (model.depth(), &o.depth) {
+        let (_, _, h, w) = d.dims4()?;
+        for ((values, meta), l) in head.decode(d)?.into_iter().zip(metas).zip(out.iter_mut()) {
+            let map = DepthMap::from_raw(w as u32, h as u32, values)
+                .ok_or_else(|| Error::config("depth", "teacher output has an unexpected size"))?;
+            l.depth = Some(relative_depth(&map, &meta.transform, meta.original_size));
+        }
+    }
+    if let Some(logits) = &o.classification {
+        for (p, l) in soft_labels(logits, th.temperature)?
+            .into_iter()
+            .zip(out.iter_mut())
+        {
+            l.classes = Some(p);
+        }
+    }
+    Ok(())
+}
+
+/// The tasks of a store, for reports.
+pub fn store_tasks(dir: &Path) -> Result<TaskSet> {
+    Ok(Store::open(dir)?.manifest().task_set())
+}
