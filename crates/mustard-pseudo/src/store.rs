@@ -28,7 +28,6 @@ use mustard_data::coco::Category;
 use mustard_data::imageio::DepthMap;
 use mustard_data::{Dataset, Task, TaskSet};
 use safetensors::tensor::{Dtype, TensorView};
-use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -592,6 +591,14 @@ fn encode_shard(
     safetensors::serialize(views, Some(info)).map_err(|e| e.to_string())
 }
 
+/// One tensor entry of a safetensors header.
+#[derive(Debug, Deserialize)]
+struct TensorEntry {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data_offsets: (u64, u64),
+}
+
 /// Where each tensor of a verified shard lies, for reading single images.
 #[derive(Debug, Clone)]
 pub(crate) struct ShardIndex {
@@ -621,12 +628,26 @@ impl ShardIndex {
                 ))
             }
         }
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let (n, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| store_err(&path, e))?;
-        let info: ShardMeta = meta
-            .metadata()
-            .as_ref()
+        // Only the header is read here; tensors are read one image at a time.
+        let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).map_err(|e| Error::io(&path, e))?;
+        let n = u64::from_le_bytes(len);
+        if n > 100 << 20 {
+            return Err(store_err(
+                &path,
+                format!("header of {n} bytes is not plausible"),
+            ));
+        }
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header)
+            .map_err(|e| Error::io(&path, e))?;
+        let header: HashMap<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| store_err(&path, e))?;
+        let info: ShardMeta = header
+            .get("__metadata__")
             .and_then(|m| m.get("mustard"))
+            .and_then(serde_json::Value::as_str)
             .and_then(|s| serde_json::from_str(s).ok())
             .ok_or_else(|| store_err(&path, "no shard description in the file's metadata"))?;
         let range = store.manifest.range(k);
@@ -643,21 +664,23 @@ impl ShardIndex {
                 ),
             ));
         }
-        let base = 8 + n as u64;
-        let entries = meta
-            .tensors()
-            .into_iter()
-            .map(|(name, t)| {
+        let base = 8 + n;
+        let mut entries = HashMap::new();
+        for (name, entry) in header {
+            if name == "__metadata__" {
+                continue;
+            }
+            let t: TensorEntry = serde_json::from_value(entry)
+                .map_err(|e| store_err(&path, format!("{name}: {e}")))?;
+            entries.insert(
+                name,
                 (
-                    name,
-                    (
-                        t.dtype,
-                        t.shape.clone(),
-                        base + t.data_offsets.0 as u64..base + t.data_offsets.1 as u64,
-                    ),
-                )
-            })
-            .collect();
+                    t.dtype,
+                    t.shape,
+                    base + t.data_offsets.0..base + t.data_offsets.1,
+                ),
+            );
+        }
         Ok(ShardIndex {
             path,
             first: info.first,

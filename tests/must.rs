@@ -1,0 +1,221 @@
+//! End-to-end tests of MuST through the `mustard` command: the pseudo-label store under kill -9,
+//! corruption and parallel `--shard i/N` workers, and the whole `mustard must` pipeline.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mustard::pseudo_labels::{ImageLabels, ShardState, Store};
+
+fn mustard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mustard"))
+        .args(args)
+        .output()
+        .expect("the mustard binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mustard-must-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Every label of a complete store, by image id, checking each image appears exactly once.
+fn contents(dir: &Path) -> Vec<(u64, ImageLabels)> {
+    let store = Store::open(dir).unwrap();
+    let mut all = Vec::new();
+    for (k, state) in store.status().into_iter().enumerate() {
+        assert!(
+            matches!(state, ShardState::Complete(_)),
+            "shard {k}: {state:?}"
+        );
+        all.extend(store.read_shard(k).unwrap());
+    }
+    let mut ids: Vec<u64> = all.iter().map(|(id, _)| *id).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), all.len(), "an image appears twice");
+    all
+}
+
+#[test]
+fn the_label_store_survives_kill_corruption_and_parallel_workers() {
+    let dir = temp("store");
+    let images = dir.join("images");
+    ok(mustard(&[
+        "synth",
+        "--out",
+        s(&images),
+        "--images",
+        "64",
+        "--size",
+        "64",
+        "--seed",
+        "5",
+    ]));
+    // One teacher for every task, barely trained: the store's mechanics do not need good labels.
+    let runs = dir.join("runs");
+    ok(mustard(&[
+        "train",
+        "--runs",
+        s(&runs),
+        "--name",
+        "teacher",
+        "--data",
+        s(&images.join("instances.json")),
+        "--no-val",
+        "--input-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "2",
+    ]));
+    let teacher = runs.join("teacher");
+    let pseudo = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            "pseudo-label".to_string(),
+            "--teacher".into(),
+            s(&teacher).into(),
+            "--images".into(),
+            s(&images.join("images")).into(),
+            "--out".into(),
+            s(out).into(),
+            "--shard-size".into(),
+            "2".into(),
+            "--batch-size".into(),
+            "1".into(),
+            "--det-threshold".into(),
+            "0.05".into(),
+            "--pose-threshold".into(),
+            "0.05".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(mustard(&refs))
+    };
+
+    // An uninterrupted run is the reference.
+    let reference = dir.join("reference");
+    let stdout = run(pseudo(&reference, &[]));
+    assert!(
+        stdout.starts_with("shard 0/1: wrote 32 shard(s), 0 already complete, 0 redone, in "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "store {} is complete:\n64 images\ndetection: ",
+            reference.display()
+        )),
+        "{stdout}"
+    );
+    let want = contents(&reference);
+    assert_eq!(want.len(), 64);
+    assert!(reference.join("stats.json").is_file());
+
+    // kill -9 after the first shard lands, then rerun: nothing lost, nothing twice.
+    let store = dir.join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mustard"))
+        .args(pseudo(&store, &[]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !store.join("shards/00000.json").is_file() && started.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let stdout = run(pseudo(&store, &[]));
+    let (written, skipped) = {
+        let words: Vec<&str> = stdout.split_whitespace().collect();
+        (
+            words[3].parse::<usize>().unwrap(),
+            words[5].parse::<usize>().unwrap(),
+        )
+    };
+    eprintln!("killed while running: {running}; the rerun {stdout}");
+    assert_eq!(written + skipped, 32, "{stdout}");
+    assert!(skipped >= 1, "{stdout}");
+    if running {
+        assert!(
+            written >= 1,
+            "the kill landed mid-run, so something was left: {stdout}"
+        );
+    }
+    assert_eq!(contents(&store), want);
+    let leftovers: Vec<_> = std::fs::read_dir(store.join("shards"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A corrupted shard is found by its checksum and redone; the rest is skipped.
+    let shard = store.join("shards/00005.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0xff;
+    std::fs::write(&shard, bytes).unwrap();
+    let stdout = run(pseudo(&store, &[]));
+    assert!(
+        stdout.starts_with("shard 0/1: wrote 1 shard(s), 31 already complete, 1 redone, in "),
+        "{stdout}"
+    );
+    assert_eq!(contents(&store), want);
+
+    // Two workers at once, each on its slice, fill one store.
+    let shared = dir.join("shared");
+    let workers: Vec<_> = ["0/2", "1/2"]
+        .iter()
+        .map(|spec| {
+            Command::new(env!("CARGO_BIN_EXE_mustard"))
+                .args(pseudo(&shared, &["--shard", spec]))
+                .output()
+        })
+        .collect();
+    for w in workers {
+        ok(w.unwrap());
+    }
+    assert_eq!(contents(&shared), want);
+
+    // Settings that differ from the store's are refused, naming the field.
+    let out = mustard(
+        &pseudo(&shared, &["--seg-threshold", "0.7"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: {}: this store was made with a different thresholds.segmentation (0.7 now, 0.5 stored); choose another output folder or delete this one\n",
+            shared.join("manifest.json").display()
+        )
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
