@@ -342,3 +342,43 @@ fn eval_scores_a_coco_results_file_like_pycocotools() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bench_prints_the_speed_line() {
+    let out = mustard(&[
+        "bench",
+        "--input-size",
+        "64",
+        "--iterations",
+        "2",
+        "--warmup",
+        "1",
+        "--tasks",
+        "detection,segmentation",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "Tiny backbone, Fpn { channels: 32, fuse: true } neck, tasks detection,segmentation"
+    );
+    assert!(lines[1].starts_with("Speed: "), "{stdout}");
+    assert!(
+        lines[1].contains(" ms inference, ")
+            && lines[1].contains(" per image at shape (1, 3, 64, 64); "),
+        "{stdout}"
+    );
+    assert!(lines[1].contains(" images/s; "), "{stdout}");
+    // Parameters of the tiny two-task model are fixed by the architecture.
+    let params: usize = lines[1]
+        .split("; ")
+        .find_map(|p| p.strip_suffix(" parameters"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(params, 456_637);
+    if cfg!(target_os = "linux") {
+        assert!(lines[1].contains("; peak memory "), "{stdout}");
+    }
+}

@@ -44,6 +44,8 @@ enum Command {
     /// MuST: train one teacher per task, pseudo-label the unlabelled set, train the multi-task
     /// student, evaluate them all and run the transfer test; writes runs/must/report.md.
     Must(MustArgs),
+    /// Time a model: preprocess / inference / postprocess ms per image, images/s, memory.
+    Bench(BenchArgs),
     /// The MultiTask-CenterNet study: single-task models against one joint model.
     Mcn {
         /// Model and data size.
@@ -53,6 +55,43 @@ enum Command {
         #[arg(long, default_value = "runs")]
         runs: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// A checkpoint file or run folder (default: an untrained model of --config/--preset).
+    #[arg(long, conflicts_with_all = ["config", "tasks", "backbone"])]
+    checkpoint: Option<PathBuf>,
+    /// A TOML config.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Preset of the untrained model.
+    #[arg(long, value_enum, default_value = "quick")]
+    preset: PresetArg,
+    /// Tasks of the untrained model (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Option<Vec<Task>>,
+    /// Backbone of the untrained model.
+    #[arg(long, value_enum)]
+    backbone: Option<BackboneArg>,
+    /// Network input side.
+    #[arg(long, default_value_t = 512)]
+    input_size: u32,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Timed iterations.
+    #[arg(long, default_value_t = 10)]
+    iterations: usize,
+    /// Untimed iterations first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// An image to run on (default: a synthetic scene of the input size).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Device: cpu, cuda:N or metal.
+    #[arg(long)]
+    device: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -403,6 +442,15 @@ fn data_check(dataset: PathBuf, root: Option<PathBuf>) -> Result<ExitCode> {
     })
 }
 
+fn backbone_preset(b: BackboneArg) -> ResNetPreset {
+    match b {
+        BackboneArg::Tiny => ResNetPreset::Tiny,
+        BackboneArg::R18 => ResNetPreset::R18,
+        BackboneArg::R34 => ResNetPreset::R34,
+        BackboneArg::R50 => ResNetPreset::R50,
+    }
+}
+
 fn train_config(args: &TrainArgs) -> Result<Config> {
     let mut config = match &args.config {
         Some(path) => Config::read(path)?,
@@ -431,12 +479,7 @@ fn train_config(args: &TrainArgs) -> Result<Config> {
         config.model.tasks = v.clone();
     }
     if let Some(v) = args.backbone {
-        config.model.backbone = match v {
-            BackboneArg::Tiny => ResNetPreset::Tiny,
-            BackboneArg::R18 => ResNetPreset::R18,
-            BackboneArg::R34 => ResNetPreset::R34,
-            BackboneArg::R50 => ResNetPreset::R50,
-        };
+        config.model.backbone = backbone_preset(v);
     }
     if let Some(v) = &args.pretrained {
         config.model.pretrained = Some(v.clone());
@@ -674,6 +717,70 @@ fn must(args: MustArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn bench(args: BenchArgs) -> Result<ExitCode> {
+    let (mut config, varmap, model);
+    if let Some(path) = &args.checkpoint {
+        (config, varmap, model) = mustard::checkpoint::load_model(path)?;
+    } else {
+        config = match &args.config {
+            Some(p) => Config::read(p)?,
+            None => Config::preset(
+                match args.preset {
+                    PresetArg::Quick => Preset::Quick,
+                    PresetArg::Full => Preset::Full,
+                },
+                "bench",
+            ),
+        };
+        if let Some(t) = &args.tasks {
+            config.model.tasks = t.clone();
+        }
+        if let Some(b) = args.backbone {
+            config.model.backbone = backbone_preset(b);
+        }
+        if let Some(d) = &args.device {
+            config.device = d.parse()?;
+        }
+        (varmap, model) = mustard::bench::untrained(&config)?;
+    }
+    let image = match &args.image {
+        Some(p) => mustard::data::imageio::read_rgb(p)?,
+        None => {
+            synth::render(
+                &SynthConfig {
+                    size: args.input_size,
+                    seed: 0,
+                    max_objects: 6,
+                },
+                0,
+            )?
+            .image
+        }
+    };
+    let options = mustard::bench::BenchOptions {
+        input_size: args.input_size,
+        batch: args.batch,
+        iterations: args.iterations,
+        warmup: args.warmup,
+    };
+    let device = config.device.device()?;
+    let report = mustard::bench::bench(&model, &varmap, &device, &image, &options)?;
+    println!(
+        "{:?} backbone, {:?} neck, tasks {}",
+        config.model.backbone,
+        config.model.neck,
+        config
+            .model
+            .tasks
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    println!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn mcn(preset: PresetArg, runs: PathBuf) -> Result<ExitCode> {
     let preset = match preset {
         PresetArg::Quick => Preset::Quick,
@@ -712,6 +819,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => predict(args),
         Command::PseudoLabel(args) => pseudo_label(args),
         Command::Must(args) => must(args),
+        Command::Bench(args) => bench(args),
         Command::Mcn { preset, runs } => mcn(preset, runs),
     };
     match result {

@@ -8,6 +8,7 @@
 //! <https://arxiv.org/abs/2108.05060>; MuST: <https://arxiv.org/abs/2108.11353>.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod draw;
