@@ -219,3 +219,205 @@ fn the_label_store_survives_kill_corruption_and_parallel_workers() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The rows of the report's main table: (task, teacher, student, initialisation).
+fn table(report: &str) -> Vec<(String, f64, f64, f64)> {
+    report
+        .lines()
+        .skip_while(|l| !l.starts_with("| task | metric | teacher | student |"))
+        .skip(2)
+        .take_while(|l| l.starts_with("| "))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            (
+                cells[0].to_string(),
+                cells[2].parse().unwrap(),
+                cells[3].parse().unwrap(),
+                cells[5].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn must_runs_end_to_end_and_a_rerun_reuses_every_stage() {
+    let runs = temp("pipeline");
+    let args = [
+        "must",
+        "--runs",
+        s(&runs),
+        "--per-task",
+        MUST_PER_TASK,
+        "--unlabelled-images",
+        MUST_UNLABELLED,
+        "--test-images",
+        "24",
+        "--size",
+        "64",
+        "--input-size",
+        "64",
+        "--teacher-epochs",
+        MUST_TEACHER_EPOCHS,
+        "--student-epochs",
+        MUST_STUDENT_EPOCHS,
+        "--transfer-images",
+        "16",
+        "--transfer-epochs",
+        "2",
+        "--shard-size",
+        "16",
+        "--det-threshold",
+        MUST_BOX_THRESHOLD,
+        "--pose-threshold",
+        MUST_BOX_THRESHOLD,
+    ];
+    let stdout = ok(mustard(&args));
+    let root = runs.join("must");
+    let report = std::fs::read_to_string(root.join("report.md")).unwrap();
+    assert!(stdout.contains(&report), "the report is printed");
+    assert!(stdout.ends_with(&format!("report: {}\n", root.join("report.md").display())));
+    assert!(
+        report
+            .starts_with("# MuST: multi-task self-training\n\nTeachers: one Tiny model per task, "),
+        "{report}"
+    );
+    for section in ["\n## Pseudo-labels\n", "\n## Transfer\n", "\n## Timings\n"] {
+        assert!(report.contains(section), "{section}: {report}");
+    }
+    assert!(
+        report.contains("| initialisation | mIoU |\n| --- | --- |\n| student backbone + neck | "),
+        "{report}"
+    );
+    for stage in [
+        "data",
+        "teacher detection",
+        "teacher pose",
+        "teacher segmentation",
+        "teacher depth",
+        "teacher classification",
+        "pseudo-labels",
+        "student",
+        "evaluation",
+        "transfer-student",
+        "transfer-scratch",
+    ] {
+        assert!(
+            report.contains(&format!("\n| {stage} | ")),
+            "{stage}: {report}"
+        );
+    }
+    let rows = table(&report);
+    let tasks: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        tasks,
+        [
+            "detection",
+            "pose",
+            "segmentation",
+            "depth",
+            "classification"
+        ]
+    );
+    // The same numbers at full precision.
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("results.json")).unwrap()).unwrap();
+    let exact = results["tasks"].as_array().unwrap();
+    assert_eq!(exact.len(), 5);
+    for (row, r) in rows.iter().zip(exact) {
+        assert_eq!(r["task"], row.0.as_str());
+        let (student, initial) = (
+            r["student"].as_f64().unwrap(),
+            r["initial"].as_f64().unwrap(),
+        );
+        assert!((student - row.2).abs() <= 5e-4, "{r}");
+        assert!(
+            student > initial,
+            "the student did not improve on {}: {student} vs {initial} at initialisation\n{report}",
+            row.0
+        );
+    }
+    for file in [
+        "must.png",
+        "labels/manifest.json",
+        "labels/stats.json",
+        "student/weights/last.safetensors",
+        "student/config.toml",
+    ] {
+        assert!(root.join(file).is_file(), "{file}");
+    }
+
+    // A rerun trains nothing and reproduces the table.
+    let again = ok(mustard(&args));
+    let report2 = std::fs::read_to_string(root.join("report.md")).unwrap();
+    assert!(again.contains(&report2));
+    assert_eq!(table(&report2), rows);
+    for stage in [
+        "teacher detection",
+        "teacher depth",
+        "student",
+        "transfer-scratch",
+    ] {
+        assert!(
+            report2.contains(&format!("\n| {stage} | reused |")),
+            "{stage}: {report2}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&runs);
+}
+
+// The tiny budget of the pipeline test (calibrated so that every task learns in CI time).
+const MUST_PER_TASK: &str = "48";
+const MUST_UNLABELLED: &str = "96";
+const MUST_TEACHER_EPOCHS: &str = "6";
+const MUST_STUDENT_EPOCHS: &str = "6";
+const MUST_BOX_THRESHOLD: &str = "0.2";
+
+#[test]
+fn must_on_user_data_explains_bad_arguments() {
+    let out = mustard(&[
+        "must",
+        "--labelled",
+        "detection",
+        "--unlabelled",
+        "u",
+        "--test",
+        "t.json",
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out.stderr),
+        "error: --labelled \"detection\": expected TASK=FILE, e.g. detection=train.json\n"
+    );
+    let out = mustard(&[
+        "must",
+        "--labelled",
+        "depht=a.json",
+        "--unlabelled",
+        "u",
+        "--test",
+        "t.json",
+    ]);
+    assert_eq!(
+        text(&out.stderr),
+        "error: --labelled \"depht=a.json\": unknown task \"depht\": expected one of detection, pose, segmentation, depth, classification\n"
+    );
+    let dir = temp("user");
+    let out = mustard(&[
+        "must",
+        "--runs",
+        s(&dir),
+        "--labelled",
+        "depth=missing.json",
+        "--unlabelled",
+        "u",
+        "--test",
+        "missing-test.json",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).starts_with("error: missing-test.json: "),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -161,7 +161,22 @@ impl ConvBn {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        Ok(self.bn.forward_t(&self.conv.forward(x)?, train)?)
+        self.forward_act(x, train, false)
+    }
+
+    /// Convolution, BatchNorm and (with `relu`) ReLU. In evaluation the BatchNorm is folded
+    /// into the convolution and the ReLU fused into its epilogue: one pass over the output.
+    pub fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if !train {
+            let folded = self.conv.fold_batchnorm(&self.bn)?;
+            return Ok(if relu {
+                folded.forward_relu(x)?
+            } else {
+                folded.forward(x)?
+            });
+        }
+        let y = self.bn.forward_t(&self.conv.forward(x)?, train)?;
+        Ok(if relu { y.relu()? } else { y })
     }
 
     pub fn freeze(&mut self) {
@@ -236,10 +251,7 @@ impl Block {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (i, conv) in self.convs.iter().enumerate() {
-            y = conv.forward_t(&y, train)?;
-            if i < last {
-                y = y.relu()?;
-            }
+            y = conv.forward_act(&y, train, i < last)?;
         }
         let shortcut = match &self.downsample {
             Some(d) => d.forward_t(x, train)?,
@@ -384,7 +396,7 @@ impl ResNet {
             }
             .into());
         }
-        let x = self.stem.forward_t(x, train)?.relu()?;
+        let x = self.stem.forward_act(x, train, true)?;
         let mut x = max_pool2d(&x, MaxPool2dConfig::resnet_stem())?;
         let mut maps = Vec::with_capacity(4);
         for stage in &self.stages {

@@ -166,6 +166,29 @@ pub struct MustReport {
     pub seconds: f64,
 }
 
+impl MustReport {
+    /// Every number at full precision (`runs/must/results.json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "tasks": self.tasks.iter().map(|r| serde_json::json!({
+                "task": r.task.name(),
+                "metric": metric_name(r.task),
+                "teacher": r.teacher,
+                "student": r.student,
+                "initial": r.initial,
+            })).collect::<Vec<_>>(),
+            "transfer": self.transfer.as_ref().map(|t| serde_json::json!({
+                "task": t.task.name(),
+                "from_student": t.from_student,
+                "from_scratch": t.from_scratch,
+            })),
+            "pseudo_labels": self.pseudo,
+            "timings": self.timings.iter().map(|(s, t)| serde_json::json!({"stage": s, "seconds": t})).collect::<Vec<_>>(),
+            "seconds": self.seconds,
+        })
+    }
+}
+
 /// The headline metric's name per task.
 pub fn metric_name(task: Task) -> &'static str {
     match task {
@@ -439,6 +462,9 @@ pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustRepo
     };
     let text = render(&report, config);
     mustard_core::io::write_bytes(&report.report, text.as_bytes())?;
+    let json =
+        serde_json::to_vec_pretty(&report.to_json()).map_err(|e| Error::file(&paths.root, e))?;
+    mustard_core::io::write_bytes(&paths.root.join("results.json"), &json)?;
     let chart = crate::draw::bars(
         "MuST on the held-out set: teacher, student, student at initialisation",
         &report
