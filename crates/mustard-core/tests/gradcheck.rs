@@ -98,6 +98,15 @@ fn upsample_gradients() -> Result<()> {
         check(&format!("nearest x{factor}"), &x, |x| {
             project(&upsample_nearest2d(x, factor)?, 5)
         })?;
+        // The input also feeds another op (as in the FPN's top-down path): both gradients add,
+        // whichever of the two the backward pass visits first.
+        for up_first in [true, false] {
+            check(&format!("nearest x{factor} beside another use"), &x, |x| {
+                let up = project(&upsample_nearest2d(x, factor)?, 5)?;
+                let other = project(&(x * 3.0)?.exp()?, 6)?;
+                Ok(if up_first { up + other } else { other + up }?)
+            })?;
+        }
     }
     Ok(())
 }

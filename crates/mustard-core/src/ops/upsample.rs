@@ -50,8 +50,14 @@ pub fn upsample_nearest2d(x: &Tensor, factor: usize) -> Result<Tensor> {
             "factor must be at least 1",
         ));
     }
-    // candle's nearest upsampling is exact, with a correct gradient, for integer factors.
-    Ok(x.upsample_nearest2d(h * factor, w * factor)?)
+    // Not candle's `upsample_nearest2d`: its backward assigns the gradient of its input instead
+    // of adding to it, so every other use of the input (the FPN's output convolution beside the
+    // top-down path) loses its gradient. A broadcast, whose backward sums, gives the same values.
+    let (n, c) = (x.dim(0)?, x.dim(1)?);
+    Ok(x.reshape((n, c, h, 1, w, 1))?
+        .broadcast_as((n, c, h, factor, w, factor))?
+        .contiguous()?
+        .reshape((n, c, h * factor, w * factor))?)
 }
 
 /// Per output index: the two source indices and their weights.
