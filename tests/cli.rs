@@ -260,6 +260,8 @@ fn train_then_evaluate_through_the_command_line() {
         "--out",
         s(&pictures),
         "--save-heatmaps",
+        "--gt",
+        s(&json),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
@@ -279,7 +281,16 @@ fn train_then_evaluate_through_the_command_line() {
         (128, 64),
         "the image and its depth map side by side"
     );
-    assert!(pictures.join("000001_heatmaps.png").is_file());
+    // Predicted heatmaps (objects, joints) above the targets encoded from the ground truth.
+    let heat = image::open(pictures.join("000001_heatmaps.png")).unwrap();
+    assert_eq!((heat.width(), heat.height()), (128, 128));
+    let heat = heat.to_rgb8();
+    // Object centres are exact peaks (1.0): the hottest colour of the map.
+    let peaks = (64..128)
+        .flat_map(|y| (0..128).map(move |x| (x, y)))
+        .filter(|&(x, y)| heat.get_pixel(x, y).0 == [220, 30, 20])
+        .count();
+    assert!(peaks >= 16, "the target heatmaps have peaks: {peaks}");
     let out = mustard(&[
         "predict",
         "--checkpoint",

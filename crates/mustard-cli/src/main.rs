@@ -230,6 +230,10 @@ struct PredictArgs {
     /// Also write the heatmaps as pictures (to compare with the targets).
     #[arg(long)]
     save_heatmaps: bool,
+    /// Ground-truth COCO file of the inputs: with --save-heatmaps, the target heatmaps are drawn
+    /// under the predicted ones (images matched by file name).
+    #[arg(long, requires = "save_heatmaps")]
+    gt: Option<PathBuf>,
     /// Draw boxes and people scoring at least this.
     #[arg(long, default_value_t = 0.3)]
     threshold: f32,
@@ -599,9 +603,14 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
 fn predict(args: PredictArgs) -> Result<ExitCode> {
     let (config, _, model) = mustard::checkpoint::load_model(&args.checkpoint)?;
     let inputs = mustard::predict::collect_inputs(&args.input)?;
+    let targets = match &args.gt {
+        Some(gt) => Some(Arc::new(Dataset::open(gt, None)?)),
+        None => None,
+    };
     let options = mustard::predict::PredictOptions {
         save_heatmaps: args.save_heatmaps,
         draw_threshold: args.threshold,
+        targets,
     };
     let summary = mustard::predict::predict(&model, &config, &inputs, &args.out, &options)?;
     let t = summary.timing;

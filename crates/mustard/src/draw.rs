@@ -85,6 +85,18 @@ pub fn colour_map(values: &[f32], width: u32, height: u32, near_is_small: bool) 
             .unwrap_or(0.0)
     };
     let (lo, hi) = (at(0.02), at(0.98).max(at(0.02) + 1e-6));
+    colour_map_range(values, width, height, (lo, hi), near_is_small)
+}
+
+/// Like [`colour_map`], with the value range fixed to `(lo, hi)`.
+pub fn colour_map_range(
+    values: &[f32],
+    width: u32,
+    height: u32,
+    (lo, hi): (f32, f32),
+    near_is_small: bool,
+) -> RgbImage {
+    let hi = hi.max(lo + 1e-6);
     RgbImage::from_fn(width, height, |x, y| {
         let v = values[(y * width + x) as usize];
         let mut t = ((v - lo) / (hi - lo)).clamp(0.0, 1.0);

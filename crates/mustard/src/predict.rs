@@ -25,6 +25,9 @@ pub struct PredictOptions {
     pub save_heatmaps: bool,
     /// Boxes and people below this score are not drawn (all go to the JSON).
     pub draw_threshold: f32,
+    /// Ground truth of the inputs (matched by file name): with `save_heatmaps`, the target
+    /// heatmaps are drawn under the predicted ones.
+    pub targets: Option<std::sync::Arc<mustard_data::Dataset>>,
 }
 
 /// Milliseconds per image of each stage.
@@ -233,9 +236,17 @@ pub fn predict(
             if let Some(o) = &outputs.pose {
                 maps.push(heat_picture(&o.hm_hp)?);
             }
+            let target = match &options.targets {
+                Some(ds) => target_heatmaps(model, ds, &name, size)?,
+                None => Vec::new(),
+            };
             if !maps.is_empty() {
+                let mut rows = vec![side_by_side(&maps)];
+                if !target.is_empty() {
+                    rows.push(side_by_side(&target));
+                }
                 let file = out.join(format!("{stem}_heatmaps.png"));
-                imageio::write_rgb(&file, &side_by_side(&maps))?;
+                imageio::write_rgb(&file, &draw::stack(&rows))?;
                 files.push(file);
             }
         }
@@ -275,6 +286,49 @@ pub fn predict(
 fn heat_picture(logits: &Tensor) -> Result<RgbImage> {
     let (_, _, h, w) = logits.dims4()?;
     let heat = sigmoid(logits)?.max(1)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(max_picture(&heat, 1, h, w))
+}
+
+/// The target heatmaps (detection, then joints) of the dataset image named `name`, encoded as
+/// for training at `size`; nothing when the dataset has no such image.
+fn target_heatmaps(
+    model: &MultiTaskModel,
+    ds: &mustard_data::Dataset,
+    name: &str,
+    size: u32,
+) -> Result<Vec<RgbImage>> {
+    let found = (0..ds.len()).find(|&i| {
+        let f = &ds.image(i).file_name;
+        f == name || f.ends_with(&format!("/{name}"))
+    });
+    let Some(i) = found else {
+        return Ok(Vec::new());
+    };
+    let mut sample = ds.load(i)?;
+    sample.tasks = TaskSet::all();
+    let sample = AugmentConfig::eval(size).apply(sample, ds.flip_pairs(), &mut Rng::new(0));
+    let item = mustard_data::BatchEncoder::encode(
+        &crate::targets::Encoder::new(model.config(), size),
+        sample,
+    )?;
+    let mut out = Vec::new();
+    if let Some(t) = item.detection() {
+        let (h, w) = t.size;
+        out.push(max_picture(&t.hm, t.hm.len() / (h * w), h, w));
+    }
+    if let Some(t) = item.pose() {
+        let (h, w) = t.det.size;
+        out.push(max_picture(&t.hm_hp, t.hm_hp.len() / (h * w), h, w));
+    }
+    Ok(out)
+}
+
+/// The maximum over the `c` planes of `(c, h, w)` values in `[0, 1]`, as a colour map, 4x
+/// enlarged.
+fn max_picture(values: &[f32], c: usize, h: usize, w: usize) -> RgbImage {
+    let heat: Vec<f32> = (0..h * w)
+        .map(|p| (0..c).map(|k| values[k * h * w + p]).fold(0f32, f32::max))
+        .collect();
     let small = GrayImage::from_fn(w as u32, h as u32, |x, y| {
         Luma([(heat[y as usize * w + x as usize] * 255.0) as u8])
     });
@@ -285,7 +339,7 @@ fn heat_picture(logits: &Tensor) -> Result<RgbImage> {
         image::imageops::FilterType::Nearest,
     );
     let values: Vec<f32> = big.pixels().map(|p| p.0[0] as f32).collect();
-    Ok(draw::colour_map(&values, big.width(), big.height(), false))
+    draw::colour_map_range(&values, big.width(), big.height(), (0.0, 255.0), false)
 }
 
 fn side_by_side(parts: &[RgbImage]) -> RgbImage {

@@ -40,6 +40,18 @@ pub struct Item {
     meta: Meta,
 }
 
+impl Item {
+    /// The detection targets.
+    pub fn detection(&self) -> Option<&DetectionTargets> {
+        self.detection.as_ref()
+    }
+
+    /// The pose targets.
+    pub fn pose(&self) -> Option<&PoseTargets> {
+        self.pose.as_ref()
+    }
+}
+
 /// A batch: images and the targets of every task the model has.
 #[derive(Debug, Clone)]
 pub struct Batch {
