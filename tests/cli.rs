@@ -220,6 +220,55 @@ fn train_then_evaluate_through_the_command_line() {
     );
     assert!(last < first, "the loss decreases: {csv}");
 
+    // The same run killed (SIGKILL) after its first checkpoint and resumed with --resume ends
+    // with exactly the same weights, optimiser state and loop position.
+    let mut killed_args: Vec<&str> = args.to_vec();
+    killed_args[4] = "killed";
+    killed_args.extend(["--checkpoint-every", "1"]);
+    let killed = runs.join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mustard"))
+        .args(&killed_args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !killed.join("weights/last.safetensors").is_file()
+        && started.elapsed() < std::time::Duration::from_secs(60)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = mustard(&["train", "--resume", "--runs", s(&runs), "--name", "killed"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let load = |p: &Path| {
+        mustard::core::io::load_safetensors(p, &mustard::core::candle_core::Device::Cpu).unwrap()
+    };
+    let (want, got) = (
+        load(&run.join("weights/last.safetensors")),
+        load(&killed.join("weights/last.safetensors")),
+    );
+    assert_eq!(want.len(), got.len());
+    for (name, w) in &want {
+        let g = &got[name];
+        let (w, g) = (
+            w.flatten_all()
+                .unwrap()
+                .to_dtype(mustard::core::candle_core::DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap(),
+            g.flatten_all()
+                .unwrap()
+                .to_dtype(mustard::core::candle_core::DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap(),
+        );
+        assert_eq!(w, g, "{name} differs after kill and resume");
+    }
+
     // Training into the same run again is refused; the checkpoint evaluates.
     let out = mustard(&args);
     assert_eq!(out.status.code(), Some(1));
