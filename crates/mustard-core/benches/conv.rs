@@ -75,5 +75,45 @@ fn reference(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, reference, layers);
+/// Training BatchNorm forward + backward at 8x64x64x64: the fused op against the same formula
+/// composed from candle ops.
+fn batchnorm(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let x =
+        candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (8, 64, 64, 64), &dev).unwrap())
+            .unwrap();
+    let gamma = candle_core::Var::ones(64, candle_core::DType::F32, &dev).unwrap();
+    let beta = candle_core::Var::zeros(64, candle_core::DType::F32, &dev).unwrap();
+    let g = Tensor::randn(0f32, 1.0, (8, 64, 64, 64), &dev).unwrap();
+    let mut group = c.benchmark_group("batchnorm train 8x64x64x64 forward+backward");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    group.bench_function("fused", |b| {
+        b.iter(|| {
+            let (y, _) = mustard_core::ops::batch_norm_train(&x, &gamma, &beta, 1e-5).unwrap();
+            (y * &g).unwrap().sum_all().unwrap().backward().unwrap()
+        })
+    });
+    group.bench_function("composed", |b| {
+        b.iter(|| {
+            let mean = x.mean_keepdim((0, 2, 3)).unwrap();
+            let centred = x.broadcast_sub(&mean).unwrap();
+            let var = centred.sqr().unwrap().mean_keepdim((0, 2, 3)).unwrap();
+            let inv = (&var + 1e-5).unwrap().sqrt().unwrap().recip().unwrap();
+            let y = centred
+                .broadcast_mul(&inv)
+                .unwrap()
+                .broadcast_mul(&gamma.reshape((1, 64, 1, 1)).unwrap())
+                .unwrap()
+                .broadcast_add(&beta.reshape((1, 64, 1, 1)).unwrap())
+                .unwrap();
+            (y * &g).unwrap().sum_all().unwrap().backward().unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, reference, layers, batchnorm);
 criterion_main!(benches);

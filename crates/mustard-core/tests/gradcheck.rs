@@ -9,8 +9,8 @@ use mustard_core::nn::{
     BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig,
 };
 use mustard_core::ops::{
-    conv2d, conv_transpose2d, max_pool2d, upsample_bilinear2d, upsample_nearest2d, ConvParams,
-    MaxPool2dConfig,
+    batch_norm_train, conv2d, conv_transpose2d, max_pool2d, upsample_bilinear2d,
+    upsample_nearest2d, ConvParams, MaxPool2dConfig,
 };
 
 /// Deterministic, tie-free values in [−2, 2).
@@ -172,6 +172,46 @@ fn batchnorm_and_conv_gradients() -> Result<()> {
     check("conv → batchnorm(eval)", &x, |x| {
         project(&bn.forward_t(&conv.forward(x)?, false)?, 13)
     })?;
+    Ok(())
+}
+
+/// The fused training BatchNorm: gradients to the input, γ and β, and values equal to the
+/// textbook formula.
+#[test]
+fn fused_batch_norm_gradients_and_values() -> Result<()> {
+    let x = tensor(&[3, 2, 3, 4], 21);
+    let gamma = tensor(&[2], 22);
+    let beta = tensor(&[2], 23);
+    let eps = 1e-5;
+    check("batch_norm_train: x", &x, |x| {
+        project(&batch_norm_train(x, &gamma, &beta, eps)?.0, 24)
+    })?;
+    check("batch_norm_train: gamma", &gamma, |g| {
+        project(&batch_norm_train(&x, g, &beta, eps)?.0, 25)
+    })?;
+    check("batch_norm_train: beta", &beta, |b| {
+        project(&batch_norm_train(&x, &gamma, b, eps)?.0, 26)
+    })?;
+    let (y, stats) = batch_norm_train(&x, &gamma, &beta, eps)?;
+    let mean = x.mean_keepdim((0, 2, 3))?;
+    let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
+    let want = x
+        .broadcast_sub(&mean)?
+        .broadcast_div(&(&var + eps)?.sqrt()?)?
+        .broadcast_mul(&gamma.reshape((1, 2, 1, 1))?)?
+        .broadcast_add(&beta.reshape((1, 2, 1, 1))?)?;
+    let diff = (y - want)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    assert!(diff < 1e-12, "{diff}");
+    let d = (stats.mean - mean.flatten_all()?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f64>()?;
+    assert!(d < 1e-12, "{d}");
+    let d = (stats.var - var.flatten_all()?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f64>()?;
+    assert!(d < 1e-12, "{d}");
     Ok(())
 }
 

@@ -123,18 +123,13 @@ impl BatchNorm2d {
                 "more than one value per channel in training",
             ));
         }
-        let mean = x.mean_keepdim((0, 2, 3))?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
-        let inv_std = (&var + self.config.eps)?.sqrt()?.recip()?;
-        let y = centred
-            .broadcast_mul(&inv_std)?
-            .broadcast_mul(&per_channel(&self.weight)?)?
-            .broadcast_add(&per_channel(&self.bias)?)?;
+        let (y, stats) =
+            crate::ops::batch_norm_train(x, &self.weight, &self.bias, self.config.eps)?;
         // Running statistics: PyTorch uses the unbiased variance here.
         let m = self.config.momentum;
-        let mean = mean.detach().flatten_all()?;
-        let unbiased = (var.detach().flatten_all()? * (count as f64 / (count - 1) as f64))?;
+        let mean = stats.mean.to_dtype(self.running_mean.dtype())?;
+        let unbiased =
+            (stats.var.to_dtype(self.running_var.dtype())? * (count as f64 / (count - 1) as f64))?;
         let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?;
         let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
         self.running_mean.set(&rm)?;

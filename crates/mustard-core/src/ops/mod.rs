@@ -9,10 +9,12 @@
 //! The convolution engine ([`conv2d`], [`conv_transpose2d`] and their gradients) replaces
 //! candle's CPU convolution, whose input gradient runs a naive direct loop; see [`conv`].
 
+mod batchnorm;
 pub mod conv;
 mod maxpool;
 mod upsample;
 
+pub use batchnorm::{batch_norm_train, BatchStats};
 pub use conv::{
     conv2d, conv2d_input_grad, conv2d_relu, conv2d_weight_grad, conv_transpose2d, ConvParams,
 };

@@ -1,0 +1,332 @@
+//! Batch normalisation with batch statistics (training) as one fused CPU op: one pass for the
+//! per-channel statistics, one for the output, and a backward of two passes, instead of the
+//! eight whole-tensor temporaries of the composed form.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{check_nchw, contiguous_slice, Real};
+use crate::{Error, Result};
+
+/// Per-channel statistics of a batch.
+#[derive(Debug, Clone)]
+pub struct BatchStats {
+    /// `(C,)` mean over N, H, W.
+    pub mean: Tensor,
+    /// `(C,)` biased variance over N, H, W.
+    pub var: Tensor,
+}
+
+/// `(x − mean) / √(var + eps) · γ + β` with the mean and biased variance of `x` per channel over
+/// N, H, W; gradients flow to `x`, `γ` and `β`. Also returns the statistics (no gradient), for
+/// the running averages.
+///
+/// On CPU (f32, f64) this is one fused op; elsewhere the same formula composed from candle ops.
+///
+/// # Shapes
+/// `x`: `(N, C, H, W)`, `γ`, `β`: `(C,)` → `(N, C, H, W)`.
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, BatchStats)> {
+    let (n, c, h, w) = check_nchw("batch_norm_train", x)?;
+    for (name, t) in [("weight", gamma), ("bias", beta)] {
+        if t.dims() != [c] {
+            return Err(Error::shape(
+                "batch_norm_train",
+                name,
+                t.shape(),
+                format!("({c},) for {c} channels"),
+            ));
+        }
+    }
+    if n * h * w < 2 {
+        return Err(Error::shape(
+            "batch_norm_train",
+            "input",
+            x.shape(),
+            "more than one value per channel in training",
+        ));
+    }
+    if !x.device().is_cpu() {
+        let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
+        let mean = x.mean_keepdim((0, 2, 3))?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
+        let inv_std = (&var + eps)?.sqrt()?.recip()?;
+        let y = centred
+            .broadcast_mul(&inv_std)?
+            .broadcast_mul(&per_channel(gamma)?)?
+            .broadcast_add(&per_channel(beta)?)?;
+        let stats = BatchStats {
+            mean: mean.detach().flatten_all()?,
+            var: var.detach().flatten_all()?,
+        };
+        return Ok((y, stats));
+    }
+    let x = x.contiguous()?;
+    // Row 0: means, row 1: biased variances.
+    let stats = x.apply_op1_no_bwd(&ChannelStats)?;
+    let moments = stats.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
+    let inv_std: Vec<f64> = moments[1].iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let op = BatchNormTrain {
+        mean: moments[0].clone(),
+        inv_std,
+    };
+    let gamma = gamma.to_dtype(x.dtype())?.contiguous()?;
+    let beta = beta.to_dtype(x.dtype())?.contiguous()?;
+    let y = x.apply_op3(&gamma, &beta, op)?;
+    Ok((
+        y,
+        BatchStats {
+            mean: stats.get(0)?,
+            var: stats.get(1)?,
+        },
+    ))
+}
+
+/// `(2, C)`: per channel the mean and the biased variance (accumulated in f64).
+struct ChannelStats;
+
+impl ChannelStats {
+    fn fwd<T: Real>(x: &[T], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<T> {
+        let hw = h * w;
+        let count = (n * hw) as f64;
+        let per: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let mut sum = 0f64;
+                for img in 0..n {
+                    let plane = &x[(img * c + ch) * hw..(img * c + ch + 1) * hw];
+                    sum += plane.iter().map(|v| v.to_f64()).sum::<f64>();
+                }
+                let mean = sum / count;
+                let mut sq = 0f64;
+                for img in 0..n {
+                    let plane = &x[(img * c + ch) * hw..(img * c + ch + 1) * hw];
+                    sq += plane
+                        .iter()
+                        .map(|v| {
+                            let d = v.to_f64() - mean;
+                            d * d
+                        })
+                        .sum::<f64>();
+                }
+                (mean, sq / count)
+            })
+            .collect();
+        per.iter()
+            .map(|p| T::from_f64_(p.0))
+            .chain(per.iter().map(|p| T::from_f64_(p.1)))
+            .collect()
+    }
+}
+
+impl CustomOp1 for ChannelStats {
+    fn name(&self) -> &'static str {
+        "mustard.batch_stats"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = l.shape().dims4()?;
+        let shape = Shape::from((2, dims.1));
+        match s {
+            CpuStorage::F32(_) => Ok((
+                CpuStorage::F32(Self::fwd(contiguous_slice::<f32>(self.name(), s, l)?, dims)),
+                shape,
+            )),
+            CpuStorage::F64(_) => Ok((
+                CpuStorage::F64(Self::fwd(contiguous_slice::<f64>(self.name(), s, l)?, dims)),
+                shape,
+            )),
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
+        }
+    }
+}
+
+/// The normalisation with fixed batch statistics; its backward accounts for their dependence
+/// on `x`.
+struct BatchNormTrain {
+    mean: Vec<f64>,
+    inv_std: Vec<f64>,
+}
+
+impl BatchNormTrain {
+    fn fwd<T: Real>(
+        &self,
+        x: &[T],
+        gamma: &[T],
+        beta: &[T],
+        (_, c, h, w): (usize, usize, usize, usize),
+    ) -> Vec<T> {
+        let hw = h * w;
+        let mut y = vec![T::ZERO; x.len()];
+        y.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(p, (out, plane))| {
+                let ch = p % c;
+                let scale = gamma[ch].to_f64() * self.inv_std[ch];
+                let shift = beta[ch].to_f64() - self.mean[ch] * scale;
+                let (scale, shift) = (T::from_f64_(scale), T::from_f64_(shift));
+                for (o, &v) in out.iter_mut().zip(plane) {
+                    *o = v * scale + shift;
+                }
+            });
+        y
+    }
+}
+
+fn three<'a, T: Real>(
+    name: &'static str,
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    (s3, l3): (&'a CpuStorage, &Layout),
+) -> candle_core::Result<(&'a [T], &'a [T], &'a [T])> {
+    Ok((
+        contiguous_slice::<T>(name, s1, l1)?,
+        contiguous_slice::<T>(name, s2, l2)?,
+        contiguous_slice::<T>(name, s3, l3)?,
+    ))
+}
+
+impl CustomOp3 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "mustard.batch_norm_train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = l1.shape().dims4()?;
+        let shape = l1.shape().clone();
+        match s1 {
+            CpuStorage::F32(_) => {
+                let (x, g, b) = three::<f32>(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
+                Ok((CpuStorage::F32(self.fwd(x, g, b, dims)), shape))
+            }
+            CpuStorage::F64(_) => {
+                let (x, g, b) = three::<f64>(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
+                Ok((CpuStorage::F64(self.fwd(x, g, b, dims)), shape))
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, h, w) = x.dims4()?;
+        let packed = x.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &BatchNormTrainBackward {
+                mean: self.mean.clone(),
+                inv_std: self.inv_std.clone(),
+                gamma: gamma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?,
+            },
+        )?;
+        let len = n * c * h * w;
+        let dx = packed.narrow(0, 0, len)?.reshape((n, c, h, w))?;
+        let dgamma = packed.narrow(0, len, c)?;
+        let dbeta = packed.narrow(0, len + c, c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// Packs `[dx (N·C·H·W), dγ (C), dβ (C)]`.
+struct BatchNormTrainBackward {
+    mean: Vec<f64>,
+    inv_std: Vec<f64>,
+    gamma: Vec<f64>,
+}
+
+impl BatchNormTrainBackward {
+    fn bwd<T: Real>(
+        &self,
+        x: &[T],
+        dy: &[T],
+        (n, c, h, w): (usize, usize, usize, usize),
+    ) -> Vec<T> {
+        let hw = h * w;
+        let count = (n * hw) as f64;
+        // Per channel: Σ dy and Σ dy·x̂.
+        let sums: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut sdy, mut sdyx) = (0f64, 0f64);
+                for img in 0..n {
+                    let range = (img * c + ch) * hw..(img * c + ch + 1) * hw;
+                    for (&v, &g) in x[range.clone()].iter().zip(&dy[range]) {
+                        let g = g.to_f64();
+                        sdy += g;
+                        sdyx += g * (v.to_f64() - self.mean[ch]) * self.inv_std[ch];
+                    }
+                }
+                (sdy, sdyx)
+            })
+            .collect();
+        let mut out = vec![T::ZERO; x.len() + 2 * c];
+        let (dx, tail) = out.split_at_mut(x.len());
+        dx.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
+            .enumerate()
+            .for_each(|(p, (d, (plane, g)))| {
+                let ch = p % c;
+                let (sdy, sdyx) = sums[ch];
+                let k = self.gamma[ch] * self.inv_std[ch];
+                let (mean, inv_std) = (self.mean[ch], self.inv_std[ch]);
+                for ((o, &v), &gv) in d.iter_mut().zip(plane).zip(g) {
+                    let xhat = (v.to_f64() - mean) * inv_std;
+                    *o = T::from_f64_(k * (gv.to_f64() - sdy / count - xhat * sdyx / count));
+                }
+            });
+        for ch in 0..c {
+            tail[ch] = T::from_f64_(sums[ch].1);
+            tail[c + ch] = T::from_f64_(sums[ch].0);
+        }
+        out
+    }
+}
+
+impl CustomOp2 for BatchNormTrainBackward {
+    fn name(&self) -> &'static str {
+        "mustard.batch_norm_train_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = l1.shape().dims4()?;
+        let len = l1.shape().elem_count() + 2 * dims.1;
+        match s1 {
+            CpuStorage::F32(_) => {
+                let x = contiguous_slice::<f32>(self.name(), s1, l1)?;
+                let g = contiguous_slice::<f32>(self.name(), s2, l2)?;
+                Ok((CpuStorage::F32(self.bwd(x, g, dims)), Shape::from(len)))
+            }
+            CpuStorage::F64(_) => {
+                let x = contiguous_slice::<f64>(self.name(), s1, l1)?;
+                let g = contiguous_slice::<f64>(self.name(), s2, l2)?;
+                Ok((CpuStorage::F64(self.bwd(x, g, dims)), Shape::from(len)))
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
+        }
+    }
+}
