@@ -11,7 +11,8 @@ commands:
   ci         fmt --check, clippy -D warnings, dependency direction, tests (the CI gate)
   deps       check only the dependency direction between our crates
   fixtures   regenerate the golden fixtures with PyTorch/pycocotools in a virtual environment
-  bench      run the criterion benchmarks";
+  bench      run the criterion benchmarks, then the comparisons with PyTorch and pycocotools
+             (`cargo xtask bench --help` for the options)";
 
 /// For each crate, the crates of ours it may depend on, directly or not. Everything else is a
 /// layering violation: heads never depend on backbone, data never on heads, eval on nothing
@@ -159,12 +160,7 @@ fn deps() -> Result<()> {
 
 /// The Python used for fixtures: `$MUSTARD_VENV` or `~/.cache/mustard/venv`, created on demand.
 fn venv() -> Result<PathBuf> {
-    let dir = match std::env::var_os("MUSTARD_VENV") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
-            .join(".cache/mustard/venv"),
-    };
-    let python = dir.join("bin/python");
+    let (dir, python) = venv_python()?;
     if !python.exists() {
         run(
             "python3",
@@ -211,28 +207,149 @@ fn fixtures() -> Result<()> {
     Ok(())
 }
 
-/// The criterion benches, then (when Python with pycocotools is available, in `$MUSTARD_VENV`
-/// or `~/.cache/mustard/venv`) the side-by-side COCO evaluation against pycocotools on the same
-/// files.
-fn bench(extra: &[String]) -> Result<()> {
-    let mut args = vec!["bench", "--workspace"];
-    args.extend(extra.iter().map(String::as_str));
-    run("cargo", &args)?;
+/// The Python of `$MUSTARD_VENV` or `~/.cache/mustard/venv` (which may not exist).
+fn venv_python() -> Result<(PathBuf, PathBuf)> {
     let dir = match std::env::var_os("MUSTARD_VENV") {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
             .join(".cache/mustard/venv"),
     };
     let python = dir.join("bin/python");
-    let has_pycocotools = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import pycocotools"])
+    Ok((dir, python))
+}
+
+/// Whether `python` exists and can import `module`.
+fn python_has(python: &Path, module: &str) -> bool {
+    python.exists()
+        && Command::new(python)
+            .args(["-c", &format!("import {module}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .status()
-            .is_ok_and(|s| s.success());
-    if !has_pycocotools {
-        eprintln!("bench: no Python with pycocotools at {} (run `cargo xtask fixtures` once); skipping the comparison", dir.display());
-        return Ok(());
+            .is_ok_and(|s| s.success())
+}
+
+/// Which side-by-side comparisons `bench` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compare {
+    All,
+    Mcn,
+    Eval,
+}
+
+/// The options of `cargo xtask bench`; anything else goes to `cargo bench`.
+#[derive(Debug)]
+struct BenchArgs {
+    compare_only: bool,
+    compare: Compare,
+    threads: usize,
+    rounds: usize,
+    forward_iterations: usize,
+    train_iterations: usize,
+    criterion: Vec<String>,
+}
+
+const BENCH_USAGE: &str =
+    "usage: cargo xtask bench [--compare-only] [--compare all|mcn|eval] [--threads N] [--rounds R]
+                         [--forward-iterations K] [--train-iterations K] [cargo bench args…]
+
+  --compare-only          skip the criterion benches, run only the comparisons with Python
+  --compare WHICH         mcn: the MCN network against PyTorch eager; eval: COCO evaluation
+                          against pycocotools; all (default)
+  --threads N             threads of both sides of the MCN comparison (default: all cores)
+  --rounds R              alternating mustard/PyTorch runs of each MCN case (default 2)
+  --forward-iterations K  timed forward passes per run, after one warm-up (default 5)
+  --train-iterations K    timed training steps per run, after one warm-up (default 3)";
+
+fn parse_bench_args(extra: &[String]) -> Result<BenchArgs> {
+    let mut args = BenchArgs {
+        compare_only: false,
+        compare: Compare::All,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        rounds: 2,
+        forward_iterations: 5,
+        train_iterations: 3,
+        criterion: Vec::new(),
+    };
+    let mut it = extra.iter();
+    while let Some(a) = it.next() {
+        let mut number = |name: &str| -> Result<usize> {
+            let v = it
+                .next()
+                .with_context(|| format!("{name} needs a value\n{BENCH_USAGE}"))?;
+            match v.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => bail!("{name} {v}: expected a positive integer\n{BENCH_USAGE}"),
+            }
+        };
+        match a.as_str() {
+            "--compare-only" => args.compare_only = true,
+            "--compare" => {
+                args.compare = match it.next().map(String::as_str) {
+                    Some("all") => Compare::All,
+                    Some("mcn") => Compare::Mcn,
+                    Some("eval") => Compare::Eval,
+                    other => bail!("--compare {other:?}: expected all, mcn or eval\n{BENCH_USAGE}"),
+                }
+            }
+            "--threads" => args.threads = number(a)?,
+            "--rounds" => args.rounds = number(a)?,
+            "--forward-iterations" => args.forward_iterations = number(a)?,
+            "--train-iterations" => args.train_iterations = number(a)?,
+            "-h" | "--help" => {
+                eprintln!("{BENCH_USAGE}");
+                std::process::exit(0);
+            }
+            _ => args.criterion.push(a.clone()),
+        }
     }
+    if args.compare_only && !args.criterion.is_empty() {
+        bail!(
+            "--compare-only runs no criterion benches; unexpected {:?}\n{BENCH_USAGE}",
+            args.criterion
+        );
+    }
+    Ok(args)
+}
+
+/// The criterion benches (unless `--compare-only`), then the side-by-side comparisons with
+/// Python when a virtual environment has it (`$MUSTARD_VENV` or `~/.cache/mustard/venv`): the
+/// MCN network against PyTorch eager (needs torch) and the COCO evaluation against pycocotools.
+fn bench(extra: &[String]) -> Result<()> {
+    let args = parse_bench_args(extra)?;
+    if !args.compare_only {
+        let mut cargo = vec!["bench", "--workspace"];
+        cargo.extend(args.criterion.iter().map(String::as_str));
+        run("cargo", &cargo)?;
+    }
+    let (dir, python) = venv_python()?;
+    if matches!(args.compare, Compare::All | Compare::Mcn) {
+        if python_has(&python, "torch") {
+            mcn_compare(&python, &args)?;
+        } else {
+            eprintln!(
+                "bench: no Python with torch at {} (`cargo xtask fixtures` creates it, or point \
+                 $MUSTARD_VENV at a virtual environment with torch); skipping the MCN comparison",
+                dir.display()
+            );
+        }
+    }
+    if matches!(args.compare, Compare::All | Compare::Eval) {
+        if python_has(&python, "pycocotools") {
+            eval_compare(&python)?;
+        } else {
+            eprintln!(
+                "bench: no Python with pycocotools at {} (`cargo xtask fixtures` creates it); \
+                 skipping the COCO evaluation comparison",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// mustard-eval against pycocotools on the same files.
+fn eval_compare(python: &Path) -> Result<()> {
     let problem = std::env::temp_dir().join("mustard-eval-speed");
     let problem = problem.to_str().context("temp path is not UTF-8")?;
     run(
@@ -252,4 +369,204 @@ fn bench(extra: &[String]) -> Result<()> {
             problem,
         ],
     )
+}
+
+/// Builds the `mcn_speed` example and returns its executable.
+fn build_mcn_example() -> Result<PathBuf> {
+    let args = [
+        "build",
+        "--release",
+        "-p",
+        "mustard",
+        "--example",
+        "mcn_speed",
+        "--message-format=json-render-diagnostics",
+    ];
+    eprintln!("$ cargo {}", args.join(" "));
+    let out = Command::new("cargo")
+        .args(args)
+        .current_dir(root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("could not start cargo")?;
+    if !out.status.success() {
+        bail!("building the mcn_speed example failed ({})", out.status);
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "mcn_speed")
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .context("cargo named no executable for the mcn_speed example")
+}
+
+/// One side of the MCN comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Mustard,
+    PyTorch,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Mustard => "mustard",
+            Side::PyTorch => "PyTorch",
+        }
+    }
+}
+
+/// Runs one case of one side in its own process with `threads` threads; returns its JSON line.
+fn mcn_case(
+    side: Side,
+    example: &Path,
+    python: &Path,
+    case: &str,
+    iterations: usize,
+    threads: usize,
+) -> Result<serde_json::Value> {
+    let n = threads.to_string();
+    let it = iterations.to_string();
+    let mut cmd = match side {
+        Side::Mustard => {
+            let mut c = Command::new(example);
+            c.args(["--case", case, "--iterations", &it]);
+            c
+        }
+        Side::PyTorch => {
+            let mut c = Command::new(python);
+            c.args([
+                "bench/mcn_speed.py",
+                "--case",
+                case,
+                "--iterations",
+                &it,
+                "--threads",
+                &n,
+            ]);
+            c
+        }
+    };
+    // Both sides read the same thread count: rayon and candle's gemm, OpenMP and MKL.
+    for var in ["RAYON_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
+        cmd.env(var, &n);
+    }
+    let out = cmd
+        .current_dir(root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("could not start the {} side", side.name()))?;
+    if !out.status.success() {
+        bail!("{} {case} failed ({})", side.name(), out.status);
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .with_context(|| format!("{} {case} printed no JSON line:\n{stdout}", side.name()))?;
+    eprintln!("  {} {case}: {value}", side.name());
+    Ok(value)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// What the runs of one side measured for one case.
+#[derive(Debug, Clone, Default)]
+struct Measured {
+    /// Every timed iteration of every run, in ms.
+    times: Vec<f64>,
+    /// The median of each run.
+    run_medians: Vec<f64>,
+    /// The largest peak resident memory of the runs, in MiB.
+    peak_mib: f64,
+}
+
+/// The same MCN network (ResNet-18 + FPN + detection, segmentation and pose heads) in mustard
+/// and PyTorch eager on the CPU, with the same thread count, each case in its own process,
+/// the two sides alternating; prints medians, the ratio and each side's peak memory.
+fn mcn_compare(python: &Path, args: &BenchArgs) -> Result<()> {
+    let example = build_mcn_example()?;
+    let threads = args.threads;
+    let mut params = Vec::new();
+    for side in [Side::Mustard, Side::PyTorch] {
+        let v = mcn_case(side, &example, python, "params", 1, threads)?;
+        params.push(v["parameters"].as_u64().context("no parameter count")?);
+    }
+    if params[0] != params[1] {
+        bail!(
+            "the two MCN networks differ: mustard has {} trainable parameters, PyTorch {}",
+            params[0],
+            params[1]
+        );
+    }
+    eprintln!("mcn: both networks have {} trainable parameters", params[0]);
+    let cases = [
+        (
+            "forward",
+            "forward 1x3x512x512, eval",
+            args.forward_iterations,
+        ),
+        ("train", "train step 8x3x256x256", args.train_iterations),
+    ];
+    let mut results: Vec<[Measured; 2]> = vec![Default::default(); cases.len()];
+    for round in 0..args.rounds {
+        for (c, (case, _, iterations)) in cases.iter().enumerate() {
+            for (s, side) in [Side::Mustard, Side::PyTorch].into_iter().enumerate() {
+                eprintln!(
+                    "mcn: round {}/{}, {} {case}",
+                    round + 1,
+                    args.rounds,
+                    side.name()
+                );
+                let v = mcn_case(side, &example, python, case, *iterations, threads)?;
+                let times: Vec<f64> = v["times_ms"]
+                    .as_array()
+                    .context("no times_ms")?
+                    .iter()
+                    .filter_map(serde_json::Value::as_f64)
+                    .collect();
+                let r = &mut results[c][s];
+                r.run_medians.push(median(times.clone()));
+                r.times.extend(times);
+                r.peak_mib = r
+                    .peak_mib
+                    .max(v["peak_memory_mib"].as_f64().unwrap_or(f64::NAN));
+            }
+        }
+    }
+    println!();
+    println!(
+        "MCN (ResNet-18 + FPN 128 + detection, segmentation, pose heads; {} parameters), CPU, \
+         {threads} threads, {} alternating runs per side; medians of all timed iterations",
+        params[0], args.rounds
+    );
+    println!();
+    println!("| case | mustard | PyTorch | mustard / PyTorch | mustard peak | PyTorch peak | per-run medians, mustard ; PyTorch |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for ((_, label, _), [m, p]) in cases.iter().zip(&results) {
+        let (mm, pm) = (median(m.times.clone()), median(p.times.clone()));
+        let runs = |r: &[f64]| {
+            r.iter()
+                .map(|t| format!("{t:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "| {label} | {mm:.0} ms | {pm:.0} ms | {:.2} | {:.0} MiB | {:.0} MiB | {} ; {} |",
+            mm / pm,
+            m.peak_mib,
+            p.peak_mib,
+            runs(&m.run_medians),
+            runs(&p.run_medians)
+        );
+    }
+    Ok(())
 }
