@@ -302,18 +302,27 @@ def main():
         )
         x = torch.randn(b, 3, size, size, generator=gen)
         targets = random_targets(b, size, gen)
+        names = ["forward", "loss", "backward", "optimizer"]
+        phases = {n: [] for n in names}
         for it in range(args.warmup + args.iterations):
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            total, per_task = losses(model(x), targets)
+            out = model(x)
+            t1 = time.perf_counter()
+            total, per_task = losses(out, targets)
             values = {k: float(v.detach()) for k, v in per_task.items()}
+            t2 = time.perf_counter()
             total.backward()
+            t3 = time.perf_counter()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             opt.step()
-            dt = time.perf_counter() - t0
+            t4 = time.perf_counter()
             if it >= args.warmup:
-                times.append(dt)
+                times.append(t4 - t0)
+                for n, (a, z) in zip(names, [(t0, t1), (t1, t2), (t2, t3), (t3, t4)]):
+                    phases[n].append(z - a)
         result["loss"] = values
+        result["phases_ms"] = {n: median_ms(p) for n, p in phases.items()}
     if times:
         result["median_ms"] = median_ms(times)
         result["times_ms"] = [t * 1e3 for t in times]

@@ -487,7 +487,12 @@ struct Measured {
     run_medians: Vec<f64>,
     /// The largest peak resident memory of the runs, in MiB.
     peak_mib: f64,
+    /// Each run's median per phase of a training step, in the order of [`PHASES`].
+    phases: [Vec<f64>; 4],
 }
+
+/// The phases of a training step that both sides time separately.
+const PHASES: [&str; 4] = ["forward", "loss", "backward", "optimizer"];
 
 /// The same MCN network (ResNet-18 + FPN + detection, segmentation and pose heads) in mustard
 /// and PyTorch eager on the CPU, with the same thread count, each case in its own process,
@@ -539,6 +544,11 @@ fn mcn_compare(python: &Path, args: &BenchArgs) -> Result<()> {
                 r.peak_mib = r
                     .peak_mib
                     .max(v["peak_memory_mib"].as_f64().unwrap_or(f64::NAN));
+                for (p, name) in r.phases.iter_mut().zip(PHASES) {
+                    if let Some(ms) = v["phases_ms"][name].as_f64() {
+                        p.push(ms);
+                    }
+                }
             }
         }
     }
@@ -567,6 +577,20 @@ fn mcn_compare(python: &Path, args: &BenchArgs) -> Result<()> {
             runs(&m.run_medians),
             runs(&p.run_medians)
         );
+    }
+    for ((_, label, _), [m, p]) in cases.iter().zip(&results) {
+        if m.phases.iter().chain(&p.phases).any(Vec::is_empty) {
+            continue;
+        }
+        println!();
+        println!("{label}, by phase (median of the runs' medians):");
+        println!();
+        println!("| phase | mustard | PyTorch | mustard / PyTorch |");
+        println!("| --- | --- | --- | --- |");
+        for (i, name) in PHASES.iter().enumerate() {
+            let (mm, pm) = (median(m.phases[i].clone()), median(p.phases[i].clone()));
+            println!("| {name} | {mm:.0} ms | {pm:.0} ms | {:.2} |", mm / pm);
+        }
     }
     Ok(())
 }

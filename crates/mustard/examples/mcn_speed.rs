@@ -151,23 +151,42 @@ fn main() -> Result<()> {
                 },
             )?;
             let mut values = serde_json::Map::new();
+            // forward, losses, backward, clipping + AdamW
+            let mut phases = [(); 4].map(|_| Vec::new());
             for it in 0..args.warmup + args.iterations {
                 let t0 = Instant::now();
                 let out = model.forward_t(&batch.images, true)?;
+                let t1 = Instant::now();
                 let losses = model.loss(&out, &batch)?;
                 for (task, loss) in &losses.per_task {
                     let v = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
                     values.insert(task.to_string(), v.into());
                 }
+                let t2 = Instant::now();
                 let mut grads = losses.total.backward()?;
+                let t3 = Instant::now();
                 clip_grad_norm(&mut grads, &vars, 10.0)?;
                 optimizer.step(&grads)?;
-                let dt = t0.elapsed().as_secs_f64();
+                let t4 = Instant::now();
                 if it >= args.warmup {
-                    times.push(dt);
+                    times.push((t4 - t0).as_secs_f64());
+                    for (p, (a, z)) in
+                        phases
+                            .iter_mut()
+                            .zip([(t0, t1), (t1, t2), (t2, t3), (t3, t4)])
+                    {
+                        p.push((z - a).as_secs_f64() * 1e3);
+                    }
                 }
             }
             result["loss"] = values.into();
+            let names = ["forward", "loss", "backward", "optimizer"];
+            result["phases_ms"] = names
+                .iter()
+                .zip(phases)
+                .map(|(n, p)| (n.to_string(), median(p).into()))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
         }
         other => bail!("unknown case {other} (forward, train or params)"),
     }
