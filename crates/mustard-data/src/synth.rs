@@ -191,6 +191,22 @@ fn random_colour(rng: &mut Rng) -> [f64; 3] {
     ]
 }
 
+/// An object colour at least [`MIN_CONTRAST`] away (Euclidean RGB) from the background's.
+fn object_colour(rng: &mut Rng, background: [f64; 3]) -> [f64; 3] {
+    let mut colour = random_colour(rng);
+    for _ in 0..32 {
+        let d2: f64 = (0..3).map(|c| (colour[c] - background[c]).powi(2)).sum();
+        if d2 >= MIN_CONTRAST * MIN_CONTRAST {
+            break;
+        }
+        colour = random_colour(rng);
+    }
+    colour
+}
+
+/// Least RGB distance between an object's colour and the background's.
+const MIN_CONTRAST: f64 = 90.0;
+
 /// Renders scene `index` of `config`.
 pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
     let s = config.size;
@@ -202,8 +218,10 @@ pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
     }
     let sf = s as f64;
     let mut rng = Rng::derive(config.seed, &[index]);
-    // Background: two colours, a stripe or checker texture, and a receding depth plane.
-    let (bg_a, bg_b) = (random_colour(&mut rng), random_colour(&mut rng));
+    // Background: two nearby colours (a low-contrast texture, so that the objects, not the
+    // pattern, are the salient edges), a stripe or checker texture, and a receding depth plane.
+    let bg_a = random_colour(&mut rng);
+    let bg_b = bg_a.map(|c| (c + rng.range(-35.0, 35.0)).clamp(0.0, 255.0));
     let period = rng.range(6.0, 24.0);
     let checker = rng.chance(0.5);
     let angle = rng.range(0.0, std::f64::consts::PI);
@@ -263,7 +281,7 @@ pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
                 depth: z,
                 polygons,
                 joints,
-                colour: random_colour(&mut rng),
+                colour: object_colour(&mut rng, bg_a),
             }
         })
         .collect();
@@ -281,7 +299,7 @@ pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
             }
             let (x, y) = (i as u32 % s, i as u32 / s);
             // Light texture on objects: a gentle ripple so flat colour alone is not the cue.
-            let ripple = 1.0 + 0.12 * ((x as f64 * 0.7 + y as f64 * 0.45 + k as f64).sin());
+            let ripple = 1.0 + 0.06 * ((x as f64 * 0.7 + y as f64 * 0.45 + k as f64).sin());
             image.put_pixel(
                 x,
                 y,
