@@ -294,7 +294,13 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         seed: config.seed,
         threads: t.workers,
         augment: if t.augment {
-            mustard_data::augment::AugmentConfig::train(t.input_size)
+            let full = mustard_data::augment::AugmentConfig::train(t.input_size);
+            mustard_data::augment::AugmentConfig {
+                scale: full.scale * t.augment_strength,
+                shift: full.shift * t.augment_strength,
+                color: full.color * t.augment_strength,
+                ..full
+            }
         } else {
             mustard_data::augment::AugmentConfig::eval(t.input_size)
         },
