@@ -211,6 +211,42 @@ pub fn align_log_depth(pred: &[f32], log_target: &[f32], valid: &[f32]) -> Vec<f
         .collect()
 }
 
+/// Each task's mean training loss on `dataset` (evaluation mode, letterboxed, no augmentation):
+/// how far the model is from the real labels, a finer signal than the metrics early in training.
+pub fn evaluate_loss(
+    model: &MultiTaskModel,
+    dataset: Arc<Dataset>,
+    size: u32,
+    batch_size: usize,
+) -> Result<Vec<(Task, f64)>> {
+    let loader = Loader::new(
+        dataset,
+        Arc::new(Encoder::new(model.config(), size)),
+        LoaderConfig::eval(batch_size, size),
+    )?;
+    let mut sums: Vec<(Task, f64, usize)> = Vec::new();
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let out = model.forward_t(&batch.images, false)?;
+        for (task, loss) in model.loss(&out, &batch)?.per_task {
+            let v = loss
+                .to_dtype(mustard_core::candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+            match sums.iter_mut().find(|(t, _, _)| *t == task) {
+                Some(e) => {
+                    e.1 += v;
+                    e.2 += 1;
+                }
+                None => sums.push((task, v, 1)),
+            }
+        }
+    }
+    Ok(sums
+        .into_iter()
+        .map(|(t, v, n)| (t, v / n.max(1) as f64))
+        .collect())
+}
+
 /// Evaluates `model` on `dataset` at `size` x `size` (letterboxed, no augmentation).
 pub fn evaluate(
     model: &MultiTaskModel,
