@@ -96,31 +96,32 @@ struct BenchArgs {
 
 #[derive(Debug, Args)]
 struct ThresholdArgs {
-    /// Keep boxes scoring at least this.
-    #[arg(long, default_value_t = 0.5)]
-    det_threshold: f64,
-    /// Keep people (pose teacher) scoring at least this.
-    #[arg(long, default_value_t = 0.5)]
-    pose_threshold: f64,
-    /// Leave joints whose heatmap score is below this unlabelled.
-    #[arg(long, default_value_t = 0.0)]
-    keypoint_threshold: f64,
-    /// Ignore pixels whose top class probability is below this.
-    #[arg(long, default_value_t = 0.5)]
-    seg_threshold: f64,
-    /// Softmax temperature of the soft class labels.
-    #[arg(long, default_value_t = 1.0)]
-    temperature: f64,
+    /// Keep boxes scoring at least this [default: 0.5; `must --preset quick`: 0.3].
+    #[arg(long)]
+    det_threshold: Option<f64>,
+    /// Keep people (pose teacher) scoring at least this [default: 0.5; quick `must`: 0.3].
+    #[arg(long)]
+    pose_threshold: Option<f64>,
+    /// Leave joints whose heatmap score is below this unlabelled [default: 0].
+    #[arg(long)]
+    keypoint_threshold: Option<f64>,
+    /// Ignore pixels whose top class probability is below this [default: 0.5].
+    #[arg(long)]
+    seg_threshold: Option<f64>,
+    /// Softmax temperature of the soft class labels [default: 1].
+    #[arg(long)]
+    temperature: Option<f64>,
 }
 
 impl ThresholdArgs {
-    fn thresholds(&self) -> mustard::pseudo_labels::Thresholds {
+    /// `base` with the values given on the command line.
+    fn over(&self, base: mustard::pseudo_labels::Thresholds) -> mustard::pseudo_labels::Thresholds {
         mustard::pseudo_labels::Thresholds {
-            detection: self.det_threshold,
-            pose: self.pose_threshold,
-            keypoint: self.keypoint_threshold,
-            segmentation: self.seg_threshold,
-            temperature: self.temperature,
+            detection: self.det_threshold.unwrap_or(base.detection),
+            pose: self.pose_threshold.unwrap_or(base.pose),
+            keypoint: self.keypoint_threshold.unwrap_or(base.keypoint),
+            segmentation: self.seg_threshold.unwrap_or(base.segmentation),
+            temperature: self.temperature.unwrap_or(base.temperature),
         }
     }
 }
@@ -635,7 +636,7 @@ fn pseudo_label(args: PseudoArgs) -> Result<ExitCode> {
     options.shard_size = args.shard_size;
     options.batch_size = args.batch_size;
     options.input_size = args.input_size;
-    options.thresholds = args.thresholds.thresholds();
+    options.thresholds = args.thresholds.over(Default::default());
     options.progress = true;
     let s = mustard::pseudo::pseudo_label(&options)?;
     println!(
@@ -698,7 +699,7 @@ fn must(args: MustArgs) -> Result<ExitCode> {
     config.teacher_epochs = args.teacher_epochs.unwrap_or(config.teacher_epochs);
     config.student_epochs = args.student_epochs.unwrap_or(config.student_epochs);
     config.shard_size = args.shard_size.unwrap_or(config.shard_size);
-    config.thresholds = args.thresholds.thresholds();
+    config.thresholds = args.thresholds.over(config.thresholds.clone());
     match args.transfer.as_deref() {
         Some("none") => config.transfer = None,
         Some(task) => {
