@@ -547,7 +547,8 @@ pub fn render(r: &MustReport, config: &MustConfig) -> String {
     );
     let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- |");
     for row in &r.tasks {
-        let ratio = if row.teacher > 0.0 {
+        // A ratio of two numbers that print as 0.000 would only show noise.
+        let ratio = if row.teacher >= 0.0005 {
             format!("{:.2}", row.student / row.teacher)
         } else {
             "–".into()
