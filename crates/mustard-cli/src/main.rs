@@ -495,7 +495,6 @@ fn train_config(args: &TrainArgs) -> Result<Config> {
     if let Some(v) = &args.pseudo {
         config.data.pseudo = Some(v.clone());
         config.data.train = None;
-        config.model.relative_depth = true;
     }
     config.data.real_labels |= args.real_labels;
     let t = &mut config.train;

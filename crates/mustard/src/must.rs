@@ -19,13 +19,13 @@ use mustard_core::candle_nn::VarMap;
 use mustard_data::coco;
 use mustard_data::synth::{self, Splits, SynthConfig};
 use mustard_data::{Dataset, Task};
-use mustard_pseudo::{PseudoSource, Stats, Thresholds};
+use mustard_pseudo::{Stats, Store, Thresholds};
 
 use crate::checkpoint::{load_model, RunPaths};
 use crate::config::{Config, Preset};
 use crate::evaluate::{evaluate, evaluate_loss, EvalReport};
 use crate::pseudo::{pseudo_label, PseudoOptions};
-use crate::train::{classes_of, open_dataset, train, TrainOptions};
+use crate::train::{classes_from, open_dataset, train, TrainOptions};
 use crate::{Error, MultiTaskModel, Result};
 
 /// Where the pipeline's data comes from.
@@ -388,9 +388,9 @@ pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustRepo
     say("training the student on every pseudo-label".into());
     let initial = {
         // The student's own initialisation (train() seeds it identically).
-        let source = PseudoSource::open(&paths.labels(), None)?;
+        let store = Store::open(&paths.labels())?;
         let mut c = student.clone();
-        c.model.classes = classes_of(&source);
+        c.model.classes = classes_from(&store.manifest().categories, &store.manifest().label_names);
         let device = c.device.device()?;
         let varmap = VarMap::new();
         let model = MultiTaskModel::new(

@@ -100,13 +100,20 @@ pub fn open_dataset(path: &Path, root: Option<&Path>, skip_bad: bool) -> Result<
 
 /// The class lists of a dataset or pseudo-label store.
 pub fn classes_of(ds: &dyn Source) -> Classes {
-    let cats = ds.categories();
+    classes_from(ds.categories(), ds.label_names())
+}
+
+/// The class lists of object categories and image-level class names.
+pub fn classes_from(cats: &[mustard_data::coco::Category], labels: &[String]) -> Classes {
     Classes {
         categories: cats.iter().map(|c| c.name.clone()).collect(),
         category_ids: cats.iter().map(|c| c.id).collect(),
         person: cats.iter().position(|c| c.keypoints.is_some()),
-        joints: ds.num_keypoints(),
-        labels: ds.label_names().to_vec(),
+        joints: cats
+            .iter()
+            .find_map(|c| c.keypoints.as_ref().map(Vec::len))
+            .unwrap_or(0),
+        labels: labels.to_vec(),
     }
 }
 
@@ -257,6 +264,10 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     };
     if !options.resume {
         config.model.classes = classes_of(train_ds.as_ref());
+        // Pseudo depth labels are relative (SPEC §6): train them scale-and-shift invariant.
+        if config.data.pseudo.is_some() {
+            config.model.relative_depth = true;
+        }
     }
     std::fs::create_dir_all(run.dir.join("weights")).map_err(|e| Error::file(&run.dir, e))?;
     config.write(&run.config())?;
