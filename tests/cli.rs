@@ -1,28 +1,10 @@
 //! End-to-end tests of the `mustard` command on tiny synthetic datasets.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-fn mustard(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mustard"))
-        .args(args)
-        .output()
-        .expect("the mustard binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mustard-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{mustard, s, temp, text};
 
 #[test]
 fn synth_then_check_is_clean_and_a_corrupt_dataset_fails_with_the_record() {

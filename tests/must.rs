@@ -1,32 +1,14 @@
 //! End-to-end tests of MuST through the `mustard` command: the pseudo-label store under kill -9,
 //! corruption and parallel `--shard i/N` workers, and the whole `mustard must` pipeline.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use mustard::pseudo_labels::{ImageLabels, ShardState, Store};
 
-fn mustard(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mustard"))
-        .args(args)
-        .output()
-        .expect("the mustard binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mustard-must-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{mustard, s, temp, text};
 
 fn ok(out: Output) -> String {
     assert!(
