@@ -3,7 +3,7 @@ use mustard_core::candle_nn::VarBuilder;
 use mustard_core::nn::{
     BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig,
 };
-use mustard_core::ops::{upsample_bilinear2d, upsample_nearest2d};
+use mustard_core::ops::{relu, upsample_bilinear2d, upsample_nearest2d};
 
 use crate::resnet::ConvBn;
 use crate::{Error, FeatureMaps, Result};
@@ -126,7 +126,7 @@ impl Fpn {
                 for (level, stages) in levels.iter().enumerate() {
                     let mut x = outs[level].clone();
                     for stage in stages {
-                        x = stage.forward_t(&x, train)?.relu()?;
+                        x = relu(&stage.forward_t(&x, train)?)?;
                         if level > 0 {
                             let (_, _, h, w) = x.dims4()?;
                             x = upsample_bilinear2d(&x, 2 * h, 2 * w)?;
@@ -225,7 +225,7 @@ impl DeconvNeck {
     pub fn forward_t(&self, c5: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = c5.clone();
         for (deconv, bn) in &self.stages {
-            x = bn.forward_t(&deconv.forward(&x)?, train)?.relu()?;
+            x = relu(&bn.forward_t(&deconv.forward(&x)?, train)?)?;
         }
         Ok(x)
     }

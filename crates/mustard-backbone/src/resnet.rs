@@ -1,7 +1,7 @@
 use mustard_core::candle_core::{Module, ModuleT, Tensor};
 use mustard_core::candle_nn::VarBuilder;
 use mustard_core::nn::{BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, Linear};
-use mustard_core::ops::{max_pool2d, MaxPool2dConfig};
+use mustard_core::ops::{max_pool2d, relu as relu_op, MaxPool2dConfig};
 
 use crate::{Error, Result};
 
@@ -176,7 +176,7 @@ impl ConvBn {
             });
         }
         let y = self.bn.forward_t(&self.conv.forward(x)?, train)?;
-        Ok(if relu { y.relu()? } else { y })
+        Ok(if relu { relu_op(&y)? } else { y })
     }
 
     pub fn freeze(&mut self) {
@@ -257,7 +257,7 @@ impl Block {
             Some(d) => d.forward_t(x, train)?,
             None => x.clone(),
         };
-        Ok((y + shortcut)?.relu()?)
+        Ok(relu_op(&(y + shortcut)?)?)
     }
 
     fn all_mut(&mut self) -> impl Iterator<Item = &mut ConvBn> {

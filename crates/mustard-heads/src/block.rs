@@ -78,7 +78,7 @@ impl HeadBlock {
     /// # Shapes
     /// `(N, in, h, w)` → `(N, out, h, w)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.out.forward(&self.conv.forward(x)?.relu()?)?)
+        Ok(self.out.forward(&self.conv.forward_relu(x)?)?)
     }
 
     /// Convolution FLOPs on an `h` x `w` map.

@@ -12,6 +12,7 @@
 mod batchnorm;
 pub mod conv;
 mod maxpool;
+mod relu;
 mod upsample;
 
 pub use batchnorm::{batch_norm_train, BatchStats};
@@ -19,6 +20,7 @@ pub use conv::{
     conv2d, conv2d_input_grad, conv2d_relu, conv2d_weight_grad, conv_transpose2d, ConvParams,
 };
 pub use maxpool::{max_pool2d, MaxPool2dConfig};
+pub use relu::relu;
 pub use upsample::{upsample_bilinear2d, upsample_nearest2d};
 
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};

@@ -794,7 +794,7 @@ impl CustomOp1 for BiasGradOp {
 }
 
 /// `(grad, y) → grad · [y > 0]`, the gradient through a fused ReLU.
-struct ReluGradOp;
+pub(crate) struct ReluGradOp;
 
 impl CustomOp2 for ReluGradOp {
     fn name(&self) -> &'static str {
