@@ -424,3 +424,44 @@ fn bench_prints_the_speed_line() {
         assert!(lines[1].contains("; peak memory "), "{stdout}");
     }
 }
+
+#[test]
+fn synthetic_training_renders_at_the_input_size_with_the_requested_splits() {
+    let runs = temp("synth-train").join("runs");
+    let out = mustard(&[
+        "train",
+        "--runs",
+        s(&runs),
+        "--name",
+        "cls",
+        "--tasks",
+        "classification",
+        "--input-size",
+        "64",
+        "--synth-images",
+        "8",
+        "--synth-val-images",
+        "4",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--no-val",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("trained 2 steps in "), "{stdout}");
+    let config = std::fs::read_to_string(runs.join("cls/config.toml")).unwrap();
+    for line in [
+        "train_images = 8\n",
+        "val_images = 4\n",
+        "size = 64\n",
+        "input_size = 64\n",
+    ] {
+        assert!(config.contains(line), "{line}{config}");
+    }
+    let synth = runs.join("synth");
+    for dir in ["train-64px-8-seed0-v3", "val-64px-4-seed0-v3"] {
+        assert!(synth.join(dir).join("instances.json").is_file(), "{dir}");
+    }
+}

@@ -309,7 +309,8 @@ fn must_runs_end_to_end_and_a_rerun_reuses_every_stage() {
         assert_eq!(r["task"], row.0.as_str());
         let value = |k: &str| r[k].as_f64().unwrap();
         let (student, initial) = (value("student"), value("initial"));
-        assert!((student - row.2).abs() <= 5e-4, "{r}");
+        // The table rounds to three decimals (0.4375 prints as 0.438).
+        assert!((student - row.2).abs() <= 5e-4 + 1e-9, "{r}");
         // Better on the task's metric; where a tiny budget leaves the metric at its floor for
         // both (keypoint AP at 64 px), closer to the real labels.
         let improved = student > initial

@@ -368,6 +368,9 @@ struct TrainArgs {
     /// Synthetic training images (with no --data).
     #[arg(long)]
     synth_images: Option<usize>,
+    /// Synthetic validation images (with no --data).
+    #[arg(long)]
+    synth_val_images: Option<usize>,
     /// Leave bad dataset records out (each is logged) instead of refusing the dataset.
     #[arg(long)]
     skip_bad: bool,
@@ -511,6 +514,13 @@ fn train_config(args: &TrainArgs) -> Result<Config> {
     config.seed = args.seed.unwrap_or(config.seed);
     if let Some(n) = args.synth_images {
         config.data.synth.train_images = n;
+    }
+    if let Some(n) = args.synth_val_images {
+        config.data.synth.val_images = n;
+    }
+    // The synthetic scenes are rendered at the input size.
+    if let (Some(size), None, None) = (args.input_size, &config.data.train, &config.data.pseudo) {
+        config.data.synth.size = size;
     }
     config.data.skip_bad |= args.skip_bad;
     config.validate()?;

@@ -10,7 +10,8 @@
 //! - person keypoints: `v = 2` where the joint is visible, `1` where a nearer object covers it,
 //!   `0` (at 0, 0) outside the image;
 //! - a semantic label map (0 background, `i + 1` for category `i`), a depth map in millimetres;
-//! - an image-level label: the category covering the most pixels.
+//! - an image-level label: the category of the scene's main object, which is drawn nearest,
+//!   largest and near the centre (as the object an ImageNet photo is named after).
 //!
 //! Everything is a function of the seed and the image index.
 
@@ -80,7 +81,7 @@ pub struct Scene {
     pub depth: DepthMap,
     /// Visible objects, far to near.
     pub objects: Vec<SceneObject>,
-    /// The category covering the most pixels (index into [`CATEGORIES`]).
+    /// The category of the main (nearest, largest, central) object (index into [`CATEGORIES`]).
     pub label: u32,
 }
 
@@ -250,12 +251,28 @@ pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
         joints: Option<Vec<(f64, f64)>>,
         colour: [f64; 3],
     }
+    // Object 0 is the scene's main object (its category is the image-level label): nearest,
+    // largest and central; the others stand behind it.
     let mut drawn: Vec<Drawn> = (0..count)
-        .map(|_| {
+        .map(|k| {
             let class = rng.below(CATEGORIES.len());
-            let z = rng.range(1.2, 3.6);
-            let extent = sf * rng.range(0.22, 0.42) * 2.0 / z;
-            let (cx, cy) = (rng.range(0.1, 0.9) * sf, rng.range(0.1, 0.9) * sf);
+            let (z, extent, (cx, cy)) = if k == 0 {
+                let z = rng.range(1.2, 1.5);
+                let extent = sf * rng.range(0.24, 0.32) * 2.0 / z;
+                (
+                    z,
+                    extent,
+                    (rng.range(0.3, 0.7) * sf, rng.range(0.3, 0.7) * sf),
+                )
+            } else {
+                let z = rng.range(1.6, 3.6);
+                let extent = sf * rng.range(0.22, 0.42) * 2.0 / z;
+                (
+                    z,
+                    extent,
+                    (rng.range(0.1, 0.9) * sf, rng.range(0.1, 0.9) * sf),
+                )
+            };
             let turn = rng.range(0.0, std::f64::consts::TAU);
             let (polygons, joints) = match class {
                 0 => (vec![regular_polygon(cx, cy, extent / 2.0, 32, 0.0)], None),
@@ -285,6 +302,7 @@ pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
             }
         })
         .collect();
+    let label = drawn[0].class as u32;
     drawn.sort_by(|a, b| b.depth.total_cmp(&a.depth));
 
     let mut semantic = GrayImage::new(s, s);
@@ -310,7 +328,6 @@ pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
             owner[i] = Some(k);
         }
     }
-    let mut area_per_class = [0u64; CATEGORIES.len()];
     let mut objects = Vec::new();
     for (k, d) in drawn.iter().enumerate() {
         let visible: Vec<u8> = owner.iter().map(|o| u8::from(*o == Some(k))).collect();
@@ -320,7 +337,6 @@ pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
         if area == 0 {
             continue;
         }
-        area_per_class[d.class] += area;
         let keypoints = d.joints.as_ref().map(|joints| {
             joints
                 .iter()
@@ -341,9 +357,6 @@ pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
             keypoints,
         });
     }
-    let label = (0..CATEGORIES.len())
-        .max_by_key(|&c| (area_per_class[c], std::cmp::Reverse(c)))
-        .unwrap_or(0) as u32;
     Ok(Scene {
         image,
         semantic,
@@ -525,7 +538,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scenes_are_deterministic_and_labels_agree_with_the_pixels() {
+    fn scenes_are_deterministic_and_labels_agree_with_the_drawing() {
         let config = SynthConfig {
             size: 96,
             seed: 5,
@@ -537,6 +550,7 @@ mod tests {
         assert_eq!(a.objects, b.objects);
         assert_ne!(render(&config, 4).unwrap().image, a.image);
         let mut people = 0;
+        let mut labels = [0; CATEGORIES.len()];
         for index in 0..40 {
             let scene = render(&config, index).unwrap();
             let sem = scene.semantic.as_raw();
@@ -562,8 +576,17 @@ mod tests {
             }
             let depth = scene.depth.as_raw();
             assert!(depth.iter().all(|&d| (1.2..=8.0).contains(&d)));
+            // The label names the main object: the nearest, in front of every other one.
+            let main = scene.objects.last().unwrap();
+            assert_eq!(main.class as u32, scene.label);
+            assert!(main.depth < 1.5);
+            assert!(scene.objects[..scene.objects.len() - 1]
+                .iter()
+                .all(|o| o.depth >= 1.6));
+            labels[scene.label as usize] += 1;
         }
         assert!(people > 5, "people appear in the scenes ({people})");
+        assert_eq!(labels, [7, 6, 17, 10], "every category is a main object");
     }
 
     #[test]

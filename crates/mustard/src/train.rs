@@ -68,7 +68,7 @@ pub fn synthetic_datasets(config: &Config, runs: &Path) -> Result<(PathBuf, Path
         let dir = runs
             .join("synth")
             // The version tag changes with the scenes, so that older renderings are not reused.
-            .join(format!("{split}-{}px-{images}-seed{}-v2", s.size, s.seed));
+            .join(format!("{split}-{}px-{images}-seed{}-v3", s.size, s.seed));
         let json = dir.join("instances.json");
         if !json.is_file() {
             synth::write(
