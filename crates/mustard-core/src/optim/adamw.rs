@@ -2,7 +2,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
-use candle_core::Tensor;
+use candle_core::{CpuStorage, DType, Storage, Tensor};
+use rayon::prelude::*;
 
 use super::{Buffers, Optimizer, ParamGroup};
 use crate::Result;
@@ -56,6 +57,124 @@ impl AdamW {
     }
 }
 
+/// The scalars of one parameter's update.
+struct Coefficients {
+    /// `1 − lr·wd`, or `None` without weight decay.
+    decay: Option<f64>,
+    beta1: f64,
+    beta2: f64,
+    /// `1 / √(1 − β₂ᵗ)`.
+    inv_bc2_sqrt: f64,
+    eps: f64,
+    /// `lr / (1 − β₁ᵗ)`.
+    step_size: f64,
+}
+
+/// The update of one parameter as candle ops: `(p, m, v)` after the step.
+fn composed(
+    p: &Tensor,
+    g: &Tensor,
+    buffers: Option<(&Tensor, &Tensor)>,
+    k: &Coefficients,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let g = g.detach();
+    let mut p = p.detach();
+    if let Some(d) = k.decay {
+        p = (p * d)?;
+    }
+    let (m, v) = match buffers {
+        Some((m, v)) => (m.clone(), v.clone()),
+        None => (g.zeros_like()?, g.zeros_like()?),
+    };
+    let m = ((m * k.beta1)? + (&g * (1.0 - k.beta1))?)?;
+    let v = ((v * k.beta2)? + (g.sqr()? * (1.0 - k.beta2))?)?;
+    let denom = ((v.sqrt()? * k.inv_bc2_sqrt)? + k.eps)?;
+    let update = ((&m / denom)? * k.step_size)?;
+    Ok(((p - update)?, m, v))
+}
+
+/// The update of one f32 CPU parameter in one parallel pass over `p`, `g`, `m`, `v`, with the
+/// same f32 operations in the same order as [`composed`] (so the results
+/// are identical), instead of thirteen tensor ops that each allocate and sweep the parameter.
+/// `None` when a tensor is not a contiguous f32 CPU tensor: the caller uses the composed ops.
+fn fused_cpu_f32(
+    p: &Tensor,
+    g: &Tensor,
+    buffers: Option<(&Tensor, &Tensor)>,
+    k: &Coefficients,
+) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    let mut tensors = vec![p, g];
+    if let Some((m, v)) = buffers {
+        tensors.extend([m, v]);
+    }
+    if tensors.iter().any(|t| {
+        !t.device().is_cpu()
+            || t.dtype() != DType::F32
+            || !t.is_contiguous()
+            || t.shape() != p.shape()
+    }) {
+        return Ok(None);
+    }
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: Vec<&[f32]> = Vec::with_capacity(4);
+    for (storage, layout) in &guards {
+        let Storage::Cpu(CpuStorage::F32(data)) = &**storage else {
+            return Ok(None);
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            return Ok(None);
+        };
+        slices.push(&data[start..end]);
+    }
+    let n = slices[0].len();
+    let (mut p_new, mut m_new, mut v_new) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    let f = |x: f64| x as f32;
+    let (decay, b1, c1, b2, c2) = (
+        k.decay.map(f),
+        f(k.beta1),
+        f(1.0 - k.beta1),
+        f(k.beta2),
+        f(1.0 - k.beta2),
+    );
+    let (inv_bc2, eps, step) = (f(k.inv_bc2_sqrt), f(k.eps), f(k.step_size));
+    const CHUNK: usize = 1 << 14;
+    p_new
+        .par_chunks_mut(CHUNK)
+        .zip(m_new.par_chunks_mut(CHUNK))
+        .zip(v_new.par_chunks_mut(CHUNK))
+        .enumerate()
+        .for_each(|(ci, ((po, mo), vo))| {
+            let base = ci * CHUNK;
+            for i in 0..po.len() {
+                let j = base + i;
+                let (p, g) = (slices[0][j], slices[1][j]);
+                let (m, v) = if slices.len() == 4 {
+                    (slices[2][j], slices[3][j])
+                } else {
+                    (0.0, 0.0)
+                };
+                let p = match decay {
+                    Some(d) => p * d,
+                    None => p,
+                };
+                let m = m * b1 + g * c1;
+                let v = v * b2 + (g * g) * c2;
+                let denom = v.sqrt() * inv_bc2 + eps;
+                po[i] = p - (m / denom) * step;
+                mo[i] = m;
+                vo[i] = v;
+            }
+        });
+    drop(guards);
+    let shape = p.shape();
+    let dev = p.device();
+    Ok(Some((
+        Tensor::from_vec(p_new, shape, dev)?,
+        Tensor::from_vec(m_new, shape, dev)?,
+        Tensor::from_vec(v_new, shape, dev)?,
+    )))
+}
+
 impl Optimizer for AdamW {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let c = self.config;
@@ -68,20 +187,20 @@ impl Optimizer for AdamW {
                 let Some(g) = grads.get(var.as_tensor()) else {
                     continue;
                 };
-                let g = g.detach();
-                let mut p = var.as_tensor().detach();
-                if group.weight_decay != 0.0 {
-                    p = (p * (1.0 - lr * group.weight_decay))?;
-                }
-                let (m, v) = match self.state.per_param.get(name) {
-                    Some(bufs) => (&bufs[0], &bufs[1]),
-                    None => (&g.zeros_like()?, &g.zeros_like()?),
+                let k = Coefficients {
+                    decay: (group.weight_decay != 0.0).then_some(1.0 - lr * group.weight_decay),
+                    beta1: c.beta1,
+                    beta2: c.beta2,
+                    inv_bc2_sqrt: 1.0 / bc2_sqrt,
+                    eps: c.eps,
+                    step_size: lr / bc1,
                 };
-                let m = ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-                let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-                let denom = ((v.sqrt()? / bc2_sqrt)? + c.eps)?;
-                let update = ((&m / denom)? * (lr / bc1))?;
-                var.set(&(p - update)?)?;
+                let buffers = self.state.per_param.get(name).map(|b| (&b[0], &b[1]));
+                let (p, m, v) = match fused_cpu_f32(var.as_tensor(), g, buffers, &k)? {
+                    Some(updated) => updated,
+                    None => composed(var.as_tensor(), g, buffers, &k)?,
+                };
+                var.set(&p)?;
                 self.state.per_param.insert(name.clone(), vec![m, v]);
             }
         }
@@ -109,5 +228,68 @@ impl Optimizer for AdamW {
         let groups: Vec<&ParamGroup> = self.groups.iter().collect();
         self.state = Buffers::from_state(state, &["exp_avg", "exp_avg_sq"], &groups, source)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    fn pair(b: &Option<(Tensor, Tensor)>) -> Option<(&Tensor, &Tensor)> {
+        b.as_ref().map(|(m, v)| (m, v))
+    }
+
+    #[test]
+    fn the_fused_cpu_update_equals_the_composed_ops() {
+        let dev = Device::Cpu;
+        // More than two chunks of the parallel pass.
+        let shape = (200, 200);
+        let p = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+        let vec = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for decay in [None, Some(1.0 - 0.05 * 0.01)] {
+            let (mut fused, mut reference) = ((p.clone(), None), (p.clone(), None));
+            for step in 1..=3 {
+                let g = (Tensor::randn(0f32, 1.0, shape, &dev).unwrap() * step as f64).unwrap();
+                let k = Coefficients {
+                    decay,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    inv_bc2_sqrt: 1.0 / (1.0 - 0.999f64.powi(step)).sqrt(),
+                    eps: 1e-8,
+                    step_size: 0.05 / (1.0 - 0.9f64.powi(step)),
+                };
+                let (fp, fm, fv) = fused_cpu_f32(&fused.0, &g, pair(&fused.1), &k)
+                    .unwrap()
+                    .expect("contiguous f32 CPU tensors take the fused path");
+                let (cp, cm, cv) = composed(&reference.0, &g, pair(&reference.1), &k).unwrap();
+                assert_eq!(vec(&fp), vec(&cp), "parameters after step {step}");
+                assert_eq!(vec(&fm), vec(&cm), "first moments after step {step}");
+                assert_eq!(vec(&fv), vec(&cv), "second moments after step {step}");
+                assert_ne!(vec(&fp), vec(&fused.0), "the step moved the parameters");
+                fused = (fp, Some((fm, fv)));
+                reference = (cp, Some((cm, cv)));
+            }
+        }
+        // Anything else takes the composed path.
+        let g = Tensor::ones((200, 200), DType::F32, &dev).unwrap();
+        let k = Coefficients {
+            decay: None,
+            beta1: 0.9,
+            beta2: 0.999,
+            inv_bc2_sqrt: 1.0,
+            eps: 1e-8,
+            step_size: 0.1,
+        };
+        assert!(fused_cpu_f32(&p.t().unwrap(), &g, None, &k)
+            .unwrap()
+            .is_none());
+        let p64 = p.to_dtype(DType::F64).unwrap();
+        assert!(
+            fused_cpu_f32(&p64, &g.to_dtype(DType::F64).unwrap(), None, &k)
+                .unwrap()
+                .is_none()
+        );
     }
 }
