@@ -90,6 +90,18 @@ impl AugmentConfig {
         }
     }
 
+    /// Training augmentation at `size` with the random scale, shift and colour ranges multiplied
+    /// by `strength` (1: [`AugmentConfig::train`]).
+    pub fn train_at_strength(size: u32, strength: f64) -> Self {
+        let full = Self::train(size);
+        Self {
+            scale: full.scale * strength,
+            shift: full.shift * strength,
+            color: full.color * strength,
+            ..full
+        }
+    }
+
     /// No randomness: letterbox into `size` x `size` (evaluation).
     pub fn eval(size: u32) -> Self {
         Self {

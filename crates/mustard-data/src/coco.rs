@@ -177,6 +177,19 @@ pub struct Category {
     pub skeleton: Option<Vec<[u32; 2]>>,
 }
 
+/// Index of the pose category (the first with joint names).
+pub fn person_category(categories: &[Category]) -> Option<usize> {
+    categories.iter().position(|c| c.keypoints.is_some())
+}
+
+/// Joints of the pose category, 0 without one.
+pub fn num_keypoints(categories: &[Category]) -> usize {
+    categories
+        .iter()
+        .find_map(|c| c.keypoints.as_ref().map(Vec::len))
+        .unwrap_or(0)
+}
+
 impl Category {
     /// Left/right joint pairs for horizontal flips: `left_*` with `right_*` by name.
     pub fn flip_pairs(&self) -> Vec<(usize, usize)> {

@@ -298,11 +298,7 @@ impl Dataset {
 
     /// Joints per pose instance (0 without a pose category).
     pub fn num_keypoints(&self) -> usize {
-        self.file
-            .categories
-            .iter()
-            .find_map(|c| c.keypoints.as_ref().map(Vec::len))
-            .unwrap_or(0)
+        coco::num_keypoints(&self.file.categories)
     }
 
     /// Left/right joint pairs for horizontal flips.

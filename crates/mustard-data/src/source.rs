@@ -26,10 +26,7 @@ pub trait Source: Send + Sync + 'static {
     fn flip_pairs(&self) -> &[(usize, usize)];
     /// Joints of the pose category (0 without one).
     fn num_keypoints(&self) -> usize {
-        self.categories()
-            .iter()
-            .find_map(|c| c.keypoints.as_ref().map(Vec::len))
-            .unwrap_or(0)
+        crate::coco::num_keypoints(self.categories())
     }
 }
 

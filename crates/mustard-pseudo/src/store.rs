@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use image::GrayImage;
-use mustard_data::coco::Category;
+use mustard_data::coco::{self, Category};
 use mustard_data::imageio::DepthMap;
 use mustard_data::{Dataset, Task, TaskSet};
 use safetensors::tensor::{Dtype, TensorView};
@@ -94,15 +94,12 @@ impl Manifest {
 
     /// Index of the pose category.
     pub fn person(&self) -> Option<usize> {
-        self.categories.iter().position(|c| c.keypoints.is_some())
+        coco::person_category(&self.categories)
     }
 
     /// Joints of the pose category.
     pub fn joints(&self) -> usize {
-        self.categories
-            .iter()
-            .find_map(|c| c.keypoints.as_ref().map(Vec::len))
-            .unwrap_or(0)
+        coco::num_keypoints(&self.categories)
     }
 }
 

@@ -316,12 +316,14 @@ impl Config {
                 "batch_size, epochs and checkpoint_every must be at least 1",
             ));
         }
-        if !(t.augment_strength >= 0.0 && t.augment_strength * 0.4 < 1.0) {
+        let full_scale = mustard_data::augment::AugmentConfig::train(t.input_size).scale;
+        if !(t.augment_strength >= 0.0 && t.augment_strength * full_scale < 1.0) {
             return Err(Error::config(
                 "train.augment_strength",
                 format!(
-                    "{} must be in [0, 2.5) (the scale range 1 ± 0.4·strength stays positive)",
-                    t.augment_strength
+                    "{} must be in [0, {}) (the scale range 1 ± {full_scale}·strength stays positive)",
+                    t.augment_strength,
+                    1.0 / full_scale
                 ),
             ));
         }

@@ -386,7 +386,7 @@ pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustRepo
     student.data.pseudo = Some(paths.labels());
     student.train.epochs = config.student_epochs;
     say("training the student on every pseudo-label".into());
-    let initial = {
+    let (initial, initial_loss) = {
         // The student's own initialisation (train() seeds it identically).
         let store = Store::open(&paths.labels())?;
         let mut c = student.clone();
@@ -405,7 +405,6 @@ pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustRepo
         )?;
         (evaluate_on(&model, &c, &test_ds)?, loss)
     };
-    let (initial, initial_loss) = initial;
     let seconds = train_once(&student, &paths.root, progress)?;
     timings.push(("student".to_string(), seconds));
 

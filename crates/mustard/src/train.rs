@@ -108,11 +108,8 @@ pub fn classes_from(cats: &[mustard_data::coco::Category], labels: &[String]) ->
     Classes {
         categories: cats.iter().map(|c| c.name.clone()).collect(),
         category_ids: cats.iter().map(|c| c.id).collect(),
-        person: cats.iter().position(|c| c.keypoints.is_some()),
-        joints: cats
-            .iter()
-            .find_map(|c| c.keypoints.as_ref().map(Vec::len))
-            .unwrap_or(0),
+        person: mustard_data::coco::person_category(cats),
+        joints: mustard_data::coco::num_keypoints(cats),
         labels: labels.to_vec(),
     }
 }
@@ -305,13 +302,10 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
         seed: config.seed,
         threads: t.workers,
         augment: if t.augment {
-            let full = mustard_data::augment::AugmentConfig::train(t.input_size);
-            mustard_data::augment::AugmentConfig {
-                scale: full.scale * t.augment_strength,
-                shift: full.shift * t.augment_strength,
-                color: full.color * t.augment_strength,
-                ..full
-            }
+            mustard_data::augment::AugmentConfig::train_at_strength(
+                t.input_size,
+                t.augment_strength,
+            )
         } else {
             mustard_data::augment::AugmentConfig::eval(t.input_size)
         },

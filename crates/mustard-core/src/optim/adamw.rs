@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, Storage, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::{Buffers, Optimizer, ParamGroup};
@@ -107,25 +107,17 @@ fn fused_cpu_f32(
     if let Some((m, v)) = buffers {
         tensors.extend([m, v]);
     }
-    if tensors.iter().any(|t| {
-        !t.device().is_cpu()
-            || t.dtype() != DType::F32
-            || !t.is_contiguous()
-            || t.shape() != p.shape()
-    }) {
+    if tensors.iter().any(|t| t.shape() != p.shape()) {
         return Ok(None);
     }
     let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
-    let mut slices: Vec<&[f32]> = Vec::with_capacity(4);
-    for (storage, layout) in &guards {
-        let Storage::Cpu(CpuStorage::F32(data)) = &**storage else {
-            return Ok(None);
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            return Ok(None);
-        };
-        slices.push(&data[start..end]);
-    }
+    let Some(slices) = guards
+        .iter()
+        .map(|(storage, layout)| super::f32_data(storage, layout))
+        .collect::<Option<Vec<&[f32]>>>()
+    else {
+        return Ok(None);
+    };
     let n = slices[0].len();
     let (mut p_new, mut m_new, mut v_new) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
     let f = |x: f64| x as f32;
@@ -233,7 +225,7 @@ impl Optimizer for AdamW {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     use super::*;
 

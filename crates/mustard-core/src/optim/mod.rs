@@ -25,6 +25,19 @@ pub use sgd::{Sgd, SgdConfig};
 
 use crate::{Error, Result};
 
+/// The elements of a contiguous f32 CPU tensor, borrowed from its storage guard
+/// (`Tensor::storage_and_layout`); `None` for any other storage or a strided layout.
+pub(crate) fn f32_data<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
+) -> Option<&'a [f32]> {
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = storage else {
+        return None;
+    };
+    let (start, end) = layout.contiguous_offsets()?;
+    Some(&data[start..end])
+}
+
 /// What every optimiser offers to the training loop.
 pub trait Optimizer {
     /// Applies one update from the gradients; parameters without a gradient are left alone.

@@ -1,5 +1,5 @@
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, Storage, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use candle_nn::VarMap;
 use rayon::prelude::*;
 
@@ -55,15 +55,8 @@ pub fn param_groups(varmap: &VarMap, weight_decay: f64) -> Vec<ParamGroup> {
 /// summed in order, so the result does not depend on the thread count); `None` for anything
 /// else.
 fn sum_of_squares_cpu_f32(t: &Tensor) -> Option<f64> {
-    if !t.device().is_cpu() || t.dtype() != DType::F32 || !t.is_contiguous() {
-        return None;
-    }
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-        return None;
-    };
-    let (start, end) = layout.contiguous_offsets()?;
-    let partials: Vec<f64> = data[start..end]
+    let partials: Vec<f64> = super::f32_data(&storage, layout)?
         .par_chunks(1 << 14)
         .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
         .collect();
