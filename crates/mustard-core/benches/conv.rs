@@ -1,6 +1,7 @@
-//! Convolution speed per layer, the engine of `mustard_core::ops` against candle's convolution in
-//! the same run: 3x3 stride-1 convolutions at batch 8 (64 channels at 64x64, 128 at 32x32, 256
-//! at 16x16, 2.42 GFLOP each), forward, input gradient and weight gradient. Throughput is in
+//! Convolution speed per layer, the engine of `mustard_core::ops` (its Winograd kernel, and its
+//! im2col kernel with Winograd switched off) against candle's convolution in the same run: 3x3
+//! stride-1 convolutions at batch 8 (64 channels at 64x64, 128 at 32x32, 256 at 16x16, 2.42
+//! GFLOP each), forward, input gradient and weight gradient. Throughput is in
 //! "elements" = FLOPs, so criterion reports FLOP/s. A 2048³ matmul through candle is measured in
 //! the same run as the machine's practical GEMM speed at that moment.
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mustard_core::ops::{conv2d, conv2d_input_grad, conv2d_weight_grad, ConvParams};
+use mustard_core::ops::{conv2d, conv2d_input_grad, conv2d_weight_grad, set_winograd, ConvParams};
 
 fn layers(c: &mut Criterion) {
     let dev = Device::Cpu;
@@ -31,11 +32,21 @@ fn layers(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("forward", "engine"), |b| {
             b.iter(|| conv2d(&x, &w, None, params).unwrap())
         });
+        group.bench_function(BenchmarkId::new("forward", "engine im2col"), |b| {
+            set_winograd(false);
+            b.iter(|| conv2d(&x, &w, None, params).unwrap());
+            set_winograd(true);
+        });
         group.bench_function(BenchmarkId::new("forward", "candle"), |b| {
             b.iter(|| x.conv2d(&w, 1, 1, 1, 1).unwrap())
         });
         group.bench_function(BenchmarkId::new("input grad", "engine"), |b| {
             b.iter(|| conv2d_input_grad(&g, &w, (hw, hw), params).unwrap())
+        });
+        group.bench_function(BenchmarkId::new("input grad", "engine im2col"), |b| {
+            set_winograd(false);
+            b.iter(|| conv2d_input_grad(&g, &w, (hw, hw), params).unwrap());
+            set_winograd(true);
         });
         // candle's conv2d backward: a transposed convolution of the output gradient.
         group.bench_function(BenchmarkId::new("input grad", "candle"), |b| {

@@ -48,8 +48,10 @@ fn parse() -> Result<Args> {
             "--case" => args.case = value()?,
             "--iterations" => args.iterations = value()?.parse()?,
             "--warmup" => args.warmup = value()?.parse()?,
+            // The im2col kernel for every convolution, to compare with the Winograd kernel.
+            "--no-winograd" => mustard_core::ops::set_winograd(false),
             _ => bail!(
-                "unknown argument {a} (--case forward|train|params, --iterations K, --warmup W)"
+                "unknown argument {a} (--case forward|train|params, --iterations K, --warmup W, --no-winograd)"
             ),
         }
     }

@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::winograd;
 use crate::ops::Real;
 
 /// Elements of the im2col block one task works on in the forward pass and the input gradient
@@ -96,7 +97,7 @@ impl Geometry {
 
 /// A raw pointer that tasks share to write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
-struct SharedMut<T>(*mut T);
+pub(super) struct SharedMut<T>(pub(super) *mut T);
 // SAFETY: every task that receives a `SharedMut` writes a region no other task touches (each use
 // states which), and the buffer outlives the parallel loop.
 unsafe impl<T: Send> Send for SharedMut<T> {}
@@ -105,21 +106,30 @@ unsafe impl<T: Send> Sync for SharedMut<T> {}
 
 impl<T> SharedMut<T> {
     /// The pointer (a method, so that closures capture the `Send` wrapper, not the field).
-    fn get(self) -> *mut T {
+    pub(super) fn get(self) -> *mut T {
         self.0
     }
 }
 
 /// An operand of a GEMM: a pointer and the strides (in elements) between rows and columns.
 #[derive(Clone, Copy)]
-struct Mat<T> {
+pub(super) struct Mat<T> {
     ptr: *const T,
     rs: isize,
     cs: isize,
 }
 
 impl<T> Mat<T> {
-    fn row_major(ptr: *const T, row_len: usize) -> Self {
+    /// A matrix with rows `rs` elements apart and contiguous columns.
+    pub(super) fn strided(ptr: *const T, rs: usize) -> Self {
+        Self {
+            ptr,
+            rs: rs as isize,
+            cs: 1,
+        }
+    }
+
+    pub(super) fn row_major(ptr: *const T, row_len: usize) -> Self {
         Self {
             ptr,
             rs: row_len as isize,
@@ -128,7 +138,7 @@ impl<T> Mat<T> {
     }
 
     /// The transpose of a row-major matrix with rows of `row_len` elements.
-    fn transposed(ptr: *const T, row_len: usize) -> Self {
+    pub(super) fn transposed(ptr: *const T, row_len: usize) -> Self {
         Self {
             ptr,
             rs: 1,
@@ -188,7 +198,7 @@ impl Element for f64 {
 /// Every element addressed by `(i, j) ↦ ptr + i·rs + j·cs` within the stated sizes must be in
 /// bounds of a live allocation, and `dst` must not overlap `lhs` or `rhs` nor be accessed by
 /// another thread during the call.
-unsafe fn matmul<T: Element>(
+pub(super) unsafe fn matmul<T: Element>(
     (m, n, k): (usize, usize, usize),
     dst: *mut T,
     dst_rs: usize,
@@ -228,7 +238,7 @@ unsafe fn matmul<T: Element>(
 
 /// Whether `tasks` independent tasks keep `threads` threads busy; if not, each task runs its
 /// GEMM (and im2col) in parallel instead.
-fn enough_tasks(tasks: usize, threads: usize) -> bool {
+pub(super) fn enough_tasks(tasks: usize, threads: usize) -> bool {
     threads == 1 || tasks >= 2 * threads
 }
 
@@ -353,6 +363,10 @@ pub(crate) fn forward<T: Element>(
     bias: Option<&[T]>,
     relu: bool,
 ) -> Vec<T> {
+    if super::winograd_enabled() && winograd::applies(g) {
+        let u = winograd::transform_weight(w, (g.cout, g.cin), false);
+        return winograd::forward(g, x, &u, bias, relu);
+    }
     let (k, p) = (g.k(), g.p());
     let threads = rayon::current_num_threads();
     let mut y = vec![T::ZERO; g.n * g.cout * p];
@@ -400,6 +414,12 @@ pub(crate) fn forward<T: Element>(
 
 /// The gradient with respect to the input: `dx[n] = col2im(Wᵀ · dy[n])`, `(n, cin, h, w)`.
 pub(crate) fn input_grad<T: Element>(g: &Geometry, dy: &[T], w: &[T]) -> Vec<T> {
+    if let Some(gi) = winograd::input_grad_geometry(g)
+        .filter(|gi| super::winograd_enabled() && winograd::applies(gi))
+    {
+        let u = winograd::transform_weight(w, (g.cin, g.cout), true);
+        return winograd::forward(&gi, dy, &u, None, false);
+    }
     let (k, p, kk) = (g.k(), g.p(), g.kh * g.kw);
     let threads = rayon::current_num_threads();
     let mut dx = vec![T::ZERO; g.n * g.cin * g.hw()];

@@ -34,6 +34,12 @@
 //! When a pass has fewer than two tasks per thread (one image with small maps), its tasks run one
 //! after the other, each with im2col and the GEMM parallel inside.
 //!
+//! 3x3 stride-1 undilated convolutions with enough channels and tiles (a ResNet's stages up to
+//! 256 channels, FPN outputs, head blocks) run Winograd's F(4x4, 3x3) instead (`winograd.rs`):
+//! a quarter of the multiplications, as 36 GEMMs over transformed 6x6 tiles, for the forward
+//! pass and the input gradient (the flipped, transposed weight); about 2x faster per layer. The
+//! weight gradient stays im2col. [`set_winograd`] (or `MUSTARD_WINOGRAD=0`) turns it off.
+//!
 //! A transposed convolution is the input gradient of the convolution with the same weight, and
 //! its gradients are the convolution forward (input) and the weight gradient with the roles of
 //! input and output swapped, so the same three kernels serve both layers.
@@ -52,12 +58,45 @@
 //! checked before either path, so a bad shape is an [`Error`], never a panic.
 
 mod kernels;
+mod winograd;
+
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
 use kernels::{Element, Geometry};
 
 use crate::{Error, Result};
+
+/// 0: not decided yet (read `MUSTARD_WINOGRAD` on first use), 1: on, 2: off.
+static WINOGRAD: AtomicU8 = AtomicU8::new(0);
+
+/// Turns the Winograd kernel for 3x3 stride-1 convolutions on or off for the whole process.
+///
+/// It is on by default; the environment variable `MUSTARD_WINOGRAD=0` turns it off at start-up.
+/// Off, every convolution runs im2col + GEMM, which sums the products in the direct order. The
+/// Winograd kernel does a quarter of the multiplications of a 3x3 convolution, at the price of
+/// a larger rounding error in f32: about 1e-5 of the output's magnitude against 5e-7 (see
+/// `docs/PERFORMANCE.md`). Benchmarks use the switch to compare the two kernels in one run.
+pub fn set_winograd(enabled: bool) {
+    WINOGRAD.store(if enabled { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether 3x3 stride-1 convolutions use the Winograd kernel (see [`set_winograd`]).
+pub fn winograd_enabled() -> bool {
+    match WINOGRAD.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("MUSTARD_WINOGRAD").map_or(true, |v| v.trim() != "0");
+            // A concurrent `set_winograd` wins over the environment.
+            let state = if on { 1 } else { 2 };
+            match WINOGRAD.compare_exchange(0, state, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => on,
+                Err(current) => current == 1,
+            }
+        }
+        state => state == 1,
+    }
+}
 
 /// Padding, stride, dilation (the same along both axes) and groups of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

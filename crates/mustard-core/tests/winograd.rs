@@ -1,0 +1,172 @@
+//! The Winograd F(4x4, 3x3) kernel against the engine's im2col kernel (`set_winograd(false)`) on
+//! the same inputs: forward with bias and ReLU, input gradient, stride-1 transposed convolution;
+//! its f32 error against an f64 reference; and which shapes it serves.
+//!
+//! The switch is process-wide, so the tests of this file take a lock around it.
+
+use std::sync::Mutex;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor, Var};
+use mustard_core::ops::{
+    conv2d, conv2d_input_grad, conv2d_relu, conv_transpose2d, set_winograd, ConvParams,
+};
+
+static SWITCH: Mutex<()> = Mutex::new(());
+
+/// Deterministic values in [−1, 1).
+fn tensor(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let v: Vec<f64> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+/// Max |a − b| / max |b|.
+fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let a = a.to_dtype(DType::F64).unwrap();
+    let b = b.to_dtype(DType::F64).unwrap();
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let d = (a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    d / scale
+}
+
+/// `f` with the Winograd kernel on, then off.
+fn both<T>(f: impl Fn() -> Result<T>) -> Result<(T, T)> {
+    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    set_winograd(true);
+    let on = f();
+    set_winograd(false);
+    let off = f();
+    set_winograd(true);
+    Ok((on?, off?))
+}
+
+fn pad(padding: usize) -> ConvParams {
+    ConvParams {
+        padding,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn forward_and_gradients_match_im2col_in_f64() -> Result<()> {
+    // Partial tiles at the right and bottom edges, two images, paddings 0, 1 and 2.
+    for (n, cin, (h, w), cout, padding) in [
+        (2, 16, (23, 18), 24, 1),
+        (1, 24, (20, 29), 16, 0),
+        (2, 16, (13, 22), 32, 2),
+    ] {
+        let x = tensor(&[n, cin, h, w], 1, DType::F64);
+        let wt = tensor(&[cout, cin, 3, 3], 2, DType::F64);
+        let b = tensor(&[cout], 3, DType::F64);
+        let p = pad(padding);
+        let run = || -> Result<Vec<Tensor>> {
+            let (xv, wv) = (Var::from_tensor(&x)?, Var::from_tensor(&wt)?);
+            let y = conv2d_relu(xv.as_tensor(), wv.as_tensor(), Some(&b), p)?;
+            let r = tensor(y.dims(), 4, DType::F64);
+            let grads = (&y * &r)?.sum_all()?.backward()?;
+            Ok(vec![
+                y,
+                grads.get(xv.as_tensor()).expect("dx").clone(),
+                grads.get(wv.as_tensor()).expect("dw").clone(),
+            ])
+        };
+        let (on, off) = both(run)?;
+        for (what, a, b) in [("y", 0, 0), ("dx", 1, 1), ("dw", 2, 2)] {
+            let d = rel_diff(&on[a], &off[b]);
+            assert!(d <= 1e-13, "{cin}->{cout} {h}x{w} p{padding} {what}: {d:e}");
+        }
+        // The output and the input gradient went through the other kernel (the sums differ in
+        // the last bits); the weight gradient is im2col's in both runs.
+        assert!(rel_diff(&on[0], &off[0]) > 0.0);
+        assert!(rel_diff(&on[1], &off[1]) > 0.0);
+        assert_eq!(rel_diff(&on[2], &off[2]), 0.0);
+    }
+    Ok(())
+}
+
+#[test]
+fn input_gradient_and_transposed_convolution_match_im2col() -> Result<()> {
+    let g = tensor(&[2, 32, 17, 19], 11, DType::F64);
+    let w = tensor(&[32, 16, 3, 3], 12, DType::F64);
+    let (on, off) = both(|| Ok(conv2d_input_grad(&g, &w, (17, 19), pad(1))?))?;
+    assert_eq!(on.dims(), [2, 16, 17, 19]);
+    assert!(rel_diff(&on, &off) <= 1e-13);
+    // A stride-1 transposed convolution (in, out) = (32, 16) is that same input gradient.
+    let (on, off) = both(|| Ok(conv_transpose2d(&g, &w, None, pad(1), 0)?))?;
+    assert_eq!(on.dims(), [2, 16, 17, 19]);
+    assert!(rel_diff(&on, &off) <= 1e-13 && rel_diff(&on, &off) > 0.0);
+    Ok(())
+}
+
+#[test]
+fn f32_error_is_bounded() -> Result<()> {
+    // A head-sized layer: 128 -> 64 channels at 32x32, against the f64 result.
+    let x = tensor(&[1, 128, 32, 32], 21, DType::F64);
+    let w = (tensor(&[64, 128, 3, 3], 22, DType::F64) * 0.05)?;
+    let exact = conv2d(&x, &w, None, pad(1))?;
+    let (x32, w32) = (x.to_dtype(DType::F32)?, w.to_dtype(DType::F32)?);
+    let (on, off) = both(|| Ok(conv2d(&x32, &w32, None, pad(1))?))?;
+    let (e_on, e_off) = (rel_diff(&on, &exact), rel_diff(&off, &exact));
+    // Measured: 8.9e-6 and 4.7e-7 (F(4x4, 3x3) with the points 0, ±1, ±2 loses about four
+    // bits to the transforms' cancellations).
+    assert!(e_on <= 1.5e-5, "Winograd f32 error {e_on:e}");
+    assert!(e_off <= 1e-6, "im2col f32 error {e_off:e}");
+    assert!(e_on > 4.0 * e_off, "the two runs used the same kernel");
+    Ok(())
+}
+
+#[test]
+fn shapes_it_does_not_serve_run_im2col() -> Result<()> {
+    // Too few channels, a stride, a dilation, 1x1, and more channels than 4x the tiles: the
+    // switch changes nothing, bit for bit.
+    for (cin, cout, hw, k, stride, dilation) in [
+        (8, 32, 24, 3, 1, 1),
+        (32, 8, 24, 3, 1, 1),
+        (32, 32, 24, 3, 2, 1),
+        (32, 32, 24, 3, 1, 2),
+        (32, 32, 24, 1, 1, 1),
+        (160, 160, 24, 3, 1, 1),
+    ] {
+        let x = tensor(&[1, cin, hw, hw], 31, DType::F32);
+        let w = tensor(&[cout, cin, k, k], 32, DType::F32);
+        let p = ConvParams {
+            padding: k / 2 * dilation,
+            stride,
+            dilation,
+            groups: 1,
+        };
+        let (on, off) = both(|| Ok(conv2d(&x, &w, None, p)?))?;
+        assert_eq!(
+            rel_diff(&on, &off),
+            0.0,
+            "{cin}->{cout} {k}x{k} s{stride} d{dilation}"
+        );
+    }
+    Ok(())
+}
