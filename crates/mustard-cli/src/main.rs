@@ -828,6 +828,8 @@ fn describe(e: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Freed activations stay in the process for the next ones instead of being faulted in anew.
+    mustard::core::memory::retain_freed_memory();
     let result = match cli.command {
         Command::Synth(args) => synth(args),
         Command::Data {

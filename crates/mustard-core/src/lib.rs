@@ -21,6 +21,7 @@ mod error;
 pub mod heatmap;
 pub mod io;
 pub mod loss;
+pub mod memory;
 pub mod nn;
 pub mod ops;
 pub mod optim;

@@ -33,6 +33,7 @@ struct Args {
     case: String,
     iterations: usize,
     warmup: usize,
+    default_malloc: bool,
 }
 
 fn parse() -> Result<Args> {
@@ -40,6 +41,7 @@ fn parse() -> Result<Args> {
         case: "forward".into(),
         iterations: 5,
         warmup: 1,
+        default_malloc: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -50,8 +52,10 @@ fn parse() -> Result<Args> {
             "--warmup" => args.warmup = value()?.parse()?,
             // The im2col kernel for every convolution, to compare with the Winograd kernel.
             "--no-winograd" => mustard_core::ops::set_winograd(false),
+            // The allocator's default behaviour (freed activations go back to the kernel).
+            "--default-malloc" => args.default_malloc = true,
             _ => bail!(
-                "unknown argument {a} (--case forward|train|params, --iterations K, --warmup W, --no-winograd)"
+                "unknown argument {a} (--case forward|train|params, --iterations K, --warmup W, --no-winograd, --default-malloc)"
             ),
         }
     }
@@ -113,6 +117,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<()> {
     let args = parse()?;
+    // As the CLI does.
+    if !args.default_malloc {
+        mustard_core::memory::retain_freed_memory();
+    }
     let mut config = Config::preset(Preset::Full, "mcn-speed");
     config.model.tasks = vec![Task::Detection, Task::Segmentation, Task::Pose];
     let (varmap, model) = mustard::bench::untrained(&config)?;

@@ -133,6 +133,29 @@ fn at4<T: Real>(m: [T; A], two: T, four: T, eight: T) -> [T; M] {
     ]
 }
 
+/// `A · v` for the 6x4 matrix `A` (the transpose of `Aᵀ`): the adjoint of [`at4`].
+#[inline(always)]
+fn a6<T: Real>(v: [T; M], two: T, four: T, eight: T) -> [T; A] {
+    let [v0, v1, v2, v3] = v;
+    let (even, odd) = (v0 + v2, v1 + v3);
+    let (even4, odd2) = (v0 + four * v2, two * v1 + eight * v3);
+    [v0, even + odd, even - odd, even4 + odd2, even4 - odd2, v3]
+}
+
+/// `Gᵀ · v` for the 6x3 weight-transform matrix `G`: the adjoint of [`g6`].
+#[inline(always)]
+fn gt3<T: Real>(v: [T; A]) -> [T; 3] {
+    let f = T::from_f64_;
+    let (q, s, t, u) = (f(0.25), f(1.0 / 6.0), f(1.0 / 24.0), f(1.0 / 12.0));
+    let [v0, v1, v2, v3, v4, v5] = v;
+    let (p12, p34) = (v1 + v2, v3 + v4);
+    [
+        v0 * q - p12 * s + p34 * t,
+        (v2 - v1) * s + (v3 - v4) * u,
+        (p34 - p12) * s + v5,
+    ]
+}
+
 /// The transformed weight `U[ξ][o][i]` of a 3x3 convolution with `outs` output and `ins` input
 /// channels. `w` is `(outs, ins, 3, 3)`, or with `flip_transpose` the weight `(ins, outs, 3, 3)`
 /// of the convolution whose input gradient this is (tap `(a, b)` read at `(2 − a, 2 − b)`).
@@ -279,9 +302,302 @@ pub(crate) fn forward<T: Element>(
     y
 }
 
+/// The gradient with respect to the weight of the convolution `g` (3x3, stride 1, see
+/// [`applies`]): the adjoint of [`forward`]. Per block of tiles, the input transform `V` and the
+/// output gradient's transform `dM = A dY Aᵀ` (zero outside the map), then
+/// `dU[ξ] += dM[ξ] · V[ξ]ᵀ` (36 GEMMs, split over threads by `ξ`); finally
+/// `dW = Gᵀ dU G`. `(cout, cin, 3, 3)`.
+pub(crate) fn weight_grad<T: Element>(g: &Geometry, x: &[T], dy: &[T]) -> Vec<T> {
+    let (th, tw) = (g.oh.div_ceil(M), g.ow.div_ceil(M));
+    let per_tile = XI * (g.cin + g.cout);
+    let rows = (BLOCK_ELEMS / (per_tile * tw))
+        .max(MIN_BLOCK_TILES.div_ceil(tw))
+        .clamp(1, th);
+    let blocks = th.div_ceil(rows);
+    let (hw, ohw) = (g.h * g.w, g.oh * g.ow);
+    let mut du = vec![T::ZERO; XI * g.cout * g.cin];
+    let dup = SharedMut(du.as_mut_ptr());
+    for t in 0..g.n * blocks {
+        let (img, b) = (t / blocks, t % blocks);
+        let (ty0, ty1) = (b * rows, ((b + 1) * rows).min(th));
+        let tiles = (ty1 - ty0) * tw;
+        let xn = &x[img * g.cin * hw..(img + 1) * g.cin * hw];
+        let dyn_ = &dy[img * g.cout * ohw..(img + 1) * g.cout * ohw];
+        T::with_scratch(per_tile * tiles, |scratch| {
+            let (v, dm) = scratch.split_at_mut(XI * g.cin * tiles);
+            v.par_chunks_mut(XI * tiles)
+                .enumerate()
+                .for_each_init(Vec::new, |buf, (c, vc)| {
+                    input_transform(g, &xn[c * hw..(c + 1) * hw], (ty0, ty1), vc, buf)
+                });
+            dm.par_chunks_mut(XI * tiles)
+                .enumerate()
+                .for_each_init(Vec::new, |buf, (o, mo)| {
+                    output_grad_transform(g, &dyn_[o * ohw..(o + 1) * ohw], (ty0, ty1), mo, buf)
+                });
+            let (v, dm) = (&*v, &*dm);
+            (0..XI).into_par_iter().for_each(|xi| {
+                // SAFETY: dU[ξ] (cout × cin) is written by this ξ only; lhs is cout rows of
+                // `tiles` elements spaced XI·tiles apart inside `dm`; rhs is the transpose of cin
+                // such rows inside `v`.
+                unsafe {
+                    matmul(
+                        (g.cout, g.cin, tiles),
+                        dup.get().add(xi * g.cout * g.cin),
+                        g.cin,
+                        t > 0,
+                        Mat::strided(dm[xi * tiles..].as_ptr(), XI * tiles),
+                        Mat::transposed(v[xi * tiles..].as_ptr(), XI * tiles),
+                        Parallelism::None,
+                    )
+                }
+            });
+        });
+    }
+    // dW[o][i] = Gᵀ dU[.][o][i] G.
+    let mut dw = vec![T::ZERO; g.cout * g.cin * 9];
+    let du = &du;
+    dw.par_chunks_mut(g.cin * 9).enumerate().for_each_init(
+        Vec::new,
+        |local: &mut Vec<T>, (o, dwo)| {
+            // The 36 rows dU[ξ][o][..] side by side first, read once each.
+            local.resize(XI * g.cin, T::ZERO);
+            for (xi, dst) in local.chunks_exact_mut(g.cin).enumerate() {
+                dst.copy_from_slice(&du[(xi * g.cout + o) * g.cin..][..g.cin]);
+            }
+            for (i, tap) in dwo.chunks_exact_mut(9).enumerate() {
+                let at = |r: usize, c: usize| local[(r * A + c) * g.cin + i];
+                let rows: [[T; 3]; A] =
+                    std::array::from_fn(|r| gt3(std::array::from_fn(|c| at(r, c))));
+                for b in 0..3 {
+                    let col = gt3(std::array::from_fn(|r| rows[r][b]));
+                    for a in 0..3 {
+                        tap[a * 3 + b] = col[a];
+                    }
+                }
+            }
+        },
+    );
+    dw
+}
+
+/// Whether the CPU runs the AVX2 + FMA builds of the transforms.
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// Defines `$name`, which runs `$body` (an `#[inline(always)]` function) compiled for AVX2 + FMA
+/// when the CPU has them: the crate itself is built for the baseline x86-64, whose SSE2 loops
+/// are half as wide. FMA contraction is not enabled, so both builds give identical results.
+macro_rules! vectorized {
+    ($(#[$doc:meta])* fn $name:ident / $avx2:ident => $body:ident ($($arg:ident: $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        fn $avx2<T: Real>($($arg: $ty),*) {
+            $body($($arg),*)
+        }
+
+        $(#[$doc])*
+        fn $name<T: Real>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                // SAFETY: the CPU supports the enabled features (checked above).
+                return unsafe { $avx2($($arg),*) };
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+vectorized! {
+    /// See [`output_grad_transform_body`].
+    fn output_grad_transform / output_grad_transform_avx2 => output_grad_transform_body(
+        g: &Geometry, plane: &[T], ty: (usize, usize), mo: &mut [T], buf: &mut Vec<T>
+    )
+}
+
+vectorized! {
+    /// See [`input_transform_body`].
+    fn input_transform / input_transform_avx2 => input_transform_body(
+        g: &Geometry, plane: &[T], ty: (usize, usize), vc: &mut [T], buf: &mut Vec<T>
+    )
+}
+
+vectorized! {
+    /// See [`output_transform_body`].
+    fn output_transform / output_transform_avx2 => output_transform_body(
+        g: &Geometry, mo: &[T], ty: (usize, usize), dst: &mut [T], epilogue: (T, bool),
+        buf: &mut Vec<T>
+    )
+}
+
+/// Splits `row` (a multiple of 4 long) into its four phases: `phases[j][k] = row[4k + j]`, each
+/// `row.len() / 4` long, so that the transforms read every tile's columns from contiguous
+/// slices.
+#[inline(always)]
+fn deinterleave<T: Real>(row: &[T], phases: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && has_avx2() {
+        // SAFETY: T is f32 (same size and alignment); the CPU has AVX2 (checked above).
+        unsafe {
+            let row = std::slice::from_raw_parts(row.as_ptr().cast::<f32>(), row.len());
+            let phases =
+                std::slice::from_raw_parts_mut(phases.as_mut_ptr().cast::<f32>(), phases.len());
+            return deinterleave_f32_avx2(row, phases);
+        }
+    }
+    deinterleave_scalar(row, phases)
+}
+
+#[inline(always)]
+fn deinterleave_scalar<T: Copy>(row: &[T], phases: &mut [T]) {
+    let q = row.len() / M;
+    let (p0, rest) = phases.split_at_mut(q);
+    let (p1, rest) = rest.split_at_mut(q);
+    let (p2, p3) = rest.split_at_mut(q);
+    for ((((c, a), b), d), e) in row
+        .chunks_exact(M)
+        .zip(p0.iter_mut())
+        .zip(p1.iter_mut())
+        .zip(p2.iter_mut())
+        .zip(p3.iter_mut())
+    {
+        *a = c[0];
+        *b = c[1];
+        *d = c[2];
+        *e = c[3];
+    }
+}
+
+/// [`deinterleave`] of 8 groups of four at a time: a 4x8 transpose in registers (LLVM leaves
+/// the stride-4 loads of the scalar loop scalar).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn deinterleave_f32_avx2(row: &[f32], phases: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let q = row.len() / M;
+    assert!(phases.len() >= M * q && row.len() >= M * q);
+    let full = q / 8 * 8;
+    let idx = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let (src, dst) = (row.as_ptr(), phases.as_mut_ptr());
+    for k in (0..full).step_by(8) {
+        // SAFETY: elements 4k..4k + 32 of `row` and k..k + 8 of each phase are in bounds
+        // (k + 8 ≤ q, asserted lengths).
+        unsafe {
+            let r0 = _mm256_loadu_ps(src.add(M * k));
+            let r1 = _mm256_loadu_ps(src.add(M * k + 8));
+            let r2 = _mm256_loadu_ps(src.add(M * k + 16));
+            let r3 = _mm256_loadu_ps(src.add(M * k + 24));
+            // [x0 x2 y0 y2 | x1 x3 y1 y3], [z0 z2 w0 w2 | z1 z3 w1 w3], and the same for 4..8.
+            let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+            let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+            // [x0 x2 x4 x6 | x1 x3 x5 x7] etc., then put back in order.
+            let x = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let y = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let z = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let w = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            _mm256_storeu_ps(dst.add(k), _mm256_permutevar8x32_ps(x, idx));
+            _mm256_storeu_ps(dst.add(q + k), _mm256_permutevar8x32_ps(y, idx));
+            _mm256_storeu_ps(dst.add(2 * q + k), _mm256_permutevar8x32_ps(z, idx));
+            _mm256_storeu_ps(dst.add(3 * q + k), _mm256_permutevar8x32_ps(w, idx));
+        }
+    }
+    for k in full..q {
+        for j in 0..M {
+            phases[j * q + k] = row[M * k + j];
+        }
+    }
+}
+
+/// `N` disjoint rows of `len` elements spaced `stride` apart, starting at `at`.
+#[inline(always)]
+fn rows_of<T, const N: usize>(
+    buf: &mut [T],
+    at: usize,
+    stride: usize,
+    len: usize,
+) -> [&mut [T]; N] {
+    let mut rest = &mut buf[at..];
+    std::array::from_fn(|_| {
+        let all = std::mem::take(&mut rest);
+        let (row, tail) = all.split_at_mut(stride.min(all.len()));
+        rest = tail;
+        &mut row[..len]
+    })
+}
+
+/// Writes `dM[ξ][t] = (A dY Aᵀ)[ξ]` of one output-gradient channel `plane` for the tiles of
+/// tile rows `ty0..ty1` into `mo` (`XI` rows of `(ty1 − ty0)·tw` tiles): the adjoint of
+/// [`output_transform`], with zeros beyond the map's edges. `buf` is scratch.
+#[inline(always)]
+fn output_grad_transform_body<T: Real>(
+    g: &Geometry,
+    plane: &[T],
+    (ty0, ty1): (usize, usize),
+    mo: &mut [T],
+    buf: &mut Vec<T>,
+) {
+    let tw = g.ow.div_ceil(M);
+    let tiles = (ty1 - ty0) * tw;
+    let wp = M * tw;
+    // One padded row, the four rows of a tile row split into phases, their column transform.
+    buf.resize(wp + M * wp + A * wp, T::ZERO);
+    let (row, rest) = buf.split_at_mut(wp);
+    let (de, tr) = rest.split_at_mut(M * wp);
+    let f = T::from_f64_;
+    let (two, four, eight) = (f(2.0), f(4.0), f(8.0));
+    for ty in ty0..ty1 {
+        for (i, phases) in de.chunks_exact_mut(wp).enumerate() {
+            let oy = ty * M + i;
+            if oy < g.oh {
+                row[..g.ow].copy_from_slice(&plane[oy * g.ow..][..g.ow]);
+                row[g.ow..].fill(T::ZERO);
+                deinterleave(row, phases);
+            } else {
+                phases.fill(T::ZERO);
+            }
+        }
+        // A down the columns (all phases at once).
+        {
+            let (r0, rest) = de.split_at(wp);
+            let (r1, rest) = rest.split_at(wp);
+            let (r2, r3) = rest.split_at(wp);
+            let [c0, c1, c2, c3, c4, c5] = rows_of(tr, 0, wp, wp);
+            for x in 0..wp {
+                let t = a6([r0[x], r1[x], r2[x], r3[x]], two, four, eight);
+                c0[x] = t[0];
+                c1[x] = t[1];
+                c2[x] = t[2];
+                c3[x] = t[3];
+                c4[x] = t[4];
+                c5[x] = t[5];
+            }
+        }
+        // A across each tile: tile tx's four columns are element tx of the four phases.
+        let t0 = (ty - ty0) * tw;
+        for (r, t) in tr.chunks_exact(wp).enumerate() {
+            let (a0, rest) = t.split_at(tw);
+            let (a1, rest) = rest.split_at(tw);
+            let (a2, a3) = rest.split_at(tw);
+            let [o0, o1, o2, o3, o4, o5] = rows_of(mo, r * A * tiles + t0, tiles, tw);
+            for tx in 0..tw {
+                let v = a6([a0[tx], a1[tx], a2[tx], a3[tx]], two, four, eight);
+                o0[tx] = v[0];
+                o1[tx] = v[1];
+                o2[tx] = v[2];
+                o3[tx] = v[3];
+                o4[tx] = v[4];
+                o5[tx] = v[5];
+            }
+        }
+    }
+}
+
 /// Writes `V[ξ][t] = (Bᵀ d B)[ξ]` of one input channel `plane` for the tiles of tile rows
 /// `ty0..ty1` into `vc` (`XI` rows of `(ty1 − ty0)·tw` tiles). `buf` is scratch.
-fn input_transform<T: Real>(
+#[inline(always)]
+fn input_transform_body<T: Real>(
     g: &Geometry,
     plane: &[T],
     (ty0, ty1): (usize, usize),
@@ -290,34 +606,36 @@ fn input_transform<T: Real>(
 ) {
     let tw = g.ow.div_ceil(M);
     let tiles = (ty1 - ty0) * tw;
-    // Six padded input rows, then their column transform, each `wp` long.
-    let wp = M * tw + 2;
-    buf.resize(2 * A * wp, T::ZERO);
-    let (rows, cols) = buf.split_at_mut(A * wp);
+    // A padded row holds input columns −p..wp − p, with wp = 4·(tw + 1) ≥ w + 2p (see
+    // `applies`): tile tx reads columns 4·tx..4·tx + 6 of it, i.e. element tx of the four phases
+    // and element tx + 1 of the first two.
+    let q = tw + 1;
+    let wp = M * q;
+    buf.resize(wp + 2 * A * wp, T::ZERO);
+    let (row, rest) = buf.split_at_mut(wp);
+    let (de, tr) = rest.split_at_mut(A * wp);
     let f = T::from_f64_;
     let (two, four, five) = (f(2.0), f(4.0), f(5.0));
     for ty in ty0..ty1 {
-        for (i, row) in rows.chunks_exact_mut(wp).enumerate() {
-            // The padded row holds input columns −p..wp − p; `wp ≥ w + 2p` (see `applies`).
+        for (i, phases) in de.chunks_exact_mut(wp).enumerate() {
             match (ty * M + i).checked_sub(g.padding).filter(|&iy| iy < g.h) {
                 Some(iy) => {
                     row[..g.padding].fill(T::ZERO);
                     row[g.padding..g.padding + g.w].copy_from_slice(&plane[iy * g.w..][..g.w]);
                     row[g.padding + g.w..].fill(T::ZERO);
+                    deinterleave(row, phases);
                 }
-                None => row.fill(T::ZERO),
+                None => phases.fill(T::ZERO),
             }
         }
-        // Bᵀ down the columns, for every column of the row at once.
+        // Bᵀ down the columns (all phases at once).
         {
-            let (r0, rest) = rows.split_at(wp);
+            let (r0, rest) = de.split_at(wp);
             let (r1, rest) = rest.split_at(wp);
             let (r2, rest) = rest.split_at(wp);
             let (r3, rest) = rest.split_at(wp);
             let (r4, r5) = rest.split_at(wp);
-            let mut out = cols.chunks_exact_mut(wp);
-            let mut next = || out.next().expect("six rows");
-            let (c0, c1, c2, c3, c4, c5) = (next(), next(), next(), next(), next(), next());
+            let [c0, c1, c2, c3, c4, c5] = rows_of(tr, 0, wp, wp);
             for x in 0..wp {
                 let t = bt6([r0[x], r1[x], r2[x], r3[x], r4[x], r5[x]], two, four, five);
                 c0[x] = t[0];
@@ -328,16 +646,26 @@ fn input_transform<T: Real>(
                 c5[x] = t[5];
             }
         }
-        // B across each tile: tile `tx` reads columns 4·tx..4·tx + 6 of each transformed row.
+        // B across each tile.
         let t0 = (ty - ty0) * tw;
-        for (r, col) in cols.chunks_exact(wp).enumerate() {
-            let base = r * A * tiles + t0;
+        for (r, t) in tr.chunks_exact(wp).enumerate() {
+            let (a0, rest) = t.split_at(q);
+            let (a1, rest) = rest.split_at(q);
+            let (a2, a3) = rest.split_at(q);
+            let [o0, o1, o2, o3, o4, o5] = rows_of(vc, r * A * tiles + t0, tiles, tw);
             for tx in 0..tw {
-                let d = &col[M * tx..M * tx + A];
-                let t = bt6([d[0], d[1], d[2], d[3], d[4], d[5]], two, four, five);
-                for (c, &v) in t.iter().enumerate() {
-                    vc[base + c * tiles + tx] = v;
-                }
+                let v = bt6(
+                    [a0[tx], a1[tx], a2[tx], a3[tx], a0[tx + 1], a1[tx + 1]],
+                    two,
+                    four,
+                    five,
+                );
+                o0[tx] = v[0];
+                o1[tx] = v[1];
+                o2[tx] = v[2];
+                o3[tx] = v[3];
+                o4[tx] = v[4];
+                o5[tx] = v[5];
             }
         }
     }
@@ -346,7 +674,8 @@ fn input_transform<T: Real>(
 /// Writes the output rows of tile rows `ty0..ty1` of one output channel from its
 /// `M[ξ][t]` (`mo`): `Aᵀ m A`, plus the bias, then the ReLU. `dst` holds the output rows
 /// `4·ty0..min(4·ty1, oh)`. `buf` is scratch.
-fn output_transform<T: Real>(
+#[inline(always)]
+fn output_transform_body<T: Real>(
     g: &Geometry,
     mo: &[T],
     (ty0, ty1): (usize, usize),
@@ -358,15 +687,24 @@ fn output_transform<T: Real>(
     let tiles = (ty1 - ty0) * tw;
     let f = T::from_f64_;
     let (two, four, eight) = (f(2.0), f(4.0), f(8.0));
-    // s[r][j][tx]: A applied across the tile (index j), per transformed row r.
-    buf.resize(A * M * tw, T::ZERO);
+    let epilogue = |v: T| {
+        let v = v + bias;
+        if relu && v < T::ZERO {
+            T::ZERO
+        } else {
+            v
+        }
+    };
+    // s[r][j][tx]: Aᵀ applied across the tile (column j of the output tile), per transformed
+    // row r; then o[i][j][tx]: Aᵀ down (output row i of the tile).
+    buf.resize(A * M * tw + M * M * tw, T::ZERO);
+    let (s, o) = buf.split_at_mut(A * M * tw);
     for ty in ty0..ty1 {
         let t0 = (ty - ty0) * tw;
-        for r in 0..A {
+        for (r, sr) in s.chunks_exact_mut(M * tw).enumerate() {
             let row = |c: usize| &mo[(r * A + c) * tiles + t0..][..tw];
             let (m0, m1, m2, m3, m4, m5) = (row(0), row(1), row(2), row(3), row(4), row(5));
-            let s = &mut buf[r * M * tw..(r + 1) * M * tw];
-            let (s0, rest) = s.split_at_mut(tw);
+            let (s0, rest) = sr.split_at_mut(tw);
             let (s1, rest) = rest.split_at_mut(tw);
             let (s2, s3) = rest.split_at_mut(tw);
             for tx in 0..tw {
@@ -382,36 +720,41 @@ fn output_transform<T: Real>(
                 s3[tx] = a[3];
             }
         }
-        // Aᵀ down: output rows 4·ty..4·ty + 4 (those inside the map), column j of every tile.
-        let s = &*buf;
-        let oy0 = ty * M - ty0 * M;
-        let n_rows = M.min(g.oh - ty * M);
-        let out = &mut dst[oy0 * g.ow..(oy0 + n_rows) * g.ow];
-        let epilogue = |v: T| {
-            let v = v + bias;
-            if relu && v < T::ZERO {
-                T::ZERO
-            } else {
-                v
-            }
-        };
         for j in 0..M {
             let sr = |r: usize| &s[(r * M + j) * tw..][..tw];
             let (s0, s1, s2, s3, s4, s5) = (sr(0), sr(1), sr(2), sr(3), sr(4), sr(5));
+            let [o0, o1, o2, o3] = rows_of(o, j * tw, M * tw, tw);
             for tx in 0..tw {
-                let ox = tx * M + j;
-                if ox >= g.ow {
-                    break;
-                }
                 let a = at4(
                     [s0[tx], s1[tx], s2[tx], s3[tx], s4[tx], s5[tx]],
                     two,
                     four,
                     eight,
                 );
-                for (i, &v) in a.iter().take(n_rows).enumerate() {
-                    out[i * g.ow + ox] = epilogue(v);
-                }
+                o0[tx] = epilogue(a[0]);
+                o1[tx] = epilogue(a[1]);
+                o2[tx] = epilogue(a[2]);
+                o3[tx] = epilogue(a[3]);
+            }
+        }
+        // Interleave the four columns of each output row of the tile row into the map.
+        let oy0 = ty * M - ty0 * M;
+        let n_rows = M.min(g.oh - ty * M);
+        let full = g.ow / M;
+        for (i, oi) in o.chunks_exact(M * tw).enumerate().take(n_rows) {
+            let out = &mut dst[(oy0 + i) * g.ow..][..g.ow];
+            let (c0, rest) = oi.split_at(tw);
+            let (c1, rest) = rest.split_at(tw);
+            let (c2, c3) = rest.split_at(tw);
+            for ((((d, a), b), c), e) in out.chunks_exact_mut(M).zip(c0).zip(c1).zip(c2).zip(c3) {
+                d[0] = *a;
+                d[1] = *b;
+                d[2] = *c;
+                d[3] = *e;
+            }
+            // A partial last tile.
+            for (j, d) in out[full * M..].iter_mut().enumerate() {
+                *d = oi[j * tw + full];
             }
         }
     }
