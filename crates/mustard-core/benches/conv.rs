@@ -55,6 +55,11 @@ fn layers(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("weight grad", "engine"), |b| {
             b.iter(|| conv2d_weight_grad(&x, &g, (3, 3), params).unwrap())
         });
+        group.bench_function(BenchmarkId::new("weight grad", "engine im2col"), |b| {
+            set_winograd(false);
+            b.iter(|| conv2d_weight_grad(&x, &g, (3, 3), params).unwrap());
+            set_winograd(true);
+        });
         // candle's conv2d backward: the batch-transposed input convolved by the gradient.
         group.bench_function(BenchmarkId::new("weight grad", "candle"), |b| {
             b.iter(|| {
