@@ -127,7 +127,8 @@ const CASES: &[Case] = &[
     case(3, 32, (33, 31), 48, 3, (1, 1, 1)),
     case(1, 3, (64, 72), 8, 7, (2, 3, 1)),
     case(1, 16, (96, 100), 8, 3, (1, 1, 1)),
-    // Winograd F(4x4, 3x3): partial tiles, paddings 0 and 2, several blocks per image.
+    // Paddings 0 and 2 at 3x3 stride 1 (im2col), and a layer the Winograd kernel serves, with
+    // partial tiles and several blocks per image.
     case(2, 16, (21, 18), 24, 3, (1, 0, 1)),
     case(2, 24, (19, 22), 16, 3, (1, 2, 1)),
     case(1, 32, (72, 68), 40, 3, (1, 1, 1)),

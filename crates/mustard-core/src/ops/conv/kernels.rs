@@ -506,7 +506,7 @@ pub(crate) fn input_grad<T: Element>(g: &Geometry, dy: &[T], w: &[T]) -> Vec<T> 
 /// The gradient with respect to the weight: `dW = Σₙ dy[n] · im2col(x[n])ᵀ`, `(cout, cin, kh,
 /// kw)`.
 pub(crate) fn weight_grad<T: Element>(g: &Geometry, x: &[T], dy: &[T]) -> Vec<T> {
-    if super::winograd_enabled() && winograd::applies(g) {
+    if super::winograd_enabled() && winograd::applies_to_weight_grad(g) {
         return winograd::weight_grad(g, x, dy);
     }
     let threads = rayon::current_num_threads();

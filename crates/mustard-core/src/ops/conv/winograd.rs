@@ -45,14 +45,29 @@ const BLOCK_ELEMS: usize = 1 << 19;
 const MIN_BLOCK_TILES: usize = 48;
 /// Fewer channels than this (in or out) leave the GEMMs too thin to win over im2col.
 const MIN_CHANNELS: usize = 16;
-/// Fewer tiles than this in the whole batch do not pay for the weight transform.
-const MIN_TILES: usize = 32;
+/// Narrower outputs than this leave the tile transforms' loops (vectorised along a tile row)
+/// mostly remainder.
+const MIN_WIDTH: usize = 16;
+/// Less work than this (tiles · cin · cout over the batch) does not pay for the transforms and
+/// the per-block synchronisation: below it the two kernels take about the same time, and at a
+/// quarter of it (a 32-channel layer at 12x12, batch 8) Winograd is 1.6x slower.
+const MIN_WORK: usize = 1 << 18;
+/// The same for the weight gradient, whose weight-sized transforms (`dU`, `Gᵀ dU G`) and
+/// block-by-block accumulation cost more: at 32 channels, 32x32, batch 8 (2^19) the two kernels
+/// are even at two threads.
+const MIN_WORK_WEIGHT_GRAD: usize = 1 << 21;
 
-/// Whether the Winograd kernel serves the convolution `g`: 3x3, stride 1, no dilation, padding
-/// at most 2 (so that its input gradient is a convolution of the same kind), and enough
-/// channels and tiles for the GEMMs to be efficient.
+/// Tiles of the whole batch.
+fn tiles(g: &Geometry) -> usize {
+    g.n * g.oh.div_ceil(M) * g.ow.div_ceil(M)
+}
+
+/// Whether the Winograd kernel serves the convolution `g` (forward and input gradient): 3x3,
+/// stride 1, no dilation, padding at most 2 (so that its input gradient is a convolution of the
+/// same kind), and enough channels, width and work for it to win. The thresholds come from
+/// timing both kernels at the shapes of the tiny and ResNet-18 models (`docs/PERFORMANCE.md`).
 pub(crate) fn applies(g: &Geometry) -> bool {
-    let tiles = g.n * g.oh.div_ceil(M) * g.ow.div_ceil(M);
+    let tiles = tiles(g);
     g.kh == 3
         && g.kw == 3
         && g.stride == 1
@@ -61,12 +76,17 @@ pub(crate) fn applies(g: &Geometry) -> bool {
         && g.cin >= MIN_CHANNELS
         && g.cout >= MIN_CHANNELS
         && g.oh >= M
-        && g.ow >= M
-        && tiles >= MIN_TILES
+        && g.ow >= MIN_WIDTH
+        && tiles * g.cin * g.cout >= MIN_WORK
         // The transformed weight (36·cin·cout values) must not outweigh the transformed input
         // (36·cin·tiles): with more channels than 4x the tiles, reading it costs more than the
         // saved arithmetic (the 512-channel stage of a ResNet at 8x8 or 16x16).
         && 4 * tiles >= g.cin.max(g.cout)
+}
+
+/// Whether the Winograd kernel serves the weight gradient of `g`.
+pub(crate) fn applies_to_weight_grad(g: &Geometry) -> bool {
+    applies(g) && tiles(g) * g.cin * g.cout >= MIN_WORK_WEIGHT_GRAD
 }
 
 /// The geometry of the input gradient of the convolution `g` seen as a forward convolution of
