@@ -128,6 +128,46 @@ fn input_gradient_and_transposed_convolution_match_im2col() -> Result<()> {
     Ok(())
 }
 
+/// The same values whatever the thread count: one and three threads split the work differently
+/// (tasks of tile-row blocks, or one block at a time with its phases in parallel) and must give
+/// bit-identical results. The second case has an output only 6 rows high (two tile rows, the
+/// second partial).
+#[test]
+fn results_do_not_depend_on_the_thread_count() -> Result<()> {
+    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    set_winograd(true);
+    for (n, cin, (h, w), cout) in [(2, 128, (35, 33), 128), (4, 64, (6, 40), 64)] {
+        let x = tensor(&[n, cin, h, w], 41, DType::F32);
+        let wt = (tensor(&[cout, cin, 3, 3], 42, DType::F32) * 0.1)?;
+        let run = || -> Result<Vec<Tensor>> {
+            let (xv, wv) = (Var::from_tensor(&x)?, Var::from_tensor(&wt)?);
+            let y = conv2d(xv.as_tensor(), wv.as_tensor(), None, pad(1))?;
+            let r = tensor(y.dims(), 43, DType::F32);
+            let grads = (&y * &r)?.sum_all()?.backward()?;
+            Ok(vec![
+                y,
+                grads.get(xv.as_tensor()).expect("dx").clone(),
+                grads.get(wv.as_tensor()).expect("dw").clone(),
+            ])
+        };
+        let reference = run()?;
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()?;
+            let other = pool.install(run)?;
+            for (a, b) in reference.iter().zip(&other) {
+                assert_eq!(
+                    rel_diff(a, b),
+                    0.0,
+                    "{cin}->{cout} {h}x{w}, {threads} threads"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn f32_error_is_bounded() -> Result<()> {
     // A head-sized layer: 128 -> 64 channels at 32x32, against the f64 result.

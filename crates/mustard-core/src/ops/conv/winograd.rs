@@ -626,9 +626,9 @@ fn input_transform_body<T: Real>(
 ) {
     let tw = g.ow.div_ceil(M);
     let tiles = (ty1 - ty0) * tw;
-    // A padded row holds input columns −p..wp − p, with wp = 4·(tw + 1) ≥ w + 2p (see
-    // `applies`): tile tx reads columns 4·tx..4·tx + 6 of it, i.e. element tx of the four phases
-    // and element tx + 1 of the first two.
+    // A padded row holds input columns −p..wp − p, with wp = 4·(tw + 1) ≥ ow + 4 = w + 2p + 2
+    // (a 3x3 stride-1 convolution has ow = w + 2p − 2): tile tx reads columns 4·tx..4·tx + 6 of
+    // it, i.e. element tx of the four phases and element tx + 1 of the first two.
     let q = tw + 1;
     let wp = M * q;
     buf.resize(wp + 2 * A * wp, T::ZERO);
