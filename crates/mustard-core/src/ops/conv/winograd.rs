@@ -409,13 +409,14 @@ fn has_avx2() -> bool {
 
 /// Defines `$name`, which runs `$body` (an `#[inline(always)]` function) compiled for AVX2 + FMA
 /// when the CPU has them: the crate itself is built for the baseline x86-64, whose SSE2 loops
-/// are half as wide. FMA contraction is not enabled, so both builds give identical results.
+/// are half as wide. FMA contraction is not enabled, so both builds give identical results. The
+/// body's `AVX2` parameter tells it which build it is in, so that it checks the CPU only here.
 macro_rules! vectorized {
     ($(#[$doc:meta])* fn $name:ident / $avx2:ident => $body:ident ($($arg:ident: $ty:ty),*)) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         fn $avx2<T: Real>($($arg: $ty),*) {
-            $body($($arg),*)
+            $body::<T, true>($($arg),*)
         }
 
         $(#[$doc])*
@@ -425,7 +426,7 @@ macro_rules! vectorized {
                 // SAFETY: the CPU supports the enabled features (checked above).
                 return unsafe { $avx2($($arg),*) };
             }
-            $body($($arg),*)
+            $body::<T, false>($($arg),*)
         }
     };
 }
@@ -455,11 +456,13 @@ vectorized! {
 /// Splits `row` (a multiple of 4 long) into its four phases: `phases[j][k] = row[4k + j]`, each
 /// `row.len() / 4` long, so that the transforms read every tile's columns from contiguous
 /// slices.
+/// `AVX2`: the caller is the AVX2 build of a transform (so the CPU has AVX2).
 #[inline(always)]
-fn deinterleave<T: Real>(row: &[T], phases: &mut [T]) {
+fn deinterleave<T: Real, const AVX2: bool>(row: &[T], phases: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && has_avx2() {
-        // SAFETY: T is f32 (same size and alignment); the CPU has AVX2 (checked above).
+    if AVX2 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: T is f32 (same size and alignment); the CPU has AVX2 (only the AVX2 builds,
+        // run after `has_avx2`, pass AVX2 = true).
         unsafe {
             let row = std::slice::from_raw_parts(row.as_ptr().cast::<f32>(), row.len());
             let phases =
@@ -547,11 +550,56 @@ fn rows_of<T, const N: usize>(
     })
 }
 
+/// The two stages of a 2-D tile transform with the 1-D transform `f` (`R` inputs, 6 outputs)
+/// for one row of tiles, shared by the input transform (`R = 6`) and the output gradient's
+/// (`R = 4`):
+/// - down the columns: `tr[r][x] = f(de[0][x], …, de[R − 1][x])[r]`, where `de` holds the `R`
+///   input rows of the tile row, each split into four phases of `q` elements (`wp = 4q` long);
+/// - across each tile: `out[(r·6 + c)·tiles + t0 + tx] = f(column 4·tx + j of row r, j < R)[c]`;
+///   column `4·tx + j` is element `tx + j / 4` of phase `j % 4`.
+///
+/// Every slice is cut to the exact length its loop runs over, so that LLVM drops the bounds
+/// checks and vectorises both loops.
+#[inline(always)]
+fn columns_then_tiles<T: Real, const R: usize>(
+    de: &[T],
+    tr: &mut [T],
+    (wp, q): (usize, usize),
+    out: &mut [T],
+    (t0, tiles, tw): (usize, usize, usize),
+    f: impl Fn([T; R]) -> [T; A],
+) {
+    let rows: [&[T]; R] = std::array::from_fn(|i| &de[i * wp..][..wp]);
+    let [c0, c1, c2, c3, c4, c5] = rows_of(tr, 0, wp, wp);
+    for x in 0..wp {
+        let t = f(std::array::from_fn(|i| rows[i][x]));
+        c0[x] = t[0];
+        c1[x] = t[1];
+        c2[x] = t[2];
+        c3[x] = t[3];
+        c4[x] = t[4];
+        c5[x] = t[5];
+    }
+    for (r, t) in tr.chunks_exact(wp).enumerate() {
+        let cols: [&[T]; R] = std::array::from_fn(|j| &t[(j % M) * q + j / M..][..tw]);
+        let [o0, o1, o2, o3, o4, o5] = rows_of(out, r * A * tiles + t0, tiles, tw);
+        for tx in 0..tw {
+            let v = f(std::array::from_fn(|j| cols[j][tx]));
+            o0[tx] = v[0];
+            o1[tx] = v[1];
+            o2[tx] = v[2];
+            o3[tx] = v[3];
+            o4[tx] = v[4];
+            o5[tx] = v[5];
+        }
+    }
+}
+
 /// Writes `dM[ξ][t] = (A dY Aᵀ)[ξ]` of one output-gradient channel `plane` for the tiles of
 /// tile rows `ty0..ty1` into `mo` (`XI` rows of `(ty1 − ty0)·tw` tiles): the adjoint of
 /// [`output_transform`], with zeros beyond the map's edges. `buf` is scratch.
 #[inline(always)]
-fn output_grad_transform_body<T: Real>(
+fn output_grad_transform_body<T: Real, const AVX2: bool>(
     g: &Geometry,
     plane: &[T],
     (ty0, ty1): (usize, usize),
@@ -573,51 +621,24 @@ fn output_grad_transform_body<T: Real>(
             if oy < g.oh {
                 row[..g.ow].copy_from_slice(&plane[oy * g.ow..][..g.ow]);
                 row[g.ow..].fill(T::ZERO);
-                deinterleave(row, phases);
+                deinterleave::<T, AVX2>(row, phases);
             } else {
                 phases.fill(T::ZERO);
             }
         }
-        // A down the columns (all phases at once).
-        {
-            let (r0, rest) = de.split_at(wp);
-            let (r1, rest) = rest.split_at(wp);
-            let (r2, r3) = rest.split_at(wp);
-            let [c0, c1, c2, c3, c4, c5] = rows_of(tr, 0, wp, wp);
-            for x in 0..wp {
-                let t = a6([r0[x], r1[x], r2[x], r3[x]], two, four, eight);
-                c0[x] = t[0];
-                c1[x] = t[1];
-                c2[x] = t[2];
-                c3[x] = t[3];
-                c4[x] = t[4];
-                c5[x] = t[5];
-            }
-        }
-        // A across each tile: tile tx's four columns are element tx of the four phases.
-        let t0 = (ty - ty0) * tw;
-        for (r, t) in tr.chunks_exact(wp).enumerate() {
-            let (a0, rest) = t.split_at(tw);
-            let (a1, rest) = rest.split_at(tw);
-            let (a2, a3) = rest.split_at(tw);
-            let [o0, o1, o2, o3, o4, o5] = rows_of(mo, r * A * tiles + t0, tiles, tw);
-            for tx in 0..tw {
-                let v = a6([a0[tx], a1[tx], a2[tx], a3[tx]], two, four, eight);
-                o0[tx] = v[0];
-                o1[tx] = v[1];
-                o2[tx] = v[2];
-                o3[tx] = v[3];
-                o4[tx] = v[4];
-                o5[tx] = v[5];
-            }
-        }
+        // A down the columns, then across each tile (its four columns: element tx of the four
+        // phases).
+        let row_of_tiles = ((ty - ty0) * tw, tiles, tw);
+        columns_then_tiles::<T, M>(de, tr, (wp, tw), mo, row_of_tiles, |v| {
+            a6(v, two, four, eight)
+        });
     }
 }
 
 /// Writes `V[ξ][t] = (Bᵀ d B)[ξ]` of one input channel `plane` for the tiles of tile rows
 /// `ty0..ty1` into `vc` (`XI` rows of `(ty1 − ty0)·tw` tiles). `buf` is scratch.
 #[inline(always)]
-fn input_transform_body<T: Real>(
+fn input_transform_body<T: Real, const AVX2: bool>(
     g: &Geometry,
     plane: &[T],
     (ty0, ty1): (usize, usize),
@@ -643,51 +664,16 @@ fn input_transform_body<T: Real>(
                     row[..g.padding].fill(T::ZERO);
                     row[g.padding..g.padding + g.w].copy_from_slice(&plane[iy * g.w..][..g.w]);
                     row[g.padding + g.w..].fill(T::ZERO);
-                    deinterleave(row, phases);
+                    deinterleave::<T, AVX2>(row, phases);
                 }
                 None => phases.fill(T::ZERO),
             }
         }
-        // Bᵀ down the columns (all phases at once).
-        {
-            let (r0, rest) = de.split_at(wp);
-            let (r1, rest) = rest.split_at(wp);
-            let (r2, rest) = rest.split_at(wp);
-            let (r3, rest) = rest.split_at(wp);
-            let (r4, r5) = rest.split_at(wp);
-            let [c0, c1, c2, c3, c4, c5] = rows_of(tr, 0, wp, wp);
-            for x in 0..wp {
-                let t = bt6([r0[x], r1[x], r2[x], r3[x], r4[x], r5[x]], two, four, five);
-                c0[x] = t[0];
-                c1[x] = t[1];
-                c2[x] = t[2];
-                c3[x] = t[3];
-                c4[x] = t[4];
-                c5[x] = t[5];
-            }
-        }
-        // B across each tile.
-        let t0 = (ty - ty0) * tw;
-        for (r, t) in tr.chunks_exact(wp).enumerate() {
-            let (a0, rest) = t.split_at(q);
-            let (a1, rest) = rest.split_at(q);
-            let (a2, a3) = rest.split_at(q);
-            let [o0, o1, o2, o3, o4, o5] = rows_of(vc, r * A * tiles + t0, tiles, tw);
-            for tx in 0..tw {
-                let v = bt6(
-                    [a0[tx], a1[tx], a2[tx], a3[tx], a0[tx + 1], a1[tx + 1]],
-                    two,
-                    four,
-                    five,
-                );
-                o0[tx] = v[0];
-                o1[tx] = v[1];
-                o2[tx] = v[2];
-                o3[tx] = v[3];
-                o4[tx] = v[4];
-                o5[tx] = v[5];
-            }
-        }
+        // Bᵀ down the columns, then B across each tile.
+        let row_of_tiles = ((ty - ty0) * tw, tiles, tw);
+        columns_then_tiles::<T, A>(de, tr, (wp, q), vc, row_of_tiles, |v| {
+            bt6(v, two, four, five)
+        });
     }
 }
 
@@ -695,7 +681,7 @@ fn input_transform_body<T: Real>(
 /// `M[ξ][t]` (`mo`): `Aᵀ m A`, plus the bias, then the ReLU. `dst` holds the output rows
 /// `4·ty0..min(4·ty1, oh)`. `buf` is scratch.
 #[inline(always)]
-fn output_transform_body<T: Real>(
+fn output_transform_body<T: Real, const AVX2: bool>(
     g: &Geometry,
     mo: &[T],
     (ty0, ty1): (usize, usize),
