@@ -7,52 +7,20 @@
 use std::sync::Mutex;
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use mustard_core::ops::{
     conv2d, conv2d_input_grad, conv2d_relu, conv_transpose2d, set_winograd, ConvParams,
 };
 
-static SWITCH: Mutex<()> = Mutex::new(());
+mod common;
 
-/// Deterministic values in [−1, 1).
-fn tensor(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f64> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
+use common::{max_abs, max_abs_diff, tensor};
+
+static SWITCH: Mutex<()> = Mutex::new(());
 
 /// Max |a − b| / max |b|.
 fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    let d = (a - &b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    d / scale
+    max_abs_diff(a, b) / max_abs(b)
 }
 
 /// `f` with the Winograd kernel on, then off.
