@@ -1,5 +1,7 @@
 //! Project automation: `cargo xtask ci | deps | fixtures | bench`.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -11,6 +11,7 @@
 //!
 //! The crate depends only on `mustard-core`.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod error;
 mod neck;

@@ -27,6 +27,7 @@ impl BlockKind {
 
 /// Named ResNet sizes, as picked on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum ResNetPreset {
     /// BasicBlock [1, 1, 1, 1], widths 16/32/64/128: for tests and quick runs.

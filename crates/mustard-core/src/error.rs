@@ -98,11 +98,12 @@ pub enum Error {
     },
 
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
+        /// The underlying error (the next link of the error's chain).
+        #[source]
         source: std::io::Error,
     },
 }

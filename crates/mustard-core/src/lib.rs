@@ -15,6 +15,7 @@
 //! - optimisation ([`optim`]): SGD with momentum/Nesterov, AdamW, parameter groups, saveable
 //!   state, learning-rate schedules, gradient clipping and weight EMA.
 #![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod device;
 mod error;

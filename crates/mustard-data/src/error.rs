@@ -45,11 +45,12 @@ pub enum Error {
     },
 
     /// A file that cannot be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
+        /// The underlying error (the next link of the error's chain).
+        #[source]
         source: std::io::Error,
     },
 

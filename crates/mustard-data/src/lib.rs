@@ -16,6 +16,7 @@
 //! crate never depends on the heads: target encoding is a [`BatchEncoder`] supplied by the
 //! caller.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod augment;
 pub mod coco;
@@ -33,4 +34,4 @@ pub use error::{Error, Result};
 pub use loader::{BatchEncoder, Epoch, Loader, LoaderConfig};
 pub use sample::{Label, Object, Sample};
 pub use source::{Source, Subset};
-pub use task::{Task, TaskSet};
+pub use task::{Task, TaskMap, TaskSet};

@@ -121,3 +121,173 @@ impl fmt::Display for TaskSet {
         f.write_str(&names.join(","))
     }
 }
+
+/// One value per task, for any subset of tasks: per-task heads, losses, weights, metrics and
+/// headline numbers. Iteration follows [`Task::ALL`], so sums over tasks (the total loss, a
+/// mean of metrics) are always taken in the same order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskMap<T>([Option<T>; Task::ALL.len()]);
+
+impl<T> Default for TaskMap<T> {
+    fn default() -> Self {
+        TaskMap(std::array::from_fn(|_| None))
+    }
+}
+
+impl<T> TaskMap<T> {
+    /// No task.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value of `task`.
+    pub fn get(&self, task: Task) -> Option<&T> {
+        self.0[task as usize].as_ref()
+    }
+
+    /// The value of `task`, mutably.
+    pub fn get_mut(&mut self, task: Task) -> Option<&mut T> {
+        self.0[task as usize].as_mut()
+    }
+
+    /// Sets the value of `task`, returning the previous one.
+    pub fn insert(&mut self, task: Task, value: T) -> Option<T> {
+        self.0[task as usize].replace(value)
+    }
+
+    /// Removes the value of `task`.
+    pub fn remove(&mut self, task: Task) -> Option<T> {
+        self.0[task as usize].take()
+    }
+
+    /// Whether `task` has a value.
+    pub fn contains(&self, task: Task) -> bool {
+        self.0[task as usize].is_some()
+    }
+
+    /// The tasks with a value, in [`Task::ALL`] order.
+    pub fn tasks(&self) -> TaskSet {
+        self.iter().map(|(t, _)| t).collect()
+    }
+
+    /// Number of tasks with a value.
+    pub fn len(&self) -> usize {
+        self.0.iter().filter(|v| v.is_some()).count()
+    }
+
+    /// Whether no task has a value.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `(task, value)` in [`Task::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (Task, &T)> {
+        Task::ALL
+            .into_iter()
+            .zip(&self.0)
+            .filter_map(|(t, v)| v.as_ref().map(|v| (t, v)))
+    }
+
+    /// The values in [`Task::ALL`] order.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().flatten()
+    }
+
+    /// A map of the same tasks with `f` applied to every value.
+    pub fn map<U>(&self, mut f: impl FnMut(Task, &T) -> U) -> TaskMap<U> {
+        self.iter().map(|(t, v)| (t, f(t, v))).collect()
+    }
+
+    /// Like [`TaskMap::map`], stopping at the first error.
+    pub fn try_map<U, E>(
+        &self,
+        mut f: impl FnMut(Task, &T) -> Result<U, E>,
+    ) -> Result<TaskMap<U>, E> {
+        self.iter().map(|(t, v)| Ok((t, f(t, v)?))).collect()
+    }
+}
+
+impl<T> FromIterator<(Task, T)> for TaskMap<T> {
+    fn from_iter<I: IntoIterator<Item = (Task, T)>>(iter: I) -> Self {
+        let mut map = TaskMap::default();
+        for (t, v) in iter {
+            map.insert(t, v);
+        }
+        map
+    }
+}
+
+impl<T> IntoIterator for TaskMap<T> {
+    type Item = (Task, T);
+    type IntoIter = std::iter::FilterMap<
+        std::iter::Zip<std::array::IntoIter<Task, 5>, std::array::IntoIter<Option<T>, 5>>,
+        fn((Task, Option<T>)) -> Option<(Task, T)>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Task::ALL
+            .into_iter()
+            .zip(self.0)
+            .filter_map(|(t, v)| v.map(|v| (t, v)))
+    }
+}
+
+impl<'a, T> IntoIterator for &'a TaskMap<T> {
+    type Item = (Task, &'a T);
+    type IntoIter = std::iter::FilterMap<
+        std::iter::Zip<std::array::IntoIter<Task, 5>, std::slice::Iter<'a, Option<T>>>,
+        fn((Task, &'a Option<T>)) -> Option<(Task, &'a T)>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Task::ALL
+            .into_iter()
+            .zip(self.0.iter())
+            .filter_map(|(t, v)| v.as_ref().map(|v| (t, v)))
+    }
+}
+
+/// A table keyed by task name (`detection = 1.0`), in [`Task::ALL`] order.
+impl<T: serde::Serialize> serde::Serialize for TaskMap<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.len()))?;
+        for (t, v) in self.iter() {
+            map.serialize_entry(t.name(), v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for TaskMap<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let entries = std::collections::BTreeMap::<Task, T>::deserialize(d)?;
+        Ok(entries.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_map_iterates_in_task_order_and_round_trips_as_a_table() {
+        let map: TaskMap<f64> = [(Task::Depth, 0.5), (Task::Detection, 2.0)]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            map.iter().collect::<Vec<_>>(),
+            [(Task::Detection, &2.0), (Task::Depth, &0.5)]
+        );
+        assert_eq!(map.tasks().to_string(), "detection,depth");
+        assert_eq!(map.get(Task::Pose), None);
+        let json = serde_json::to_string(&map).unwrap();
+        assert_eq!(json, r#"{"detection":2.0,"depth":0.5}"#);
+        assert_eq!(serde_json::from_str::<TaskMap<f64>>(&json).unwrap(), map);
+        let err = serde_json::from_str::<TaskMap<f64>>(r#"{"detektion":1.0}"#).unwrap_err();
+        assert!(
+            err.to_string().starts_with("unknown variant `detektion`"),
+            "{err}"
+        );
+    }
+}

@@ -10,11 +10,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
+        /// The underlying error (the next link of the error's chain).
+        #[source]
         source: std::io::Error,
     },
 

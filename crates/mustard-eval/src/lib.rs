@@ -65,6 +65,7 @@
 //! repeated ids, RLE counts that do not add up to `height * width`, masks of more than
 //! 2³² - 1 pixels. An empty results list is accepted and scores 0.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod classification;
 pub mod coco;

@@ -16,6 +16,7 @@
 //! depends only on `mustard-core`: target encoders take plain labels ([`BoxLabel`],
 //! [`PersonLabel`]), not dataset types.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod block;
 pub mod classification;

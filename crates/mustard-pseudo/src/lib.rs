@@ -12,6 +12,7 @@
 //!   [`Source`](mustard_data::Source), so the student trains through the same loader as
 //!   labelled data.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod labels;
 mod source;
@@ -44,11 +45,12 @@ pub enum Error {
         reason: String,
     },
     /// A file that cannot be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
+        /// The underlying error (the next link of the error's chain).
+        #[source]
         source: std::io::Error,
     },
 }

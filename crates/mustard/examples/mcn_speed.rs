@@ -26,7 +26,7 @@ use mustard::data::augment::Affine;
 use mustard::data::synth::{self, SynthConfig};
 use mustard::data::{BatchEncoder, Sample, Task, TaskSet};
 use mustard::data::{Label, Object};
-use mustard::targets::{Batch, Encoder};
+use mustard::targets::Batch;
 use mustard::{Config, MultiTaskModel, Preset};
 
 struct Args {
@@ -103,7 +103,7 @@ fn scene_sample(size: u32, index: u64) -> Result<Sample> {
 }
 
 fn batch(model: &MultiTaskModel, b: usize, size: u32) -> Result<Batch> {
-    let encoder = Encoder::new(model.config(), size);
+    let encoder = model.encoder(size);
     let items = (0..b as u64)
         .map(|i| Ok(encoder.encode(scene_sample(size, i)?)?))
         .collect::<Result<Vec<_>>>()?;

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use image::RgbImage;
-use mustard_core::candle_core::{DType, Device, Tensor};
+use mustard_core::candle_core::{Device, Tensor};
 use mustard_core::candle_nn::VarMap;
 use mustard_core::rng::Rng;
 use mustard_data::augment::{Affine, AugmentConfig};
@@ -92,12 +92,7 @@ pub fn untrained(config: &Config) -> Result<(VarMap, MultiTaskModel)> {
             labels: cats.iter().map(|s| s.to_string()).collect(),
         };
     }
-    let varmap = VarMap::new();
-    let model = MultiTaskModel::new(
-        &c,
-        crate::init::seeded(&varmap, config.seed, DType::F32, &config.device.device()?),
-    )?;
-    Ok((varmap, model))
+    MultiTaskModel::build(&c, config.seed, &config.device.device()?)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -145,12 +140,12 @@ pub fn bench(
         let out = model.forward_t(&x, false)?;
         let mut kept = 0usize;
         let t2 = Instant::now();
-        if let (Some(head), Some(o)) = (model.detection(), &out.detection) {
+        if let (Some(head), Some(o)) = (model.detection(), out.detection()) {
             for (dets, t) in head.decode(o)?.iter().zip(&transforms) {
                 kept += keep_boxes(dets, 0.0, t, (w, h)).len();
             }
         }
-        if let (Some(head), Some(o), Some(person)) = (model.pose(), &out.pose, classes.person) {
+        if let (Some(head), Some(o), Some(person)) = (model.pose(), out.pose(), classes.person) {
             let th = mustard_pseudo::Thresholds {
                 pose: 0.0,
                 ..Default::default()
@@ -159,17 +154,17 @@ pub fn bench(
                 kept += keep_people(people, &th, person, t, (w, h)).len();
             }
         }
-        if let (Some(head), Some(logits)) = (model.segmentation(), &out.segmentation) {
+        if let (Some(head), Some(logits)) = (model.segmentation(), out.segmentation()) {
             for (labels, t) in head.decode(logits)?.into_iter().zip(&transforms) {
                 let map = image::GrayImage::from_raw(size as u32, size as u32, labels)
                     .expect("sizes match");
                 kept += labels_to_original(&map, t, (w, h)).len();
             }
         }
-        if let (Some(head), Some(d)) = (model.depth(), &out.depth) {
+        if let (Some(head), Some(d)) = (model.depth(), out.depth()) {
             kept += head.decode(d)?.len();
         }
-        if let (Some(head), Some(logits)) = (model.classification(), &out.classification) {
+        if let (Some(head), Some(logits)) = (model.classification(), out.classification()) {
             kept += head.decode(logits)?.len();
         }
         let t3 = Instant::now();

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use mustard_core::candle_core::{DType, Device, Tensor};
-use mustard_core::candle_nn::{VarBuilder, VarMap};
+use mustard_core::candle_core::{Device, Tensor};
+use mustard_core::candle_nn::VarMap;
 use mustard_core::io::{load_weights, LoadOptions};
 
 use crate::config::Config;
@@ -202,7 +202,8 @@ pub fn weights_file(path: &Path) -> PathBuf {
 }
 
 /// Rebuilds a trained model from a checkpoint file and the `config.toml` of its run (two
-/// folders up: `runs/<name>/weights/<file>`), or from a run folder (its `best`, else `last`).
+/// folders up: `runs/<name>/weights/<file>`), or from a run folder (its `best`, else `last`),
+/// and applies the run's numerics settings to the process.
 pub fn load_model(path: &Path) -> Result<(Config, VarMap, MultiTaskModel)> {
     let weights = weights_file(path);
     let config_path = if path.is_dir() {
@@ -217,12 +218,9 @@ pub fn load_model(path: &Path) -> Result<(Config, VarMap, MultiTaskModel)> {
         return Err(Error::file(&weights, "no such checkpoint"));
     }
     let config = Config::read(&config_path)?;
-    let device = config.device.device()?;
-    let varmap = VarMap::new();
-    let model = MultiTaskModel::new(
-        &config.model,
-        VarBuilder::from_varmap(&varmap, DType::F32, &device),
-    )?;
+    config.numerics.apply();
+    let (varmap, model) =
+        MultiTaskModel::build(&config.model, config.seed, &config.device.device()?)?;
     load(&weights, &varmap)?;
     Ok((config, varmap, model))
 }

@@ -3,10 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use mustard_backbone::ResNetPreset;
+use mustard_core::ops::ConvAlgorithm;
 use mustard_core::DeviceSpec;
-use mustard_data::Task;
+use mustard_data::{Task, TaskMap};
 use serde::{Deserialize, Serialize};
 
+use crate::error::Problems;
 use crate::{Error, Result};
 
 /// A whole run: model, data and training.
@@ -19,6 +21,9 @@ pub struct Config {
     pub seed: u64,
     /// Where to run.
     pub device: DeviceSpec,
+    /// Settings that change results in the last bits; applied when the run starts.
+    #[serde(default)]
+    pub numerics: Numerics,
     /// The network.
     pub model: ModelConfig,
     /// The datasets.
@@ -45,44 +50,32 @@ pub enum NeckConfig {
     },
 }
 
-/// Per-task loss weights.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Per-task loss weights (a task without an entry weighs 1).
+pub type LossWeights = TaskMap<f64>;
+
+/// Every task at weight 1.
+pub fn default_loss_weights() -> LossWeights {
+    Task::ALL.into_iter().map(|t| (t, 1.0)).collect()
+}
+
+/// The weight of `task` in `weights` (1 when it has no entry).
+pub fn loss_weight(weights: &LossWeights, task: Task) -> f64 {
+    weights.get(task).copied().unwrap_or(1.0)
+}
+
+/// Settings that change results in the last bits, saved with the run so that it is reproducible
+/// from its config and seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct LossWeights {
-    /// Detection.
-    pub detection: f64,
-    /// Pose.
-    pub pose: f64,
-    /// Segmentation.
-    pub segmentation: f64,
-    /// Depth.
-    pub depth: f64,
-    /// Classification.
-    pub classification: f64,
+pub struct Numerics {
+    /// The kernel of 3x3 stride-1 convolutions.
+    pub conv: ConvAlgorithm,
 }
 
-impl Default for LossWeights {
-    fn default() -> Self {
-        Self {
-            detection: 1.0,
-            pose: 1.0,
-            segmentation: 1.0,
-            depth: 1.0,
-            classification: 1.0,
-        }
-    }
-}
-
-impl LossWeights {
-    /// The weight of `task`.
-    pub fn of(&self, task: Task) -> f64 {
-        match task {
-            Task::Detection => self.detection,
-            Task::Pose => self.pose,
-            Task::Segmentation => self.segmentation,
-            Task::Depth => self.depth,
-            Task::Classification => self.classification,
-        }
+impl Numerics {
+    /// Makes these the settings of the process (every run applies its own when it starts).
+    pub fn apply(self) {
+        self.conv.apply();
     }
 }
 
@@ -123,7 +116,7 @@ pub struct ModelConfig {
     /// The tasks with a head.
     pub tasks: Vec<Task>,
     /// Per-task loss weights.
-    #[serde(default)]
+    #[serde(default = "default_loss_weights")]
     pub loss_weights: LossWeights,
     /// Train depth with the scale-and-shift-invariant loss (relative depth labels).
     #[serde(default)]
@@ -226,140 +219,95 @@ fn default_ema_ramp() -> f64 {
     200.0
 }
 
-/// Named starting points for configs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Named starting points for configs (their values are in `presets.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "snake_case")]
 pub enum Preset {
     /// Tiny model, small synthetic set: minutes on 2 CPU cores.
     Quick,
-    /// ResNet-18 + FPN at 256 px on a larger synthetic set.
+    /// ResNet-18 + FPN at 256 px on a larger synthetic set: a GPU or a long CPU run.
     Full,
 }
 
 impl Config {
     /// A config for `preset` with every task.
     pub fn preset(preset: Preset, name: &str) -> Self {
-        let quick = preset == Preset::Quick;
-        Config {
-            name: name.to_string(),
-            seed: 0,
-            device: DeviceSpec::Cpu,
-            model: ModelConfig {
-                backbone: if quick {
-                    ResNetPreset::Tiny
-                } else {
-                    ResNetPreset::R18
-                },
-                pretrained: None,
-                init_from: None,
-                neck: NeckConfig::Fpn {
-                    channels: if quick { 32 } else { 128 },
-                    fuse: true,
-                },
-                head_conv: if quick { 32 } else { 64 },
-                tasks: Task::ALL.to_vec(),
-                loss_weights: LossWeights::default(),
-                relative_depth: false,
-                classes: Classes::default(),
-            },
-            data: DataConfig {
-                train: None,
-                val: None,
-                root: None,
-                skip_bad: false,
-                pseudo: None,
-                real_labels: false,
-                synth: SynthData {
-                    train_images: if quick { 256 } else { 4000 },
-                    val_images: if quick { 48 } else { 500 },
-                    size: if quick { 96 } else { 256 },
-                    seed: 0,
-                },
-            },
-            train: TrainConfig {
-                // Quick: 96 px buys ~1.8x the steps of 128 px in the same time, which the tiny
-                // model needs more than resolution.
-                input_size: if quick { 96 } else { 256 },
-                batch_size: if quick { 16 } else { 32 },
-                epochs: if quick { 12 } else { 70 },
-                max_steps: None,
-                // Measured on the synthetic scenes (quick MCN budget): 1e-3 learns faster than
-                // 5e-4 in a few hundred steps.
-                lr: if quick { 1e-3 } else { 5e-4 },
-                weight_decay: 1e-4,
-                warmup_steps: if quick { 30 } else { 500 },
-                clip_grad_norm: Some(10.0),
-                checkpoint_every: 100,
-                augment: true,
-                // Quick: half-strength augmentation; at full strength a few hundred steps of the
-                // tiny model barely move past the class prior.
-                augment_strength: if quick { 0.5 } else { 1.0 },
-                workers: None,
-                validate: true,
-                ema: if quick { None } else { Some(0.9998) },
-                ema_ramp: if quick { 100.0 } else { 2000.0 },
-            },
+        match preset {
+            Preset::Quick => Config::quick(name),
+            Preset::Full => Config::full(name),
         }
     }
 
-    /// Checks values that would fail later.
+    /// Checks every value that would fail later, reporting all problems at once.
     pub fn validate(&self) -> Result<()> {
+        let mut p = Problems::default();
         let t = &self.train;
-        if t.input_size == 0 || t.input_size % 32 != 0 {
-            return Err(Error::config(
-                "train.input_size",
-                format!("{} must be a positive multiple of 32", t.input_size),
-            ));
-        }
-        if t.batch_size == 0 || t.epochs == 0 || t.checkpoint_every == 0 {
-            return Err(Error::config(
-                "train",
-                "batch_size, epochs and checkpoint_every must be at least 1",
-            ));
-        }
+        p.check(
+            t.input_size == 0 || t.input_size % 32 != 0,
+            "train.input_size",
+            || format!("{} must be a positive multiple of 32", t.input_size),
+        );
+        p.check(
+            t.batch_size == 0 || t.epochs == 0 || t.checkpoint_every == 0,
+            "train",
+            || "batch_size, epochs and checkpoint_every must be at least 1".into(),
+        );
         let full_scale = mustard_data::augment::AugmentConfig::train(t.input_size).scale;
-        if !(t.augment_strength >= 0.0 && t.augment_strength * full_scale < 1.0) {
-            return Err(Error::config(
-                "train.augment_strength",
+        p.check(
+            !(t.augment_strength >= 0.0 && t.augment_strength * full_scale < 1.0),
+            "train.augment_strength",
+            || {
                 format!(
                     "{} must be in [0, {}) (the scale range 1 ± {full_scale}·strength stays positive)",
                     t.augment_strength,
                     1.0 / full_scale
-                ),
-            ));
+                )
+            },
+        );
+        p.check(!(t.lr.is_finite() && t.lr > 0.0), "train.lr", || {
+            format!("{} must be positive", t.lr)
+        });
+        p.check(self.model.tasks.is_empty(), "model.tasks", || {
+            "at least one task is needed".into()
+        });
+        p.check(
+            self.name.is_empty() || self.name.contains(['/', '\\']) || self.name == "..",
+            "name",
+            || format!("{:?} must be a plain folder name", self.name),
+        );
+        if let NeckConfig::Deconv { widths } = &self.model.neck {
+            p.check(widths.len() != 3, "model.neck.widths", || {
+                format!("{widths:?}: three stages are needed to reach stride 4")
+            });
         }
-        if !(t.lr.is_finite() && t.lr > 0.0) {
-            return Err(Error::config(
-                "train.lr",
-                format!("{} must be positive", t.lr),
-            ));
-        }
-        if self.model.tasks.is_empty() {
-            return Err(Error::config("model.tasks", "at least one task is needed"));
-        }
-        if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name == ".." {
-            return Err(Error::config(
-                "name",
-                format!("{:?} must be a plain folder name", self.name),
-            ));
-        }
-        Ok(())
+        p.finish()
     }
 
     /// Reads a TOML config.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
-        let config: Config =
-            toml::from_str(&text).map_err(|e| Error::file(path, e.to_string().trim_end()))?;
+        let config: Config = read_toml(path)?;
         config.validate()?;
         Ok(config)
     }
 
     /// Writes the config as TOML, atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let text = toml::to_string_pretty(self).map_err(|e| Error::file(path, e))?;
-        mustard_core::io::write_bytes(path, text.as_bytes())?;
-        Ok(())
+        write_toml(self, path)
     }
+}
+
+/// Reads a TOML file into `T`.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    toml::from_str(&text).map_err(|e| Error::toml(path, e))
+}
+
+/// Writes `value` as TOML to `path`, atomically.
+pub fn write_toml<T: Serialize>(value: &T, path: &Path) -> Result<()> {
+    let text = toml::to_string_pretty(value).map_err(|e| Error::toml(path, e))?;
+    mustard_core::io::write_bytes(path, text.as_bytes())?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -381,13 +329,21 @@ mod tests {
             Config::read(&path).unwrap_err().to_string(),
             "train.input_size: 100 must be a positive multiple of 32"
         );
-        std::fs::write(&path, text.replace("seed = 0\n", "seed = 0\nsede = 1\n")).unwrap();
-        let err = Config::read(&path).unwrap_err().to_string();
-        assert!(
-            err.starts_with(&format!("{}: ", path.display()))
-                && err.contains("unknown field `sede`"),
-            "{err}"
+        std::fs::write(
+            &path,
+            text.replace("input_size = 96", "input_size = 100")
+                .replace("lr = 0.001", "lr = -1.0"),
+        )
+        .unwrap();
+        assert_eq!(
+            Config::read(&path).unwrap_err().to_string(),
+            "train.input_size: 100 must be a positive multiple of 32; train.lr: -1 must be positive"
         );
+        std::fs::write(&path, text.replace("seed = 0\n", "seed = 0\nsede = 1\n")).unwrap();
+        let err = Config::read(&path).unwrap_err();
+        assert_eq!(err.to_string(), path.display().to_string());
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert!(cause.contains("unknown field `sede`"), "{cause}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

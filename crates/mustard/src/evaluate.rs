@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use mustard_data::augment::Affine;
-use mustard_data::{Dataset, Loader, LoaderConfig, Task};
+use mustard_data::{Dataset, Loader, LoaderConfig, Task, TaskMap};
 use mustard_eval::coco::ResultRecord;
 use mustard_eval::{
     ClassificationAccuracy, CocoDt, CocoEval, CocoGt, ConfusionMatrix, DepthAccumulator, IouType,
@@ -14,7 +14,8 @@ use mustard_heads::segmentation::IGNORE;
 use serde_json::{json, Value};
 
 use crate::model::MultiTaskModel;
-use crate::targets::{Batch, Encoder};
+use crate::targets::Batch;
+use crate::tasks::Outputs;
 use crate::Result;
 
 /// Everything measured on one dataset.
@@ -37,24 +38,29 @@ pub struct EvalReport {
 impl EvalReport {
     /// Each task's headline number (higher is better): box AP, keypoint AP, mIoU, δ < 1.25,
     /// top-1.
-    pub fn headline(&self) -> Vec<(Task, f64)> {
-        let mut out = Vec::new();
+    pub fn headline(&self) -> TaskMap<f64> {
+        let mut out = TaskMap::new();
         if let Some(e) = &self.detection {
-            out.push((Task::Detection, e.stats()[0].max(0.0)));
+            out.insert(Task::Detection, e.stats()[0].max(0.0));
         }
         if let Some(e) = &self.pose {
-            out.push((Task::Pose, e.stats()[0].max(0.0)));
+            out.insert(Task::Pose, e.stats()[0].max(0.0));
         }
         if let Some(s) = &self.segmentation {
-            out.push((Task::Segmentation, s.mean_iou.unwrap_or(0.0)));
+            out.insert(Task::Segmentation, s.mean_iou.unwrap_or(0.0));
         }
         if let Some(d) = &self.depth {
-            out.push((Task::Depth, d.delta1));
+            out.insert(Task::Depth, d.delta1);
         }
         if let Some((top1, _)) = self.classification {
-            out.push((Task::Classification, top1));
+            out.insert(Task::Classification, top1);
         }
         out
+    }
+
+    /// The headline number of `task` (0 when the report has none).
+    pub fn headline_of(&self, task: Task) -> f64 {
+        self.headline().get(task).copied().unwrap_or(0.0)
     }
 
     /// The mean of the headline numbers (the "best checkpoint" criterion).
@@ -63,7 +69,7 @@ impl EvalReport {
         if h.is_empty() {
             0.0
         } else {
-            h.iter().map(|(_, v)| v).sum::<f64>() / h.len() as f64
+            h.values().sum::<f64>() / h.len() as f64
         }
     }
 
@@ -137,13 +143,13 @@ pub fn to_original(bbox: [f32; 4], transform: &Affine, (w, h): (u32, u32)) -> [f
 /// Detections and keypoints of one batch as COCO result records (original image pixels).
 pub fn result_records(
     model: &MultiTaskModel,
-    out: &crate::model::Outputs,
+    out: &Outputs,
     batch: &Batch,
 ) -> Result<(Vec<ResultRecord>, Vec<ResultRecord>)> {
     let classes = &model.config().classes;
     let mut boxes = Vec::new();
     let mut people = Vec::new();
-    if let (Some(head), Some(o)) = (model.detection(), &out.detection) {
+    if let (Some(head), Some(o)) = (model.detection(), out.detection()) {
         for (dets, meta) in head.decode(o)?.iter().zip(&batch.meta) {
             for d in dets {
                 boxes.push(ResultRecord {
@@ -157,7 +163,7 @@ pub fn result_records(
             }
         }
     }
-    if let (Some(head), Some(o), Some(person)) = (model.pose(), &out.pose, classes.person) {
+    if let (Some(head), Some(o), Some(person)) = (model.pose(), out.pose(), classes.person) {
         for (dets, meta) in head.decode(o)?.iter().zip(&batch.meta) {
             let inv = meta.transform.inverse().unwrap_or(Affine::IDENTITY);
             for d in dets {
@@ -218,13 +224,13 @@ pub fn evaluate_loss(
     dataset: Arc<Dataset>,
     size: u32,
     batch_size: usize,
-) -> Result<Vec<(Task, f64)>> {
+) -> Result<TaskMap<f64>> {
     let loader = Loader::new(
         dataset,
-        Arc::new(Encoder::new(model.config(), size)),
+        Arc::new(model.encoder(size)),
         LoaderConfig::eval(batch_size, size),
     )?;
-    let mut sums: Vec<(Task, f64, usize)> = Vec::new();
+    let mut sums: TaskMap<(f64, usize)> = TaskMap::new();
     for batch in loader.epoch(0) {
         let batch = batch?;
         let out = model.forward_t(&batch.images, false)?;
@@ -232,19 +238,18 @@ pub fn evaluate_loss(
             let v = loss
                 .to_dtype(mustard_core::candle_core::DType::F64)?
                 .to_scalar::<f64>()?;
-            match sums.iter_mut().find(|(t, _, _)| *t == task) {
+            match sums.get_mut(task) {
                 Some(e) => {
-                    e.1 += v;
-                    e.2 += 1;
+                    e.0 += v;
+                    e.1 += 1;
                 }
-                None => sums.push((task, v, 1)),
+                None => {
+                    sums.insert(task, (v, 1));
+                }
             }
         }
     }
-    Ok(sums
-        .into_iter()
-        .map(|(t, v, n)| (t, v / n.max(1) as f64))
-        .collect())
+    Ok(sums.map(|_, &(v, n)| v / n.max(1) as f64))
 }
 
 /// Evaluates `model` on `dataset` at `size` x `size` (letterboxed, no augmentation).
@@ -259,11 +264,7 @@ pub fn evaluate(
         threads: workers,
         ..LoaderConfig::eval(batch_size, size)
     };
-    let loader = Loader::new(
-        dataset.clone(),
-        Arc::new(Encoder::new(model.config(), size)),
-        config,
-    )?;
+    let loader = Loader::new(dataset.clone(), Arc::new(model.encoder(size)), config)?;
     let classes = &model.config().classes;
     let tasks = &model.config().tasks;
     let relative = model.config().relative_depth;
@@ -292,9 +293,11 @@ pub fn evaluate(
         };
         boxes.extend(b.into_iter().filter(|r| keep(r, Task::Detection)));
         people.extend(p.into_iter().filter(|r| keep(r, Task::Pose)));
-        if let (Some(head), Some(logits), Some(t)) =
-            (model.segmentation(), &out.segmentation, &batch.segmentation)
-        {
+        if let (Some(head), Some(logits), Some(t)) = (
+            model.segmentation(),
+            out.segmentation(),
+            batch.targets.segmentation(),
+        ) {
             let pred = head.decode(logits)?;
             let target = t.labels.flatten_from(1)?.to_vec2::<u32>()?;
             for (p, t) in pred.iter().zip(&target) {
@@ -302,7 +305,9 @@ pub fn evaluate(
                 confusion.update(t, &p)?;
             }
         }
-        if let (Some(head), Some(pred), Some(t)) = (model.depth(), &out.depth, &batch.depth) {
+        if let (Some(head), Some(pred), Some(t)) =
+            (model.depth(), out.depth(), batch.targets.depth())
+        {
             let pred = head.decode(pred)?;
             let log = t.log_depth.flatten_from(1)?.to_vec2::<f32>()?;
             let valid = t.valid.flatten_from(1)?.to_vec2::<f32>()?;
@@ -323,7 +328,7 @@ pub fn evaluate(
                 }
             }
         }
-        if let (Some(logits), Some(t)) = (&out.classification, &batch.classification) {
+        if let (Some(logits), Some(t)) = (out.classification(), batch.targets.classification()) {
             let presence = t.presence.to_vec1::<f32>()?;
             let targets = t.probs.argmax(1)?.to_vec1::<u32>()?;
             let scores = logits.to_vec2::<f32>()?;

@@ -3,29 +3,37 @@
 //!
 //! This is the thin orchestration crate: it assembles a [`MultiTaskModel`] (backbone preset +
 //! neck + any subset of heads) from a typed [`Config`] saved as TOML beside every checkpoint,
-//! encodes batches for it ([`targets`]), trains it ([`train`]) with exact resume, and evaluates
-//! it through mustard-eval ([`evaluate`]). MultiTask-CenterNet:
+//! encodes batches for it ([`targets`], with the per-task table in [`tasks`]), trains it
+//! ([`Trainer`], driven by [`train`]) with exact resume, and evaluates it through mustard-eval
+//! ([`evaluate`]). MultiTask-CenterNet:
 //! <https://arxiv.org/abs/2108.05060>; MuST: <https://arxiv.org/abs/2108.11353>.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod datasets;
 pub mod draw;
 mod error;
 pub mod evaluate;
 pub mod init;
+pub mod log;
 pub mod mcn;
 pub mod model;
 pub mod must;
 pub mod predict;
+mod presets;
 pub mod pseudo;
 pub mod targets;
+pub mod tasks;
 pub mod train;
+pub mod trainer;
 
 pub use config::{Config, Preset};
-pub use error::{Error, Result};
+pub use error::{Error, Problem, Result, TomlError};
 pub use model::MultiTaskModel;
+pub use trainer::Trainer;
 
 pub use mustard_backbone as backbone;
 pub use mustard_core as core;

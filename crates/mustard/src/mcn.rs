@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mustard_core::candle_core::{DType, Device, Tensor};
-use mustard_data::Task;
+use mustard_data::{Dataset, Task};
 
 use crate::checkpoint::{load_model, RunPaths};
 use crate::config::{Config, Preset};
+use crate::datasets::{open_dataset, synthetic_datasets};
 use crate::evaluate::{evaluate, EvalReport};
-use crate::train::{open_dataset, synthetic_datasets, train, TrainOptions};
+use crate::train::train_unless_done;
 use crate::{Error, Result};
 
 /// One model of the study.
@@ -45,17 +46,19 @@ pub struct Study {
     pub seconds: f64,
 }
 
-/// The config of the study's runs for `preset`: the same budget for every variant.
+/// The config of the study's runs for `preset`: the same budget for every variant (see
+/// [`Config::mcn`]).
 pub fn base_config(preset: Preset) -> Config {
-    let mut config = Config::preset(preset, "mcn");
-    if preset == Preset::Quick {
-        // About 2.5 minutes per model on 2 cores: 432 steps of 8 images at 96 px.
-        config.train.epochs = 18;
-        config.train.batch_size = 8;
-        config.data.synth.train_images = 192;
-    }
-    config
+    Config::mcn(preset)
 }
+
+/// The models of the study: one per task, then all three together.
+pub const VARIANTS: [(&str, &[Task]); 4] = [
+    ("detection", &[Task::Detection]),
+    ("segmentation", &[Task::Segmentation]),
+    ("pose", &[Task::Pose]),
+    ("joint", &[Task::Detection, Task::Segmentation, Task::Pose]),
+];
 
 fn milliseconds_per_image(model: &crate::MultiTaskModel, size: u32) -> Result<f64> {
     let x = Tensor::zeros(
@@ -72,83 +75,36 @@ fn milliseconds_per_image(model: &crate::MultiTaskModel, size: u32) -> Result<f6
     Ok(started.elapsed().as_secs_f64() * 1e3 / runs as f64)
 }
 
-/// Runs the study with the budget of `base` under `runs/mcn/`; finished runs are reused,
-/// unfinished ones resumed.
+/// Runs the study with the budget of `base` under `runs/mcn/` (saving `base` as
+/// `runs/mcn/config.toml`); finished runs are reused, unfinished ones resumed.
 pub fn study(base: &Config, runs: &Path, progress: bool) -> Result<Study> {
     let started = Instant::now();
+    base.validate()?;
+    base.numerics.apply();
     let root = runs.join("mcn");
-    let base = base.clone();
-    let (_, val) = synthetic_datasets(&base, runs)?;
-    let val = Arc::new(open_dataset(&val, None, false)?);
-    let variants = [
-        ("detection", vec![Task::Detection]),
-        ("segmentation", vec![Task::Segmentation]),
-        ("pose", vec![Task::Pose]),
-        (
-            "joint",
-            vec![Task::Detection, Task::Segmentation, Task::Pose],
-        ),
-    ];
+    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    base.write(&root.join("config.toml"))?;
+    // The synthetic data lives under the top-level runs folder, shared by all variants.
+    let (train, val) = synthetic_datasets(base, runs)?;
+    let val_ds = Arc::new(open_dataset(&val, None, false)?);
     let mut out = Vec::new();
-    for (name, tasks) in variants {
+    for (name, tasks) in VARIANTS {
         let mut config = base.clone();
         config.name = name.to_string();
-        config.model.tasks = tasks.clone();
+        config.model.tasks = tasks.to_vec();
         config.train.validate = false;
-        let run = RunPaths::new(&root, name);
-        let done = run.dir.join("done");
-        let mut seconds = 0.0;
-        if !done.is_file() {
-            if progress {
-                eprintln!(
-                    "mcn: training the {name} model ({})",
-                    tasks
-                        .iter()
-                        .map(|t| t.name())
-                        .collect::<Vec<_>>()
-                        .join(" + ")
-                );
-            }
-            let options = TrainOptions {
-                runs: root.clone(),
-                resume: run.last().is_file(),
-                progress,
-                stop_after: None,
-            };
-            // The synthetic data lives under the top-level runs folder, shared by all variants.
-            let (train_path, val_path) = synthetic_datasets(&config, runs)?;
-            config.data.train = Some(train_path);
-            config.data.val = Some(val_path);
-            let summary = train(&config, &options)?;
-            seconds = summary.seconds;
-            std::fs::write(&done, format!("{}\n", summary.steps))
-                .map_err(|e| Error::file(&done, e))?;
+        config.data.train = Some(train.clone());
+        config.data.val = Some(val.clone());
+        if progress && !RunPaths::new(&root, name).dir.join("done").is_file() {
+            let names: Vec<&str> = tasks.iter().map(|t| t.name()).collect();
+            eprintln!("mcn: training the {name} model ({})", names.join(" + "));
         }
-        let (config, varmap, model) = load_model(&run.last())?;
-        let report = evaluate(
-            &model,
-            val.clone(),
-            config.train.input_size,
-            config.train.batch_size,
-            config.train.workers,
-        )?;
-        let parameters = mustard_core::optim::trainable_vars(&varmap)
-            .iter()
-            .map(|(_, v)| v.elem_count())
-            .sum();
-        let ms_per_image = milliseconds_per_image(&model, config.train.input_size)?;
-        out.push(Variant {
-            name: name.to_string(),
-            tasks,
-            report,
-            parameters,
-            ms_per_image,
-            train_seconds: seconds,
-        });
+        let seconds = train_unless_done(&config, &root, progress)?;
+        out.push(measure(name, tasks, &root, &val_ds, seconds)?);
     }
     let report = root.join("report.md");
-    let text = render(&out, &base, started.elapsed().as_secs_f64());
-    std::fs::write(&report, text).map_err(|e| Error::file(&report, e))?;
+    let text = render(&out, base, started.elapsed().as_secs_f64());
+    std::fs::write(&report, text).map_err(|e| Error::io(&report, e))?;
     Ok(Study {
         variants: out,
         report,
@@ -156,12 +112,33 @@ pub fn study(base: &Config, runs: &Path, progress: bool) -> Result<Study> {
     })
 }
 
+/// A trained variant on the validation set: metrics, parameters, speed.
+fn measure(
+    name: &str,
+    tasks: &[Task],
+    root: &Path,
+    val: &Arc<Dataset>,
+    train_seconds: f64,
+) -> Result<Variant> {
+    let (config, varmap, model) = load_model(&RunPaths::new(root, name).last())?;
+    let t = &config.train;
+    let report = evaluate(&model, val.clone(), t.input_size, t.batch_size, t.workers)?;
+    let parameters = mustard_core::optim::trainable_vars(&varmap)
+        .iter()
+        .map(|(_, v)| v.elem_count())
+        .sum();
+    Ok(Variant {
+        name: name.to_string(),
+        tasks: tasks.to_vec(),
+        report,
+        parameters,
+        ms_per_image: milliseconds_per_image(&model, t.input_size)?,
+        train_seconds,
+    })
+}
+
 fn metric(report: &EvalReport, task: Task) -> Option<f64> {
-    report
-        .headline()
-        .into_iter()
-        .find(|(t, _)| *t == task)
-        .map(|(_, v)| v)
+    report.headline().get(task).copied()
 }
 
 /// The Markdown report.

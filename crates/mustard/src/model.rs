@@ -1,184 +1,99 @@
 //! The multi-task network: a ResNet backbone, a neck, and any subset of task heads.
 
 use mustard_backbone::{DeconvConfig, DeconvNeck, Fpn, FpnConfig, ResNet, ResNetConfig};
-use mustard_core::candle_core::{Tensor, D};
-use mustard_core::candle_nn::VarBuilder;
-use mustard_data::Task;
-use mustard_heads::classification::{ClassificationConfig, ClassificationHead};
-use mustard_heads::depth::{DepthConfig, DepthHead};
-use mustard_heads::detection::{DetectionConfig, DetectionHead, DetectionOutput};
-use mustard_heads::pose::{PoseConfig, PoseHead, PoseOutput};
-use mustard_heads::segmentation::{SegmentationConfig, SegmentationHead};
+use mustard_core::candle_core::{DType, Device, Tensor, D};
+use mustard_core::candle_nn::{VarBuilder, VarMap};
+use mustard_data::{Task, TaskMap};
+use mustard_heads::classification::ClassificationHead;
+use mustard_heads::depth::DepthHead;
+use mustard_heads::detection::DetectionHead;
+use mustard_heads::pose::PoseHead;
+use mustard_heads::segmentation::SegmentationHead;
 
-use crate::config::{ModelConfig, NeckConfig};
-use crate::targets::Batch;
+use crate::config::{loss_weight, ModelConfig, NeckConfig};
+use crate::targets::{Batch, Encoder};
+use crate::tasks::{Head, HeadSpec, Heads, Outputs, BACKBONE, HEADS, NECK};
 use crate::{Error, Result};
+
+pub use crate::tasks::Output;
 
 enum Neck {
     Fpn(Fpn),
     Deconv(DeconvNeck),
 }
 
-/// The raw outputs of every head.
-#[derive(Debug, Clone, Default)]
-pub struct Outputs {
-    /// Detection maps.
-    pub detection: Option<DetectionOutput>,
-    /// Pose maps.
-    pub pose: Option<PoseOutput>,
-    /// Segmentation logits at input size.
-    pub segmentation: Option<Tensor>,
-    /// Log-depth at input size.
-    pub depth: Option<Tensor>,
-    /// Class logits.
-    pub classification: Option<Tensor>,
-}
-
 /// The losses of one batch: the weighted total and each task's loss.
 #[derive(Debug, Clone)]
 pub struct Losses {
-    /// Σ weight · task loss.
+    /// Σ weight · task loss, summed in task order.
     pub total: Tensor,
     /// Each task's (unweighted) loss.
-    pub per_task: Vec<(Task, Tensor)>,
+    pub per_task: TaskMap<Tensor>,
 }
 
 /// Backbone + neck + heads.
 pub struct MultiTaskModel {
     backbone: ResNet,
     neck: Neck,
-    detection: Option<DetectionHead>,
-    pose: Option<PoseHead>,
-    segmentation: Option<SegmentationHead>,
-    depth: Option<DepthHead>,
-    classification: Option<ClassificationHead>,
+    heads: Heads,
+    specs: TaskMap<HeadSpec>,
     config: ModelConfig,
 }
 
 impl MultiTaskModel {
-    /// Builds the model under `vb` (`backbone.*`, `neck.*`, `heads.<task>.*`). The config's
-    /// `classes` must be filled (see [`crate::config::Classes`]).
+    /// The one way to make a model: its variables are created in a new [`VarMap`] on `device`,
+    /// each initialised from `(seed, name)` ([`crate::init::seeded`]), so the same config and
+    /// seed give the same model wherever it is built. The config's `classes` must be filled
+    /// (see [`crate::config::Classes`]). Checkpoints are loaded into the returned map.
+    pub fn build(config: &ModelConfig, seed: u64, device: &Device) -> Result<(VarMap, Self)> {
+        let varmap = VarMap::new();
+        let model = Self::new(
+            config,
+            crate::init::seeded(&varmap, seed, DType::F32, device),
+        )?;
+        Ok((varmap, model))
+    }
+
+    /// Builds the model under `vb` (`backbone.*`, `neck.*`, `heads.<task>.*`).
     pub fn new(config: &ModelConfig, vb: VarBuilder<'_>) -> Result<Self> {
         let backbone_cfg = ResNetConfig::preset(config.backbone);
         let c = backbone_cfg.out_channels();
-        let backbone = ResNet::new(&backbone_cfg, vb.pp("backbone"))?;
+        let backbone = ResNet::new(&backbone_cfg, vb.pp(BACKBONE))?;
         let (neck, dense) = match &config.neck {
-            NeckConfig::Fpn { channels, fuse } => (
-                Neck::Fpn(Fpn::new(
-                    &FpnConfig {
-                        in_channels: c,
-                        out_channels: *channels,
-                        fuse: *fuse,
-                    },
-                    vb.pp("neck"),
-                )?),
-                *channels,
-            ),
+            NeckConfig::Fpn { channels, fuse } => {
+                let fpn = FpnConfig {
+                    in_channels: c,
+                    out_channels: *channels,
+                    fuse: *fuse,
+                };
+                (Neck::Fpn(Fpn::new(&fpn, vb.pp(NECK))?), *channels)
+            }
             NeckConfig::Deconv { widths } => {
-                let neck = DeconvNeck::new(
-                    &DeconvConfig {
-                        in_channels: c[3],
-                        widths: widths.clone(),
-                    },
-                    vb.pp("neck"),
-                )?;
                 if widths.len() != 3 {
                     return Err(Error::config(
                         "model.neck.widths",
                         format!("{widths:?}: three stages are needed to reach stride 4"),
                     ));
                 }
-                (Neck::Deconv(neck), *widths.last().unwrap_or(&0))
+                let deconv = DeconvConfig {
+                    in_channels: c[3],
+                    widths: widths.clone(),
+                };
+                (
+                    Neck::Deconv(DeconvNeck::new(&deconv, vb.pp(NECK))?),
+                    widths[2],
+                )
             }
         };
-        let classes = &config.classes;
-        let has = |t: Task| config.tasks.contains(&t);
-        let hc = config.head_conv;
-        let heads = vb.pp("heads");
-        let detection = if has(Task::Detection) {
-            if classes.categories.is_empty() {
-                return Err(Error::config(
-                    "model.tasks",
-                    "detection needs at least one category",
-                ));
-            }
-            let cfg = DetectionConfig {
-                head_conv: hc,
-                ..DetectionConfig::new(classes.categories.len())
-            };
-            Some(DetectionHead::new(dense, &cfg, heads.pp("detection"))?)
-        } else {
-            None
-        };
-        let pose = if has(Task::Pose) {
-            if classes.person.is_none() || classes.joints == 0 {
-                return Err(Error::config(
-                    "model.tasks",
-                    "pose needs a category with keypoints in the training data",
-                ));
-            }
-            Some(PoseHead::new(
-                dense,
-                &PoseConfig {
-                    head_conv: hc,
-                    ..PoseConfig::new(classes.joints)
-                },
-                heads.pp("pose"),
-            )?)
-        } else {
-            None
-        };
-        let segmentation = if has(Task::Segmentation) {
-            let cfg = SegmentationConfig {
-                num_classes: classes.categories.len() + 1,
-                head_conv: hc,
-            };
-            Some(SegmentationHead::new(
-                dense,
-                &cfg,
-                heads.pp("segmentation"),
-            )?)
-        } else {
-            None
-        };
-        let depth = if has(Task::Depth) {
-            Some(DepthHead::new(
-                dense,
-                &DepthConfig {
-                    head_conv: hc,
-                    relative: config.relative_depth,
-                },
-                heads.pp("depth"),
-            )?)
-        } else {
-            None
-        };
-        let classification = if has(Task::Classification) {
-            if classes.labels.is_empty() {
-                return Err(Error::config(
-                    "model.tasks",
-                    "classification needs image labels (`label_names`) in the training data",
-                ));
-            }
-            let cfg = ClassificationConfig {
-                num_classes: classes.labels.len(),
-            };
-            Some(ClassificationHead::new(
-                c[3],
-                &cfg,
-                heads.pp("classification"),
-            )?)
-        } else {
-            None
-        };
+        let specs = HeadSpec::all(config)?;
+        let heads = vb.pp(HEADS);
+        let heads =
+            specs.try_map(|task, spec| Head::new(spec, dense, c[3], heads.pp(task.name())))?;
         Ok(Self {
             backbone,
             neck,
-            detection,
-            pose,
-            segmentation,
-            depth,
-            classification,
+            heads: Heads(heads),
+            specs,
             config: config.clone(),
         })
     }
@@ -186,6 +101,16 @@ impl MultiTaskModel {
     /// The configuration.
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// The configuration of every head, as the target encoder needs it.
+    pub fn head_specs(&self) -> &TaskMap<HeadSpec> {
+        &self.specs
+    }
+
+    /// The target encoder of this model's heads at `size` x `size` inputs.
+    pub fn encoder(&self, size: u32) -> Encoder {
+        Encoder::new(self.specs.clone(), size)
     }
 
     /// Runs every head; `train` selects BatchNorm batch statistics.
@@ -198,89 +123,26 @@ impl MultiTaskModel {
             Neck::Fpn(f) => f.forward_t(&maps, train)?.dense().clone(),
             Neck::Deconv(d) => d.forward_t(&maps.c5, train)?,
         };
-        Ok(Outputs {
-            detection: self
-                .detection
-                .as_ref()
-                .map(|h| h.forward(&dense))
-                .transpose()?,
-            pose: self.pose.as_ref().map(|h| h.forward(&dense)).transpose()?,
-            segmentation: self
-                .segmentation
-                .as_ref()
-                .map(|h| h.forward(&dense))
-                .transpose()?,
-            depth: self.depth.as_ref().map(|h| h.forward(&dense)).transpose()?,
-            classification: self
-                .classification
-                .as_ref()
-                .map(|h| h.forward(&maps.c5))
-                .transpose()?,
-        })
+        let outputs = self.heads.0.try_map(|_, h| h.forward(&dense, &maps.c5))?;
+        Ok(Outputs(outputs))
     }
 
     /// Each task's loss on the images that carry its labels, and their weighted sum.
     pub fn loss(&self, out: &Outputs, batch: &Batch) -> Result<Losses> {
-        let mut per_task = Vec::new();
-        let missing = |t: Task| {
-            Error::config(
-                "loss",
-                format!("the batch has no {t} targets for the {t} head"),
-            )
-        };
-        if let (Some(h), Some(o)) = (&self.detection, &out.detection) {
-            per_task.push((
-                Task::Detection,
-                h.loss(
-                    o,
-                    batch
-                        .detection
-                        .as_ref()
-                        .ok_or_else(|| missing(Task::Detection))?,
-                )?
-                .total,
-            ));
-        }
-        if let (Some(h), Some(o)) = (&self.pose, &out.pose) {
-            per_task.push((
-                Task::Pose,
-                h.loss(o, batch.pose.as_ref().ok_or_else(|| missing(Task::Pose))?)?
-                    .total,
-            ));
-        }
-        if let (Some(h), Some(o)) = (&self.segmentation, &out.segmentation) {
-            per_task.push((
-                Task::Segmentation,
-                h.loss(
-                    o,
-                    batch
-                        .segmentation
-                        .as_ref()
-                        .ok_or_else(|| missing(Task::Segmentation))?,
-                )?,
-            ));
-        }
-        if let (Some(h), Some(o)) = (&self.depth, &out.depth) {
-            per_task.push((
-                Task::Depth,
-                h.loss(o, batch.depth.as_ref().ok_or_else(|| missing(Task::Depth))?)?,
-            ));
-        }
-        if let (Some(h), Some(o)) = (&self.classification, &out.classification) {
-            per_task.push((
-                Task::Classification,
-                h.loss(
-                    o,
-                    batch
-                        .classification
-                        .as_ref()
-                        .ok_or_else(|| missing(Task::Classification))?,
-                )?,
-            ));
+        let mut per_task = TaskMap::new();
+        for (task, head) in self.heads.0.iter() {
+            let Some(o) = out.0.get(task) else { continue };
+            let targets = batch.targets.0.get(task).ok_or_else(|| {
+                Error::config(
+                    "loss",
+                    format!("the batch has no {task} targets for the {task} head"),
+                )
+            })?;
+            per_task.insert(task, head.loss(o, targets)?);
         }
         let mut total: Option<Tensor> = None;
-        for (task, loss) in &per_task {
-            let weighted = (loss * self.config.loss_weights.of(*task))?;
+        for (task, loss) in per_task.iter() {
+            let weighted = (loss * loss_weight(&self.config.loss_weights, task))?;
             total = Some(match total {
                 None => weighted,
                 Some(t) => (t + weighted)?,
@@ -290,29 +152,34 @@ impl MultiTaskModel {
         Ok(Losses { total, per_task })
     }
 
+    /// The tasks with a head.
+    pub fn tasks(&self) -> impl Iterator<Item = Task> + '_ {
+        self.heads.0.iter().map(|(t, _)| t)
+    }
+
     /// The detection head.
     pub fn detection(&self) -> Option<&DetectionHead> {
-        self.detection.as_ref()
+        self.heads.detection()
     }
 
     /// The pose head.
     pub fn pose(&self) -> Option<&PoseHead> {
-        self.pose.as_ref()
+        self.heads.pose()
     }
 
     /// The segmentation head.
     pub fn segmentation(&self) -> Option<&SegmentationHead> {
-        self.segmentation.as_ref()
+        self.heads.segmentation()
     }
 
     /// The depth head.
     pub fn depth(&self) -> Option<&DepthHead> {
-        self.depth.as_ref()
+        self.heads.depth()
     }
 
     /// The classification head.
     pub fn classification(&self) -> Option<&ClassificationHead> {
-        self.classification.as_ref()
+        self.heads.classification()
     }
 
     /// Convolution FLOPs of one forward pass at `size` x `size`.
@@ -324,10 +191,7 @@ impl MultiTaskModel {
         };
         self.backbone.flops(size, size)
             + neck
-            + self.detection.as_ref().map_or(0, |x| x.flops(h, w))
-            + self.pose.as_ref().map_or(0, |x| x.flops(h, w))
-            + self.segmentation.as_ref().map_or(0, |x| x.flops(h, w))
-            + self.depth.as_ref().map_or(0, |x| x.flops(h, w))
+            + self.heads.0.values().map(|x| x.flops(h, w)).sum::<u64>()
     }
 }
 

@@ -8,28 +8,30 @@
 //! Every stage is resumable: finished runs are reused, unfinished ones resumed, complete label
 //! shards skipped. Delete `runs/must` to start over.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mustard_core::candle_core::DType;
-use mustard_core::candle_nn::VarMap;
 use mustard_data::coco;
 use mustard_data::synth::{self, Splits, SynthConfig};
-use mustard_data::{Dataset, Task};
+use mustard_data::{Dataset, Task, TaskMap};
 use mustard_pseudo::{Stats, Store, Thresholds};
+use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{load_model, RunPaths};
-use crate::config::{Config, Preset};
+use crate::config::{read_toml, write_toml, Config};
+use crate::datasets::{classes_from, open_dataset};
+use crate::error::Problems;
 use crate::evaluate::{evaluate, evaluate_loss, EvalReport};
-use crate::pseudo::{pseudo_label, PseudoOptions};
-use crate::train::{classes_from, open_dataset, train, TrainOptions};
+use crate::pseudo::{pseudo_label, PseudoOptions, PseudoSummary};
+use crate::train::train_unless_done;
+use crate::trainer::initial_model;
 use crate::{Error, MultiTaskModel, Result};
 
 /// Where the pipeline's data comes from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum MustData {
     /// The synthetic default, written under `runs/must/data`.
     Synthetic {
@@ -42,17 +44,18 @@ pub enum MustData {
     },
     /// Your datasets.
     User {
-        /// One labelled COCO file per task (its teacher's training set).
-        labelled: Vec<(Task, PathBuf)>,
-        /// The unlabelled images: a folder or a COCO file.
-        unlabelled: PathBuf,
         /// The held-out labelled COCO file every model is evaluated on.
         test: PathBuf,
+        /// The unlabelled images: a folder or a COCO file.
+        unlabelled: PathBuf,
+        /// One labelled COCO file per task (its teacher's training set).
+        labelled: TaskMap<PathBuf>,
     },
 }
 
 /// The transfer test: fine-tune on a small labelled split of one task.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Transfer {
     /// The task.
     pub task: Task,
@@ -62,77 +65,67 @@ pub struct Transfer {
     pub epochs: usize,
 }
 
-/// The whole pipeline's settings.
-#[derive(Debug, Clone)]
+/// The whole pipeline's settings, saved as `runs/must/config.toml` (presets in `presets.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MustConfig {
-    /// Backbone, sizes and optimisation shared by every run (tasks and data are set per run).
-    pub base: Config,
     /// One teacher per task.
     pub tasks: Vec<Task>,
-    /// The data.
-    pub data: MustData,
     /// Epochs of each teacher.
     pub teacher_epochs: usize,
     /// Epochs of the student over the pseudo-labelled set.
     pub student_epochs: usize,
-    /// Pseudo-label thresholds.
-    pub thresholds: Thresholds,
     /// Images per label shard.
     pub shard_size: usize,
+    /// The data.
+    pub data: MustData,
+    /// Pseudo-label thresholds.
+    pub thresholds: Thresholds,
     /// The transfer test (None: skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<Transfer>,
+    /// Backbone, sizes and optimisation shared by every run (tasks and data are set per run).
+    pub base: Config,
 }
 
 impl MustConfig {
-    /// The settings of `preset` on the synthetic default.
-    pub fn preset(preset: Preset) -> Self {
-        let mut base = Config::preset(preset, "must");
-        base.train.validate = false;
-        let quick = preset == Preset::Quick;
-        if quick {
-            base.train.batch_size = 8;
+    /// Checks every setting, reporting all problems at once.
+    pub fn validate(&self) -> Result<()> {
+        let mut p = Problems::default();
+        p.extend(self.base.validate())?;
+        p.check(self.tasks.is_empty(), "must.tasks", || {
+            "at least one teacher is needed".into()
+        });
+        p.check(
+            self.teacher_epochs == 0 || self.student_epochs == 0 || self.shard_size == 0,
+            "must",
+            || "teacher_epochs, student_epochs and shard_size must be at least 1".into(),
+        );
+        if let Err(e) = self.thresholds.validate() {
+            p.push("must.thresholds", e.to_string());
         }
-        MustConfig {
-            tasks: Task::ALL.to_vec(),
-            data: MustData::Synthetic {
-                splits: if quick {
-                    Splits {
-                        per_task: 192,
-                        unlabeled: 384,
-                        test: 64,
-                    }
-                } else {
-                    Splits {
-                        per_task: 4000,
-                        unlabeled: 20000,
-                        test: 500,
-                    }
-                },
-                size: base.data.synth.size,
-                seed: base.data.synth.seed,
-            },
-            // Quick: 672 steps of 8 images per teacher, 960 for the student (96 px).
-            teacher_epochs: if quick { 28 } else { 40 },
-            student_epochs: if quick { 20 } else { 30 },
-            // A briefly trained tiny teacher rarely scores a box above SPEC's 0.5: at 0.5 the
-            // quick detection teacher (box AP 0.10) kept 11 boxes on 384 images.
-            thresholds: if quick {
-                Thresholds {
-                    detection: 0.3,
-                    pose: 0.3,
-                    ..Thresholds::default()
-                }
-            } else {
-                Thresholds::default()
-            },
-            shard_size: if quick { 64 } else { 256 },
-            transfer: Some(Transfer {
-                task: Task::Segmentation,
-                images: if quick { 64 } else { 500 },
-                epochs: if quick { 20 } else { 30 },
-            }),
-            base,
+        if let MustData::User { labelled, .. } = &self.data {
+            for task in &self.tasks {
+                p.check(!labelled.contains(*task), "must.data.labelled", || {
+                    format!(
+                        "no labelled dataset for the {task} teacher (give --labelled {task}=FILE)"
+                    )
+                });
+            }
         }
+        if let Some(t) = &self.transfer {
+            p.check(t.images == 0 || t.epochs == 0, "must.transfer", || {
+                "images and epochs must be at least 1".into()
+            });
+        }
+        p.finish()
+    }
+
+    /// Reads a saved pipeline config.
+    pub fn read(path: &Path) -> Result<Self> {
+        let config: MustConfig = read_toml(path)?;
+        config.validate()?;
+        Ok(config)
     }
 }
 
@@ -217,14 +210,7 @@ pub fn metric_name(task: Task) -> &'static str {
     }
 }
 
-fn headline(report: &EvalReport, task: Task) -> f64 {
-    report
-        .headline()
-        .into_iter()
-        .find(|(t, _)| *t == task)
-        .map_or(0.0, |(_, v)| v)
-}
-
+/// The folders and files of the pipeline under `runs/must`.
 struct Paths {
     root: PathBuf,
 }
@@ -236,25 +222,300 @@ impl Paths {
     fn data(&self) -> PathBuf {
         self.root.join("data")
     }
+    fn last(&self, run: &str) -> PathBuf {
+        RunPaths::new(&self.root, run).last()
+    }
 }
 
-/// Trains `config` under `root` unless its `done` marker exists (resuming a partial run);
-/// returns the seconds spent.
-fn train_once(config: &Config, root: &Path, progress: bool) -> Result<f64> {
-    let run = RunPaths::new(root, &config.name);
-    let done = run.dir.join("done");
-    if done.is_file() {
-        return Ok(0.0);
-    }
-    let options = TrainOptions {
-        runs: root.to_path_buf(),
-        resume: run.last().is_file(),
+/// The pipeline's data, resolved to files.
+struct Files {
+    labelled: TaskMap<PathBuf>,
+    unlabelled: PathBuf,
+    test: PathBuf,
+}
+
+/// A run of the pipeline: its settings, folders, held-out set and stage timings.
+struct Pipeline<'a> {
+    config: &'a MustConfig,
+    paths: Paths,
+    progress: bool,
+    timings: Vec<(String, f64)>,
+}
+
+/// Runs the pipeline under `runs/must`, saving its config as `runs/must/config.toml`.
+pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustReport> {
+    let started = Instant::now();
+    config.validate()?;
+    config.base.numerics.apply();
+    let mut p = Pipeline {
+        config,
+        paths: Paths {
+            root: runs.join("must"),
+        },
         progress,
-        stop_after: None,
+        timings: Vec::new(),
     };
-    let summary = train(config, &options)?;
-    std::fs::write(&done, format!("{}\n", summary.steps)).map_err(|e| Error::file(&done, e))?;
-    Ok(summary.seconds)
+    std::fs::create_dir_all(&p.paths.root).map_err(|e| Error::io(&p.paths.root, e))?;
+    write_toml(config, &p.paths.root.join("config.toml"))?;
+    let stage = Instant::now();
+    let files = p.data()?;
+    p.timings
+        .push(("data".to_string(), stage.elapsed().as_secs_f64()));
+    let test = Arc::new(open_dataset(&files.test, None, false)?);
+    let teachers = p.teachers(&files)?;
+    let labels = p.pseudo_labels(&files, &teachers)?;
+    let student = p.student_config();
+    let initial = p.initial_student(&student, &test)?;
+    let seconds = train_unless_done(&student, &p.paths.root, progress)?;
+    p.timings.push(("student".to_string(), seconds));
+    let rows = p.evaluate_all(&files, &teachers, &initial, &test)?;
+    let transfer = p.transfer(&files, &student, &test)?;
+    let report = MustReport {
+        tasks: rows,
+        transfer,
+        pseudo: labels.stats,
+        timings: p.timings,
+        report: p.paths.root.join("report.md"),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    write_report(&report, config, &p.paths.root)?;
+    Ok(report)
+}
+
+impl Pipeline<'_> {
+    fn say(&self, msg: impl FnOnce() -> String) {
+        if self.progress {
+            eprintln!("must: {}", msg());
+        }
+    }
+
+    /// Step 1: the labelled, unlabelled and test files (the synthetic splits are written once).
+    fn data(&self) -> Result<Files> {
+        let (splits, size, seed) = match &self.config.data {
+            MustData::User {
+                labelled,
+                unlabelled,
+                test,
+            } => {
+                return Ok(Files {
+                    labelled: labelled.clone(),
+                    unlabelled: unlabelled.clone(),
+                    test: test.clone(),
+                })
+            }
+            MustData::Synthetic { splits, size, seed } => (splits, *size, *seed),
+        };
+        let dir = self.paths.data();
+        let test = dir.join("test.json");
+        if !test.is_file() {
+            self.say(|| format!(
+                "writing the synthetic splits ({} labelled images per task, {} unlabelled, {} test) to {}",
+                splits.per_task, splits.unlabeled, splits.test, dir.display()
+            ));
+            let synth = SynthConfig {
+                size,
+                seed,
+                max_objects: 6,
+            };
+            synth::write(&dir, &synth, 0, Some(splits))?;
+        }
+        Ok(Files {
+            labelled: Task::ALL
+                .iter()
+                .map(|&t| (t, dir.join(format!("train_{t}.json"))))
+                .collect(),
+            unlabelled: dir.join("unlabeled.json"),
+            test,
+        })
+    }
+
+    /// Step 2: one teacher per task on its own labelled set; returns each teacher's run folder.
+    fn teachers(&mut self, files: &Files) -> Result<Vec<(Task, PathBuf)>> {
+        let mut teachers = Vec::new();
+        for &task in &self.config.tasks {
+            let data = files.labelled.get(task).ok_or_else(|| {
+                Error::config(
+                    "must",
+                    format!(
+                        "no labelled dataset for the {task} teacher (give --labelled {task}=FILE)"
+                    ),
+                )
+            })?;
+            let mut c = self.config.base.clone();
+            c.name = format!("teacher-{task}");
+            c.model.tasks = vec![task];
+            c.model.relative_depth = false;
+            c.data.train = Some(data.clone());
+            c.data.val = None;
+            c.data.pseudo = None;
+            c.train.epochs = self.config.teacher_epochs;
+            self.say(|| format!("training the {task} teacher on {}", data.display()));
+            let seconds = train_unless_done(&c, &self.paths.root, self.progress)?;
+            self.timings.push((format!("teacher {task}"), seconds));
+            teachers.push((task, RunPaths::new(&self.paths.root, &c.name).dir));
+        }
+        Ok(teachers)
+    }
+
+    /// Step 3: the teachers label the unlabelled set into `runs/must/labels`.
+    fn pseudo_labels(
+        &mut self,
+        files: &Files,
+        teachers: &[(Task, PathBuf)],
+    ) -> Result<PseudoSummary> {
+        let stage = Instant::now();
+        self.say(|| {
+            format!(
+                "pseudo-labelling {} into {}",
+                files.unlabelled.display(),
+                self.paths.labels().display()
+            )
+        });
+        let mut options = PseudoOptions::new(
+            teachers.iter().map(|(_, d)| d.clone()).collect(),
+            files.unlabelled.clone(),
+            self.paths.labels(),
+        );
+        options.thresholds = self.config.thresholds.clone();
+        options.shard_size = self.config.shard_size;
+        options.batch_size = self.config.base.train.batch_size;
+        options.input_size = Some(self.config.base.train.input_size);
+        options.progress = self.progress;
+        let labels = pseudo_label(&options)?;
+        if self.progress {
+            eprintln!(
+                "{}",
+                labels.stats.describe(labels_tasks(&self.config.tasks))
+            );
+        }
+        self.timings
+            .push(("pseudo-labels".to_string(), stage.elapsed().as_secs_f64()));
+        Ok(labels)
+    }
+
+    /// Step 4: the student, every head, on the label store.
+    fn student_config(&self) -> Config {
+        let mut student = self.config.base.clone();
+        student.name = "student".into();
+        student.model.tasks = self.config.tasks.clone();
+        student.model.relative_depth = true;
+        student.data.train = None;
+        student.data.val = None;
+        student.data.pseudo = Some(self.paths.labels());
+        student.train.epochs = self.config.student_epochs;
+        student
+    }
+
+    /// The student at its initialisation (the model training starts from) on the test set:
+    /// metrics and per-task loss.
+    fn initial_student(&self, student: &Config, test: &Arc<Dataset>) -> Result<Initial> {
+        self.say(|| "training the student on every pseudo-label".into());
+        let store = Store::open(&self.paths.labels())?;
+        let mut c = student.clone();
+        let m = store.manifest();
+        c.model.classes = classes_from(&m.categories, &m.label_names);
+        let (_, model) = initial_model(&c)?;
+        let t = &c.train;
+        let loss = evaluate_loss(&model, test.clone(), t.input_size, t.batch_size)?;
+        Ok(Initial {
+            report: evaluate_on(&model, &c, test)?,
+            loss,
+        })
+    }
+
+    /// Step 5: teachers and student on the held-out set.
+    fn evaluate_all(
+        &mut self,
+        files: &Files,
+        teachers: &[(Task, PathBuf)],
+        initial: &Initial,
+        test: &Arc<Dataset>,
+    ) -> Result<Vec<TaskResult>> {
+        let stage = Instant::now();
+        self.say(|| format!("evaluating every model on {}", files.test.display()));
+        let (config, _, model) = load_model(&self.paths.last("student"))?;
+        let student = evaluate_on(&model, &config, test)?;
+        let t = &config.train;
+        let student_loss = evaluate_loss(&model, test.clone(), t.input_size, t.batch_size)?;
+        let loss_of = |losses: &TaskMap<f64>, task| losses.get(task).copied().unwrap_or(f64::NAN);
+        let mut rows = Vec::new();
+        for (task, dir) in teachers {
+            let (c, _, model) = load_model(&dir.join("weights").join("last.safetensors"))?;
+            let report = evaluate_on(&model, &c, test)?;
+            rows.push(TaskResult {
+                task: *task,
+                teacher: report.headline_of(*task),
+                student: student.headline_of(*task),
+                initial: initial.report.headline_of(*task),
+                initial_loss: loss_of(&initial.loss, *task),
+                student_loss: loss_of(&student_loss, *task),
+            });
+        }
+        self.timings
+            .push(("evaluation".to_string(), stage.elapsed().as_secs_f64()));
+        Ok(rows)
+    }
+
+    /// Step 6, the transfer test: fine-tuning on a held-out split from the student's backbone
+    /// and neck, against the same training from scratch.
+    fn transfer(
+        &mut self,
+        files: &Files,
+        student: &Config,
+        test: &Arc<Dataset>,
+    ) -> Result<Option<TransferResult>> {
+        let Some(t) = &self.config.transfer else {
+            return Ok(None);
+        };
+        let Some(source) = files.labelled.get(t.task) else {
+            return Ok(None);
+        };
+        let split = self
+            .paths
+            .data()
+            .join(format!("transfer_{}_{}.json", t.task, t.images));
+        if !split.is_file() {
+            subset(source, t.images, &split)?;
+        }
+        let mut results = Vec::new();
+        for (name, init) in [("transfer-student", true), ("transfer-scratch", false)] {
+            let mut c = student.clone();
+            c.name = name.into();
+            c.model.tasks = vec![t.task];
+            c.model.relative_depth = false;
+            c.model.init_from = init.then(|| self.paths.last("student"));
+            c.data.pseudo = None;
+            c.data.train = Some(split.clone());
+            c.data.root = source.parent().map(Path::to_path_buf);
+            c.train.epochs = t.epochs;
+            self.say(|| {
+                let from = if init {
+                    "the student's backbone"
+                } else {
+                    "from scratch"
+                };
+                format!(
+                    "transfer: fine-tuning {from} on {} labelled {} images",
+                    t.images, t.task
+                )
+            });
+            let seconds = train_unless_done(&c, &self.paths.root, self.progress)?;
+            self.timings.push((name.to_string(), seconds));
+            let (c, _, model) = load_model(&self.paths.last(name))?;
+            results.push(evaluate_on(&model, &c, test)?.headline_of(t.task));
+        }
+        Ok(Some(TransferResult {
+            task: t.task,
+            from_student: results[0],
+            from_scratch: results[1],
+        }))
+    }
+}
+
+/// The student at its initialisation.
+struct Initial {
+    report: EvalReport,
+    loss: TaskMap<f64>,
 }
 
 /// The first `n` images of a COCO file (with their annotations) as a new file.
@@ -267,241 +528,12 @@ fn subset(from: &Path, n: usize, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs the pipeline under `runs/must`.
-pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustReport> {
-    let started = Instant::now();
-    let paths = Paths {
-        root: runs.join("must"),
-    };
-    std::fs::create_dir_all(&paths.root).map_err(|e| Error::file(&paths.root, e))?;
-    let say = |msg: String| {
-        if progress {
-            eprintln!("must: {msg}");
-        }
-    };
-    let mut timings = Vec::new();
-
-    // 1. Data.
-    let stage = Instant::now();
-    let (labelled, unlabelled, test): (BTreeMap<Task, PathBuf>, PathBuf, PathBuf) = match &config
-        .data
-    {
-        MustData::Synthetic { splits, size, seed } => {
-            let dir = paths.data();
-            let test = dir.join("test.json");
-            if !test.is_file() {
-                say(format!(
-                        "writing the synthetic splits ({} labelled images per task, {} unlabelled, {} test) to {}",
-                        splits.per_task,
-                        splits.unlabeled,
-                        splits.test,
-                        dir.display()
-                    ));
-                synth::write(
-                    &dir,
-                    &SynthConfig {
-                        size: *size,
-                        seed: *seed,
-                        max_objects: 6,
-                    },
-                    0,
-                    Some(splits),
-                )?;
-            }
-            (
-                Task::ALL
-                    .iter()
-                    .map(|&t| (t, dir.join(format!("train_{t}.json"))))
-                    .collect(),
-                dir.join("unlabeled.json"),
-                test,
-            )
-        }
-        MustData::User {
-            labelled,
-            unlabelled,
-            test,
-        } => (
-            labelled.iter().cloned().collect(),
-            unlabelled.clone(),
-            test.clone(),
-        ),
-    };
-    timings.push(("data".to_string(), stage.elapsed().as_secs_f64()));
-    let test_ds = Arc::new(open_dataset(&test, None, false)?);
-
-    // 2. Teachers.
-    let mut teachers = Vec::new();
-    for &task in &config.tasks {
-        let Some(data) = labelled.get(&task) else {
-            return Err(Error::config(
-                "must",
-                format!("no labelled dataset for the {task} teacher (give --labelled {task}=FILE)"),
-            ));
-        };
-        let mut c = config.base.clone();
-        c.name = format!("teacher-{task}");
-        c.model.tasks = vec![task];
-        c.model.relative_depth = false;
-        c.data.train = Some(data.clone());
-        c.data.val = None;
-        c.data.pseudo = None;
-        c.train.epochs = config.teacher_epochs;
-        say(format!("training the {task} teacher on {}", data.display()));
-        let seconds = train_once(&c, &paths.root, progress)?;
-        timings.push((format!("teacher {task}"), seconds));
-        teachers.push((task, RunPaths::new(&paths.root, &c.name).dir));
-    }
-
-    // 3. Pseudo-labels.
-    let stage = Instant::now();
-    say(format!(
-        "pseudo-labelling {} into {}",
-        unlabelled.display(),
-        paths.labels().display()
-    ));
-    let mut options = PseudoOptions::new(
-        teachers.iter().map(|(_, d)| d.clone()).collect(),
-        unlabelled.clone(),
-        paths.labels(),
-    );
-    options.thresholds = config.thresholds.clone();
-    options.shard_size = config.shard_size;
-    options.batch_size = config.base.train.batch_size;
-    options.input_size = Some(config.base.train.input_size);
-    options.progress = progress;
-    let labels = pseudo_label(&options)?;
-    if progress {
-        eprintln!("{}", labels.stats.describe(labels_tasks(&config.tasks)));
-    }
-    timings.push(("pseudo-labels".to_string(), stage.elapsed().as_secs_f64()));
-
-    // 4. The student.
-    let mut student = config.base.clone();
-    student.name = "student".into();
-    student.model.tasks = config.tasks.clone();
-    student.model.relative_depth = true;
-    student.data.train = None;
-    student.data.val = None;
-    student.data.pseudo = Some(paths.labels());
-    student.train.epochs = config.student_epochs;
-    say("training the student on every pseudo-label".into());
-    let (initial, initial_loss) = {
-        // The student's own initialisation (train() seeds it identically).
-        let store = Store::open(&paths.labels())?;
-        let mut c = student.clone();
-        c.model.classes = classes_from(&store.manifest().categories, &store.manifest().label_names);
-        let device = c.device.device()?;
-        let varmap = VarMap::new();
-        let model = MultiTaskModel::new(
-            &c.model,
-            crate::init::seeded(&varmap, c.seed, DType::F32, &device),
-        )?;
-        let loss = evaluate_loss(
-            &model,
-            test_ds.clone(),
-            c.train.input_size,
-            c.train.batch_size,
-        )?;
-        (evaluate_on(&model, &c, &test_ds)?, loss)
-    };
-    let seconds = train_once(&student, &paths.root, progress)?;
-    timings.push(("student".to_string(), seconds));
-
-    // 5. Evaluation on the held-out set.
-    let stage = Instant::now();
-    say(format!("evaluating every model on {}", test.display()));
-    let (student_config, _, student_model) =
-        load_model(&RunPaths::new(&paths.root, "student").last())?;
-    let student_report = evaluate_on(&student_model, &student_config, &test_ds)?;
-    let student_loss = evaluate_loss(
-        &student_model,
-        test_ds.clone(),
-        student_config.train.input_size,
-        student_config.train.batch_size,
-    )?;
-    let loss_of = |losses: &[(Task, f64)], task: Task| {
-        losses
-            .iter()
-            .find(|(t, _)| *t == task)
-            .map_or(f64::NAN, |(_, v)| *v)
-    };
-    let mut rows = Vec::new();
-    for (task, dir) in &teachers {
-        let (c, _, model) = load_model(&dir.join("weights").join("last.safetensors"))?;
-        let report = evaluate_on(&model, &c, &test_ds)?;
-        rows.push(TaskResult {
-            task: *task,
-            teacher: headline(&report, *task),
-            student: headline(&student_report, *task),
-            initial: headline(&initial, *task),
-            initial_loss: loss_of(&initial_loss, *task),
-            student_loss: loss_of(&student_loss, *task),
-        });
-    }
-    timings.push(("evaluation".to_string(), stage.elapsed().as_secs_f64()));
-
-    // 6. Transfer.
-    let transfer = match &config.transfer {
-        Some(t) => match labelled.get(&t.task) {
-            Some(source) => {
-                let split = paths
-                    .data()
-                    .join(format!("transfer_{}_{}.json", t.task, t.images));
-                if !split.is_file() {
-                    subset(source, t.images, &split)?;
-                }
-                let root = source.parent().map(Path::to_path_buf);
-                let mut results = Vec::new();
-                for (name, init) in [("transfer-student", true), ("transfer-scratch", false)] {
-                    let mut c = student.clone();
-                    c.name = name.into();
-                    c.model.tasks = vec![t.task];
-                    c.model.relative_depth = false;
-                    c.model.init_from = init.then(|| RunPaths::new(&paths.root, "student").last());
-                    c.data.pseudo = None;
-                    c.data.train = Some(split.clone());
-                    c.data.root = root.clone();
-                    c.train.epochs = t.epochs;
-                    say(format!(
-                        "transfer: fine-tuning {} on {} labelled {} images",
-                        if init {
-                            "the student's backbone"
-                        } else {
-                            "from scratch"
-                        },
-                        t.images,
-                        t.task
-                    ));
-                    let seconds = train_once(&c, &paths.root, progress)?;
-                    timings.push((name.to_string(), seconds));
-                    let (c, _, model) = load_model(&RunPaths::new(&paths.root, name).last())?;
-                    results.push(headline(&evaluate_on(&model, &c, &test_ds)?, t.task));
-                }
-                Some(TransferResult {
-                    task: t.task,
-                    from_student: results[0],
-                    from_scratch: results[1],
-                })
-            }
-            None => None,
-        },
-        None => None,
-    };
-
-    let report = MustReport {
-        tasks: rows,
-        transfer,
-        pseudo: labels.stats,
-        timings,
-        report: paths.root.join("report.md"),
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    let text = render(&report, config);
+/// `report.md`, `results.json` and `must.png`.
+fn write_report(report: &MustReport, config: &MustConfig, root: &Path) -> Result<()> {
+    let text = render(report, config);
     mustard_core::io::write_bytes(&report.report, text.as_bytes())?;
-    let json =
-        serde_json::to_vec_pretty(&report.to_json()).map_err(|e| Error::file(&paths.root, e))?;
-    mustard_core::io::write_bytes(&paths.root.join("results.json"), &json)?;
+    let json = serde_json::to_vec_pretty(&report.to_json()).expect("JSON values serialise");
+    mustard_core::io::write_bytes(&root.join("results.json"), &json)?;
     let chart = crate::draw::bars(
         "MuST on the held-out set: teacher, student, student at initialisation",
         &report
@@ -512,8 +544,8 @@ pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustRepo
         &["teacher", "student", "initialisation"],
         220,
     );
-    mustard_data::imageio::write_rgb(&paths.root.join("must.png"), &chart)?;
-    Ok(report)
+    mustard_data::imageio::write_rgb(&root.join("must.png"), &chart)?;
+    Ok(())
 }
 
 fn labels_tasks(tasks: &[Task]) -> mustard_data::TaskSet {

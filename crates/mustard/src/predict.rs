@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::evaluate::to_original;
 use crate::model::MultiTaskModel;
 use crate::targets::normalise;
+use crate::tasks::Outputs;
 use crate::{draw, Error, Result};
 
 /// How to predict.
@@ -57,7 +58,7 @@ pub fn collect_inputs(input: &Path) -> Result<Vec<PathBuf>> {
     if input.is_file() {
         return Ok(vec![input.to_path_buf()]);
     }
-    let entries = std::fs::read_dir(input).map_err(|e| Error::file(input, e))?;
+    let entries = std::fs::read_dir(input).map_err(|e| Error::io(input, e))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -106,15 +107,73 @@ pub fn predict(
     out: &Path,
     options: &PredictOptions,
 ) -> Result<PredictSummary> {
-    std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
-    let size = config.train.input_size;
-    let s = size as usize;
-    let classes = &config.model.classes;
-    let (mut boxes, mut people, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut records = Records::default();
     let mut timing = Timing::default();
     let mut files = Vec::new();
     for (i, path) in inputs.iter().enumerate() {
-        let image_id = i as u64 + 1;
+        let image = Image::read(path, i as u64 + 1, config.train.input_size)?;
+        let t = image.predict(model, out, options, &mut records, &mut files)?;
+        timing.preprocess += t.preprocess;
+        timing.inference += t.inference;
+        timing.postprocess += t.postprocess;
+    }
+    records.write(out, &mut files)?;
+    let n = inputs.len().max(1) as f64;
+    timing = Timing {
+        preprocess: timing.preprocess / n,
+        inference: timing.inference / n,
+        postprocess: timing.postprocess / n,
+    };
+    Ok(PredictSummary {
+        images: inputs.len(),
+        files,
+        timing,
+    })
+}
+
+/// The COCO-results records of every image.
+#[derive(Default)]
+struct Records {
+    boxes: Vec<Value>,
+    people: Vec<Value>,
+    labels: Vec<Value>,
+}
+
+impl Records {
+    fn write(&self, out: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+        for (name, records) in [
+            ("detections", &self.boxes),
+            ("keypoints", &self.people),
+            ("classification", &self.labels),
+        ] {
+            if records.is_empty() {
+                continue;
+            }
+            let file = out.join(format!("{name}.json"));
+            let bytes =
+                serde_json::to_vec(&Value::Array(records.clone())).expect("JSON values serialise");
+            mustard_core::io::write_bytes(&file, &bytes)?;
+            files.push(file);
+        }
+        Ok(())
+    }
+}
+
+/// One input image, decoded and letterboxed.
+struct Image {
+    image_id: u64,
+    name: String,
+    stem: String,
+    original: RgbImage,
+    sample: Sample,
+    size: u32,
+    started: Instant,
+}
+
+impl Image {
+    fn read(path: &Path, image_id: u64, size: u32) -> Result<Self> {
+        let started = Instant::now();
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -123,7 +182,6 @@ pub fn predict(
             .file_stem()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| format!("{image_id}"));
-        let t0 = Instant::now();
         let original = imageio::read_rgb(path)?;
         let (w, h) = original.dimensions();
         let sample = Sample {
@@ -138,148 +196,203 @@ pub fn predict(
             original_size: (w, h),
         };
         let sample = AugmentConfig::eval(size).apply(sample, &[], &mut Rng::new(0));
-        let x = Tensor::from_vec(normalise(&sample.image), (1, 3, s, s), &Device::Cpu)?;
+        Ok(Self {
+            image_id,
+            name,
+            stem,
+            original,
+            sample,
+            size,
+            started,
+        })
+    }
+
+    /// Runs the model, records its predictions and writes the pictures.
+    fn predict(
+        &self,
+        model: &MultiTaskModel,
+        out: &Path,
+        options: &PredictOptions,
+        records: &mut Records,
+        files: &mut Vec<PathBuf>,
+    ) -> Result<Timing> {
+        let s = self.size as usize;
+        let x = Tensor::from_vec(normalise(&self.sample.image), (1, 3, s, s), &Device::Cpu)?;
         let t1 = Instant::now();
         let outputs = model.forward_t(&x, false)?;
         let t2 = Instant::now();
-        let inv = sample.transform.inverse().unwrap_or(Affine::IDENTITY);
-        let mut picture = original.clone();
-        if let (Some(head), Some(logits)) = (model.segmentation(), &outputs.segmentation) {
+        let mut picture = self.original.clone();
+        self.segmentation(model, &outputs, &mut picture)?;
+        self.detections(model, &outputs, options, records, &mut picture)?;
+        self.people(model, &outputs, options, records, &mut picture)?;
+        self.classification(model, &outputs, records, &mut picture)?;
+        let mut parts = vec![picture];
+        if let (Some(head), Some(pred)) = (model.depth(), outputs.depth()) {
+            let (w, h) = self.original.dimensions();
+            let depth = head.decode(pred)?.remove(0);
+            let map = to_original_map(&depth, s, &self.sample.transform, (w, h), f32::NAN);
+            parts.push(draw::colour_map(&map, w, h, true));
+        }
+        let file = out.join(format!("{}.png", self.stem));
+        imageio::write_rgb(&file, &side_by_side(&parts))?;
+        files.push(file);
+        if options.save_heatmaps {
+            self.heatmaps(model, &outputs, out, options, files)?;
+        }
+        let t3 = Instant::now();
+        Ok(Timing {
+            preprocess: (t1 - self.started).as_secs_f64() * 1e3,
+            inference: (t2 - t1).as_secs_f64() * 1e3,
+            postprocess: (t3 - t2).as_secs_f64() * 1e3,
+        })
+    }
+
+    fn segmentation(
+        &self,
+        model: &MultiTaskModel,
+        outputs: &Outputs,
+        picture: &mut RgbImage,
+    ) -> Result<()> {
+        if let (Some(head), Some(logits)) = (model.segmentation(), outputs.segmentation()) {
+            let (w, h) = self.original.dimensions();
             let pred = head.decode(logits)?.remove(0);
-            let map = to_original_map(&pred, s, &sample.transform, (w, h), 0u8);
+            let map = to_original_map(
+                &pred,
+                self.size as usize,
+                &self.sample.transform,
+                (w, h),
+                0u8,
+            );
             draw::overlay(
-                &mut picture,
+                picture,
                 &GrayImage::from_raw(w, h, map).expect("sizes match"),
             );
         }
-        if let (Some(head), Some(o)) = (model.detection(), &outputs.detection) {
-            for d in head.decode(o)?.remove(0) {
-                let bbox = to_original(d.bbox, &sample.transform, (w, h));
-                boxes.push(json!({"image_id": image_id, "file_name": name, "category_id": classes.category_ids[d.class], "bbox": bbox, "score": d.score}));
-                if d.score >= options.draw_threshold {
-                    let b = [
-                        bbox[0] as f32,
-                        bbox[1] as f32,
-                        (bbox[0] + bbox[2]) as f32,
-                        (bbox[1] + bbox[3]) as f32,
-                    ];
-                    draw::boxed(
-                        &mut picture,
-                        b,
-                        &format!("{} {:.2}", classes.categories[d.class], d.score),
-                        draw::colour(d.class),
-                    );
-                }
-            }
-        }
-        if let (Some(head), Some(o), Some(person)) = (model.pose(), &outputs.pose, classes.person) {
-            let skeleton = mustard_data::coco::COCO_SKELETON;
-            for d in head.decode(o)?.remove(0) {
-                let joints: Vec<[f32; 3]> = d
-                    .payload
-                    .iter()
-                    .map(|k| {
-                        let (x, y) = inv.apply(k[0] as f64, k[1] as f64);
-                        [x as f32, y as f32, k[2]]
-                    })
-                    .collect();
-                let flat: Vec<f64> = joints
-                    .iter()
-                    .flat_map(|j| [j[0] as f64, j[1] as f64, 1.0])
-                    .collect();
-                people.push(json!({"image_id": image_id, "file_name": name, "category_id": classes.category_ids[person], "keypoints": flat, "score": d.score}));
-                if d.score >= options.draw_threshold {
-                    draw::skeleton(
-                        &mut picture,
-                        &joints,
-                        if joints.len() == 17 { &skeleton } else { &[] },
-                        draw::colour(person),
-                    );
-                }
-            }
-        }
-        if let (Some(head), Some(logits)) = (model.classification(), &outputs.classification) {
-            let probs = head.decode(logits)?.remove(0);
-            let (best, p) =
-                probs
-                    .iter()
-                    .enumerate()
-                    .fold((0, f32::MIN), |a, (i, &p)| if p > a.1 { (i, p) } else { a });
-            labels.push(json!({"image_id": image_id, "file_name": name, "label": classes.labels.get(best), "score": p, "probabilities": probs}));
-            draw::label(
-                &mut picture,
-                2,
-                h as i32 - 14,
-                &format!(
-                    "{} {:.2}",
-                    classes.labels.get(best).map_or("?", String::as_str),
-                    p
-                ),
-                draw::colour(best),
-            );
-        }
-        let mut parts = vec![picture];
-        if let (Some(head), Some(pred)) = (model.depth(), &outputs.depth) {
-            let depth = head.decode(pred)?.remove(0);
-            let map = to_original_map(&depth, s, &sample.transform, (w, h), f32::NAN);
-            parts.push(draw::colour_map(&map, w, h, true));
-        }
-        let side = side_by_side(&parts);
-        let file = out.join(format!("{stem}.png"));
-        imageio::write_rgb(&file, &side)?;
-        files.push(file);
-        if options.save_heatmaps {
-            let mut maps = Vec::new();
-            if let Some(o) = &outputs.detection {
-                maps.push(heat_picture(&o.hm)?);
-            }
-            if let Some(o) = &outputs.pose {
-                maps.push(heat_picture(&o.hm_hp)?);
-            }
-            let target = match &options.targets {
-                Some(ds) => target_heatmaps(model, ds, &name, size)?,
-                None => Vec::new(),
-            };
-            if !maps.is_empty() {
-                let mut rows = vec![side_by_side(&maps)];
-                if !target.is_empty() {
-                    rows.push(side_by_side(&target));
-                }
-                let file = out.join(format!("{stem}_heatmaps.png"));
-                imageio::write_rgb(&file, &draw::stack(&rows))?;
-                files.push(file);
-            }
-        }
-        let t3 = Instant::now();
-        timing.preprocess += (t1 - t0).as_secs_f64() * 1e3;
-        timing.inference += (t2 - t1).as_secs_f64() * 1e3;
-        timing.postprocess += (t3 - t2).as_secs_f64() * 1e3;
+        Ok(())
     }
-    for (name, records) in [
-        ("detections", &boxes),
-        ("keypoints", &people),
-        ("classification", &labels),
-    ] {
-        if records.is_empty() {
-            continue;
+
+    fn detections(
+        &self,
+        model: &MultiTaskModel,
+        outputs: &Outputs,
+        options: &PredictOptions,
+        records: &mut Records,
+        picture: &mut RgbImage,
+    ) -> Result<()> {
+        let (Some(head), Some(o)) = (model.detection(), outputs.detection()) else {
+            return Ok(());
+        };
+        let classes = &model.config().classes;
+        for d in head.decode(o)?.remove(0) {
+            let bbox = to_original(d.bbox, &self.sample.transform, self.original.dimensions());
+            records.boxes.push(json!({"image_id": self.image_id, "file_name": self.name, "category_id": classes.category_ids[d.class], "bbox": bbox, "score": d.score}));
+            if d.score >= options.draw_threshold {
+                let b = [
+                    bbox[0] as f32,
+                    bbox[1] as f32,
+                    (bbox[0] + bbox[2]) as f32,
+                    (bbox[1] + bbox[3]) as f32,
+                ];
+                let label = format!("{} {:.2}", classes.categories[d.class], d.score);
+                draw::boxed(picture, b, &label, draw::colour(d.class));
+            }
         }
-        let file = out.join(format!("{name}.json"));
-        let bytes = serde_json::to_vec(&Value::Array(records.clone()))
-            .map_err(|e| Error::file(&file, e))?;
-        mustard_core::io::write_bytes(&file, &bytes)?;
-        files.push(file);
+        Ok(())
     }
-    let n = inputs.len().max(1) as f64;
-    timing = Timing {
-        preprocess: timing.preprocess / n,
-        inference: timing.inference / n,
-        postprocess: timing.postprocess / n,
-    };
-    Ok(PredictSummary {
-        images: inputs.len(),
-        files,
-        timing,
-    })
+
+    fn people(
+        &self,
+        model: &MultiTaskModel,
+        outputs: &Outputs,
+        options: &PredictOptions,
+        records: &mut Records,
+        picture: &mut RgbImage,
+    ) -> Result<()> {
+        let classes = &model.config().classes;
+        let (Some(head), Some(o), Some(person)) = (model.pose(), outputs.pose(), classes.person)
+        else {
+            return Ok(());
+        };
+        let inv = self.sample.transform.inverse().unwrap_or(Affine::IDENTITY);
+        let skeleton = mustard_data::coco::COCO_SKELETON;
+        for d in head.decode(o)?.remove(0) {
+            let joints: Vec<[f32; 3]> = d
+                .payload
+                .iter()
+                .map(|k| {
+                    let (x, y) = inv.apply(k[0] as f64, k[1] as f64);
+                    [x as f32, y as f32, k[2]]
+                })
+                .collect();
+            let flat: Vec<f64> = joints
+                .iter()
+                .flat_map(|j| [j[0] as f64, j[1] as f64, 1.0])
+                .collect();
+            records.people.push(json!({"image_id": self.image_id, "file_name": self.name, "category_id": classes.category_ids[person], "keypoints": flat, "score": d.score}));
+            if d.score >= options.draw_threshold {
+                let edges: &[[u32; 2]] = if joints.len() == 17 { &skeleton } else { &[] };
+                draw::skeleton(picture, &joints, edges, draw::colour(person));
+            }
+        }
+        Ok(())
+    }
+
+    fn classification(
+        &self,
+        model: &MultiTaskModel,
+        outputs: &Outputs,
+        records: &mut Records,
+        picture: &mut RgbImage,
+    ) -> Result<()> {
+        let (Some(head), Some(logits)) = (model.classification(), outputs.classification()) else {
+            return Ok(());
+        };
+        let labels = &model.config().classes.labels;
+        let probs = head.decode(logits)?.remove(0);
+        let (best, p) =
+            probs
+                .iter()
+                .enumerate()
+                .fold((0, f32::MIN), |a, (i, &p)| if p > a.1 { (i, p) } else { a });
+        records.labels.push(json!({"image_id": self.image_id, "file_name": self.name, "label": labels.get(best), "score": p, "probabilities": probs}));
+        let text = format!("{} {:.2}", labels.get(best).map_or("?", String::as_str), p);
+        let h = self.original.height();
+        draw::label(picture, 2, h as i32 - 14, &text, draw::colour(best));
+        Ok(())
+    }
+
+    /// `<stem>_heatmaps.png`: the predicted heatmaps, and under them the targets when the
+    /// ground truth has this image.
+    fn heatmaps(
+        &self,
+        model: &MultiTaskModel,
+        outputs: &Outputs,
+        out: &Path,
+        options: &PredictOptions,
+        files: &mut Vec<PathBuf>,
+    ) -> Result<()> {
+        let mut maps = Vec::new();
+        if let Some(o) = outputs.detection() {
+            maps.push(heat_picture(&o.hm)?);
+        }
+        if let Some(o) = outputs.pose() {
+            maps.push(heat_picture(&o.hm_hp)?);
+        }
+        let target = match &options.targets {
+            Some(ds) => target_heatmaps(model, ds, &self.name, self.size)?,
+            None => Vec::new(),
+        };
+        if !maps.is_empty() {
+            let mut rows = vec![side_by_side(&maps)];
+            if !target.is_empty() {
+                rows.push(side_by_side(&target));
+            }
+            let file = out.join(format!("{}_heatmaps.png", self.stem));
+            imageio::write_rgb(&file, &draw::stack(&rows))?;
+            files.push(file);
+        }
+        Ok(())
+    }
 }
 
 /// The maximum over channels of a heatmap's sigmoid, as a colour map, 4x enlarged.
@@ -307,16 +420,13 @@ fn target_heatmaps(
     let mut sample = ds.load(i)?;
     sample.tasks = TaskSet::all();
     let sample = AugmentConfig::eval(size).apply(sample, ds.flip_pairs(), &mut Rng::new(0));
-    let item = mustard_data::BatchEncoder::encode(
-        &crate::targets::Encoder::new(model.config(), size),
-        sample,
-    )?;
+    let item = mustard_data::BatchEncoder::encode(&model.encoder(size), sample)?;
     let mut out = Vec::new();
-    if let Some(t) = item.detection() {
+    if let Some(t) = item.targets.detection() {
         let (h, w) = t.size;
         out.push(max_picture(&t.hm, t.hm.len() / (h * w), h, w));
     }
-    if let Some(t) = item.pose() {
+    if let Some(t) = item.targets.pose() {
         let (h, w) = t.det.size;
         out.push(max_picture(&t.hm_hp, t.hm_hp.len() / (h * w), h, w));
     }

@@ -245,7 +245,7 @@ pub fn pseudo_label(options: &PseudoOptions) -> Result<PseudoSummary> {
         ProgressStyle::with_template("pseudo-labels [{bar:30}] {pos}/{len} images {msg} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let encoder = Arc::new(Encoder::new(&teachers[0].config.model, input_size));
+    let encoder = Arc::new(Encoder::images_only(input_size));
     let source: Arc<dyn Source> = images.clone();
     let (mut written, mut skipped, mut redone) = (0, 0, 0);
     for &k in &owned {
@@ -321,12 +321,12 @@ fn label_batch(
     let th = &m.thresholds;
     let o = model.forward_t(&batch.images, false)?;
     let metas = &batch.meta;
-    if let (Some(head), Some(d)) = (model.detection(), &o.detection) {
+    if let (Some(head), Some(d)) = (model.detection(), o.detection()) {
         for ((dets, meta), l) in head.decode(d)?.iter().zip(metas).zip(out.iter_mut()) {
             l.boxes = keep_boxes(dets, th.detection, &meta.transform, meta.original_size);
         }
     }
-    if let (Some(head), Some(p)) = (model.pose(), &o.pose) {
+    if let (Some(head), Some(p)) = (model.pose(), o.pose()) {
         let person = m
             .person()
             .ok_or_else(|| Error::config("teachers", "the pose teacher has no person category"))?;
@@ -334,7 +334,7 @@ fn label_batch(
             l.people = keep_people(people, th, person, &meta.transform, meta.original_size);
         }
     }
-    if let Some(logits) = &o.segmentation {
+    if let Some(logits) = o.segmentation() {
         for ((map, meta), l) in segmentation_labels(logits, th.segmentation)?
             .iter()
             .zip(metas)
@@ -343,15 +343,20 @@ fn label_batch(
             l.semantic = Some(labels_to_original(map, &meta.transform, meta.original_size));
         }
     }
-    if let (Some(head), Some(d)) = (model.depth(), &o.depth) {
+    if let (Some(head), Some(d)) = (model.depth(), o.depth()) {
         let (_, _, h, w) = d.dims4()?;
         for ((values, meta), l) in head.decode(d)?.into_iter().zip(metas).zip(out.iter_mut()) {
-            let map = DepthMap::from_raw(w as u32, h as u32, values)
-                .ok_or_else(|| Error::config("depth", "teacher output has an unexpected size"))?;
+            let found = vec![values.len()];
+            let map =
+                DepthMap::from_raw(w as u32, h as u32, values).ok_or_else(|| Error::Shape {
+                    what: "the depth teacher's decoded map".into(),
+                    found,
+                    expected: format!("{h}·{w} values (its output is {h}x{w})"),
+                })?;
             l.depth = Some(relative_depth(&map, &meta.transform, meta.original_size));
         }
     }
-    if let Some(logits) = &o.classification {
+    if let Some(logits) = o.classification() {
         for (p, l) in soft_labels(logits, th.temperature)?
             .into_iter()
             .zip(out.iter_mut())

@@ -2,14 +2,9 @@
 
 use mustard_core::candle_core::{Device, Tensor};
 use mustard_data::augment::Affine;
-use mustard_data::{BatchEncoder, Label, Sample, Task, TaskSet};
-use mustard_heads::classification::{self, ClassTarget, ClassificationBatch};
-use mustard_heads::depth::{self, DepthBatch};
-use mustard_heads::detection::{self, BoxLabel, DetectionBatch, DetectionConfig, DetectionTargets};
-use mustard_heads::pose::{self, PersonLabel, PoseBatch, PoseConfig, PoseTargets};
-use mustard_heads::segmentation::{self, SegmentationBatch};
+use mustard_data::{BatchEncoder, Sample, Task, TaskMap, TaskSet};
 
-use crate::config::ModelConfig;
+use crate::tasks::{BatchTargets, HeadSpec, ItemTargetMap};
 
 /// ImageNet channel means and deviations (what torchvision/timm weights expect).
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -32,62 +27,41 @@ pub struct Meta {
 /// One encoded sample.
 pub struct Item {
     image: Vec<f32>,
-    detection: Option<DetectionTargets>,
-    pose: Option<PoseTargets>,
-    segmentation: Option<Vec<u8>>,
-    depth: Option<Vec<f32>>,
-    classification: Option<ClassTarget>,
+    /// The targets of every head of the encoder.
+    pub targets: ItemTargetMap,
     meta: Meta,
 }
 
-impl Item {
-    /// The detection targets.
-    pub fn detection(&self) -> Option<&DetectionTargets> {
-        self.detection.as_ref()
-    }
-
-    /// The pose targets.
-    pub fn pose(&self) -> Option<&PoseTargets> {
-        self.pose.as_ref()
-    }
-}
-
-/// A batch: images and the targets of every task the model has.
+/// A batch: images and the targets of every head of the model.
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// `(B, 3, H, W)` normalised images.
     pub images: Tensor,
-    /// Detection targets.
-    pub detection: Option<DetectionBatch>,
-    /// Pose targets.
-    pub pose: Option<PoseBatch>,
-    /// Segmentation targets.
-    pub segmentation: Option<SegmentationBatch>,
-    /// Depth targets.
-    pub depth: Option<DepthBatch>,
-    /// Classification targets.
-    pub classification: Option<ClassificationBatch>,
+    /// Per-task targets.
+    pub targets: BatchTargets,
     /// Per-image metadata.
     pub meta: Vec<Meta>,
 }
 
-/// Encodes samples for a model config (runs in the loader's worker threads).
+/// Encodes samples for a model's heads (runs in the loader's worker threads).
 pub struct Encoder {
-    config: ModelConfig,
+    heads: TaskMap<HeadSpec>,
     size: usize,
 }
 
 impl Encoder {
-    /// An encoder for `config` at `size` x `size` inputs.
-    pub fn new(config: &ModelConfig, size: u32) -> Self {
+    /// An encoder for `heads` (a model's [`crate::MultiTaskModel::head_specs`]) at `size` x
+    /// `size` inputs.
+    pub fn new(heads: TaskMap<HeadSpec>, size: u32) -> Self {
         Self {
-            config: config.clone(),
+            heads,
             size: size as usize,
         }
     }
 
-    fn has(&self, t: Task) -> bool {
-        self.config.tasks.contains(&t)
+    /// An encoder of images and metadata only (no targets), e.g. for pseudo-labelling.
+    pub fn images_only(size: u32) -> Self {
+        Self::new(TaskMap::new(), size)
     }
 }
 
@@ -109,67 +83,10 @@ impl BatchEncoder for Encoder {
 
     fn encode(&self, s: Sample) -> mustard_data::Result<Item> {
         let size = (self.size, self.size);
-        let wrap = |e: mustard_core::Error| mustard_data::Error::from(e);
-        let present = |t: Task| s.tasks.contains(t);
-        let classes = &self.config.classes;
-        let detection = if self.has(Task::Detection) {
-            let labels: Vec<BoxLabel> = if present(Task::Detection) {
-                s.objects
-                    .iter()
-                    .filter(|o| !o.crowd)
-                    .map(|o| BoxLabel {
-                        bbox: o.bbox,
-                        class: o.class,
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let cfg = DetectionConfig {
-                head_conv: self.config.head_conv,
-                ..DetectionConfig::new(classes.categories.len())
-            };
-            Some(detection::encode(&cfg, &labels, size).map_err(wrap)?)
-        } else {
-            None
-        };
-        let pose = if self.has(Task::Pose) {
-            let persons: Vec<PersonLabel> = if present(Task::Pose) {
-                s.objects
-                    .iter()
-                    .filter(|o| !o.crowd && Some(o.class) == classes.person)
-                    .filter_map(|o| {
-                        o.keypoints.as_ref().map(|k| PersonLabel {
-                            bbox: o.bbox,
-                            keypoints: k.clone(),
-                        })
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            Some(pose::encode(&PoseConfig::new(classes.joints), &persons, size).map_err(wrap)?)
-        } else {
-            None
-        };
-        let segmentation = s
-            .semantic
-            .as_ref()
-            .filter(|_| present(Task::Segmentation))
-            .map(|m| m.as_raw().clone());
-        let depth = s
-            .depth
-            .as_ref()
-            .filter(|_| present(Task::Depth))
-            .map(|d| d.as_raw().clone());
-        let classification = s
-            .label
-            .as_ref()
-            .filter(|_| present(Task::Classification))
-            .map(|l| match l {
-                Label::Class(c) => ClassTarget::Hard(*c),
-                Label::Soft(p) => ClassTarget::Soft(p.clone()),
-            });
+        let targets = self
+            .heads
+            .try_map(|_, spec| spec.encode(&s, size))
+            .map_err(mustard_data::Error::from)?;
         let meta = Meta {
             image_id: s.image_id,
             transform: s.transform,
@@ -178,73 +95,37 @@ impl BatchEncoder for Encoder {
         };
         Ok(Item {
             image: normalise(&s.image),
-            detection,
-            pose,
-            segmentation,
-            depth,
-            classification,
+            targets: ItemTargetMap(targets),
             meta,
         })
     }
 
     fn collate(&self, items: Vec<Item>) -> mustard_data::Result<Batch> {
         let dev = Device::Cpu;
-        let b = items.len();
-        let s = self.size;
-        let wrap = |e: mustard_core::Error| mustard_data::Error::from(e);
-        let candle = |e: mustard_core::candle_core::Error| {
-            mustard_data::Error::from(mustard_core::Error::from(e))
-        };
-        let presence = |t: Task| {
-            items
-                .iter()
-                .map(|i| i.meta.tasks.contains(t))
-                .collect::<Vec<bool>>()
-        };
+        let (b, s) = (items.len(), self.size);
+        let targets = self
+            .heads
+            .try_map(|task: Task, spec| {
+                let mut per_image = Vec::with_capacity(b);
+                for item in &items {
+                    per_image.push(item.targets.0.get(task).ok_or_else(|| {
+                        mustard_core::Error::InvalidConfig {
+                            what: "collate",
+                            reason: format!("an item without {task} targets"),
+                        }
+                    })?);
+                }
+                let presence: Vec<bool> =
+                    items.iter().map(|i| i.meta.tasks.contains(task)).collect();
+                spec.collate(&per_image, &presence, (s, s), &dev)
+            })
+            .map_err(mustard_data::Error::from)?;
         let images: Vec<f32> = items.iter().flat_map(|i| i.image.iter().copied()).collect();
-        let detection = if self.has(Task::Detection) {
-            let t: Vec<&DetectionTargets> =
-                items.iter().filter_map(|i| i.detection.as_ref()).collect();
-            Some(detection::collate(&t, &presence(Task::Detection), &dev).map_err(wrap)?)
-        } else {
-            None
-        };
-        let pose = if self.has(Task::Pose) {
-            let t: Vec<&PoseTargets> = items.iter().filter_map(|i| i.pose.as_ref()).collect();
-            Some(pose::collate(&t, &presence(Task::Pose), &dev).map_err(wrap)?)
-        } else {
-            None
-        };
-        let segmentation = if self.has(Task::Segmentation) {
-            let maps: Vec<Option<&[u8]>> =
-                items.iter().map(|i| i.segmentation.as_deref()).collect();
-            Some(segmentation::collate(&maps, (s, s), &dev).map_err(wrap)?)
-        } else {
-            None
-        };
-        let depth = if self.has(Task::Depth) {
-            let maps: Vec<Option<&[f32]>> = items.iter().map(|i| i.depth.as_deref()).collect();
-            Some(depth::collate(&maps, (s, s), &dev).map_err(wrap)?)
-        } else {
-            None
-        };
-        let classification = if self.has(Task::Classification) {
-            let labels: Vec<Option<ClassTarget>> =
-                items.iter().map(|i| i.classification.clone()).collect();
-            Some(
-                classification::collate(&labels, self.config.classes.labels.len(), &dev)
-                    .map_err(wrap)?,
-            )
-        } else {
-            None
-        };
+        let images = Tensor::from_vec(images, (b, 3, s, s), &dev)
+            .map_err(|e| mustard_data::Error::from(mustard_core::Error::from(e)))?;
         Ok(Batch {
-            images: Tensor::from_vec(images, (b, 3, s, s), &dev).map_err(candle)?,
-            detection,
-            pose,
-            segmentation,
-            depth,
-            classification,
+            images,
+            targets: BatchTargets(targets),
             meta: items.into_iter().map(|i| i.meta).collect(),
         })
     }

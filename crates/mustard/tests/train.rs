@@ -9,13 +9,11 @@ use anyhow::Result;
 use mustard::checkpoint::{self, RunPaths};
 use mustard::config::Config;
 use mustard::core::candle_core::{DType, Device};
-use mustard::core::candle_nn::VarMap;
 use mustard::core::optim::{param_groups, AdamW, AdamWConfig, Optimizer};
 use mustard::data::synth::{self, SynthConfig};
 use mustard::data::{Dataset, Loader, LoaderConfig, Task};
 use mustard::evaluate::evaluate;
-use mustard::targets::Encoder;
-use mustard::train::{classes_of, train, TrainOptions};
+use mustard::train::{classes_of, resume, train, TrainOptions};
 use mustard::{MultiTaskModel, Preset};
 
 fn temp(name: &str) -> PathBuf {
@@ -63,14 +61,10 @@ fn overfitting_one_batch_reaches_high_box_and_keypoint_ap() -> Result<()> {
     let mut config = Config::preset(Preset::Quick, "overfit");
     config.model.tasks = vec![Task::Detection, Task::Pose];
     config.model.classes = classes_of(ds.as_ref());
-    let varmap = VarMap::new();
-    let model = MultiTaskModel::new(
-        &config.model,
-        mustard::init::seeded(&varmap, 0, DType::F32, &Device::Cpu),
-    )?;
+    let (varmap, model) = MultiTaskModel::build(&config.model, 0, &Device::Cpu)?;
     let loader = Loader::new(
         ds.clone(),
-        Arc::new(Encoder::new(&config.model, size)),
+        Arc::new(model.encoder(size)),
         LoaderConfig::eval(2, size),
     )?;
     let batch = loader.epoch(0).next().expect("one batch")?;
@@ -155,22 +149,22 @@ fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
 #[test]
 fn a_resumed_run_equals_an_uninterrupted_one() -> Result<()> {
     let dir = temp("resume");
-    let options = |resume, stop_after| TrainOptions {
+    let options = |stop_after| TrainOptions {
         runs: dir.join("runs"),
-        resume,
         progress: false,
         stop_after,
     };
     // With a weight average, which must resume exactly too.
     let mut straight = small_config(&dir, "straight")?;
     straight.train.ema = Some(0.9);
-    let straight = train(&straight, &options(false, None))?;
+    let straight = train(&straight, &options(None))?;
     assert_eq!(straight.steps, 6);
     // Interrupted after its step-3 checkpoint (mid-epoch: 4 batches per epoch), then resumed.
     let mut config = small_config(&dir, "resumed")?;
     config.train.ema = Some(0.9);
-    assert_eq!(train(&config, &options(false, Some(3)))?.steps, 3);
-    let resumed = train(&config, &options(true, None))?;
+    assert_eq!(train(&config, &options(Some(3)))?.steps, 3);
+    // Resuming uses the run's saved config: nothing but the name is given.
+    let resumed = resume("resumed", &options(None))?;
     assert_eq!(resumed.steps, 6);
     let a = weights(&RunPaths::new(&dir.join("runs"), "straight").last());
     let b = weights(&RunPaths::new(&dir.join("runs"), "resumed").last());
@@ -184,9 +178,7 @@ fn a_resumed_run_equals_an_uninterrupted_one() -> Result<()> {
         assert_eq!(va, vb, "{ka} differs after resuming");
     }
     // A second training into the same folder is refused rather than overwriting it.
-    let err = train(&config, &options(false, None))
-        .unwrap_err()
-        .to_string();
+    let err = train(&config, &options(None)).unwrap_err().to_string();
     assert!(
         err.contains("already holds a trained run; pass --resume"),
         "{err}"
@@ -206,7 +198,6 @@ fn a_diverging_run_names_the_task_and_step_and_keeps_its_checkpoint() -> Result<
     config.train.max_steps = Some(50);
     let options = TrainOptions {
         runs: dir.join("runs"),
-        resume: false,
         progress: false,
         stop_after: None,
     };

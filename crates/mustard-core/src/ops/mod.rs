@@ -18,7 +18,7 @@ mod upsample;
 pub use batchnorm::{batch_norm_train, BatchStats};
 pub use conv::{
     conv2d, conv2d_input_grad, conv2d_relu, conv2d_weight_grad, conv_transpose2d, set_winograd,
-    winograd_enabled, ConvParams,
+    winograd_enabled, ConvAlgorithm, ConvParams,
 };
 pub use maxpool::{max_pool2d, MaxPool2dConfig};
 pub use relu::relu;

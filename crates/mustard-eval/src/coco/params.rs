@@ -8,6 +8,7 @@ use crate::{Error, Result};
 
 /// What is compared between detections and ground truth.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum IouType {
     /// Box IoU.

@@ -38,7 +38,7 @@
 //! 256 channels, FPN outputs, head blocks) run Winograd's F(4x4, 3x3) instead (`winograd.rs`):
 //! a quarter of the multiplications, as 36 GEMMs over transformed 6x6 tiles, for the forward
 //! pass and the input gradient (the flipped, transposed weight); about 2x faster per layer. The
-//! weight gradient stays im2col. [`set_winograd`] (or `MUSTARD_WINOGRAD=0`) turns it off.
+//! weight gradient stays im2col. [`set_winograd`] (or a run's [`ConvAlgorithm`]) turns it off.
 //!
 //! A transposed convolution is the input gradient of the convolution with the same weight, and
 //! its gradients are the convolution forward (input) and the weight gradient with the roles of
@@ -60,7 +60,7 @@
 mod kernels;
 mod winograd;
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
@@ -68,34 +68,59 @@ use kernels::{Element, Geometry};
 
 use crate::{Error, Result};
 
-/// 0: not decided yet (read `MUSTARD_WINOGRAD` on first use), 1: on, 2: off.
-static WINOGRAD: AtomicU8 = AtomicU8::new(0);
+/// Whether 3x3 stride-1 convolutions take the Winograd kernel (the default) for the whole
+/// process. Nothing in this crate reads the environment: a run applies its config's
+/// [`ConvAlgorithm`] when it starts.
+static WINOGRAD: AtomicBool = AtomicBool::new(true);
+
+/// Which kernel 3x3 stride-1 convolutions use: a numerics setting saved in a run's config,
+/// because it changes results in the last bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvAlgorithm {
+    /// Winograd F(4x4, 3x3) where it is faster than im2col + GEMM (about 1e-5 relative error in
+    /// f32), im2col + GEMM elsewhere.
+    #[default]
+    Winograd,
+    /// im2col + GEMM everywhere: products summed in the direct order (about 5e-7 in f32).
+    Direct,
+}
+
+impl std::str::FromStr for ConvAlgorithm {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "winograd" => Ok(ConvAlgorithm::Winograd),
+            "direct" => Ok(ConvAlgorithm::Direct),
+            _ => Err(format!(
+                "unknown convolution algorithm {s:?}: expected winograd or direct"
+            )),
+        }
+    }
+}
+
+impl ConvAlgorithm {
+    /// Makes this the algorithm of every convolution of the process from now on.
+    pub fn apply(self) {
+        set_winograd(self == ConvAlgorithm::Winograd);
+    }
+}
 
 /// Turns the Winograd kernel for 3x3 stride-1 convolutions on or off for the whole process.
 ///
-/// It is on by default; the environment variable `MUSTARD_WINOGRAD=0` turns it off at start-up.
-/// Off, every convolution runs im2col + GEMM, which sums the products in the direct order. The
-/// Winograd kernel does a quarter of the multiplications of a 3x3 convolution, at the price of
-/// a larger rounding error in f32: about 1e-5 of the output's magnitude against 5e-7 (see
-/// `docs/PERFORMANCE.md`). Benchmarks use the switch to compare the two kernels in one run.
+/// It is on by default. Off, every convolution runs im2col + GEMM, which sums the products in
+/// the direct order. The Winograd kernel does a quarter of the multiplications of a 3x3
+/// convolution, at the price of a larger rounding error in f32: about 1e-5 of the output's
+/// magnitude against 5e-7 (see `docs/PERFORMANCE.md`). Runs set it from their config
+/// ([`ConvAlgorithm::apply`]); benchmarks use it to compare the two kernels in one run.
 pub fn set_winograd(enabled: bool) {
-    WINOGRAD.store(if enabled { 1 } else { 2 }, Ordering::Relaxed);
+    WINOGRAD.store(enabled, Ordering::Relaxed);
 }
 
 /// Whether 3x3 stride-1 convolutions use the Winograd kernel (see [`set_winograd`]).
 pub fn winograd_enabled() -> bool {
-    match WINOGRAD.load(Ordering::Relaxed) {
-        0 => {
-            let on = std::env::var("MUSTARD_WINOGRAD").map_or(true, |v| v.trim() != "0");
-            // A concurrent `set_winograd` wins over the environment.
-            let state = if on { 1 } else { 2 };
-            match WINOGRAD.compare_exchange(0, state, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => on,
-                Err(current) => current == 1,
-            }
-        }
-        state => state == 1,
-    }
+    WINOGRAD.load(Ordering::Relaxed)
 }
 
 /// Padding, stride, dilation (the same along both axes) and groups of a convolution.

@@ -1,0 +1,487 @@
+//! The command line's arguments. Each group of flags is parsed into the library's own types
+//! (`Task`, `ResNetPreset`, `Preset`, `IouType`, `DeviceSpec`, `ShardSpec`) and laid over a
+//! library config in one `apply`; flags shared by several verbs live in one flattened group.
+//! Preset values are not restated here: `runs/<name>/config.toml` shows what a run used.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use mustard::backbone::ResNetPreset;
+use mustard::core::ops::ConvAlgorithm;
+use mustard::core::DeviceSpec;
+use mustard::data::Task;
+use mustard::eval::IouType;
+use mustard::pseudo_labels::{ShardSpec, Thresholds};
+use mustard::{Config, Preset};
+
+/// One model that detects objects, segments scenes, estimates human pose and depth, and
+/// classifies images.
+#[derive(Debug, Parser)]
+#[command(name = "mustard", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write the synthetic all-task dataset (COCO json, images, label maps, depth maps).
+    Synth(SynthArgs),
+    /// Inspect datasets.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Train a model (any subset of tasks); with no data given, on the synthetic default.
+    Train(TrainArgs),
+    /// Evaluate a checkpoint on a dataset, or score a COCO results file against ground truth.
+    Eval(EvalArgs),
+    /// Run a checkpoint on images: COCO-results JSON and pictures of the predictions.
+    Predict(PredictArgs),
+    /// Run teacher checkpoints over unlabelled images into a sharded, resumable pseudo-label
+    /// store (MuST step 2); `--shard i/N` lets N workers share the work.
+    PseudoLabel(PseudoArgs),
+    /// MuST: train one teacher per task, pseudo-label the unlabelled set, train the multi-task
+    /// student, evaluate them all and run the transfer test; writes runs/must/report.md.
+    Must(MustArgs),
+    /// Time a model: preprocess / inference / postprocess ms per image, images/s, memory.
+    Bench(BenchArgs),
+    /// The MultiTask-CenterNet study: single-task models against one joint model.
+    Mcn {
+        /// Model and data size.
+        #[arg(long, value_enum, default_value = "quick")]
+        preset: Preset,
+        /// Folder of the runs (the study writes runs/mcn/).
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Count images and annotations per task and category, and report every bad record.
+    Check {
+        /// The COCO json file.
+        dataset: PathBuf,
+        /// Image folder (default: the json file's folder).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+}
+
+/// The network, for verbs that build one.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Tasks, comma separated (detection, pose, segmentation, depth, classification).
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Option<Vec<Task>>,
+    /// Backbone preset.
+    #[arg(long, value_enum)]
+    pub backbone: Option<ResNetPreset>,
+}
+
+impl ModelArgs {
+    fn apply(&self, config: &mut Config) {
+        if let Some(v) = &self.tasks {
+            config.model.tasks = v.clone();
+        }
+        if let Some(v) = self.backbone {
+            config.model.backbone = v;
+        }
+    }
+}
+
+/// Sizes and optimisation shared by `train` and `must` (default: the preset's).
+#[derive(Debug, Args)]
+pub struct OptimArgs {
+    /// Input side in pixels (a multiple of 32).
+    #[arg(long)]
+    pub input_size: Option<u32>,
+    /// Images per step.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Seed of initialisation, data order and augmentation.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Loader threads (default: all cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Kernel of 3x3 stride-1 convolutions: winograd (fast, ~1e-5 relative error in f32) or
+    /// direct (im2col + GEMM, ~5e-7); saved in the run's config.
+    #[arg(long)]
+    pub conv: Option<ConvAlgorithm>,
+}
+
+impl OptimArgs {
+    /// Lays the given flags over `config`.
+    pub fn apply_to(&self, config: &mut Config) {
+        let t = &mut config.train;
+        t.input_size = self.input_size.unwrap_or(t.input_size);
+        t.batch_size = self.batch_size.unwrap_or(t.batch_size);
+        t.lr = self.lr.unwrap_or(t.lr);
+        t.workers = self.workers.or(t.workers);
+        config.seed = self.seed.unwrap_or(config.seed);
+        config.numerics.conv = self.conv.unwrap_or(config.numerics.conv);
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// A TOML config (see `runs/<name>/config.toml` of any run); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Starting point when no --config is given.
+    #[arg(long, value_enum, default_value = "quick")]
+    pub preset: Preset,
+    /// Run name: the folder under --runs.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Folder of the runs.
+    #[arg(long, default_value = "runs")]
+    pub runs: PathBuf,
+    /// Continue the run --name from its last checkpoint, with its saved config.
+    #[arg(long, requires = "name")]
+    pub resume: bool,
+    /// Training COCO file (default: the synthetic dataset).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Validation COCO file.
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    /// Image folder (default: each file's folder).
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Backbone weights: a safetensors path or hf:<org>/<repo>[:<file>].
+    #[arg(long)]
+    pub pretrained: Option<String>,
+    /// Start the backbone and neck from a mustard checkpoint (file or run folder).
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+    /// Train on a pseudo-label store (from `mustard pseudo-label`) instead of --data.
+    #[arg(long, conflicts_with = "data")]
+    pub pseudo: Option<PathBuf>,
+    /// With --pseudo: use an image's real labels where it has them.
+    #[arg(long, requires = "pseudo")]
+    pub real_labels: bool,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    /// Epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Stop after this many steps.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Synthetic training images (with no --data).
+    #[arg(long)]
+    pub synth_images: Option<usize>,
+    /// Synthetic validation images (with no --data).
+    #[arg(long)]
+    pub synth_val_images: Option<usize>,
+    /// Leave bad dataset records out (each is logged) instead of refusing the dataset.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Do not validate after each epoch.
+    #[arg(long)]
+    pub no_val: bool,
+    /// Write a checkpoint every this many steps.
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+}
+
+impl TrainArgs {
+    /// The run's config: `--config` or the preset, with every flag laid over it, validated.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::read(path)?,
+            None => Config::preset(self.preset, "train"),
+        };
+        if let Some(v) = &self.name {
+            config.name = v.clone();
+        }
+        self.apply_data(&mut config);
+        self.model.apply(&mut config);
+        self.optim.apply_to(&mut config);
+        let (m, t) = (&mut config.model, &mut config.train);
+        m.pretrained = self.pretrained.clone().or(m.pretrained.take());
+        m.init_from = self.init_from.clone().or(m.init_from.take());
+        t.epochs = self.epochs.unwrap_or(t.epochs);
+        t.max_steps = self.max_steps.or(t.max_steps);
+        t.checkpoint_every = self.checkpoint_every.unwrap_or(t.checkpoint_every);
+        t.validate &= !self.no_val;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_data(&self, config: &mut Config) {
+        let d = &mut config.data;
+        if let Some(v) = &self.data {
+            d.train = Some(v.clone());
+            d.val = None;
+        }
+        d.val = self.val.clone().or(d.val.take());
+        d.root = self.root.clone().or(d.root.take());
+        if let Some(v) = &self.pseudo {
+            d.pseudo = Some(v.clone());
+            d.train = None;
+        }
+        d.real_labels |= self.real_labels;
+        d.skip_bad |= self.skip_bad;
+        d.synth.train_images = self.synth_images.unwrap_or(d.synth.train_images);
+        d.synth.val_images = self.synth_val_images.unwrap_or(d.synth.val_images);
+        // The synthetic scenes are rendered at the input size.
+        if let (Some(size), None, None) = (self.optim.input_size, &d.train, &d.pseudo) {
+            d.synth.size = size;
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A checkpoint file (runs/<name>/weights/*.safetensors) or a run folder.
+    #[arg(long, conflicts_with_all = ["gt", "results"])]
+    pub checkpoint: Option<PathBuf>,
+    /// Dataset to evaluate the checkpoint on (default: the run's validation set).
+    #[arg(long, requires = "checkpoint")]
+    pub data: Option<PathBuf>,
+    /// Ground-truth COCO file (with --results).
+    #[arg(long, requires = "results")]
+    pub gt: Option<PathBuf>,
+    /// COCO results file (with --gt).
+    #[arg(long, requires = "gt")]
+    pub results: Option<PathBuf>,
+    /// What the results are (with --gt).
+    #[arg(long, value_enum, default_value = "bbox")]
+    pub iou_type: IouType,
+    /// Write every number as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Folder of the runs (for the synthetic validation set).
+    #[arg(long, default_value = "runs")]
+    pub runs: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// A checkpoint file (runs/<name>/weights/*.safetensors) or a run folder.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// An image, or a folder of .jpg/.png images.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write the heatmaps as pictures (to compare with the targets).
+    #[arg(long)]
+    pub save_heatmaps: bool,
+    /// Ground-truth COCO file of the inputs: with --save-heatmaps, the target heatmaps are drawn
+    /// under the predicted ones (images matched by file name).
+    #[arg(long, requires = "save_heatmaps")]
+    pub gt: Option<PathBuf>,
+    /// Draw boxes and people scoring at least this.
+    #[arg(long, default_value_t = 0.3)]
+    pub threshold: f32,
+}
+
+/// Pseudo-label thresholds (default: SPEC §6's, or the `must` preset's).
+#[derive(Debug, Args)]
+pub struct ThresholdArgs {
+    /// Keep boxes scoring at least this.
+    #[arg(long)]
+    pub det_threshold: Option<f64>,
+    /// Keep people (pose teacher) scoring at least this.
+    #[arg(long)]
+    pub pose_threshold: Option<f64>,
+    /// Leave joints whose heatmap score is below this unlabelled.
+    #[arg(long)]
+    pub keypoint_threshold: Option<f64>,
+    /// Ignore pixels whose top class probability is below this.
+    #[arg(long)]
+    pub seg_threshold: Option<f64>,
+    /// Softmax temperature of the soft class labels.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+}
+
+impl ThresholdArgs {
+    /// `base` with the values given on the command line.
+    pub fn over(&self, base: Thresholds) -> Thresholds {
+        Thresholds {
+            detection: self.det_threshold.unwrap_or(base.detection),
+            pose: self.pose_threshold.unwrap_or(base.pose),
+            keypoint: self.keypoint_threshold.unwrap_or(base.keypoint),
+            segmentation: self.seg_threshold.unwrap_or(base.segmentation),
+            temperature: self.temperature.unwrap_or(base.temperature),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PseudoArgs {
+    /// A teacher checkpoint (file or run folder); repeat for each task's teacher.
+    #[arg(long = "teacher", required = true)]
+    pub teachers: Vec<PathBuf>,
+    /// The unlabelled images: a folder of .jpg/.png images or a COCO file.
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Image folder of a COCO file (default: its folder).
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// The store folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// This worker's slice: shards i, i+N, i+2N, … (e.g. $SLURM_ARRAY_TASK_ID/N).
+    #[arg(long, default_value = "0/1")]
+    pub shard: ShardSpec,
+    /// Images per shard (fixed when the store is created).
+    #[arg(long, default_value_t = 256)]
+    pub shard_size: usize,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Network input size (default: the largest training size of the teachers).
+    #[arg(long)]
+    pub input_size: Option<u32>,
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MustArgs {
+    /// Model and data size.
+    #[arg(long, value_enum, default_value = "quick")]
+    pub preset: Preset,
+    /// Folder of the runs (the pipeline writes runs/must/).
+    #[arg(long, default_value = "runs")]
+    pub runs: PathBuf,
+    /// A teacher's labelled COCO file, as TASK=FILE; repeat per task. With --unlabelled and
+    /// --test, runs on your data instead of the synthetic default.
+    #[arg(long = "labelled", value_name = "TASK=FILE", requires_all = ["unlabelled", "test"])]
+    pub labelled: Vec<String>,
+    /// The unlabelled images: a folder or a COCO file.
+    #[arg(long, requires = "labelled")]
+    pub unlabelled: Option<PathBuf>,
+    /// The held-out labelled COCO file every model is evaluated on.
+    #[arg(long, requires = "labelled")]
+    pub test: Option<PathBuf>,
+    /// Tasks with a teacher (default: every task, or those given with --labelled).
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Option<Vec<Task>>,
+    /// Synthetic default: labelled images per task.
+    #[arg(long)]
+    pub per_task: Option<usize>,
+    /// Synthetic default: unlabelled images.
+    #[arg(long)]
+    pub unlabelled_images: Option<usize>,
+    /// Synthetic default: held-out test images.
+    #[arg(long)]
+    pub test_images: Option<usize>,
+    /// Synthetic default: image side.
+    #[arg(long)]
+    pub size: Option<u32>,
+    #[command(flatten)]
+    pub optim: OptimArgs,
+    /// Epochs of each teacher.
+    #[arg(long)]
+    pub teacher_epochs: Option<usize>,
+    /// Epochs of the student.
+    #[arg(long)]
+    pub student_epochs: Option<usize>,
+    /// Images per pseudo-label shard.
+    #[arg(long)]
+    pub shard_size: Option<usize>,
+    /// Task of the transfer test, or `none`.
+    #[arg(long)]
+    pub transfer: Option<String>,
+    /// Labelled images of the transfer split.
+    #[arg(long)]
+    pub transfer_images: Option<usize>,
+    /// Fine-tuning epochs of the transfer test.
+    #[arg(long)]
+    pub transfer_epochs: Option<usize>,
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A checkpoint file or run folder (default: an untrained model of --config/--preset).
+    #[arg(long, conflicts_with_all = ["config", "tasks", "backbone", "device"])]
+    pub checkpoint: Option<PathBuf>,
+    /// A TOML config.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Preset of the untrained model.
+    #[arg(long, value_enum, default_value = "quick")]
+    pub preset: Preset,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Network input side.
+    #[arg(long, default_value_t = 512)]
+    pub input_size: u32,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Timed iterations.
+    #[arg(long, default_value_t = 10)]
+    pub iterations: usize,
+    /// Untimed iterations first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// An image to run on (default: a synthetic scene of the input size).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Device: cpu, cuda:N or metal.
+    #[arg(long)]
+    pub device: Option<DeviceSpec>,
+}
+
+impl BenchArgs {
+    /// The untrained model's config.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(p) => Config::read(p)?,
+            None => Config::preset(self.preset, "bench"),
+        };
+        self.model.apply(&mut config);
+        config.device = self.device.unwrap_or(config.device);
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of images (without --splits).
+    #[arg(long, default_value_t = 200)]
+    pub images: usize,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 256)]
+    pub size: u32,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Most objects per scene.
+    #[arg(long, default_value_t = 6)]
+    pub max_objects: usize,
+    /// Write the MuST splits instead of one file: train_<task>.json per task, unlabeled.json
+    /// and test.json.
+    #[arg(long)]
+    pub splits: bool,
+    /// Images per single-task split (with --splits).
+    #[arg(long, default_value_t = 200)]
+    pub per_task: usize,
+    /// Images of the unlabelled split (with --splits).
+    #[arg(long, default_value_t = 400)]
+    pub unlabeled: usize,
+    /// Images of the test split (with --splits).
+    #[arg(long, default_value_t = 100)]
+    pub test: usize,
+}

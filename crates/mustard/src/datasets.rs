@@ -1,0 +1,101 @@
+//! Opening a run's datasets: COCO files, class-folder trees, the synthetic default and
+//! pseudo-label stores, and the class lists a model is built with.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mustard_data::synth::{self, SynthConfig};
+use mustard_data::{Dataset, Source};
+use mustard_pseudo::PseudoSource;
+
+use crate::config::{Classes, Config};
+use crate::Result;
+
+/// The synthetic default, generated once under `runs/synth/` and reused.
+pub fn synthetic_datasets(config: &Config, runs: &Path) -> Result<(PathBuf, PathBuf)> {
+    let s = &config.data.synth;
+    let mut paths = Vec::new();
+    for (split, images, seed) in [
+        ("train", s.train_images, s.seed),
+        ("val", s.val_images, s.seed.wrapping_add(1_000_003)),
+    ] {
+        let dir = runs
+            .join("synth")
+            // The version tag changes with the scenes, so that older renderings are not reused.
+            .join(format!("{split}-{}px-{images}-seed{}-v3", s.size, s.seed));
+        let json = dir.join("instances.json");
+        if !json.is_file() {
+            let config = SynthConfig {
+                size: s.size,
+                seed,
+                max_objects: 6,
+            };
+            synth::write(&dir, &config, images, None)?;
+        }
+        paths.push(json);
+    }
+    Ok((paths[0].clone(), paths[1].clone()))
+}
+
+/// Opens a dataset (a COCO file, or an ImageNet-style `root/<class>/<image>` folder tree) and
+/// refuses it when bad, unless `skip_bad` (then each skipped record is printed to stderr).
+pub fn open_dataset(path: &Path, root: Option<&Path>, skip_bad: bool) -> Result<Dataset> {
+    let ds = if path.is_dir() {
+        Dataset::from_class_folders(path)?
+    } else {
+        Dataset::open(path, root)?
+    };
+    Ok(ds.require_clean(skip_bad, |p| eprintln!("skipping {p}"))?)
+}
+
+/// The class lists of a dataset or pseudo-label store.
+pub fn classes_of(ds: &dyn Source) -> Classes {
+    classes_from(ds.categories(), ds.label_names())
+}
+
+/// The class lists of object categories and image-level class names.
+pub fn classes_from(cats: &[mustard_data::coco::Category], labels: &[String]) -> Classes {
+    Classes {
+        categories: cats.iter().map(|c| c.name.clone()).collect(),
+        category_ids: cats.iter().map(|c| c.id).collect(),
+        person: mustard_data::coco::person_category(cats),
+        joints: mustard_data::coco::num_keypoints(cats),
+        labels: labels.to_vec(),
+    }
+}
+
+/// A run's training source and, when it validates, its validation set.
+pub struct TrainData {
+    /// What the loader reads.
+    pub train: Arc<dyn Source>,
+    /// The validation set (`None` when the run does not validate or has none).
+    pub val: Option<Arc<Dataset>>,
+}
+
+impl TrainData {
+    /// Opens the data of `config`: a pseudo-label store, a dataset, or the synthetic default
+    /// (written under `runs/synth` on first use).
+    pub fn open(config: &Config, runs: &Path) -> Result<Self> {
+        let d = &config.data;
+        let root = d.root.as_deref();
+        let (train, val_path): (Arc<dyn Source>, Option<PathBuf>) = match (&d.pseudo, &d.train) {
+            (Some(store), _) => (
+                Arc::new(PseudoSource::open(store, None)?.with_real_labels(d.real_labels)),
+                d.val.clone(),
+            ),
+            (None, Some(train)) => (
+                Arc::new(open_dataset(train, root, d.skip_bad)?),
+                d.val.clone(),
+            ),
+            (None, None) => {
+                let (t, v) = synthetic_datasets(config, runs)?;
+                (Arc::new(open_dataset(&t, None, false)?), Some(v))
+            }
+        };
+        let val = match &val_path {
+            Some(p) if config.train.validate => Some(Arc::new(open_dataset(p, root, d.skip_bad)?)),
+            _ => None,
+        };
+        Ok(Self { train, val })
+    }
+}

@@ -1,0 +1,132 @@
+//! A run's record of its epochs: `metrics.csv` (one row per epoch: losses, validation
+//! metrics) and `results.png` drawn from it.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use mustard_data::{Task, TaskMap};
+
+use crate::checkpoint::RunPaths;
+use crate::evaluate::EvalReport;
+use crate::{Error, Result};
+
+/// One epoch's row.
+pub struct EpochRow<'a> {
+    /// Epochs done.
+    pub epoch: u64,
+    /// Optimiser steps done.
+    pub step: u64,
+    /// The learning rate at the end of the epoch.
+    pub lr: f64,
+    /// Wall time of the epoch.
+    pub seconds: f64,
+    /// Mean total loss.
+    pub loss: f64,
+    /// Mean loss of each task.
+    pub task_losses: &'a TaskMap<f64>,
+    /// The validation of the epoch, when there was one.
+    pub validation: Option<&'a EvalReport>,
+}
+
+/// `metrics.csv` of a run, with one column per task in the run's task order.
+pub struct MetricsLog {
+    run: RunPaths,
+    tasks: Vec<Task>,
+}
+
+impl MetricsLog {
+    /// Opens (creating with its header) the log of `run`.
+    pub fn open(run: &RunPaths, tasks: &[Task]) -> Result<Self> {
+        let log = Self {
+            run: run.clone(),
+            tasks: tasks.to_vec(),
+        };
+        if !log.path().is_file() {
+            std::fs::write(log.path(), log.header() + "\n")
+                .map_err(|e| Error::io(log.path(), e))?;
+        }
+        Ok(log)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.run.metrics()
+    }
+
+    fn header(&self) -> String {
+        let mut cols: Vec<String> = ["epoch", "step", "lr", "seconds", "loss"]
+            .map(String::from)
+            .to_vec();
+        cols.extend(self.tasks.iter().map(|t| format!("loss_{t}")));
+        cols.extend(self.tasks.iter().map(|t| format!("val_{t}")));
+        cols.push("val_score".into());
+        cols.join(",")
+    }
+
+    /// Appends `row` and redraws `results.png`.
+    pub fn append(&self, row: &EpochRow<'_>) -> Result<()> {
+        let mut cells = vec![
+            row.epoch.to_string(),
+            row.step.to_string(),
+            format!("{:.6e}", row.lr),
+            format!("{:.1}", row.seconds),
+            format!("{:.5}", row.loss),
+        ];
+        let mean = |t: Task| row.task_losses.get(t).copied().unwrap_or(f64::NAN);
+        cells.extend(self.tasks.iter().map(|&t| format!("{:.5}", mean(t))));
+        let headline = row.validation.map(EvalReport::headline).unwrap_or_default();
+        cells.extend(
+            self.tasks
+                .iter()
+                .map(|&t| headline.get(t).map_or(String::new(), |v| format!("{v:.5}"))),
+        );
+        cells.push(
+            row.validation
+                .map_or(String::new(), |v| format!("{:.5}", v.score())),
+        );
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.path())
+            .map_err(|e| Error::io(self.path(), e))?;
+        writeln!(file, "{}", cells.join(",")).map_err(|e| Error::io(self.path(), e))?;
+        write_results_png(&self.run)
+    }
+}
+
+/// Draws `results.png` (loss curves and validation metrics per epoch) from `metrics.csv`.
+pub fn write_results_png(run: &RunPaths) -> Result<()> {
+    let csv = std::fs::read_to_string(run.metrics()).map_err(|e| Error::io(run.metrics(), e))?;
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| {
+            l.split(',')
+                .map(|v| v.parse().unwrap_or(f64::NAN))
+                .collect()
+        })
+        .collect();
+    let column = |name: &str| -> Option<Vec<f64>> {
+        let i = header.iter().position(|h| *h == name)?;
+        Some(
+            rows.iter()
+                .map(|r| r.get(i).copied().unwrap_or(f64::NAN))
+                .collect(),
+        )
+    };
+    let pick = |prefix: &str| -> Vec<(String, Vec<f64>)> {
+        header
+            .iter()
+            .filter(|h| h.starts_with(prefix))
+            .filter_map(|h| column(h).map(|v| (h.trim_start_matches(prefix).to_string(), v)))
+            .collect()
+    };
+    let mut losses = pick("loss_");
+    if let Some(total) = column("loss") {
+        losses.insert(0, ("total".into(), total));
+    }
+    let picture = crate::draw::stack(&[
+        crate::draw::chart("training loss per epoch", &losses, 640, 220),
+        crate::draw::chart("validation (higher is better)", &pick("val_"), 640, 220),
+    ]);
+    mustard_data::imageio::write_rgb(&run.dir.join("results.png"), &picture)?;
+    Ok(())
+}
