@@ -13,6 +13,7 @@ use mustard_pseudo::labels::{keep_boxes, keep_people, labels_to_original};
 
 use crate::config::{Classes, Config};
 use crate::targets::normalise;
+use crate::tasks::Outputs;
 use crate::{MultiTaskModel, Result};
 
 /// What to measure.
@@ -112,7 +113,6 @@ pub fn bench(
     let size = options.input_size as usize;
     let b = options.batch.max(1);
     let (w, h) = image.dimensions();
-    let classes = &model.config().classes;
     let (mut pre, mut inf, mut post, mut total) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for it in 0..options.warmup + options.iterations.max(1) {
         let t0 = Instant::now();
@@ -138,35 +138,8 @@ pub fn bench(
         let x = Tensor::from_vec(pixels, (b, 3, size, size), &Device::Cpu)?.to_device(device)?;
         let t1 = Instant::now();
         let out = model.forward_t(&x, false)?;
-        let mut kept = 0usize;
         let t2 = Instant::now();
-        if let (Some(head), Some(o)) = (model.detection(), out.detection()) {
-            for (dets, t) in head.decode(o)?.iter().zip(&transforms) {
-                kept += keep_boxes(dets, 0.0, t, (w, h)).len();
-            }
-        }
-        if let (Some(head), Some(o), Some(person)) = (model.pose(), out.pose(), classes.person) {
-            let th = mustard_pseudo::Thresholds {
-                pose: 0.0,
-                ..Default::default()
-            };
-            for (people, t) in head.decode(o)?.iter().zip(&transforms) {
-                kept += keep_people(people, &th, person, t, (w, h)).len();
-            }
-        }
-        if let (Some(head), Some(logits)) = (model.segmentation(), out.segmentation()) {
-            for (labels, t) in head.decode(logits)?.into_iter().zip(&transforms) {
-                let map = image::GrayImage::from_raw(size as u32, size as u32, labels)
-                    .expect("sizes match");
-                kept += labels_to_original(&map, t, (w, h)).len();
-            }
-        }
-        if let (Some(head), Some(d)) = (model.depth(), out.depth()) {
-            kept += head.decode(d)?.len();
-        }
-        if let (Some(head), Some(logits)) = (model.classification(), out.classification()) {
-            kept += head.decode(logits)?.len();
-        }
+        let kept = postprocess(model, &out, &transforms, (w, h), size)?;
         let t3 = Instant::now();
         std::hint::black_box(kept);
         if it >= options.warmup {
@@ -191,4 +164,46 @@ pub fn bench(
         peak_memory_mib: peak_memory_mib(),
         parameters,
     })
+}
+
+/// Decodes every head of `out` and maps the results back to the `(w, h)` image, as
+/// pseudo-labelling does; returns how many things were kept (so that nothing is optimised
+/// away).
+fn postprocess(
+    model: &MultiTaskModel,
+    out: &Outputs,
+    transforms: &[Affine],
+    (w, h): (u32, u32),
+    size: usize,
+) -> Result<usize> {
+    let mut kept = 0usize;
+    if let (Some(head), Some(o)) = (model.detection(), out.detection()) {
+        for (dets, t) in head.decode(o)?.iter().zip(transforms) {
+            kept += keep_boxes(dets, 0.0, t, (w, h)).len();
+        }
+    }
+    let person = model.config().classes.person;
+    if let (Some(head), Some(o), Some(person)) = (model.pose(), out.pose(), person) {
+        let th = mustard_pseudo::Thresholds {
+            pose: 0.0,
+            ..Default::default()
+        };
+        for (people, t) in head.decode(o)?.iter().zip(transforms) {
+            kept += keep_people(people, &th, person, t, (w, h)).len();
+        }
+    }
+    if let (Some(head), Some(logits)) = (model.segmentation(), out.segmentation()) {
+        for (labels, t) in head.decode(logits)?.into_iter().zip(transforms) {
+            let map =
+                image::GrayImage::from_raw(size as u32, size as u32, labels).expect("sizes match");
+            kept += labels_to_original(&map, t, (w, h)).len();
+        }
+    }
+    if let (Some(head), Some(d)) = (model.depth(), out.depth()) {
+        kept += head.decode(d)?.len();
+    }
+    if let (Some(head), Some(logits)) = (model.classification(), out.classification()) {
+        kept += head.decode(logits)?.len();
+    }
+    Ok(kept)
 }

@@ -265,34 +265,52 @@ pub fn evaluate(
         ..LoaderConfig::eval(batch_size, size)
     };
     let loader = Loader::new(dataset.clone(), Arc::new(model.encoder(size)), config)?;
-    let classes = &model.config().classes;
-    let tasks = &model.config().tasks;
-    let relative = model.config().relative_depth;
-    let labelled = |t: Task| {
-        (0..dataset.len())
-            .filter(|&i| dataset.tasks(i).contains(t))
-            .map(|i| dataset.image(i).id as i64)
-            .collect::<Vec<_>>()
-    };
-    let mut confusion =
-        ConfusionMatrix::with_ignore_index(classes.categories.len() + 1, Some(IGNORE as u64));
-    let mut depth = DepthAccumulator::new(mustard_eval::DepthConfig::default());
-    let mut accuracy = ClassificationAccuracy::new();
-    let (mut boxes, mut people) = (Vec::new(), Vec::new());
-    let mut images = 0;
+    let mut acc = Accumulator::new(model);
     for batch in loader.epoch(0) {
-        let batch = batch?;
-        images += batch.meta.len();
+        acc.add(model, &batch?)?;
+    }
+    acc.finish(model, &dataset)
+}
+
+/// What evaluation collects batch by batch: COCO result records, the segmentation confusion
+/// matrix, depth errors and classification accuracy.
+struct Accumulator {
+    images: usize,
+    boxes: Vec<ResultRecord>,
+    people: Vec<ResultRecord>,
+    confusion: ConfusionMatrix,
+    depth: DepthAccumulator,
+    accuracy: ClassificationAccuracy,
+}
+
+impl Accumulator {
+    fn new(model: &MultiTaskModel) -> Self {
+        let classes = model.config().classes.categories.len() + 1;
+        Self {
+            images: 0,
+            boxes: Vec::new(),
+            people: Vec::new(),
+            confusion: ConfusionMatrix::with_ignore_index(classes, Some(IGNORE as u64)),
+            depth: DepthAccumulator::new(mustard_eval::DepthConfig::default()),
+            accuracy: ClassificationAccuracy::new(),
+        }
+    }
+
+    /// Runs the model on `batch` and adds its predictions against the batch's labels.
+    fn add(&mut self, model: &MultiTaskModel, batch: &Batch) -> Result<()> {
+        self.images += batch.meta.len();
         let out = model.forward_t(&batch.images, false)?;
-        let (b, p) = result_records(model, &out, &batch)?;
+        let (b, p) = result_records(model, &out, batch)?;
         let keep = |r: &ResultRecord, t: Task| {
             batch
                 .meta
                 .iter()
                 .any(|m| m.image_id as i64 == r.image_id && m.tasks.contains(t))
         };
-        boxes.extend(b.into_iter().filter(|r| keep(r, Task::Detection)));
-        people.extend(p.into_iter().filter(|r| keep(r, Task::Pose)));
+        self.boxes
+            .extend(b.into_iter().filter(|r| keep(r, Task::Detection)));
+        self.people
+            .extend(p.into_iter().filter(|r| keep(r, Task::Pose)));
         if let (Some(head), Some(logits), Some(t)) = (
             model.segmentation(),
             out.segmentation(),
@@ -302,31 +320,13 @@ pub fn evaluate(
             let target = t.labels.flatten_from(1)?.to_vec2::<u32>()?;
             for (p, t) in pred.iter().zip(&target) {
                 let p: Vec<u32> = p.iter().map(|&v| v as u32).collect();
-                confusion.update(t, &p)?;
+                self.confusion.update(t, &p)?;
             }
         }
         if let (Some(head), Some(pred), Some(t)) =
             (model.depth(), out.depth(), batch.targets.depth())
         {
-            let pred = head.decode(pred)?;
-            let log = t.log_depth.flatten_from(1)?.to_vec2::<f32>()?;
-            let valid = t.valid.flatten_from(1)?.to_vec2::<f32>()?;
-            for ((p, l), v) in pred.iter().zip(&log).zip(&valid) {
-                if v.iter().all(|&x| x == 0.0) {
-                    continue;
-                }
-                // Unknown depth is 0, which the metric skips (≤ min_depth).
-                let target: Vec<f32> = l
-                    .iter()
-                    .zip(v)
-                    .map(|(&l, &v)| if v > 0.0 { l.exp() } else { 0.0 })
-                    .collect();
-                if relative {
-                    depth.update(&align_log_depth(p, l, v), &target)?;
-                } else {
-                    depth.update(p, &target)?;
-                }
-            }
+            self.add_depth(&head.decode(pred)?, t, model.config().relative_depth)?;
         }
         if let (Some(logits), Some(t)) = (out.classification(), batch.targets.classification()) {
             let presence = t.presence.to_vec1::<f32>()?;
@@ -334,53 +334,99 @@ pub fn evaluate(
             let scores = logits.to_vec2::<f32>()?;
             for ((row, &target), &p) in scores.iter().zip(&targets).zip(&presence) {
                 if p > 0.0 {
-                    accuracy.update(row, row.len(), &[target])?;
+                    self.accuracy.update(row, row.len(), &[target])?;
                 }
             }
         }
-    }
-    let mut report = EvalReport {
-        images,
-        ..Default::default()
-    };
-    // The ground truth is read once, when the first COCO task needs it.
-    let mut gt: Option<CocoGt> = None;
-    let mut coco = |records: Vec<ResultRecord>,
-                    iou: IouType,
-                    task: Task,
-                    report_slot: &mut Option<CocoEval>|
-     -> Result<()> {
-        let ids = labelled(task);
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let gt = match &mut gt {
-            Some(gt) => gt,
-            slot => slot.insert(CocoGt::from_path(dataset.path())?),
-        };
-        let dt = CocoDt::from_records(gt, records, format!("{task} predictions"))?;
-        let mut params = Params::new(iou);
-        params.img_ids = Some(ids);
-        if task == Task::Pose {
-            params.cat_ids = classes.person.map(|p| vec![classes.category_ids[p] as i64]);
-        }
-        *report_slot = Some(mustard_eval::evaluate(gt, &dt, &params)?);
         Ok(())
+    }
+
+    fn add_depth(
+        &mut self,
+        pred: &[Vec<f32>],
+        t: &mustard_heads::depth::DepthBatch,
+        relative: bool,
+    ) -> Result<()> {
+        let log = t.log_depth.flatten_from(1)?.to_vec2::<f32>()?;
+        let valid = t.valid.flatten_from(1)?.to_vec2::<f32>()?;
+        for ((p, l), v) in pred.iter().zip(&log).zip(&valid) {
+            if v.iter().all(|&x| x == 0.0) {
+                continue;
+            }
+            // Unknown depth is 0, which the metric skips (≤ min_depth).
+            let target: Vec<f32> = l
+                .iter()
+                .zip(v)
+                .map(|(&l, &v)| if v > 0.0 { l.exp() } else { 0.0 })
+                .collect();
+            if relative {
+                self.depth.update(&align_log_depth(p, l, v), &target)?;
+            } else {
+                self.depth.update(p, &target)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The report of every task of the model.
+    fn finish(self, model: &MultiTaskModel, dataset: &Dataset) -> Result<EvalReport> {
+        let tasks = &model.config().tasks;
+        let mut report = EvalReport {
+            images: self.images,
+            ..Default::default()
+        };
+        // The ground truth is read once, when the first COCO task needs it.
+        let mut gt: Option<CocoGt> = None;
+        if tasks.contains(&Task::Detection) {
+            report.detection = coco(model, dataset, &mut gt, self.boxes, Task::Detection)?;
+        }
+        if tasks.contains(&Task::Pose) {
+            report.pose = coco(model, dataset, &mut gt, self.people, Task::Pose)?;
+        }
+        if tasks.contains(&Task::Segmentation) && self.confusion.counts().iter().any(|&c| c > 0) {
+            report.segmentation = Some(self.confusion.metrics());
+        }
+        if tasks.contains(&Task::Depth) {
+            report.depth = self.depth.mean();
+        }
+        if tasks.contains(&Task::Classification) {
+            report.classification = self.accuracy.top1().zip(self.accuracy.top5());
+        }
+        Ok(report)
+    }
+}
+
+/// COCO AP of `records` (boxes for detection, people for pose) on the images labelled for
+/// `task`; `None` when no image is.
+fn coco(
+    model: &MultiTaskModel,
+    dataset: &Dataset,
+    gt: &mut Option<CocoGt>,
+    records: Vec<ResultRecord>,
+    task: Task,
+) -> Result<Option<CocoEval>> {
+    let ids: Vec<i64> = (0..dataset.len())
+        .filter(|&i| dataset.tasks(i).contains(task))
+        .map(|i| dataset.image(i).id as i64)
+        .collect();
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let gt = match gt {
+        Some(gt) => gt,
+        slot => slot.insert(CocoGt::from_path(dataset.path())?),
     };
-    if tasks.contains(&Task::Detection) {
-        coco(boxes, IouType::Bbox, Task::Detection, &mut report.detection)?;
+    let dt = CocoDt::from_records(gt, records, format!("{task} predictions"))?;
+    let iou = if task == Task::Pose {
+        IouType::Keypoints
+    } else {
+        IouType::Bbox
+    };
+    let mut params = Params::new(iou);
+    params.img_ids = Some(ids);
+    if task == Task::Pose {
+        let classes = &model.config().classes;
+        params.cat_ids = classes.person.map(|p| vec![classes.category_ids[p] as i64]);
     }
-    if tasks.contains(&Task::Pose) {
-        coco(people, IouType::Keypoints, Task::Pose, &mut report.pose)?;
-    }
-    if tasks.contains(&Task::Segmentation) && confusion.counts().iter().any(|&c| c > 0) {
-        report.segmentation = Some(confusion.metrics());
-    }
-    if tasks.contains(&Task::Depth) {
-        report.depth = depth.mean();
-    }
-    if tasks.contains(&Task::Classification) {
-        report.classification = accuracy.top1().zip(accuracy.top5());
-    }
-    Ok(report)
+    Ok(Some(mustard_eval::evaluate(gt, &dt, &params)?))
 }

@@ -600,6 +600,14 @@ pub fn render(r: &MustReport, config: &MustConfig) -> String {
         s,
         "\nThe test loss is each task's training loss against the test set's real labels (the student's depth loss is scale-and-shift invariant)."
     );
+    render_pseudo(&mut s, r, config);
+    render_transfer(&mut s, r, config);
+    render_timings(&mut s, r);
+    let _ = writeln!(s, "\nWall time of this call: {:.0} s.", r.seconds);
+    s
+}
+
+fn render_pseudo(s: &mut String, r: &MustReport, config: &MustConfig) {
     let _ = writeln!(s, "\n## Pseudo-labels\n");
     let tasks = labels_tasks(&config.tasks);
     let t = &config.thresholds;
@@ -611,6 +619,9 @@ pub fn render(r: &MustReport, config: &MustConfig) -> String {
     for line in r.pseudo.describe(tasks).lines() {
         let _ = writeln!(s, "- {line}");
     }
+}
+
+fn render_transfer(s: &mut String, r: &MustReport, config: &MustConfig) {
     let _ = writeln!(s, "\n## Transfer\n");
     match &r.transfer {
         Some(tr) => {
@@ -634,6 +645,9 @@ pub fn render(r: &MustReport, config: &MustConfig) -> String {
             let _ = writeln!(s, "Not run (no labelled set for the transfer task).");
         }
     }
+}
+
+fn render_timings(s: &mut String, r: &MustReport) {
     let _ = writeln!(s, "\n## Timings\n");
     let _ = writeln!(s, "| stage | seconds |");
     let _ = writeln!(s, "| --- | --- |");
@@ -648,6 +662,4 @@ pub fn render(r: &MustReport, config: &MustConfig) -> String {
             }
         );
     }
-    let _ = writeln!(s, "\nWall time of this call: {:.0} s.", r.seconds);
-    s
 }

@@ -18,6 +18,7 @@ use mustard_pseudo::{
 
 use crate::checkpoint::load_model;
 use crate::config::{Classes, Config};
+use crate::error::Problems;
 use crate::targets::Encoder;
 use crate::{Error, MultiTaskModel, Result};
 
@@ -165,25 +166,103 @@ fn load_teachers(paths: &[PathBuf]) -> Result<Vec<LoadedTeacher>> {
     Ok(teachers)
 }
 
+impl PseudoOptions {
+    /// Checks the thresholds and sizes, reporting all problems at once.
+    pub fn validate(&self) -> Result<()> {
+        let mut p = Problems::default();
+        if let Err(e) = self.thresholds.validate() {
+            p.push("thresholds", e);
+        }
+        p.check(
+            self.batch_size == 0 || self.shard_size == 0,
+            "pseudo-label",
+            || "batch size and shard size must be at least 1".into(),
+        );
+        p.finish()
+    }
+}
+
 /// Runs `options.teachers` over the images of shards `options.shard` owns and writes them into
 /// the store; complete shards are skipped, partial or corrupt ones redone.
 pub fn pseudo_label(options: &PseudoOptions) -> Result<PseudoSummary> {
     let started = Instant::now();
-    options
-        .thresholds
-        .validate()
-        .map_err(|e| Error::config("thresholds", e))?;
-    if options.batch_size == 0 || options.shard_size == 0 {
-        return Err(Error::config(
-            "pseudo-label",
-            "batch size and shard size must be at least 1",
-        ));
-    }
+    options.validate()?;
     let teachers = load_teachers(&options.teachers)?;
     let images: Arc<Dataset> = Arc::new(mustard_pseudo::open_images(
         &options.images,
         options.root.as_deref(),
     )?);
+    let store = Store::create(&options.out, manifest(options, &teachers, &images)?)?;
+    store.clean_temporaries(options.shard);
+    let m = store.manifest().clone();
+    let owned: Vec<usize> = (0..m.shards()).filter(|&k| options.shard.owns(k)).collect();
+    let bar = progress_bar(
+        options.progress,
+        owned.iter().map(|&k| m.range(k).len() as u64).sum(),
+    );
+    let labeller = Labeller {
+        teachers: &teachers,
+        source: images.clone(),
+        encoder: Arc::new(Encoder::images_only(m.input_size)),
+        manifest: &m,
+        batch_size: options.batch_size,
+    };
+    let (mut written, mut skipped, mut redone) = (0, 0, 0);
+    for &k in &owned {
+        match store.check(k) {
+            ShardState::Complete(_) => {
+                skipped += 1;
+                bar.inc(m.range(k).len() as u64);
+                continue;
+            }
+            ShardState::Broken(why) => {
+                bar.println(format!("redoing shard {k}: {why}"));
+                redone += 1;
+            }
+            ShardState::Missing => {}
+        }
+        bar.set_message(format!("shard {k}"));
+        let (ids, labels) = labeller.shard(k, &bar)?;
+        store.write_shard(k, &ids, &labels)?;
+        written += 1;
+    }
+    bar.finish_and_clear();
+    // Shards this call wrote or verified are known good; the others (other workers') are
+    // judged by their records, not re-read: a rerun or the student verifies checksums.
+    let states = store.status_recorded();
+    let complete = states.iter().all(|s| matches!(s, ShardState::Complete(_)));
+    let stats = store.write_stats(&states)?;
+    Ok(PseudoSummary {
+        store: options.out.clone(),
+        written,
+        skipped,
+        redone,
+        complete,
+        stats,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn progress_bar(visible: bool, images: u64) -> ProgressBar {
+    let bar = if visible {
+        ProgressBar::new(images)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("pseudo-labels [{bar:30}] {pos}/{len} images {msg} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// The store's plan: the images, the teachers (with their checkpoints' SHA-256), thresholds,
+/// input size and the label spaces.
+fn manifest(
+    options: &PseudoOptions,
+    teachers: &[LoadedTeacher],
+    images: &Dataset,
+) -> Result<Manifest> {
     let input_size = options.input_size.unwrap_or_else(|| {
         teachers
             .iter()
@@ -209,66 +288,53 @@ pub fn pseudo_label(options: &PseudoOptions) -> Result<PseudoSummary> {
         .flat_map(|t| t.config.model.tasks.clone())
         .collect();
     tasks.sort();
-    let manifest = Manifest {
+    let teachers = teachers
+        .iter()
+        .map(|t| {
+            let file = crate::checkpoint::weights_file(&t.path);
+            Ok(Teacher {
+                tasks: t.config.model.tasks.clone(),
+                checkpoint: t.path.clone(),
+                sha256: sha256_file(&file)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Manifest {
         format: FORMAT,
         source: options.images.clone(),
         images: images.len(),
-        fingerprint: fingerprint(&images),
+        fingerprint: fingerprint(images),
         shard_size: options.shard_size,
         tasks,
-        teachers: teachers
-            .iter()
-            .map(|t| {
-                let file = crate::checkpoint::weights_file(&t.path);
-                Ok(Teacher {
-                    tasks: t.config.model.tasks.clone(),
-                    checkpoint: t.path.clone(),
-                    sha256: sha256_file(&file)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?,
+        teachers,
         thresholds: options.thresholds.clone(),
         input_size,
         categories,
         label_names,
-    };
-    let store = Store::create(&options.out, manifest)?;
-    store.clean_temporaries(options.shard);
-    let m = store.manifest().clone();
-    let owned: Vec<usize> = (0..m.shards()).filter(|&k| options.shard.owns(k)).collect();
-    let bar = if options.progress {
-        ProgressBar::new(owned.iter().map(|&k| m.range(k).len() as u64).sum())
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("pseudo-labels [{bar:30}] {pos}/{len} images {msg} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let encoder = Arc::new(Encoder::images_only(input_size));
-    let source: Arc<dyn Source> = images.clone();
-    let (mut written, mut skipped, mut redone) = (0, 0, 0);
-    for &k in &owned {
+    })
+}
+
+/// The teachers over the images of one shard at a time.
+struct Labeller<'a> {
+    teachers: &'a [LoadedTeacher],
+    source: Arc<Dataset>,
+    encoder: Arc<Encoder>,
+    manifest: &'a Manifest,
+    batch_size: usize,
+}
+
+impl Labeller<'_> {
+    /// The image ids and labels of shard `k`.
+    fn shard(&self, k: usize, bar: &ProgressBar) -> Result<(Vec<u64>, Vec<ImageLabels>)> {
+        let m = self.manifest;
         let range = m.range(k);
-        match store.check(k) {
-            ShardState::Complete(_) => {
-                skipped += 1;
-                bar.inc(range.len() as u64);
-                continue;
-            }
-            ShardState::Broken(why) => {
-                bar.println(format!("redoing shard {k}: {why}"));
-                redone += 1;
-            }
-            ShardState::Missing => {}
-        }
-        bar.set_message(format!("shard {k}"));
+        let source: Arc<dyn Source> = self.source.clone();
         let loader = Loader::new(
-            Arc::new(Subset::new(source.clone(), range.clone())),
-            encoder.clone(),
+            Arc::new(Subset::new(source, range.clone())),
+            self.encoder.clone(),
             LoaderConfig {
                 threads: None,
-                ..LoaderConfig::eval(options.batch_size, input_size)
+                ..LoaderConfig::eval(self.batch_size, m.input_size)
             },
         )?;
         let mut ids = Vec::with_capacity(range.len());
@@ -283,31 +349,15 @@ pub fn pseudo_label(options: &PseudoOptions) -> Result<PseudoSummary> {
                     ..Default::default()
                 })
                 .collect();
-            for t in &teachers {
-                label_batch(t, &batch, &m, &mut per_image)?;
+            for t in self.teachers {
+                label_batch(t, &batch, m, &mut per_image)?;
             }
             ids.extend(batch.meta.iter().map(|meta| meta.image_id));
             bar.inc(per_image.len() as u64);
             labels.extend(per_image);
         }
-        store.write_shard(k, &ids, &labels)?;
-        written += 1;
+        Ok((ids, labels))
     }
-    bar.finish_and_clear();
-    // Shards this call wrote or verified are known good; the others (other workers') are
-    // judged by their records, not re-read: a rerun or the student verifies checksums.
-    let states = store.status_recorded();
-    let complete = states.iter().all(|s| matches!(s, ShardState::Complete(_)));
-    let stats = store.write_stats(&states)?;
-    Ok(PseudoSummary {
-        store: options.out.clone(),
-        written,
-        skipped,
-        redone,
-        complete,
-        stats,
-        seconds: started.elapsed().as_secs_f64(),
-    })
 }
 
 /// Adds one teacher's labels of `batch` to `out`.
