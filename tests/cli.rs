@@ -447,6 +447,8 @@ fn synthetic_training_renders_at_the_input_size_with_the_requested_splits() {
         "--epochs",
         "1",
         "--no-val",
+        "--conv",
+        "direct",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
@@ -457,6 +459,8 @@ fn synthetic_training_renders_at_the_input_size_with_the_requested_splits() {
         "val_images = 4\n",
         "size = 64\n",
         "input_size = 64\n",
+        // The convolution kernel is part of the run's settings.
+        "[numerics]\nconv = \"direct\"\n",
     ] {
         assert!(config.contains(line), "{line}{config}");
     }

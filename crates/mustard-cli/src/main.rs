@@ -176,9 +176,9 @@ fn pseudo_label(args: PseudoArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--labelled TASK=FILE` items as a map.
-fn labelled(items: &[String]) -> Result<TaskMap<PathBuf>> {
-    let mut labelled = TaskMap::new();
+/// `--labelled TASK=FILE` items: the tasks in the order given, and each task's file.
+fn labelled(items: &[String]) -> Result<(Vec<Task>, TaskMap<PathBuf>)> {
+    let (mut tasks, mut labelled) = (Vec::new(), TaskMap::new());
     for item in items {
         let Some((task, file)) = item.split_once('=') else {
             bail!("--labelled {item:?}: expected TASK=FILE, e.g. detection=train.json");
@@ -186,17 +186,20 @@ fn labelled(items: &[String]) -> Result<TaskMap<PathBuf>> {
         let task: Task = task
             .parse()
             .map_err(|e| anyhow::anyhow!("--labelled {item:?}: {e}"))?;
-        labelled.insert(task, PathBuf::from(file));
+        if labelled.insert(task, PathBuf::from(file)).is_some() {
+            bail!("--labelled {item:?}: the {task} teacher already has a labelled set; give one file per task");
+        }
+        tasks.push(task);
     }
-    Ok(labelled)
+    Ok((tasks, labelled))
 }
 
 /// The pipeline's config: the preset with every flag laid over it.
 fn must_config(args: &MustArgs) -> Result<MustConfig> {
     let mut config = MustConfig::preset(args.preset);
     if !args.labelled.is_empty() {
-        let labelled = labelled(&args.labelled)?;
-        config.tasks = labelled.iter().map(|(t, _)| t).collect();
+        let (tasks, labelled) = labelled(&args.labelled)?;
+        config.tasks = tasks;
         config.data = MustData::User {
             labelled,
             unlabelled: args

@@ -132,3 +132,29 @@ impl Error {
         }
     }
 }
+
+/// An error and each of its causes, joined by `: ` — for messages that embed an error as text
+/// (a report line), where the cause chain would otherwise be lost.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_chain_lists_every_cause_once() {
+        let e = super::Error::Io {
+            path: "a/b.png".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "gone"),
+        };
+        assert_eq!(e.to_string(), "a/b.png");
+        assert_eq!(super::chain(&e), "a/b.png: gone");
+    }
+}

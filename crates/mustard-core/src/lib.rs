@@ -29,7 +29,7 @@ pub mod optim;
 pub mod rng;
 
 pub use device::DeviceSpec;
-pub use error::{Error, Result};
+pub use error::{chain as error_chain, Error, Result};
 
 /// Re-exported so that dependent crates use the same candle as the core.
 pub use candle_core;

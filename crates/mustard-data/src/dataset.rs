@@ -503,7 +503,10 @@ impl Dataset {
                 Err(Error::Image { reason, .. }) => {
                     bad(Some(path), format!("{field} cannot be decoded: {reason}"))
                 }
-                Err(e) => bad(Some(path), format!("{field} cannot be read: {e}")),
+                Err(e) => bad(
+                    Some(path),
+                    format!("{field} cannot be read: {}", mustard_core::error_chain(&e)),
+                ),
                 Ok((w, h)) if (w, h) != (r.width, r.height) => bad(
                     Some(path),
                     format!(

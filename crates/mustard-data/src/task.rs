@@ -19,8 +19,11 @@ pub enum Task {
 }
 
 impl Task {
+    /// How many tasks there are.
+    pub const COUNT: usize = 5;
+
     /// Every task, in a fixed order.
-    pub const ALL: [Task; 5] = [
+    pub const ALL: [Task; Task::COUNT] = [
         Task::Detection,
         Task::Pose,
         Task::Segmentation,
@@ -126,7 +129,7 @@ impl fmt::Display for TaskSet {
 /// headline numbers. Iteration follows [`Task::ALL`], so sums over tasks (the total loss, a
 /// mean of metrics) are always taken in the same order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TaskMap<T>([Option<T>; Task::ALL.len()]);
+pub struct TaskMap<T>([Option<T>; Task::COUNT]);
 
 impl<T> Default for TaskMap<T> {
     fn default() -> Self {
@@ -220,7 +223,10 @@ impl<T> FromIterator<(Task, T)> for TaskMap<T> {
 impl<T> IntoIterator for TaskMap<T> {
     type Item = (Task, T);
     type IntoIter = std::iter::FilterMap<
-        std::iter::Zip<std::array::IntoIter<Task, 5>, std::array::IntoIter<Option<T>, 5>>,
+        std::iter::Zip<
+            std::array::IntoIter<Task, { Task::COUNT }>,
+            std::array::IntoIter<Option<T>, { Task::COUNT }>,
+        >,
         fn((Task, Option<T>)) -> Option<(Task, T)>,
     >;
 
@@ -235,7 +241,10 @@ impl<T> IntoIterator for TaskMap<T> {
 impl<'a, T> IntoIterator for &'a TaskMap<T> {
     type Item = (Task, &'a T);
     type IntoIter = std::iter::FilterMap<
-        std::iter::Zip<std::array::IntoIter<Task, 5>, std::slice::Iter<'a, Option<T>>>,
+        std::iter::Zip<
+            std::array::IntoIter<Task, { Task::COUNT }>,
+            std::slice::Iter<'a, Option<T>>,
+        >,
         fn((Task, &'a Option<T>)) -> Option<(Task, &'a T)>,
     >;
 

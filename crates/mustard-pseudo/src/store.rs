@@ -351,7 +351,7 @@ impl Store {
                 "{}: checksum differs from its record",
                 path.display()
             )),
-            Err(e) => ShardState::Broken(e.to_string()),
+            Err(e) => ShardState::Broken(mustard_core::error_chain(&e)),
         }
     }
 

@@ -663,3 +663,44 @@ fn render_timings(s: &mut String, r: &MustReport) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pipeline_config_round_trips_through_toml_and_names_every_problem() {
+        let dir = std::env::temp_dir().join(format!("mustard-must-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        let quick = MustConfig::quick();
+        write_toml(&quick, &path).unwrap();
+        assert_eq!(MustConfig::read(&path).unwrap(), quick);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("[data]\nkind = \"synthetic\""), "{text}");
+        let mut user = MustConfig::quick();
+        user.tasks = vec![Task::Detection, Task::Depth];
+        user.data = MustData::User {
+            test: "test.json".into(),
+            unlabelled: "photos".into(),
+            labelled: [(Task::Detection, PathBuf::from("det.json"))]
+                .into_iter()
+                .collect(),
+        };
+        write_toml(&user, &path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("[data.labelled]\ndetection = \"det.json\""),
+            "{text}"
+        );
+        // Read back, it is refused for the teacher without data, with every other problem.
+        user.teacher_epochs = 0;
+        write_toml(&user, &path).unwrap();
+        assert_eq!(
+            MustConfig::read(&path).unwrap_err().to_string(),
+            "must: teacher_epochs, student_epochs and shard_size must be at least 1; \
+             must.data.labelled: no labelled dataset for the depth teacher (give --labelled depth=FILE)"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

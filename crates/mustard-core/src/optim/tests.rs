@@ -184,8 +184,10 @@ fn loading_a_foreign_state_names_the_file_and_the_keys() {
     let err = make("sgd", &varmap)
         .load(missing, &Device::Cpu)
         .unwrap_err();
+    // The message names the file; the reason is its cause (`source()`), printed after it.
+    assert_eq!(err.to_string(), "/nonexistent/optim.safetensors");
     assert_eq!(
-        err.to_string(),
+        crate::error_chain(&err),
         "/nonexistent/optim.safetensors: no such file"
     );
 }
