@@ -404,5 +404,54 @@ fn must_on_user_data_explains_bad_arguments() {
         "{}",
         text(&out.stderr)
     );
+    // Teachers whose label spaces do not fit are refused before any training, naming the files.
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, categories: &str| {
+        let path = dir.join(name);
+        let json = format!(r#"{{"images": [], "annotations": [], "categories": [{categories}]}}"#);
+        std::fs::write(&path, json).unwrap();
+        path
+    };
+    let det = file(
+        "det.json",
+        r#"{"id": 1, "name": "square"}, {"id": 2, "name": "circle"}"#,
+    );
+    let pose = file(
+        "pose.json",
+        r#"{"id": 1, "name": "person", "keypoints": ["a", "b"], "skeleton": [[1, 2]]}"#,
+    );
+    let test = file("test.json", r#"{"id": 1, "name": "square"}"#);
+    let cls = dir.join("cls.json");
+    let out = mustard(&[
+        "must",
+        "--runs",
+        s(&dir),
+        "--labelled",
+        &format!("detection={}", det.display()),
+        "--labelled",
+        &format!("pose={}", pose.display()),
+        "--labelled",
+        &format!("classification={}", cls.display()),
+        "--unlabelled",
+        "u",
+        "--test",
+        s(&test),
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: must.data.labelled.classification: {}: No such file or directory (os error 2); \
+             must.data.labelled: the detection teacher's {} has categories [\"square\", \"circle\"] \
+             but the pose teacher's {} has [\"person\"]; the teachers must share one category list\n",
+            cls.display(),
+            det.display(),
+            pose.display()
+        )
+    );
+    assert!(
+        !dir.join("must/teacher-detection").exists(),
+        "nothing was trained"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -262,6 +262,7 @@ pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustRepo
     p.timings
         .push(("data".to_string(), stage.elapsed().as_secs_f64()));
     let test = Arc::new(open_dataset(&files.test, None, false)?);
+    check_labelled(&config.tasks, &files.labelled)?;
     let teachers = p.teachers(&files)?;
     let labels = p.pseudo_labels(&files, &teachers)?;
     let student = p.student_config();
@@ -510,6 +511,67 @@ impl Pipeline<'_> {
             from_scratch: results[1],
         }))
     }
+}
+
+/// Checks, before anything is trained, that each teacher's labelled set can train its task and
+/// that the teachers' label spaces fit together, naming every file that does not.
+///
+/// Until each teacher keeps its own label space, the detection, pose and segmentation teachers
+/// must share one category list: the student's heads and the label store use one.
+pub fn check_labelled(tasks: &[Task], labelled: &TaskMap<PathBuf>) -> Result<()> {
+    let mut p = Problems::default();
+    let mut spaces: Vec<(Task, &Path, Vec<String>)> = Vec::new();
+    for &task in tasks {
+        let Some(path) = labelled.get(task) else {
+            continue;
+        };
+        let what = format!("must.data.labelled.{task}");
+        if path.is_dir() {
+            p.check(task != Task::Classification, &what, || {
+                format!(
+                    "{} is a folder; only classification reads class folders",
+                    path.display()
+                )
+            });
+            continue;
+        }
+        let file = match coco::read(path) {
+            Ok(file) => file,
+            Err(e) => {
+                p.push(what, mustard_core::error_chain(&e));
+                continue;
+            }
+        };
+        let lacks = |thing: &str| format!("{} has no {thing}", path.display());
+        match task {
+            Task::Detection => p.check(file.categories.is_empty(), &what, || lacks("categories")),
+            Task::Pose => p.check(
+                coco::person_category(&file.categories).is_none(),
+                &what,
+                || lacks("category with keypoints"),
+            ),
+            Task::Classification => p.check(file.label_names.is_empty(), &what, || {
+                lacks("`label_names` (image-level classes)")
+            }),
+            Task::Segmentation | Task::Depth => {}
+        }
+        if matches!(task, Task::Detection | Task::Pose | Task::Segmentation) {
+            let names = file.categories.iter().map(|c| c.name.clone()).collect();
+            spaces.push((task, path, names));
+        }
+    }
+    if let Some((first, first_path, first_names)) = spaces.first() {
+        for (task, path, names) in &spaces[1..] {
+            p.check(names != first_names, "must.data.labelled", || {
+                format!(
+                    "the {first} teacher's {} has categories {first_names:?} but the {task} teacher's {} has {names:?}; the teachers must share one category list",
+                    first_path.display(),
+                    path.display()
+                )
+            });
+        }
+    }
+    p.finish()
 }
 
 /// The student at its initialisation.
