@@ -337,6 +337,30 @@ fn train_then_evaluate_through_the_command_line() {
         "{}",
         text(&out.stderr)
     );
+    // A weights file outside its run folder: the error says what was looked for and why.
+    let loose = dir.join("loose");
+    std::fs::create_dir_all(&loose).unwrap();
+    let weights = loose.join("last.safetensors");
+    std::fs::copy(run.join("weights/last.safetensors"), &weights).unwrap();
+    let out = mustard(&[
+        "predict",
+        "--checkpoint",
+        s(&weights),
+        "--input",
+        s(&data.join("images")),
+        "--out",
+        s(&pictures),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: {}: not found: the model of {} is rebuilt from the config.toml of its run folder \
+             (runs/<name>/config.toml beside weights/); pass the run folder or a file of its weights/\n",
+            dir.join("config.toml").display(),
+            weights.display()
+        )
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

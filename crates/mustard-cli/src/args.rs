@@ -61,11 +61,15 @@ pub enum Command {
 pub enum DataCommand {
     /// Count images and annotations per task and category, and report every bad record.
     Check {
-        /// The COCO json file.
+        /// The COCO json file, or an ImageNet-style folder of class folders.
         dataset: PathBuf,
         /// Image folder (default: the json file's folder).
         #[arg(long)]
         root: Option<PathBuf>,
+        /// Decode every image, label map and depth map instead of reading their headers: finds
+        /// files that are corrupt past their header, at the cost of a full decode.
+        #[arg(long)]
+        deep: bool,
     },
 }
 
@@ -248,6 +252,12 @@ pub struct EvalArgs {
     /// Dataset to evaluate the checkpoint on (default: the run's validation set).
     #[arg(long, requires = "checkpoint")]
     pub data: Option<PathBuf>,
+    /// Image folder of --data (default: the run's --root, else the file's folder).
+    #[arg(long, requires = "data")]
+    pub root: Option<PathBuf>,
+    /// Leave bad records of --data out (each is logged) instead of refusing the dataset.
+    #[arg(long, requires = "data")]
+    pub skip_bad: bool,
     /// Ground-truth COCO file (with --results).
     #[arg(long, requires = "results")]
     pub gt: Option<PathBuf>,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mustard::data::synth::{self, Splits, SynthConfig};
-use mustard::data::{Dataset, Task, TaskMap};
+use mustard::data::{CheckDepth, Dataset, Task, TaskMap};
 use mustard::eval::{CocoDt, CocoGt, Params};
 use mustard::must::{MustConfig, MustData, Transfer};
 use mustard::train::{TrainOptions, TrainSummary};
@@ -46,9 +46,25 @@ fn synth(args: SynthArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn data_check(dataset: PathBuf, root: Option<PathBuf>) -> Result<ExitCode> {
-    let ds = Dataset::open(&dataset, root.as_deref())?;
-    let report = ds.check();
+fn data_check(dataset: PathBuf, root: Option<PathBuf>, deep: bool) -> Result<ExitCode> {
+    let ds = if dataset.is_dir() {
+        Dataset::from_class_folders(&dataset)?
+    } else {
+        Dataset::open(&dataset, root.as_deref())?
+    };
+    let (depth, verb) = if deep {
+        (CheckDepth::Decode, "decoding")
+    } else {
+        (CheckDepth::Headers, "reading headers")
+    };
+    let bar = indicatif::ProgressBar::new(ds.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(verb);
+    let report = ds.check_with(depth, &|| bar.inc(1));
+    bar.finish_and_clear();
     print!("{report}");
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
@@ -108,8 +124,8 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
     let ds = match &args.data {
         Some(d) => Arc::new(mustard::train::open_dataset(
             d,
-            config.data.root.as_deref(),
-            false,
+            args.root.as_deref().or(config.data.root.as_deref()),
+            args.skip_bad,
         )?),
         None => mustard::train::validation_set(&config, &args.runs)?
             .context("the run has no validation set: pass --data")?,
@@ -308,8 +324,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Synth(args) => synth(args),
         Command::Data {
-            command: DataCommand::Check { dataset, root },
-        } => data_check(dataset, root),
+            command:
+                DataCommand::Check {
+                    dataset,
+                    root,
+                    deep,
+                },
+        } => data_check(dataset, root, deep),
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
         Command::Predict(args) => predict(args),

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use crate::augment::Affine;
 use crate::coco::{self, Annotation, Category, CocoFile, ImageRecord};
+use crate::imageio::Kind;
 use crate::{imageio, Error, Label, Object, Result, Sample, Task, TaskSet};
 
 /// Slack, in pixels, allowed for boxes that end past the image border (rounding in exports).
@@ -121,6 +122,16 @@ fn stays_inside(name: &str) -> bool {
     !name.is_empty()
         && p.components()
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+/// How far [`Dataset::check_with`] reads each image, label map and depth map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckDepth {
+    /// The header only: the file exists, its format and colour type fit, its dimensions match
+    /// the record. Milliseconds per thousand images.
+    Headers,
+    /// A full decode (what training will do): also finds files corrupt past their header.
+    Decode,
 }
 
 impl Dataset {
@@ -353,9 +364,15 @@ impl Dataset {
         self.root.join(name)
     }
 
-    /// Scans every record (decoding every image, label map and depth map, in parallel) and
-    /// reports counts and every bad record.
+    /// Scans every record, decoding every image, label map and depth map (in parallel), and
+    /// reports counts and every bad record: [`Dataset::check_with`] at [`CheckDepth::Decode`].
     pub fn check(&self) -> CheckReport {
+        self.check_with(CheckDepth::Decode, &|| {})
+    }
+
+    /// Scans every record at `depth`, calling `progress` once per image record checked (from
+    /// the worker threads), and reports counts and every bad record.
+    pub fn check_with(&self, depth: CheckDepth, progress: &(dyn Fn() + Sync)) -> CheckReport {
         let f = &self.file;
         let mut report = CheckReport {
             path: self.path.clone(),
@@ -399,7 +416,11 @@ impl Dataset {
             .images
             .par_iter()
             .enumerate()
-            .flat_map_iter(|(i, r)| self.check_image(i, r))
+            .flat_map_iter(|(i, r)| {
+                let problems = self.check_image(i, r, depth);
+                progress();
+                problems
+            })
             .collect();
         problems.extend(image_problems);
         let image_index: HashMap<u64, usize> = f
@@ -447,7 +468,7 @@ impl Dataset {
         report
     }
 
-    fn check_image(&self, i: usize, r: &ImageRecord) -> Vec<Problem> {
+    fn check_image(&self, i: usize, r: &ImageRecord, depth: CheckDepth) -> Vec<Problem> {
         let mut out = Vec::new();
         let mut bad = |file: Option<PathBuf>, message: String| {
             out.push(Problem {
@@ -476,11 +497,11 @@ impl Dataset {
             );
         }
         let files = [
-            ("file_name", Some(&r.file_name)),
-            ("seg_file", r.seg_file.as_ref()),
-            ("depth_file", r.depth_file.as_ref()),
+            ("file_name", Some(&r.file_name), Kind::Image),
+            ("seg_file", r.seg_file.as_ref(), Kind::Labels),
+            ("depth_file", r.depth_file.as_ref(), Kind::Depth),
         ];
-        for (field, name) in files {
+        for (field, name, kind) in files {
             let Some(name) = name else { continue };
             if !stays_inside(name) {
                 bad(
@@ -494,10 +515,9 @@ impl Dataset {
                 bad(Some(path), format!("{field} does not exist"));
                 continue;
             }
-            let decoded = match field {
-                "file_name" => imageio::read_rgb(&path).map(|img| img.dimensions()),
-                "seg_file" => imageio::read_labels(&path).map(|img| img.dimensions()),
-                _ => imageio::read_depth(&path, 1.0).map(|img| img.dimensions()),
+            let decoded = match depth {
+                CheckDepth::Headers => imageio::header(&path, kind),
+                CheckDepth::Decode => imageio::decode(&path, kind),
             };
             match decoded {
                 Err(Error::Image { reason, .. }) => {
@@ -523,8 +543,12 @@ impl Dataset {
     /// Checks the dataset; with problems, fails with the report unless `skip_bad`, in which case
     /// each bad record is passed to `log` and left out (a bad image with all its annotations, a
     /// bad annotation alone).
+    ///
+    /// Files are checked from their headers ([`CheckDepth::Headers`]): opening a dataset never
+    /// decodes its images; a file that is corrupt past its header fails when it is loaded,
+    /// naming it (`mustard data check --deep` finds them all beforehand).
     pub fn require_clean(mut self, skip_bad: bool, mut log: impl FnMut(&Problem)) -> Result<Self> {
-        let report = self.check();
+        let report = self.check_with(CheckDepth::Headers, &|| {});
         if report.is_clean() {
             return Ok(self);
         }

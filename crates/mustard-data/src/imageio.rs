@@ -42,17 +42,54 @@ pub fn read_rgb(path: &Path) -> Result<RgbImage> {
 
 /// The size of an image after EXIF orientation, reading only the header.
 pub fn dimensions(path: &Path) -> Result<(u32, u32)> {
+    header(path, Kind::Image)
+}
+
+/// What a file of a record must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A picture (JPEG or PNG, 8 or 16 bit, grey, RGB or RGBA).
+    Image,
+    /// An 8-bit single-channel label map.
+    Labels,
+    /// A 16-bit single-channel depth map.
+    Depth,
+}
+
+/// The dimensions of a file (after its EXIF orientation) read from its header alone, checking
+/// that its format and colour type are what `kind` needs; nothing is decoded.
+pub fn header(path: &Path, kind: Kind) -> Result<(u32, u32)> {
     let reader = ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
     let mut decoder = reader.into_decoder().map_err(|e| image_err(path, e))?;
+    let colour = decoder.color_type();
+    let wrong = match kind {
+        Kind::Image => None,
+        Kind::Labels => (colour != image::ColorType::L8)
+            .then_some("a label map must be a single-channel 8-bit PNG"),
+        Kind::Depth => (colour != image::ColorType::L16)
+            .then_some("a depth map must be a single-channel 16-bit PNG"),
+    };
+    if let Some(reason) = wrong {
+        return Err(image_err(path, reason));
+    }
     let (w, h) = decoder.dimensions();
     let orientation = decoder.orientation().map_err(|e| image_err(path, e))?;
     use image::metadata::Orientation::*;
     Ok(match orientation {
         Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH => (h, w),
         _ => (w, h),
+    })
+}
+
+/// Fully decodes a file as `kind` needs it, returning its dimensions.
+pub fn decode(path: &Path, kind: Kind) -> Result<(u32, u32)> {
+    Ok(match kind {
+        Kind::Image => read_rgb(path)?.dimensions(),
+        Kind::Labels => read_labels(path)?.dimensions(),
+        Kind::Depth => read_depth(path, 1.0)?.dimensions(),
     })
 }
 

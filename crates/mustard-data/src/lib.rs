@@ -29,7 +29,7 @@ mod source;
 pub mod synth;
 mod task;
 
-pub use dataset::{CheckReport, Dataset, Problem};
+pub use dataset::{CheckDepth, CheckReport, Dataset, Problem};
 pub use error::{Error, Result};
 pub use loader::{BatchEncoder, Epoch, Loader, LoaderConfig};
 pub use sample::{Label, Object, Sample};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use mustard_data::coco::{self, RleCounts, RleJson, Segmentation};
 use mustard_data::synth::{self, SynthConfig};
-use mustard_data::{BatchEncoder, Dataset, Loader, LoaderConfig, Sample, Task};
+use mustard_data::{BatchEncoder, CheckDepth, Dataset, Loader, LoaderConfig, Sample, Task};
 
 fn synth_dir(name: &str, images: usize) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mustard-data-{name}-{}", std::process::id()));
@@ -243,6 +243,51 @@ fn batches_do_not_depend_on_the_thread_count_and_prefetch_is_bounded() -> Result
     assert!(encoded <= 3 * 2, "the producer ran {encoded} samples ahead");
     assert_eq!(first.len(), 2);
     assert_eq!(epoch.count(), 4);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[test]
+fn opening_reads_headers_and_a_deep_check_finds_what_only_decoding_shows() -> Result<()> {
+    let dir = synth_dir("depth", 3);
+    let json = dir.join("instances.json");
+    // Image 2 keeps a valid header but loses its pixels; image 3's label map is RGB.
+    let image = dir.join("images/000002.png");
+    let bytes = std::fs::read(&image)?;
+    std::fs::write(&image, &bytes[..bytes.len() / 2])?;
+    let ds = Dataset::open(&json, None)?;
+    let seg = dir.join(ds.image(2).seg_file.clone().expect("a label map"));
+    mustard_data::imageio::write_rgb(&seg, &image::RgbImage::new(64, 64))?;
+    let calls = AtomicUsize::new(0);
+    let headers = ds.check_with(CheckDepth::Headers, &|| {
+        calls.fetch_add(1, Ordering::Relaxed);
+    });
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        3,
+        "one call per image record"
+    );
+    let lines: Vec<String> = headers.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [format!(
+            "image 3 [{}]: seg_file cannot be decoded: a label map must be a single-channel 8-bit PNG",
+            seg.display()
+        )]
+    );
+    let deep = ds.check();
+    let lines: Vec<String> = deep.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "image 2 [{}]: file_name cannot be decoded: ",
+            image.display()
+        )),
+        "{lines:?}"
+    );
+    // Opening for training reads headers only: the truncated image passes until it is loaded.
+    let opened = Dataset::open(&json, None)?.require_clean(true, |_| {})?;
+    assert_eq!(opened.len(), 2);
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -217,6 +217,16 @@ pub fn load_model(path: &Path) -> Result<(Config, VarMap, MultiTaskModel)> {
     if !weights.is_file() {
         return Err(Error::file(&weights, "no such checkpoint"));
     }
+    if !config_path.is_file() {
+        return Err(Error::file(
+            &config_path,
+            format!(
+                "not found: the model of {} is rebuilt from the config.toml of its run folder \
+                 (runs/<name>/config.toml beside weights/); pass the run folder or a file of its weights/",
+                weights.display()
+            ),
+        ));
+    }
     let config = Config::read(&config_path)?;
     config.numerics.apply();
     let (varmap, model) =
