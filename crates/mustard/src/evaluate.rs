@@ -18,49 +18,111 @@ use crate::targets::Batch;
 use crate::tasks::Outputs;
 use crate::Result;
 
-/// Everything measured on one dataset.
+/// One task's metrics.
+#[derive(Debug, Clone)]
+pub enum TaskMetrics {
+    /// COCO AP (boxes for detection, OKS for pose), equal to pycocotools.
+    Coco(Box<CocoEval>),
+    /// mIoU and pixel accuracy.
+    Segmentation(SegmentationMetrics),
+    /// Depth errors (metres).
+    Depth(mustard_eval::DepthMetrics),
+    /// Top-1 and top-5 accuracy.
+    Classification {
+        /// Top-1.
+        top1: f64,
+        /// Top-5.
+        top5: f64,
+    },
+}
+
+impl TaskMetrics {
+    /// The headline number (higher is better): AP, mIoU, δ < 1.25 or top-1.
+    pub fn headline(&self) -> f64 {
+        match self {
+            TaskMetrics::Coco(e) => e.stats()[0].max(0.0),
+            TaskMetrics::Segmentation(m) => m.mean_iou.unwrap_or(0.0),
+            TaskMetrics::Depth(d) => d.delta1,
+            TaskMetrics::Classification { top1, .. } => *top1,
+        }
+    }
+
+    /// The human-readable lines of `task`.
+    fn summary(&self, task: Task, s: &mut String) {
+        match self {
+            TaskMetrics::Coco(e) => {
+                let what = if task == Task::Pose {
+                    "keypoint"
+                } else {
+                    "box"
+                };
+                s.push_str(&format!("{task} (COCO {what} AP, equal to pycocotools):\n"));
+                push_lines(s, &e.summary());
+            }
+            TaskMetrics::Segmentation(m) => s.push_str(&format!(
+                "segmentation: mIoU {:.4}, pixel accuracy {:.4}\n",
+                m.mean_iou.unwrap_or(f64::NAN),
+                m.pixel_accuracy.unwrap_or(f64::NAN)
+            )),
+            TaskMetrics::Depth(d) => s.push_str(&format!(
+                "depth: AbsRel {:.4}, RMSE {:.4} m, δ<1.25 {:.4}, δ<1.25² {:.4}, δ<1.25³ {:.4}\n",
+                d.abs_rel, d.rmse, d.delta1, d.delta2, d.delta3
+            )),
+            TaskMetrics::Classification { top1, top5 } => s.push_str(&format!(
+                "classification: top-1 {top1:.4}, top-5 {top5:.4}\n"
+            )),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            TaskMetrics::Coco(e) => e.to_json(),
+            TaskMetrics::Segmentation(m) => {
+                json!({"mean_iou": m.mean_iou, "pixel_accuracy": m.pixel_accuracy, "per_class_iou": m.per_class_iou})
+            }
+            TaskMetrics::Depth(d) => {
+                json!({"abs_rel": d.abs_rel, "rmse": d.rmse, "delta1": d.delta1, "delta2": d.delta2, "delta3": d.delta3})
+            }
+            TaskMetrics::Classification { top1, top5 } => json!({"top1": top1, "top5": top5}),
+        }
+    }
+}
+
+/// Everything measured on one dataset: each evaluated task's metrics.
 #[derive(Debug, Clone, Default)]
 pub struct EvalReport {
     /// Images evaluated.
     pub images: usize,
-    /// COCO box AP.
-    pub detection: Option<CocoEval>,
-    /// COCO keypoint AP.
-    pub pose: Option<CocoEval>,
-    /// mIoU and pixel accuracy.
-    pub segmentation: Option<SegmentationMetrics>,
-    /// Depth errors (metres).
-    pub depth: Option<mustard_eval::DepthMetrics>,
-    /// (top-1, top-5).
-    pub classification: Option<(f64, f64)>,
+    /// Per task.
+    pub metrics: TaskMap<TaskMetrics>,
 }
 
 impl EvalReport {
+    /// COCO box AP.
+    pub fn detection(&self) -> Option<&CocoEval> {
+        match self.metrics.get(Task::Detection) {
+            Some(TaskMetrics::Coco(e)) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// COCO keypoint AP.
+    pub fn pose(&self) -> Option<&CocoEval> {
+        match self.metrics.get(Task::Pose) {
+            Some(TaskMetrics::Coco(e)) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+
     /// Each task's headline number (higher is better): box AP, keypoint AP, mIoU, δ < 1.25,
     /// top-1.
     pub fn headline(&self) -> TaskMap<f64> {
-        let mut out = TaskMap::new();
-        if let Some(e) = &self.detection {
-            out.insert(Task::Detection, e.stats()[0].max(0.0));
-        }
-        if let Some(e) = &self.pose {
-            out.insert(Task::Pose, e.stats()[0].max(0.0));
-        }
-        if let Some(s) = &self.segmentation {
-            out.insert(Task::Segmentation, s.mean_iou.unwrap_or(0.0));
-        }
-        if let Some(d) = &self.depth {
-            out.insert(Task::Depth, d.delta1);
-        }
-        if let Some((top1, _)) = self.classification {
-            out.insert(Task::Classification, top1);
-        }
-        out
+        self.metrics.map(|_, m| m.headline())
     }
 
     /// The headline number of `task` (0 when the report has none).
     pub fn headline_of(&self, task: Task) -> f64 {
-        self.headline().get(task).copied().unwrap_or(0.0)
+        self.metrics.get(task).map_or(0.0, TaskMetrics::headline)
     }
 
     /// The mean of the headline numbers (the "best checkpoint" criterion).
@@ -76,44 +138,23 @@ impl EvalReport {
     /// Human-readable tables: pycocotools' summary lines, then the other metrics.
     pub fn summary(&self) -> String {
         let mut s = format!("{} images\n", self.images);
-        if let Some(e) = &self.detection {
-            s.push_str("detection (COCO box AP, equal to pycocotools):\n");
-            push_lines(&mut s, &e.summary());
-        }
-        if let Some(e) = &self.pose {
-            s.push_str("pose (COCO keypoint AP, equal to pycocotools):\n");
-            push_lines(&mut s, &e.summary());
-        }
-        if let Some(m) = &self.segmentation {
-            s.push_str(&format!(
-                "segmentation: mIoU {:.4}, pixel accuracy {:.4}\n",
-                m.mean_iou.unwrap_or(f64::NAN),
-                m.pixel_accuracy.unwrap_or(f64::NAN)
-            ));
-        }
-        if let Some(d) = &self.depth {
-            s.push_str(&format!(
-                "depth: AbsRel {:.4}, RMSE {:.4} m, δ<1.25 {:.4}, δ<1.25² {:.4}, δ<1.25³ {:.4}\n",
-                d.abs_rel, d.rmse, d.delta1, d.delta2, d.delta3
-            ));
-        }
-        if let Some((t1, t5)) = self.classification {
-            s.push_str(&format!("classification: top-1 {t1:.4}, top-5 {t5:.4}\n"));
+        for (task, m) in self.metrics.iter() {
+            m.summary(task, &mut s);
         }
         s
     }
 
-    /// Every number as JSON.
+    /// Every number as JSON (`null` for a task that was not evaluated).
     pub fn to_json(&self) -> Value {
-        json!({
-            "images": self.images,
-            "detection": self.detection.as_ref().map(CocoEval::to_json),
-            "pose": self.pose.as_ref().map(CocoEval::to_json),
-            "segmentation": self.segmentation.as_ref().map(|m| json!({"mean_iou": m.mean_iou, "pixel_accuracy": m.pixel_accuracy, "per_class_iou": m.per_class_iou})),
-            "depth": self.depth.as_ref().map(|d| json!({"abs_rel": d.abs_rel, "rmse": d.rmse, "delta1": d.delta1, "delta2": d.delta2, "delta3": d.delta3})),
-            "classification": self.classification.map(|(t1, t5)| json!({"top1": t1, "top5": t5})),
-            "score": self.score(),
-        })
+        let mut out = json!({"images": self.images});
+        for task in Task::ALL {
+            out[task.name()] = self
+                .metrics
+                .get(task)
+                .map_or(Value::Null, TaskMetrics::to_json);
+        }
+        out["score"] = self.score().into();
+        out
     }
 }
 
@@ -377,20 +418,35 @@ impl Accumulator {
         };
         // The ground truth is read once, when the first COCO task needs it.
         let mut gt: Option<CocoGt> = None;
+        let m = &mut report.metrics;
         if tasks.contains(&Task::Detection) {
-            report.detection = coco(model, dataset, &mut gt, self.boxes, Task::Detection)?;
+            if let Some(e) = coco(model, dataset, &mut gt, self.boxes, Task::Detection)? {
+                m.insert(Task::Detection, TaskMetrics::Coco(Box::new(e)));
+            }
         }
         if tasks.contains(&Task::Pose) {
-            report.pose = coco(model, dataset, &mut gt, self.people, Task::Pose)?;
+            if let Some(e) = coco(model, dataset, &mut gt, self.people, Task::Pose)? {
+                m.insert(Task::Pose, TaskMetrics::Coco(Box::new(e)));
+            }
         }
         if tasks.contains(&Task::Segmentation) && self.confusion.counts().iter().any(|&c| c > 0) {
-            report.segmentation = Some(self.confusion.metrics());
+            m.insert(
+                Task::Segmentation,
+                TaskMetrics::Segmentation(self.confusion.metrics()),
+            );
         }
-        if tasks.contains(&Task::Depth) {
-            report.depth = self.depth.mean();
+        if let (true, Some(d)) = (tasks.contains(&Task::Depth), self.depth.mean()) {
+            m.insert(Task::Depth, TaskMetrics::Depth(d));
         }
-        if tasks.contains(&Task::Classification) {
-            report.classification = self.accuracy.top1().zip(self.accuracy.top5());
+        if let (true, Some(top1), Some(top5)) = (
+            tasks.contains(&Task::Classification),
+            self.accuracy.top1(),
+            self.accuracy.top5(),
+        ) {
+            m.insert(
+                Task::Classification,
+                TaskMetrics::Classification { top1, top5 },
+            );
         }
         Ok(report)
     }

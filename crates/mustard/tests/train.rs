@@ -88,8 +88,8 @@ fn overfitting_one_batch_reaches_high_box_and_keypoint_ap() -> Result<()> {
         opt.step(&loss.backward()?)?;
     }
     let report = evaluate(&model, ds, size, 2, None)?;
-    let box_ap = report.detection.as_ref().unwrap().stats()[0];
-    let kp_ap = report.pose.as_ref().unwrap().stats()[0];
+    let box_ap = report.detection().unwrap().stats()[0];
+    let kp_ap = report.pose().unwrap().stats()[0];
     assert!(
         box_ap >= 0.9 && kp_ap >= 0.8,
         "loss {first:?} → {last}; box AP {box_ap}, keypoint AP {kp_ap}\n{}",
