@@ -193,6 +193,15 @@ impl Dataset {
                 });
             }
         }
+        if file.images.is_empty() {
+            return Err(Error::Json {
+                path: root.to_path_buf(),
+                reason: format!(
+                    "no .jpg, .jpeg or .png images in its {} class folder(s) (expected root/<class>/<image>)",
+                    classes.len()
+                ),
+            });
+        }
         Ok(Self::from_file(file, root, root.to_path_buf()))
     }
 
@@ -832,6 +841,24 @@ mod tests {
             (Some(Label::Class(1)), vec![Task::Classification])
         );
         assert_eq!(s.size(), (5, 3));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Regression: a folder of folders without images (a dataset's root instead of its image
+    /// tree) was accepted as an empty, "clean" classification set.
+    #[test]
+    fn class_folders_without_images_are_refused() {
+        let root = std::env::temp_dir().join(format!("mustard-no-images-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("train/images")).unwrap();
+        std::fs::write(root.join("train/instances.json"), "{}").unwrap();
+        let err = Dataset::from_class_folders(&root).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: no .jpg, .jpeg or .png images in its 1 class folder(s) (expected root/<class>/<image>)",
+                root.display()
+            )
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 
