@@ -47,20 +47,16 @@ fn synth(args: SynthArgs) -> Result<ExitCode> {
 }
 
 fn data_check(dataset: PathBuf, root: Option<PathBuf>, deep: bool) -> Result<ExitCode> {
-    let ds = if dataset.is_dir() {
-        Dataset::from_class_folders(&dataset)?
-    } else {
-        Dataset::open(&dataset, root.as_deref())?
-    };
+    let ds = Dataset::open_path(&dataset, root.as_deref())?;
     let (depth, verb) = if deep {
         (CheckDepth::Decode, "decoding")
     } else {
         (CheckDepth::Headers, "reading headers")
     };
-    let bar = indicatif::ProgressBar::new(ds.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let bar = mustard::log::progress_bar(
+        true,
+        ds.file().images.len() as u64,
+        "{msg} [{bar:30}] {pos}/{len} images eta {eta}",
     );
     bar.set_message(verb);
     let report = ds.check_with(depth, &|| bar.inc(1));

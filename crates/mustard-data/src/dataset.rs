@@ -145,6 +145,16 @@ impl Dataset {
         Ok(Self::from_file(file, json, root))
     }
 
+    /// Opens `path`: a COCO file (images under `root`, default: its folder), or an
+    /// ImageNet-style tree of class folders ([`Dataset::from_class_folders`]).
+    pub fn open_path(path: &Path, root: Option<&Path>) -> Result<Self> {
+        if path.is_dir() {
+            Self::from_class_folders(path)
+        } else {
+            Self::open(path, root)
+        }
+    }
+
     /// An ImageNet-style classification tree: `root/<class>/<image>.{jpg,jpeg,png}`. Classes are
     /// the folder names in sorted order (they become `label_names`); every image is labelled for
     /// classification only.

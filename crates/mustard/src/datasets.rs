@@ -40,12 +40,7 @@ pub fn synthetic_datasets(config: &Config, runs: &Path) -> Result<(PathBuf, Path
 /// Opens a dataset (a COCO file, or an ImageNet-style `root/<class>/<image>` folder tree) and
 /// refuses it when bad, unless `skip_bad` (then each skipped record is printed to stderr).
 pub fn open_dataset(path: &Path, root: Option<&Path>, skip_bad: bool) -> Result<Dataset> {
-    let ds = if path.is_dir() {
-        Dataset::from_class_folders(path)?
-    } else {
-        Dataset::open(path, root)?
-    };
-    Ok(ds.require_clean(skip_bad, |p| eprintln!("skipping {p}"))?)
+    Ok(Dataset::open_path(path, root)?.require_clean(skip_bad, |p| eprintln!("skipping {p}"))?)
 }
 
 /// The class lists of a dataset or pseudo-label store.

@@ -1,5 +1,5 @@
 //! A run's record of its epochs: `metrics.csv` (one row per epoch: losses, validation
-//! metrics) and `results.png` drawn from it.
+//! metrics) and `results.png` drawn from it; the progress bars of long loops.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,6 +9,21 @@ use mustard_data::{Task, TaskMap};
 use crate::checkpoint::RunPaths;
 use crate::evaluate::EvalReport;
 use crate::{Error, Result};
+
+/// A progress bar on the terminal of `len` steps drawn with `template` (indicatif's syntax), or
+/// a hidden one when not `visible`.
+pub fn progress_bar(visible: bool, len: u64, template: &str) -> indicatif::ProgressBar {
+    let bar = if visible {
+        indicatif::ProgressBar::new(len)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
 
 /// One epoch's row.
 pub struct EpochRow<'a> {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use mustard_data::coco::{Category, COCO_KEYPOINTS, COCO_SKELETON};
 use mustard_data::imageio::DepthMap;
 use mustard_data::{Dataset, Loader, LoaderConfig, Source, Subset, Task, TaskSet};
@@ -19,6 +19,7 @@ use mustard_pseudo::{
 use crate::checkpoint::load_model;
 use crate::config::{Classes, Config};
 use crate::error::Problems;
+use crate::log::progress_bar;
 use crate::targets::Encoder;
 use crate::{Error, MultiTaskModel, Result};
 
@@ -199,6 +200,7 @@ pub fn pseudo_label(options: &PseudoOptions) -> Result<PseudoSummary> {
     let bar = progress_bar(
         options.progress,
         owned.iter().map(|&k| m.range(k).len() as u64).sum(),
+        "pseudo-labels [{bar:30}] {pos}/{len} images {msg} eta {eta}",
     );
     let labeller = Labeller {
         teachers: &teachers,
@@ -241,19 +243,6 @@ pub fn pseudo_label(options: &PseudoOptions) -> Result<PseudoSummary> {
         stats,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-fn progress_bar(visible: bool, images: u64) -> ProgressBar {
-    let bar = if visible {
-        ProgressBar::new(images)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("pseudo-labels [{bar:30}] {pos}/{len} images {msg} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 /// The store's plan: the images, the teachers (with their checkpoints' SHA-256), thresholds,

@@ -6,14 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use mustard_data::{Dataset, Loader, LoaderConfig, TaskMap};
 
 use crate::checkpoint::RunPaths;
 use crate::config::Config;
 use crate::datasets::TrainData;
 use crate::evaluate::EvalReport;
-use crate::log::{EpochRow, MetricsLog};
+use crate::log::{progress_bar, EpochRow, MetricsLog};
 use crate::targets::Encoder;
 use crate::trainer::Trainer;
 use crate::{Error, Result};
@@ -260,7 +259,11 @@ fn run_epoch(
     let t = &config.train;
     let started = Instant::now();
     let state = trainer.state();
-    let bar = progress_bar(options.progress, loader.batches_per_epoch() as u64);
+    let bar = progress_bar(
+        options.progress,
+        loader.batches_per_epoch() as u64,
+        "{prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}",
+    );
     bar.set_prefix(format!("epoch {}/{}", state.epoch + 1, t.epochs));
     bar.set_position(state.batch);
     let mut sums = EpochLosses::default();
@@ -307,19 +310,6 @@ fn run_epoch(
     }
     bar.finish_and_clear();
     Ok(EpochEnd::Done { losses: sums })
-}
-
-fn progress_bar(visible: bool, len: u64) -> ProgressBar {
-    let bar = if visible {
-        ProgressBar::new(len)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 /// The validation set of a run's config (the synthetic default's when it trained on neither
