@@ -28,7 +28,7 @@ fn synth_then_check_is_clean_and_a_corrupt_dataset_fails_with_the_record() {
     );
     let json = dir.join("instances.json");
     assert!(
-        stdout.contains(&format!("  instances       {}", json.display())),
+        stdout.contains(&format!("  instances            {}", json.display())),
         "{stdout}"
     );
 
@@ -84,7 +84,11 @@ fn synth_writes_the_must_splits() {
         "train_depth",
         "train_classification",
         "unlabeled",
-        "test",
+        "test_detection",
+        "test_pose",
+        "test_segmentation",
+        "test_depth",
+        "test_classification",
     ] {
         assert!(dir.join(format!("{name}.json")).is_file(), "{name}.json");
     }

@@ -303,7 +303,7 @@ fn must_runs_end_to_end_and_a_rerun_reuses_every_stage() {
     // The same numbers at full precision.
     let results: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root.join("results.json")).unwrap()).unwrap();
-    let exact = results["tasks"].as_array().unwrap();
+    let exact = results["seeds"][0]["tasks"].as_array().unwrap();
     assert_eq!(exact.len(), 5);
     for (row, r) in rows.iter().zip(exact) {
         assert_eq!(r["task"], row.0.as_str());
@@ -321,6 +321,21 @@ fn must_runs_end_to_end_and_a_rerun_reuses_every_stage() {
             row.0
         );
     }
+    // Each of the student's heads keeps its teacher's label space.
+    let student: mustard::Config =
+        mustard::config::read_toml(&root.join("student/config.toml")).unwrap();
+    let classes = &student.model.classes;
+    assert_eq!(classes.categories, ["circle", "square", "triangle"]);
+    assert_eq!(
+        classes.segmentation,
+        ["stripes", "checks", "shape", "person"]
+    );
+    assert_eq!(classes.labels, ["red", "green", "blue"]);
+    assert_eq!(
+        classes.pose_category().map(|p| (p.name, p.id)),
+        Some(("person".to_string(), 1))
+    );
+    assert_eq!((classes.person, classes.joints), (Some(3), 17));
     for file in [
         "must.png",
         "labels/manifest.json",
@@ -399,12 +414,14 @@ fn must_on_user_data_explains_bad_arguments() {
         "missing-test.json",
     ]);
     assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).starts_with("error: missing-test.json: "),
-        "{}",
-        text(&out.stderr)
+    assert_eq!(
+        text(&out.stderr),
+        "error: must.data.labelled.depth: missing.json: No such file or directory (os error 2); \
+         must.data.test.depth: missing-test.json: No such file or directory (os error 2)\n"
     );
-    // Teachers whose label spaces do not fit are refused before any training, naming the files.
+    // Teachers may have different label spaces (detection of shapes, pose of people), but each
+    // task's test set must be in its teacher's; what does not fit is refused before any
+    // training, naming the files.
     std::fs::create_dir_all(&dir).unwrap();
     let file = |name: &str, categories: &str| {
         let path = dir.join(name);
@@ -441,12 +458,17 @@ fn must_on_user_data_explains_bad_arguments() {
     assert_eq!(
         text(&out.stderr),
         format!(
-            "error: must.data.labelled.classification: {}: No such file or directory (os error 2); \
-             must.data.labelled: the detection teacher's {} has categories [\"square\", \"circle\"] \
-             but the pose teacher's {} has [\"person\"]; the teachers must share one category list\n",
-            cls.display(),
-            det.display(),
-            pose.display()
+            "error: must.data.labelled.detection: the detection teacher's {det} has categories \
+             [square (1), circle (2)] but the detection test set {test} has categories [square (1)]; \
+             a task's test set must use its teacher's label space; \
+             must.data.labelled.pose: the pose teacher's {pose} has pose category person (1) with 2 \
+             joints but the pose test set {test} has no category with keypoints; a task's test set \
+             must use its teacher's label space; \
+             must.data.labelled.classification: {cls}: No such file or directory (os error 2)\n",
+            det = det.display(),
+            test = test.display(),
+            pose = pose.display(),
+            cls = cls.display(),
         )
     );
     assert!(

@@ -54,6 +54,12 @@ pub enum Command {
         /// Folder of the runs (the study writes runs/mcn/).
         #[arg(long, default_value = "runs")]
         runs: PathBuf,
+        /// Train every model with this many seeds (default: 1 for quick, 3 for study and full).
+        #[arg(long)]
+        seeds: Option<usize>,
+        /// Also train each pair of tasks (the study and full presets always do).
+        #[arg(long)]
+        pairs: bool,
     },
 }
 
@@ -376,9 +382,10 @@ pub struct MustArgs {
     /// The unlabelled images: a folder or a COCO file.
     #[arg(long, requires = "labelled")]
     pub unlabelled: Option<PathBuf>,
-    /// The held-out labelled COCO file every model is evaluated on.
-    #[arg(long, requires = "labelled")]
-    pub test: Option<PathBuf>,
+    /// The held-out labelled COCO file of every task (FILE), or of one task (TASK=FILE, in
+    /// that teacher's label space); repeat per task.
+    #[arg(long, value_name = "[TASK=]FILE", requires = "labelled")]
+    pub test: Vec<String>,
     /// Tasks with a teacher (default: every task, or those given with --labelled).
     #[arg(long, value_delimiter = ',')]
     pub tasks: Option<Vec<Task>>,
@@ -414,6 +421,14 @@ pub struct MustArgs {
     /// Fine-tuning epochs of the transfer test.
     #[arg(long)]
     pub transfer_epochs: Option<usize>,
+    /// Also fine-tune from each teacher's backbone in the transfer test (yes with
+    /// --preset study).
+    #[arg(long)]
+    pub transfer_from_teachers: bool,
+    /// Train every model with this many seeds; the report gives mean ± standard deviation and
+    /// says whether the claim holds within the noise (3 with --preset study).
+    #[arg(long)]
+    pub seeds: Option<usize>,
     #[command(flatten)]
     pub thresholds: ThresholdArgs,
 }
@@ -481,8 +496,8 @@ pub struct SynthArgs {
     /// Most objects per scene.
     #[arg(long, default_value_t = 6)]
     pub max_objects: usize,
-    /// Write the MuST splits instead of one file: train_<task>.json per task, unlabeled.json
-    /// and test.json.
+    /// Write the MuST splits instead of one file, each task in its own label space
+    /// (docs/SYNTHETIC.md): train_<task>.json per task, unlabeled.json and test_<task>.json.
     #[arg(long)]
     pub splits: bool,
     /// Images per single-task split (with --splits).
@@ -491,7 +506,7 @@ pub struct SynthArgs {
     /// Images of the unlabelled split (with --splits).
     #[arg(long, default_value_t = 400)]
     pub unlabeled: usize,
-    /// Images of the test split (with --splits).
+    /// Images of the test split, shared by the test_<task>.json files (with --splits).
     #[arg(long, default_value_t = 100)]
     pub test: usize,
 }

@@ -41,7 +41,7 @@ fn synth(args: SynthArgs) -> Result<ExitCode> {
         written.images, args.size, args.size
     );
     for (name, path) in &written.files {
-        println!("  {name:<15} {}", path.display());
+        println!("  {name:<20} {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -206,19 +206,47 @@ fn labelled(items: &[String]) -> Result<(Vec<Task>, TaskMap<PathBuf>)> {
     Ok((tasks, labelled))
 }
 
+/// `--test` values: FILE for every task of `tasks` not named otherwise, TASK=FILE for one.
+fn test_sets(items: &[String], tasks: &[Task]) -> Result<TaskMap<PathBuf>> {
+    let mut sets = TaskMap::new();
+    let mut every = None;
+    for item in items {
+        match item.split_once('=') {
+            Some((task, file)) if task.parse::<Task>().is_ok() => {
+                let task: Task = task.parse().expect("checked");
+                if sets.insert(task, PathBuf::from(file)).is_some() {
+                    bail!("--test {item:?}: {task} already has a test set");
+                }
+            }
+            _ if every.is_some() => {
+                bail!("--test {item:?}: a second test file for every task; name its task, e.g. --test detection={item}")
+            }
+            _ => every = Some(PathBuf::from(item)),
+        }
+    }
+    for &task in tasks {
+        if !sets.contains(task) {
+            if let Some(file) = &every {
+                sets.insert(task, file.clone());
+            }
+        }
+    }
+    Ok(sets)
+}
+
 /// The pipeline's config: the preset with every flag laid over it.
 fn must_config(args: &MustArgs) -> Result<MustConfig> {
     let mut config = MustConfig::preset(args.preset);
     if !args.labelled.is_empty() {
         let (tasks, labelled) = labelled(&args.labelled)?;
-        config.tasks = tasks;
+        config.tasks = tasks.clone();
         config.data = MustData::User {
             labelled,
             unlabelled: args
                 .unlabelled
                 .clone()
                 .context("--unlabelled is required")?,
-            test: args.test.clone().context("--test is required")?,
+            test: test_sets(&args.test, &tasks)?,
         };
     }
     if let MustData::Synthetic { splits, size, .. } = &mut config.data {
@@ -246,6 +274,7 @@ fn must_config(args: &MustArgs) -> Result<MustConfig> {
                 task,
                 images: preset.as_ref().map_or(64, |t| t.images),
                 epochs: preset.as_ref().map_or(6, |t| t.epochs),
+                from_teachers: preset.as_ref().is_some_and(|t| t.from_teachers),
             });
         }
         None => {}
@@ -253,7 +282,9 @@ fn must_config(args: &MustArgs) -> Result<MustConfig> {
     if let Some(tr) = &mut config.transfer {
         tr.images = args.transfer_images.unwrap_or(tr.images);
         tr.epochs = args.transfer_epochs.unwrap_or(tr.epochs);
+        tr.from_teachers |= args.transfer_from_teachers;
     }
+    config.seeds = args.seeds.unwrap_or(config.seeds);
     config.validate()?;
     Ok(config)
 }
@@ -306,8 +337,13 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn mcn(preset: Preset, runs: PathBuf) -> Result<ExitCode> {
-    let study = mustard::mcn::study(&mustard::mcn::base_config(preset), &runs, true)?;
+fn mcn(preset: Preset, runs: PathBuf, seeds: Option<usize>, pairs: bool) -> Result<ExitCode> {
+    let mut config = mustard::mcn::McnConfig::preset(preset);
+    config.seeds = seeds.unwrap_or(config.seeds);
+    if pairs {
+        config.variants = mustard::mcn::every_combination();
+    }
+    let study = mustard::mcn::study(&config, &runs, true)?;
     print!("{}", std::fs::read_to_string(&study.report)?);
     println!("report: {}", study.report.display());
     Ok(ExitCode::SUCCESS)
@@ -333,7 +369,12 @@ fn main() -> ExitCode {
         Command::PseudoLabel(args) => pseudo_label(args),
         Command::Must(args) => must(args),
         Command::Bench(args) => bench(args),
-        Command::Mcn { preset, runs } => mcn(preset, runs),
+        Command::Mcn {
+            preset,
+            runs,
+            seeds,
+            pairs,
+        } => mcn(preset, runs, seeds, pairs),
     };
     match result {
         Ok(code) => code,

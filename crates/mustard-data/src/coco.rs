@@ -11,8 +11,11 @@
 //! | `label` | the image-level class, an index into the top-level `label_names` |
 //! | `tasks` | the tasks this image is labelled for (`detection`, `pose`, `segmentation`, `depth`, `classification`); when absent they are derived from what the record carries |
 //!
-//! Semantic train ids: 0 is background and category `categories[i]` is `i + 1`, whether the
-//! map comes from `seg_file` or is rasterised from the instance masks (crowd regions → 255).
+//! Semantic train ids: by default 0 is background and category `categories[i]` is `i + 1`,
+//! whether the map comes from `seg_file` or is rasterised from the instance masks (crowd regions
+//! → 255). A top-level `seg_classes` list gives the segmentation its own label space instead
+//! (value `i` of a `seg_file` map is `seg_classes[i]`, so stuff classes such as "sky" or "road"
+//! that are no object category can be named); then only `seg_file` maps label segmentation.
 
 use std::path::Path;
 
@@ -39,6 +42,10 @@ pub struct CocoFile {
     /// Names of the image-level classes (`label` of an image record indexes this list).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub label_names: Vec<String>,
+    /// Names of the segmentation classes by label-map value; empty: background, then the
+    /// categories (see the module documentation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seg_classes: Vec<String>,
 }
 
 /// One image.
@@ -182,6 +189,23 @@ pub fn person_category(categories: &[Category]) -> Option<usize> {
     categories.iter().position(|c| c.keypoints.is_some())
 }
 
+/// The segmentation classes of `file`, by label-map value.
+pub fn segmentation_classes(file: &CocoFile) -> Vec<String> {
+    segmentation_classes_of(&file.seg_classes, &file.categories)
+}
+
+/// Segmentation classes by label-map value: `seg_classes` when given, else background and then
+/// the categories.
+pub fn segmentation_classes_of(seg_classes: &[String], categories: &[Category]) -> Vec<String> {
+    if seg_classes.is_empty() {
+        std::iter::once("background".to_string())
+            .chain(categories.iter().map(|c| c.name.clone()))
+            .collect()
+    } else {
+        seg_classes.to_vec()
+    }
+}
+
 /// Joints of the pose category, 0 without one.
 pub fn num_keypoints(categories: &[Category]) -> usize {
     categories
@@ -308,17 +332,22 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<CocoFile> {
     let images = section(&mut top, "images", true, path)?;
     let annotations = section(&mut top, "annotations", false, path)?;
     let categories = section(&mut top, "categories", false, path)?;
-    let label_names = match top.remove("label_names") {
-        None => Vec::new(),
-        Some(v) => serde_json::from_value(v)
-            .map_err(|e| json_err(format!("`label_names` must be a list of strings: {e}")))?,
+    let mut names = |field: &str| -> Result<Vec<String>> {
+        match top.remove(field) {
+            None => Ok(Vec::new()),
+            Some(v) => serde_json::from_value(v)
+                .map_err(|e| json_err(format!("`{field}` must be a list of strings: {e}"))),
+        }
     };
+    let label_names = names("label_names")?;
+    let seg_classes = names("seg_classes")?;
     Ok(CocoFile {
         info: top.remove("info"),
         images,
         annotations,
         categories,
         label_names,
+        seg_classes,
     })
 }
 

@@ -291,7 +291,9 @@ impl Dataset {
             .find(|c| c.keypoints.is_some())
             .map(Category::flip_pairs)
             .unwrap_or_default();
-        let has_instance_masks = file.annotations.iter().any(|a| a.segmentation.is_some());
+        // With its own segmentation classes, a file labels segmentation by label maps only.
+        let has_instance_masks = file.seg_classes.is_empty()
+            && file.annotations.iter().any(|a| a.segmentation.is_some());
         let usable = (0..file.images.len()).collect();
         Self {
             path: json.to_path_buf(),

@@ -22,6 +22,13 @@ pub trait Source: Send + Sync + 'static {
     fn categories(&self) -> &[Category];
     /// Names of the image-level classes.
     fn label_names(&self) -> &[String];
+    /// How many of [`Source::categories`], from the first, are detection classes; the others
+    /// label another task only (a pose teacher's people beside a detector of other things).
+    fn detection_classes(&self) -> usize {
+        self.categories().len()
+    }
+    /// Names of the segmentation classes, by label-map value.
+    fn segmentation_classes(&self) -> Vec<String>;
     /// Joint pairs swapped by a horizontal flip.
     fn flip_pairs(&self) -> &[(usize, usize)];
     /// Joints of the pose category (0 without one).
@@ -45,6 +52,9 @@ impl Source for Dataset {
     }
     fn label_names(&self) -> &[String] {
         &self.file().label_names
+    }
+    fn segmentation_classes(&self) -> Vec<String> {
+        crate::coco::segmentation_classes(self.file())
     }
     fn flip_pairs(&self) -> &[(usize, usize)] {
         Dataset::flip_pairs(self)
@@ -83,6 +93,12 @@ impl Source for Subset {
     }
     fn label_names(&self) -> &[String] {
         self.inner.label_names()
+    }
+    fn detection_classes(&self) -> usize {
+        self.inner.detection_classes()
+    }
+    fn segmentation_classes(&self) -> Vec<String> {
+        self.inner.segmentation_classes()
     }
     fn flip_pairs(&self) -> &[(usize, usize)] {
         self.inner.flip_pairs()

@@ -83,7 +83,41 @@ pub struct Scene {
     pub objects: Vec<SceneObject>,
     /// The category of the main (nearest, largest, central) object (index into [`CATEGORIES`]).
     pub label: u32,
+    /// Whether the background is a checkerboard (else stripes).
+    pub checker: bool,
+    /// The main object's colour (RGB).
+    pub main_colour: [f64; 3],
 }
+
+impl Scene {
+    /// The segmentation map in the MuST splits' taxonomy ([`SEG_CLASSES`]): the background by
+    /// its texture (stuff classes), the shapes merged into one class, people.
+    pub fn stuff_map(&self) -> GrayImage {
+        let background = u8::from(self.checker);
+        GrayImage::from_fn(self.semantic.width(), self.semantic.height(), |x, y| {
+            Luma([match self.semantic.get_pixel(x, y).0[0] as usize {
+                0 => background,
+                c if c == PERSON + 1 => 3,
+                _ => 2,
+            }])
+        })
+    }
+
+    /// The image-level label in the MuST splits' taxonomy ([`COLOUR_LABELS`]): the strongest
+    /// channel of the main object's colour.
+    pub fn colour_label(&self) -> u32 {
+        let c = self.main_colour;
+        (0..3).max_by(|&a, &b| c[a].total_cmp(&c[b])).unwrap_or(0) as u32
+    }
+}
+
+/// Segmentation classes of the MuST splits: two stuff classes (the background's texture) and
+/// two merged object classes.
+pub const SEG_CLASSES: [&str; 4] = ["stripes", "checks", "shape", "person"];
+/// Image-level classes of the MuST splits: the main object's strongest colour channel.
+pub const COLOUR_LABELS: [&str; 3] = ["red", "green", "blue"];
+/// Detection categories of the MuST splits: the shapes, not people.
+pub const SHAPES: usize = 3;
 
 type Polygon = Vec<f64>;
 
@@ -303,6 +337,7 @@ pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
         })
         .collect();
     let label = drawn[0].class as u32;
+    let main_colour = drawn[0].colour;
     drawn.sort_by(|a, b| b.depth.total_cmp(&a.depth));
 
     let mut semantic = GrayImage::new(s, s);
@@ -363,6 +398,8 @@ pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
         depth,
         objects,
         label,
+        checker,
+        main_colour,
     })
 }
 
@@ -373,38 +410,171 @@ pub struct Splits {
     pub per_task: usize,
     /// Images of the unlabelled split.
     pub unlabeled: usize,
-    /// Images of the fully labelled test split.
+    /// Images of the test split (one file per task, over the same images).
     pub test: usize,
 }
 
 /// The files `write` produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Written {
-    /// Dataset files by split name (`all`, `detection`, …, `unlabeled`, `test`).
+    /// Dataset files by split name (`all`, `detection`, …, `unlabeled`, `test_detection`, …).
     pub files: Vec<(String, PathBuf)>,
     /// Images rendered.
     pub images: usize,
 }
 
-fn categories() -> Vec<Category> {
+fn category(id: u64, name: &str, person: bool) -> Category {
+    Category {
+        id,
+        name: name.to_string(),
+        supercategory: Some(if person { "person" } else { "shape" }.into()),
+        keypoints: person.then(|| COCO_KEYPOINTS.iter().map(|s| s.to_string()).collect()),
+        skeleton: person.then(|| COCO_SKELETON.to_vec()),
+    }
+}
+
+/// The categories of the all-task taxonomy ([`CATEGORIES`], ids 1–4, people with the 17 COCO
+/// joints).
+pub fn categories() -> Vec<Category> {
     CATEGORIES
         .iter()
         .enumerate()
-        .map(|(i, name)| Category {
-            id: i as u64 + 1,
-            name: name.to_string(),
-            supercategory: Some(if i == PERSON { "person" } else { "shape" }.into()),
-            keypoints: (i == PERSON)
-                .then(|| COCO_KEYPOINTS.iter().map(|s| s.to_string()).collect()),
-            skeleton: (i == PERSON).then(|| COCO_SKELETON.to_vec()),
-        })
+        .map(|(i, name)| category(i as u64 + 1, name, i == PERSON))
         .collect()
 }
 
+/// One rendered image: its record in the all-task taxonomy, its objects, and its labels in the
+/// MuST splits' taxonomies.
+struct Rendered {
+    record: ImageRecord,
+    annotations: Vec<Annotation>,
+    colour_label: u32,
+}
+
+fn render_one(out: &Path, config: &SynthConfig, i: usize, split: bool) -> Result<Rendered> {
+    let scene = render(config, i as u64)?;
+    let id = i as u64 + 1;
+    let name = format!("{id:06}.png");
+    imageio::write_rgb(&out.join("images").join(&name), &scene.image)?;
+    imageio::write_labels(&out.join("semantic").join(&name), &scene.semantic)?;
+    if split {
+        imageio::write_labels(&out.join("stuff").join(&name), &scene.stuff_map())?;
+    }
+    imageio::write_depth(&out.join("depth").join(&name), &scene.depth, DEPTH_SCALE)?;
+    let record = ImageRecord {
+        id,
+        file_name: format!("images/{name}"),
+        width: config.size,
+        height: config.size,
+        seg_file: Some(format!("semantic/{name}")),
+        depth_file: Some(format!("depth/{name}")),
+        depth_scale: Some(DEPTH_SCALE),
+        label: Some(scene.label),
+        tasks: Some(Task::ALL.to_vec()),
+    };
+    let annotations = scene
+        .objects
+        .iter()
+        .enumerate()
+        .map(|(k, o)| Annotation {
+            id: id * 1000 + k as u64,
+            image_id: id,
+            category_id: o.class as u64 + 1,
+            bbox: Some(o.bbox),
+            area: Some(o.mask.area() as f64),
+            iscrowd: 0,
+            segmentation: Some(Segmentation::from_rle(&o.mask)),
+            num_keypoints: o
+                .keypoints
+                .as_ref()
+                .map(|k| k.chunks(3).filter(|j| j[2] > 0.0).count() as u32),
+            keypoints: o.keypoints.clone(),
+        })
+        .collect();
+    Ok(Rendered {
+        record,
+        annotations,
+        colour_label: scene.colour_label(),
+    })
+}
+
+/// Every label of every task, in the all-task taxonomy (`instances.json`).
+fn all_tasks(images: &[Rendered]) -> CocoFile {
+    CocoFile {
+        categories: categories(),
+        label_names: CATEGORIES.iter().map(|s| s.to_string()).collect(),
+        images: images.iter().map(|r| r.record.clone()).collect(),
+        annotations: images
+            .iter()
+            .flat_map(|r| r.annotations.iter().cloned())
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The labels of one task (`None`: none, the unlabelled split) in the MuST splits' taxonomy of
+/// that task: detection of the shapes, people with keypoints, stuff-and-merged segmentation
+/// ([`SEG_CLASSES`]), depth, and the main object's colour ([`COLOUR_LABELS`]).
+fn one_task(images: &[Rendered], task: Option<Task>) -> CocoFile {
+    let mut file = CocoFile::default();
+    match task {
+        Some(Task::Detection) => file.categories = categories()[..SHAPES].to_vec(),
+        Some(Task::Pose) => file.categories = vec![category(1, CATEGORIES[PERSON], true)],
+        Some(Task::Segmentation) => file.seg_classes = SEG_CLASSES.map(String::from).to_vec(),
+        Some(Task::Classification) => file.label_names = COLOUR_LABELS.map(String::from).to_vec(),
+        Some(Task::Depth) | None => {}
+    }
+    for r in images {
+        let mut record = ImageRecord {
+            seg_file: None,
+            depth_file: None,
+            depth_scale: None,
+            label: None,
+            tasks: Some(task.into_iter().collect()),
+            ..r.record.clone()
+        };
+        match task {
+            Some(Task::Segmentation) => {
+                record.seg_file = r
+                    .record
+                    .seg_file
+                    .as_ref()
+                    .map(|f| f.replace("semantic/", "stuff/"))
+            }
+            Some(Task::Depth) => {
+                record.depth_file = r.record.depth_file.clone();
+                record.depth_scale = r.record.depth_scale;
+            }
+            Some(Task::Classification) => record.label = Some(r.colour_label),
+            _ => {}
+        }
+        for a in &r.annotations {
+            let person = a.category_id as usize == PERSON + 1;
+            let keep = match task {
+                Some(Task::Detection) => !person,
+                Some(Task::Pose) => person,
+                _ => false,
+            };
+            if keep {
+                file.annotations.push(Annotation {
+                    category_id: if person { 1 } else { a.category_id },
+                    segmentation: None,
+                    keypoints: a.keypoints.clone().filter(|_| person),
+                    num_keypoints: a.num_keypoints.filter(|_| person),
+                    ..a.clone()
+                });
+            }
+        }
+        file.images.push(record);
+    }
+    file
+}
+
 /// Renders `images` scenes into `out` (`images/`, `semantic/`, `depth/`, in parallel) and writes
-/// `instances.json` labelling every task. With `splits`, the images are instead divided into
-/// one single-task split per task (`train_<task>.json`, carrying only that task's labels),
-/// `unlabeled.json` (images only) and `test.json` (every label); `images` is then ignored.
+/// `instances.json` labelling every task. With `splits`, the images are instead divided as MuST
+/// uses them, each task in its own label space (the taxonomies of `docs/SYNTHETIC.md`): one
+/// single-task split per task (`train_<task>.json`), `unlabeled.json` (images only) and one test
+/// file per task over the same held-out images (`test_<task>.json`); `images` is then ignored.
 pub fn write(
     out: &Path,
     config: &SynthConfig,
@@ -418,113 +588,42 @@ pub fn write(
     if total == 0 {
         return Err(Error::config("synth", "nothing to generate: 0 images"));
     }
-    for dir in ["images", "semantic", "depth"] {
+    let mut dirs = vec!["images", "semantic", "depth"];
+    if splits.is_some() {
+        dirs.push("stuff");
+    }
+    for dir in dirs {
         std::fs::create_dir_all(out.join(dir)).map_err(|e| Error::io(out.join(dir), e))?;
     }
-    let records: Vec<(ImageRecord, Vec<Annotation>)> = (0..total)
+    let rendered: Vec<Rendered> = (0..total)
         .into_par_iter()
-        .map(|i| -> Result<_> {
-            let scene = render(config, i as u64)?;
-            let id = i as u64 + 1;
-            let name = format!("{id:06}.png");
-            imageio::write_rgb(&out.join("images").join(&name), &scene.image)?;
-            imageio::write_labels(&out.join("semantic").join(&name), &scene.semantic)?;
-            imageio::write_depth(&out.join("depth").join(&name), &scene.depth, DEPTH_SCALE)?;
-            let record = ImageRecord {
-                id,
-                file_name: format!("images/{name}"),
-                width: config.size,
-                height: config.size,
-                seg_file: Some(format!("semantic/{name}")),
-                depth_file: Some(format!("depth/{name}")),
-                depth_scale: Some(DEPTH_SCALE),
-                label: Some(scene.label),
-                tasks: Some(Task::ALL.to_vec()),
-            };
-            let anns = scene
-                .objects
-                .iter()
-                .enumerate()
-                .map(|(k, o)| Annotation {
-                    id: id * 1000 + k as u64,
-                    image_id: id,
-                    category_id: o.class as u64 + 1,
-                    bbox: Some(o.bbox),
-                    area: Some(o.mask.area() as f64),
-                    iscrowd: 0,
-                    segmentation: Some(Segmentation::from_rle(&o.mask)),
-                    num_keypoints: o
-                        .keypoints
-                        .as_ref()
-                        .map(|k| k.chunks(3).filter(|j| j[2] > 0.0).count() as u32),
-                    keypoints: o.keypoints.clone(),
-                })
-                .collect();
-            Ok((record, anns))
-        })
+        .map(|i| render_one(out, config, i, splits.is_some()))
         .collect::<Result<_>>()?;
-    let dataset = |range: std::ops::Range<usize>, task: Option<Option<Task>>| -> CocoFile {
-        let mut file = CocoFile {
-            categories: categories(),
-            label_names: CATEGORIES.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        };
-        for (record, anns) in &records[range] {
-            let mut record = record.clone();
-            let keep = |t: Task| match task {
-                None => true,
-                Some(only) => only == Some(t),
-            };
-            record.tasks = Some(Task::ALL.into_iter().filter(|&t| keep(t)).collect());
-            if !keep(Task::Segmentation) {
-                record.seg_file = None;
-            }
-            if !keep(Task::Depth) {
-                record.depth_file = None;
-                record.depth_scale = None;
-            }
-            if !keep(Task::Classification) {
-                record.label = None;
-            }
-            for a in anns {
-                let person = a.category_id as usize == PERSON + 1;
-                if keep(Task::Detection) || (keep(Task::Pose) && person) {
-                    let mut a = a.clone();
-                    if !keep(Task::Segmentation) && task.is_some() {
-                        a.segmentation = None;
-                    }
-                    if !keep(Task::Pose) {
-                        a.keypoints = None;
-                        a.num_keypoints = None;
-                    }
-                    file.annotations.push(a);
-                }
-            }
-            file.images.push(record);
-        }
-        file
-    };
     let mut files = Vec::new();
-    let mut save = |name: &str, file: CocoFile| -> Result<()> {
+    let mut save = |name: String, file: CocoFile| -> Result<()> {
         let path = out.join(format!("{name}.json"));
         coco::write(&file, &path)?;
         files.push((name.trim_start_matches("train_").to_string(), path));
         Ok(())
     };
     match splits {
-        None => save("instances", dataset(0..total, None))?,
+        None => save("instances".into(), all_tasks(&rendered))?,
         Some(s) => {
             let mut start = 0;
             for task in Task::ALL {
-                save(
-                    &format!("train_{}", task.name()),
-                    dataset(start..start + s.per_task, Some(Some(task))),
-                )?;
+                let images = &rendered[start..start + s.per_task];
+                save(format!("train_{task}"), one_task(images, Some(task)))?;
                 start += s.per_task;
             }
-            save("unlabeled", dataset(start..start + s.unlabeled, Some(None)))?;
+            save(
+                "unlabeled".into(),
+                one_task(&rendered[start..start + s.unlabeled], None),
+            )?;
             start += s.unlabeled;
-            save("test", dataset(start..start + s.test, None))?;
+            for task in Task::ALL {
+                let images = &rendered[start..start + s.test];
+                save(format!("test_{task}"), one_task(images, Some(task)))?;
+            }
         }
     }
     Ok(Written {
@@ -590,7 +689,7 @@ mod tests {
     }
 
     #[test]
-    fn splits_carry_only_their_task() {
+    fn splits_carry_only_their_task_each_in_its_own_label_space() {
         let dir = std::env::temp_dir().join(format!("mustard-synth-{}", std::process::id()));
         let config = SynthConfig {
             size: 64,
@@ -618,42 +717,90 @@ mod tests {
                 "depth",
                 "classification",
                 "unlabeled",
-                "test"
+                "test_detection",
+                "test_pose",
+                "test_segmentation",
+                "test_depth",
+                "test_classification"
             ]
         );
         assert_eq!(written.images, 15);
         let read = |name: &str| coco::read(&dir.join(format!("{name}.json"))).unwrap();
+        let cat_names = |f: &CocoFile| {
+            f.categories
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
+        };
         let seg = read("train_segmentation");
-        assert!(seg.annotations.is_empty());
+        assert!(seg.annotations.is_empty() && seg.categories.is_empty());
+        assert_eq!(seg.seg_classes, ["stripes", "checks", "shape", "person"]);
         assert!(seg
             .images
             .iter()
-            .all(|r| r.seg_file.is_some() && r.depth_file.is_none() && r.label.is_none()));
-        assert!(seg
-            .images
-            .iter()
-            .all(|r| r.tasks == Some(vec![Task::Segmentation])));
+            .all(|r| r.seg_file.as_deref().unwrap().starts_with("stuff/")
+                && r.depth_file.is_none()
+                && r.label.is_none()
+                && r.tasks == Some(vec![Task::Segmentation])));
         let pose = read("train_pose");
+        assert_eq!(cat_names(&pose), ["person"]);
+        assert_eq!(pose.categories[0].id, 1);
         assert!(pose
             .annotations
             .iter()
-            .all(|a| a.category_id == 4 && a.keypoints.is_some() && a.segmentation.is_none()));
+            .all(|a| a.category_id == 1 && a.keypoints.is_some() && a.segmentation.is_none()));
         let det = read("train_detection");
-        assert!(det
-            .annotations
-            .iter()
-            .all(|a| a.keypoints.is_none() && a.bbox.is_some()));
+        assert_eq!(cat_names(&det), ["circle", "square", "triangle"]);
+        assert!(!det.annotations.is_empty());
+        assert!(det.annotations.iter().all(|a| a.keypoints.is_none()
+            && a.segmentation.is_none()
+            && (1..=3).contains(&a.category_id)));
+        let cls = read("train_classification");
+        assert_eq!(cls.label_names, ["red", "green", "blue"]);
+        assert!(cls.images.iter().all(|r| r.label.is_some_and(|l| l < 3)));
         let unlabeled = read("unlabeled");
         assert!(
             unlabeled.annotations.is_empty()
                 && unlabeled.images.iter().all(|r| r.tasks == Some(vec![]))
         );
-        let test = read("test");
-        assert!(test
-            .images
-            .iter()
-            .all(|r| r.tasks.as_ref().unwrap().len() == 5));
-        assert_eq!(test.images[0].id, 14);
+        for task in Task::ALL {
+            let test = read(&format!("test_{task}"));
+            assert_eq!(
+                test.images.iter().map(|r| r.id).collect::<Vec<_>>(),
+                [14, 15]
+            );
+            assert!(test.images.iter().all(|r| r.tasks == Some(vec![task])));
+        }
+        // The stuff map is the semantic map with the background named by its texture and the
+        // shapes merged.
+        let scene = render(&config, 13).unwrap();
+        let stuff = imageio::read_labels(&dir.join("stuff/000014.png")).unwrap();
+        assert_eq!(stuff, scene.stuff_map());
+        for (s, c) in stuff.as_raw().iter().zip(scene.semantic.as_raw()) {
+            let expected = match c {
+                0 => u8::from(scene.checker),
+                4 => 3,
+                _ => 2,
+            };
+            assert_eq!(*s, expected);
+        }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_colour_labels_and_textures_are_balanced() {
+        let config = SynthConfig {
+            size: 64,
+            seed: 0,
+            max_objects: 6,
+        };
+        let (mut colours, mut checkers) = ([0; 3], 0);
+        for index in 0..300 {
+            let scene = render(&config, index).unwrap();
+            colours[scene.colour_label() as usize] += 1;
+            checkers += usize::from(scene.checker);
+        }
+        assert_eq!(colours, [103, 101, 96]);
+        assert_eq!(checkers, 158);
     }
 }

@@ -148,6 +148,14 @@ impl Source for PseudoSource {
     fn label_names(&self) -> &[String] {
         &self.store.manifest().label_names
     }
+    fn detection_classes(&self) -> usize {
+        let m = self.store.manifest();
+        m.detection_categories.unwrap_or(m.categories.len())
+    }
+    fn segmentation_classes(&self) -> Vec<String> {
+        let m = self.store.manifest();
+        mustard_data::coco::segmentation_classes_of(&m.seg_classes, &m.categories)
+    }
     fn flip_pairs(&self) -> &[(usize, usize)] {
         &self.flip_pairs
     }

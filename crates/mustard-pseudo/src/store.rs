@@ -69,8 +69,16 @@ pub struct Manifest {
     pub thresholds: Thresholds,
     /// Network input size the teachers ran at.
     pub input_size: u32,
-    /// Object categories (class index = position).
+    /// Object categories (class index = position): the detection teacher's, then the pose
+    /// teacher's category when the detection teacher does not have it.
     pub categories: Vec<Category>,
+    /// How many of `categories`, from the first, are the detection teacher's (absent: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detection_categories: Option<usize>,
+    /// The segmentation teacher's classes, by label value (absent: background, then the
+    /// categories).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seg_classes: Vec<String>,
     /// Image-level class names.
     pub label_names: Vec<String>,
 }

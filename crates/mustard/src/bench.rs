@@ -91,6 +91,7 @@ pub fn untrained(config: &Config) -> Result<(VarMap, MultiTaskModel)> {
             person: cats.iter().position(|&n| n == "person"),
             joints: mustard_data::coco::COCO_KEYPOINTS.len(),
             labels: cats.iter().map(|s| s.to_string()).collect(),
+            ..Classes::default()
         };
     }
     MultiTaskModel::build(&c, config.seed, &config.device.device()?)

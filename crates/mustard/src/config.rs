@@ -80,20 +80,64 @@ impl Numerics {
 }
 
 /// What the heads predict, filled from the training dataset and saved with the model so that
-/// evaluation and prediction rebuild it without the data.
+/// evaluation and prediction rebuild it without the data. Each task has its own label space
+/// (a MuST student's heads each keep their teacher's).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Classes {
-    /// Object categories (detection classes), in dataset order.
+    /// Detection categories, in head order.
     pub categories: Vec<String>,
     /// Their dataset ids.
     pub category_ids: Vec<u64>,
-    /// Index of the pose category, when there is one.
+    /// Index of the pose category among the training data's object categories: one of
+    /// `categories`, or `categories.len()` when people are posed but not detected (then
+    /// `pose` names it).
     pub person: Option<usize>,
     /// Joints per person.
     pub joints: usize,
+    /// The pose category when it is not a detection category.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pose: Option<NamedClass>,
+    /// Segmentation classes by label-map value; empty: background, then `categories`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segmentation: Vec<String>,
     /// Image-level class names.
     pub labels: Vec<String>,
+}
+
+/// A category's name and dataset id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedClass {
+    /// Name.
+    pub name: String,
+    /// Dataset id.
+    pub id: u64,
+}
+
+impl Classes {
+    /// The segmentation classes by label-map value.
+    pub fn segmentation_classes(&self) -> Vec<String> {
+        if self.segmentation.is_empty() {
+            std::iter::once("background".to_string())
+                .chain(self.categories.iter().cloned())
+                .collect()
+        } else {
+            self.segmentation.clone()
+        }
+    }
+
+    /// The pose category's name and dataset id.
+    pub fn pose_category(&self) -> Option<NamedClass> {
+        let person = self.person?;
+        match self.categories.get(person) {
+            Some(name) => Some(NamedClass {
+                name: name.clone(),
+                id: self.category_ids[person],
+            }),
+            None => self.pose.clone(),
+        }
+    }
 }
 
 /// The network.
@@ -228,6 +272,9 @@ pub enum Preset {
     Quick,
     /// ResNet-18 + FPN at 256 px on a larger synthetic set: a GPU or a long CPU run.
     Full,
+    /// The quick model at 128 px, where every task (pose included) is measurable; `mcn` and
+    /// `must` run every model with 3 seeds (about an hour each on 2 CPU cores).
+    Study,
 }
 
 impl Config {
@@ -236,6 +283,7 @@ impl Config {
         match preset {
             Preset::Quick => Config::quick(name),
             Preset::Full => Config::full(name),
+            Preset::Study => Config::study(name),
         }
     }
 

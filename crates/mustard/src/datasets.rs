@@ -8,7 +8,7 @@ use mustard_data::synth::{self, SynthConfig};
 use mustard_data::{Dataset, Source};
 use mustard_pseudo::PseudoSource;
 
-use crate::config::{Classes, Config};
+use crate::config::{Classes, Config, NamedClass};
 use crate::Result;
 
 /// The synthetic default, generated once under `runs/synth/` and reused.
@@ -43,12 +43,27 @@ pub fn open_dataset(path: &Path, root: Option<&Path>, skip_bad: bool) -> Result<
     Ok(Dataset::open_path(path, root)?.require_clean(skip_bad, |p| eprintln!("skipping {p}"))?)
 }
 
-/// The class lists of a dataset or pseudo-label store.
+/// The label spaces of a dataset or pseudo-label store: its detection categories, pose
+/// category, segmentation classes and image-level classes.
 pub fn classes_of(ds: &dyn Source) -> Classes {
-    classes_from(ds.categories(), ds.label_names())
+    let cats = ds.categories();
+    let detected = &cats[..ds.detection_classes().min(cats.len())];
+    let person = mustard_data::coco::person_category(cats);
+    let segmentation = ds.segmentation_classes();
+    let mut classes = classes_from(detected, ds.label_names());
+    classes.person = person;
+    classes.joints = mustard_data::coco::num_keypoints(cats);
+    classes.pose = person.filter(|&p| p >= detected.len()).map(|p| NamedClass {
+        name: cats[p].name.clone(),
+        id: cats[p].id,
+    });
+    if segmentation != classes.segmentation_classes() {
+        classes.segmentation = segmentation;
+    }
+    classes
 }
 
-/// The class lists of object categories and image-level class names.
+/// The class lists of object categories (all detected) and image-level class names.
 pub fn classes_from(cats: &[mustard_data::coco::Category], labels: &[String]) -> Classes {
     Classes {
         categories: cats.iter().map(|c| c.name.clone()).collect(),
@@ -56,6 +71,7 @@ pub fn classes_from(cats: &[mustard_data::coco::Category], labels: &[String]) ->
         person: mustard_data::coco::person_category(cats),
         joints: mustard_data::coco::num_keypoints(cats),
         labels: labels.to_vec(),
+        ..Classes::default()
     }
 }
 

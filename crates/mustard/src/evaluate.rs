@@ -204,7 +204,8 @@ pub fn result_records(
             }
         }
     }
-    if let (Some(head), Some(o), Some(person)) = (model.pose(), out.pose(), classes.person) {
+    if let (Some(head), Some(o), Some(person)) = (model.pose(), out.pose(), classes.pose_category())
+    {
         for (dets, meta) in head.decode(o)?.iter().zip(&batch.meta) {
             let inv = meta.transform.inverse().unwrap_or(Affine::IDENTITY);
             for d in dets {
@@ -218,7 +219,7 @@ pub fn result_records(
                     .collect();
                 people.push(ResultRecord {
                     image_id: meta.image_id as i64,
-                    category_id: classes.category_ids[person] as i64,
+                    category_id: person.id as i64,
                     score: d.score as f64,
                     bbox: None,
                     segmentation: None,
@@ -266,9 +267,10 @@ pub fn evaluate_loss(
     size: u32,
     batch_size: usize,
 ) -> Result<TaskMap<f64>> {
+    let encoder = model.encoder_for(dataset.as_ref(), size);
     let loader = Loader::new(
         dataset,
-        Arc::new(model.encoder(size)),
+        Arc::new(encoder),
         LoaderConfig::eval(batch_size, size),
     )?;
     let mut sums: TaskMap<(f64, usize)> = TaskMap::new();
@@ -305,7 +307,8 @@ pub fn evaluate(
         threads: workers,
         ..LoaderConfig::eval(batch_size, size)
     };
-    let loader = Loader::new(dataset.clone(), Arc::new(model.encoder(size)), config)?;
+    let encoder = model.encoder_for(dataset.as_ref(), size);
+    let loader = Loader::new(dataset.clone(), Arc::new(encoder), config)?;
     let mut acc = Accumulator::new(model);
     for batch in loader.epoch(0) {
         acc.add(model, &batch?)?;
@@ -326,7 +329,7 @@ struct Accumulator {
 
 impl Accumulator {
     fn new(model: &MultiTaskModel) -> Self {
-        let classes = model.config().classes.categories.len() + 1;
+        let classes = model.config().classes.segmentation_classes().len();
         Self {
             images: 0,
             boxes: Vec::new(),
@@ -482,7 +485,7 @@ fn coco(
     params.img_ids = Some(ids);
     if task == Task::Pose {
         let classes = &model.config().classes;
-        params.cat_ids = classes.person.map(|p| vec![classes.category_ids[p] as i64]);
+        params.cat_ids = classes.pose_category().map(|p| vec![p.id as i64]);
     }
     Ok(Some(mustard_eval::evaluate(gt, &dt, &params)?))
 }

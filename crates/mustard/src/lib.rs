@@ -25,6 +25,7 @@ pub mod must;
 pub mod predict;
 mod presets;
 pub mod pseudo;
+pub mod stats;
 pub mod targets;
 pub mod tasks;
 pub mod train;

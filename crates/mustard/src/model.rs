@@ -12,7 +12,7 @@ use mustard_heads::segmentation::SegmentationHead;
 
 use crate::config::{loss_weight, ModelConfig, NeckConfig};
 use crate::targets::{Batch, Encoder};
-use crate::tasks::{Head, HeadSpec, Heads, Outputs, BACKBONE, HEADS, NECK};
+use crate::tasks::{Head, HeadSpec, Heads, Outputs, SourceMap, BACKBONE, HEADS, NECK};
 use crate::{Error, Result};
 
 pub use crate::tasks::Output;
@@ -111,6 +111,13 @@ impl MultiTaskModel {
     /// The target encoder of this model's heads at `size` x `size` inputs.
     pub fn encoder(&self, size: u32) -> Encoder {
         Encoder::new(self.specs.clone(), size)
+    }
+
+    /// The target encoder for samples of `source`, whose classes are matched to this model's
+    /// by name.
+    pub fn encoder_for(&self, source: &dyn mustard_data::Source, size: u32) -> Encoder {
+        self.encoder(size)
+            .with_map(SourceMap::new(&self.config.classes, source))
     }
 
     /// Runs every head; `train` selects BatchNorm batch statistics.

@@ -16,21 +16,23 @@ use std::time::Instant;
 use mustard_data::coco;
 use mustard_data::synth::{self, Splits, SynthConfig};
 use mustard_data::{Dataset, Task, TaskMap};
-use mustard_pseudo::{Stats, Store, Thresholds};
+use mustard_pseudo::{PseudoSource, Stats, Thresholds};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{load_model, RunPaths};
 use crate::config::{read_toml, write_toml, Config};
-use crate::datasets::{classes_from, open_dataset};
+use crate::datasets::{classes_of, open_dataset};
 use crate::error::Problems;
 use crate::evaluate::{evaluate, evaluate_loss, EvalReport};
 use crate::pseudo::{pseudo_label, PseudoOptions, PseudoSummary};
+use crate::stats::{claim, MeanStd};
 use crate::train::train_unless_done;
 use crate::trainer::initial_model;
 use crate::{Error, MultiTaskModel, Result};
 
 /// Where the pipeline's data comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // a settings value, built once per run
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum MustData {
     /// The synthetic default, written under `runs/must/data`.
@@ -44,8 +46,9 @@ pub enum MustData {
     },
     /// Your datasets.
     User {
-        /// The held-out labelled COCO file every model is evaluated on.
-        test: PathBuf,
+        /// The held-out labelled COCO file of each task, in its teacher's label space (one file
+        /// may serve several tasks).
+        test: TaskMap<PathBuf>,
         /// The unlabelled images: a folder or a COCO file.
         unlabelled: PathBuf,
         /// One labelled COCO file per task (its teacher's training set).
@@ -63,6 +66,10 @@ pub struct Transfer {
     pub images: usize,
     /// Fine-tuning epochs.
     pub epochs: usize,
+    /// Also fine-tune from each teacher's backbone and neck (MuST's comparison with every
+    /// specialist), not only from the student's and from scratch.
+    #[serde(default)]
+    pub from_teachers: bool,
 }
 
 /// The whole pipeline's settings, saved as `runs/must/config.toml` (presets in `presets.rs`).
@@ -71,6 +78,11 @@ pub struct Transfer {
 pub struct MustConfig {
     /// One teacher per task.
     pub tasks: Vec<Task>,
+    /// Every trained model (teachers, student, transfer runs) is trained with seeds
+    /// `base.seed`, `base.seed + 1`, … (the first in `runs/must`, seed `k` in
+    /// `runs/must/seed<k>`), and every number is reported as mean ± standard deviation.
+    #[serde(default = "one")]
+    pub seeds: usize,
     /// Epochs of each teacher.
     pub teacher_epochs: usize,
     /// Epochs of the student over the pseudo-labelled set.
@@ -96,6 +108,7 @@ impl MustConfig {
         p.check(self.tasks.is_empty(), "must.tasks", || {
             "at least one teacher is needed".into()
         });
+        p.check(self.seeds == 0, "must.seeds", || "at least one seed".into());
         p.check(
             self.teacher_epochs == 0 || self.student_epochs == 0 || self.shard_size == 0,
             "must",
@@ -104,12 +117,15 @@ impl MustConfig {
         if let Err(e) = self.thresholds.validate() {
             p.push("must.thresholds", e.to_string());
         }
-        if let MustData::User { labelled, .. } = &self.data {
+        if let MustData::User { labelled, test, .. } = &self.data {
             for task in &self.tasks {
                 p.check(!labelled.contains(*task), "must.data.labelled", || {
                     format!(
                         "no labelled dataset for the {task} teacher (give --labelled {task}=FILE)"
                     )
+                });
+                p.check(!test.contains(*task), "must.data.test", || {
+                    format!("no test set for {task} (give --test FILE or --test {task}=FILE)")
                 });
             }
         }
@@ -151,21 +167,29 @@ pub struct TaskResult {
 pub struct TransferResult {
     /// The task.
     pub task: Task,
-    /// Metric after fine-tuning from the student's backbone and neck.
-    pub from_student: f64,
-    /// Metric after the same training from scratch.
-    pub from_scratch: f64,
+    /// The metric after fine-tuning from each initialisation: the student's backbone and neck,
+    /// from scratch, then each teacher's when asked.
+    pub rows: Vec<(String, f64)>,
 }
 
-/// What the pipeline produced.
+/// What one seed of the pipeline produced.
 #[derive(Debug, Clone)]
-pub struct MustReport {
+pub struct SeedRun {
+    /// The seed of every model.
+    pub seed: u64,
     /// Per task.
     pub tasks: Vec<TaskResult>,
     /// The transfer test.
     pub transfer: Option<TransferResult>,
     /// What the teachers' labels kept.
     pub pseudo: Stats,
+}
+
+/// What the pipeline produced.
+#[derive(Debug, Clone)]
+pub struct MustReport {
+    /// One per seed.
+    pub seeds: Vec<SeedRun>,
     /// Seconds per stage (training runs reused from an earlier call count 0).
     pub timings: Vec<(String, f64)>,
     /// `runs/must/report.md`.
@@ -178,25 +202,37 @@ impl MustReport {
     /// Every number at full precision (`runs/must/results.json`).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
-            "tasks": self.tasks.iter().map(|r| serde_json::json!({
-                "task": r.task.name(),
-                "metric": metric_name(r.task),
-                "teacher": r.teacher,
-                "student": r.student,
-                "initial": r.initial,
-                "initial_loss": r.initial_loss,
-                "student_loss": r.student_loss,
+            "seeds": self.seeds.iter().map(|r| serde_json::json!({
+                "seed": r.seed,
+                "tasks": r.tasks.iter().map(|r| serde_json::json!({
+                    "task": r.task.name(),
+                    "metric": metric_name(r.task),
+                    "teacher": r.teacher,
+                    "student": r.student,
+                    "initial": r.initial,
+                    "initial_loss": r.initial_loss,
+                    "student_loss": r.student_loss,
+                })).collect::<Vec<_>>(),
+                "transfer": r.transfer.as_ref().map(|t| serde_json::json!({
+                    "task": t.task.name(),
+                    "initialisations": t.rows.iter().map(|(name, v)| serde_json::json!({"from": name, "metric": v})).collect::<Vec<_>>(),
+                })),
+                "pseudo_labels": r.pseudo,
             })).collect::<Vec<_>>(),
-            "transfer": self.transfer.as_ref().map(|t| serde_json::json!({
-                "task": t.task.name(),
-                "from_student": t.from_student,
-                "from_scratch": t.from_scratch,
-            })),
-            "pseudo_labels": self.pseudo,
             "timings": self.timings.iter().map(|(s, t)| serde_json::json!({"stage": s, "seconds": t})).collect::<Vec<_>>(),
             "seconds": self.seconds,
         })
     }
+
+    /// `value` of every seed.
+    fn over(&self, value: impl Fn(&SeedRun) -> Option<f64>) -> Option<MeanStd> {
+        let values: Option<Vec<f64>> = self.seeds.iter().map(value).collect();
+        values.filter(|v| !v.is_empty()).map(|v| MeanStd::of(&v))
+    }
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The headline metric's name per task.
@@ -210,9 +246,11 @@ pub fn metric_name(task: Task) -> &'static str {
     }
 }
 
-/// The folders and files of the pipeline under `runs/must`.
+/// The folders and files of one seed of the pipeline (`runs/must`, `runs/must/seed<k>`), with
+/// the data shared by every seed (`runs/must/data`).
 struct Paths {
     root: PathBuf,
+    data: PathBuf,
 }
 
 impl Paths {
@@ -220,7 +258,7 @@ impl Paths {
         self.root.join("labels")
     }
     fn data(&self) -> PathBuf {
-        self.root.join("data")
+        self.data.clone()
     }
     fn last(&self, run: &str) -> PathBuf {
         RunPaths::new(&self.root, run).last()
@@ -231,10 +269,44 @@ impl Paths {
 struct Files {
     labelled: TaskMap<PathBuf>,
     unlabelled: PathBuf,
-    test: PathBuf,
+    test: TaskMap<PathBuf>,
 }
 
-/// A run of the pipeline: its settings, folders, held-out set and stage timings.
+/// The held-out test sets, each opened once (one file may serve several tasks).
+struct TestSets {
+    files: TaskMap<PathBuf>,
+    opened: Vec<(PathBuf, Arc<Dataset>)>,
+}
+
+impl TestSets {
+    fn open(files: &TaskMap<PathBuf>, tasks: &[Task]) -> Result<Self> {
+        let mut opened: Vec<(PathBuf, Arc<Dataset>)> = Vec::new();
+        for &task in tasks {
+            let Some(path) = files.get(task) else {
+                continue;
+            };
+            if !opened.iter().any(|(p, _)| p == path) {
+                opened.push((path.clone(), Arc::new(open_dataset(path, None, false)?)));
+            }
+        }
+        Ok(Self {
+            files: files.clone(),
+            opened,
+        })
+    }
+
+    /// The test set of `task`.
+    fn of(&self, task: Task) -> Result<&Arc<Dataset>> {
+        let path = self.files.get(task);
+        self.opened
+            .iter()
+            .find(|(p, _)| Some(p) == path)
+            .map(|(_, d)| d)
+            .ok_or_else(|| Error::config("must.data.test", format!("no test set for {task}")))
+    }
+}
+
+/// A run of the pipeline: its settings (one seed's), folders and stage timings.
 struct Pipeline<'a> {
     config: &'a MustConfig,
     paths: Paths,
@@ -247,43 +319,86 @@ pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustRepo
     let started = Instant::now();
     config.validate()?;
     config.base.numerics.apply();
+    let root = runs.join("must");
+    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    write_toml(config, &root.join("config.toml"))?;
     let mut p = Pipeline {
         config,
         paths: Paths {
-            root: runs.join("must"),
+            root: root.clone(),
+            data: root.join("data"),
         },
         progress,
         timings: Vec::new(),
     };
-    std::fs::create_dir_all(&p.paths.root).map_err(|e| Error::io(&p.paths.root, e))?;
-    write_toml(config, &p.paths.root.join("config.toml"))?;
     let stage = Instant::now();
     let files = p.data()?;
     p.timings
         .push(("data".to_string(), stage.elapsed().as_secs_f64()));
-    let test = Arc::new(open_dataset(&files.test, None, false)?);
-    check_labelled(&config.tasks, &files.labelled)?;
-    let teachers = p.teachers(&files)?;
-    let labels = p.pseudo_labels(&files, &teachers)?;
-    let student = p.student_config();
-    let initial = p.initial_student(&student, &test)?;
-    let seconds = train_unless_done(&student, &p.paths.root, progress)?;
-    p.timings.push(("student".to_string(), seconds));
-    let rows = p.evaluate_all(&files, &teachers, &initial, &test)?;
-    let transfer = p.transfer(&files, &student, &test)?;
+    check_labelled(&config.tasks, &files.labelled, &files.test)?;
+    let test = TestSets::open(&files.test, &config.tasks)?;
+    let mut seeds = Vec::new();
+    let mut timings = std::mem::take(&mut p.timings);
+    for k in 0..config.seeds {
+        let mut seeded = config.clone();
+        seeded.base.seed = config.base.seed + k as u64;
+        let mut p = Pipeline {
+            config: &seeded,
+            paths: Paths {
+                root: if k == 0 {
+                    root.clone()
+                } else {
+                    root.join(format!("seed{k}"))
+                },
+                data: root.join("data"),
+            },
+            progress,
+            timings: Vec::new(),
+        };
+        if config.seeds > 1 {
+            p.say(|| format!("seed {} ({} of {})", seeded.base.seed, k + 1, config.seeds));
+        }
+        seeds.push(p.run(&files, &test)?);
+        let prefix = if config.seeds > 1 {
+            format!("seed {}: ", seeded.base.seed)
+        } else {
+            String::new()
+        };
+        timings.extend(
+            p.timings
+                .into_iter()
+                .map(|(s, t)| (format!("{prefix}{s}"), t)),
+        );
+    }
     let report = MustReport {
-        tasks: rows,
-        transfer,
-        pseudo: labels.stats,
-        timings: p.timings,
-        report: p.paths.root.join("report.md"),
+        seeds,
+        timings,
+        report: root.join("report.md"),
         seconds: started.elapsed().as_secs_f64(),
     };
-    write_report(&report, config, &p.paths.root)?;
+    write_report(&report, config, &root)?;
     Ok(report)
 }
 
 impl Pipeline<'_> {
+    /// Teachers, pseudo-labels, student, evaluation and transfer with this pipeline's seed.
+    fn run(&mut self, files: &Files, test: &TestSets) -> Result<SeedRun> {
+        let teachers = self.teachers(files)?;
+        let labels = self.pseudo_labels(files, &teachers)?;
+        let student = self.student_config();
+        let initial = self.initial_student(&student, test)?;
+        let seconds = train_unless_done(&student, &self.paths.root, self.progress)?;
+        self.timings.push(("student".to_string(), seconds));
+        let tasks = self.evaluate_all(&teachers, &initial, test)?;
+        let transfer = self.transfer(files, &student, &teachers, test)?;
+        Ok(SeedRun {
+            seed: self.config.base.seed,
+            tasks,
+            transfer,
+            pseudo: labels.stats,
+        })
+    }
+
     fn say(&self, msg: impl FnOnce() -> String) {
         if self.progress {
             eprintln!("must: {}", msg());
@@ -307,8 +422,8 @@ impl Pipeline<'_> {
             MustData::Synthetic { splits, size, seed } => (splits, *size, *seed),
         };
         let dir = self.paths.data();
-        let test = dir.join("test.json");
-        if !test.is_file() {
+        let done = dir.join("test_classification.json");
+        if !done.is_file() {
             self.say(|| format!(
                 "writing the synthetic splits ({} labelled images per task, {} unlabelled, {} test) to {}",
                 splits.per_task, splits.unlabeled, splits.test, dir.display()
@@ -326,7 +441,10 @@ impl Pipeline<'_> {
                 .map(|&t| (t, dir.join(format!("train_{t}.json"))))
                 .collect(),
             unlabelled: dir.join("unlabeled.json"),
-            test,
+            test: Task::ALL
+                .iter()
+                .map(|&t| (t, dir.join(format!("test_{t}.json"))))
+                .collect(),
         })
     }
 
@@ -409,45 +527,36 @@ impl Pipeline<'_> {
 
     /// The student at its initialisation (the model training starts from) on the test set:
     /// metrics and per-task loss.
-    fn initial_student(&self, student: &Config, test: &Arc<Dataset>) -> Result<Initial> {
+    fn initial_student(&self, student: &Config, test: &TestSets) -> Result<Initial> {
         self.say(|| "training the student on every pseudo-label".into());
-        let store = Store::open(&self.paths.labels())?;
         let mut c = student.clone();
-        let m = store.manifest();
-        c.model.classes = classes_from(&m.categories, &m.label_names);
+        c.model.classes = classes_of(&PseudoSource::open(&self.paths.labels(), None)?);
         let (_, model) = initial_model(&c)?;
-        let t = &c.train;
-        let loss = evaluate_loss(&model, test.clone(), t.input_size, t.batch_size)?;
-        Ok(Initial {
-            report: evaluate_on(&model, &c, test)?,
-            loss,
-        })
+        let (report, loss) = per_task(&model, &c, test)?;
+        Ok(Initial { report, loss })
     }
 
     /// Step 5: teachers and student on the held-out set.
     fn evaluate_all(
         &mut self,
-        files: &Files,
         teachers: &[(Task, PathBuf)],
         initial: &Initial,
-        test: &Arc<Dataset>,
+        test: &TestSets,
     ) -> Result<Vec<TaskResult>> {
         let stage = Instant::now();
-        self.say(|| format!("evaluating every model on {}", files.test.display()));
+        self.say(|| "evaluating every model on the test sets".into());
         let (config, _, model) = load_model(&self.paths.last("student"))?;
-        let student = evaluate_on(&model, &config, test)?;
-        let t = &config.train;
-        let student_loss = evaluate_loss(&model, test.clone(), t.input_size, t.batch_size)?;
+        let (student, student_loss) = per_task(&model, &config, test)?;
         let loss_of = |losses: &TaskMap<f64>, task| losses.get(task).copied().unwrap_or(f64::NAN);
         let mut rows = Vec::new();
         for (task, dir) in teachers {
             let (c, _, model) = load_model(&dir.join("weights").join("last.safetensors"))?;
-            let report = evaluate_on(&model, &c, test)?;
+            let report = evaluate_on(&model, &c, test.of(*task)?)?;
             rows.push(TaskResult {
                 task: *task,
                 teacher: report.headline_of(*task),
-                student: student.headline_of(*task),
-                initial: initial.report.headline_of(*task),
+                student: student.get(*task).copied().unwrap_or(f64::NAN),
+                initial: initial.report.get(*task).copied().unwrap_or(f64::NAN),
                 initial_loss: loss_of(&initial.loss, *task),
                 student_loss: loss_of(&student_loss, *task),
             });
@@ -463,7 +572,8 @@ impl Pipeline<'_> {
         &mut self,
         files: &Files,
         student: &Config,
-        test: &Arc<Dataset>,
+        teachers: &[(Task, PathBuf)],
+        test: &TestSets,
     ) -> Result<Option<TransferResult>> {
         let Some(t) = &self.config.transfer else {
             return Ok(None);
@@ -478,95 +588,106 @@ impl Pipeline<'_> {
         if !split.is_file() {
             subset(source, t.images, &split)?;
         }
-        let mut results = Vec::new();
-        for (name, init) in [("transfer-student", true), ("transfer-scratch", false)] {
+        let mut inits: Vec<(String, String, Option<PathBuf>)> = vec![
+            (
+                "transfer-student".into(),
+                "student backbone + neck".into(),
+                Some(self.paths.last("student")),
+            ),
+            ("transfer-scratch".into(), "from scratch".into(), None),
+        ];
+        if t.from_teachers {
+            for (task, dir) in teachers {
+                inits.push((
+                    format!("transfer-teacher-{task}"),
+                    format!("{task} teacher backbone + neck"),
+                    Some(dir.join("weights").join("last.safetensors")),
+                ));
+            }
+        }
+        let mut rows = Vec::new();
+        for (name, label, init) in inits {
             let mut c = student.clone();
-            c.name = name.into();
+            c.name = name.clone();
             c.model.tasks = vec![t.task];
             c.model.relative_depth = false;
-            c.model.init_from = init.then(|| self.paths.last("student"));
+            c.model.init_from = init;
             c.data.pseudo = None;
             c.data.train = Some(split.clone());
             c.data.root = source.parent().map(Path::to_path_buf);
             c.train.epochs = t.epochs;
             self.say(|| {
-                let from = if init {
-                    "the student's backbone"
-                } else {
-                    "from scratch"
-                };
                 format!(
-                    "transfer: fine-tuning {from} on {} labelled {} images",
+                    "transfer: fine-tuning ({label}) on {} labelled {} images",
                     t.images, t.task
                 )
             });
             let seconds = train_unless_done(&c, &self.paths.root, self.progress)?;
-            self.timings.push((name.to_string(), seconds));
-            let (c, _, model) = load_model(&self.paths.last(name))?;
-            results.push(evaluate_on(&model, &c, test)?.headline_of(t.task));
+            self.timings.push((name.clone(), seconds));
+            let (c, _, model) = load_model(&self.paths.last(&name))?;
+            let metric = evaluate_on(&model, &c, test.of(t.task)?)?.headline_of(t.task);
+            rows.push((label, metric));
         }
-        Ok(Some(TransferResult {
-            task: t.task,
-            from_student: results[0],
-            from_scratch: results[1],
-        }))
+        Ok(Some(TransferResult { task: t.task, rows }))
     }
 }
 
 /// Checks, before anything is trained, that each teacher's labelled set can train its task and
-/// that the teachers' label spaces fit together, naming every file that does not.
-///
-/// Until each teacher keeps its own label space, the detection, pose and segmentation teachers
-/// must share one category list: the student's heads and the label store use one.
-pub fn check_labelled(tasks: &[Task], labelled: &TaskMap<PathBuf>) -> Result<()> {
+/// that its task's test set is in the same label space (the student's head keeps the
+/// teacher's), naming every file that does not fit. Teachers may have different label spaces.
+pub fn check_labelled(
+    tasks: &[Task],
+    labelled: &TaskMap<PathBuf>,
+    test: &TaskMap<PathBuf>,
+) -> Result<()> {
     let mut p = Problems::default();
-    let mut spaces: Vec<(Task, &Path, Vec<String>)> = Vec::new();
+    let mut files: Vec<(PathBuf, Option<coco::CocoFile>)> = Vec::new();
+    let mut read = |path: &Path, what: &str, p: &mut Problems| -> Option<coco::CocoFile> {
+        if let Some((_, file)) = files.iter().find(|(f, _)| f == path) {
+            return file.clone();
+        }
+        let file = match coco::read(path) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                p.push(what, mustard_core::error_chain(&e));
+                None
+            }
+        };
+        files.push((path.to_path_buf(), file.clone()));
+        file
+    };
     for &task in tasks {
         let Some(path) = labelled.get(task) else {
             continue;
         };
         let what = format!("must.data.labelled.{task}");
-        if path.is_dir() {
+        let file = if path.is_dir() {
             p.check(task != Task::Classification, &what, || {
                 format!(
                     "{} is a folder; only classification reads class folders",
                     path.display()
                 )
             });
+            None
+        } else {
+            read(path, &what, &mut p)
+        };
+        let test_file = test
+            .get(task)
+            .and_then(|t| read(t, &format!("must.data.test.{task}"), &mut p).map(|f| (t, f)));
+        let Some(file) = file else { continue };
+        let space = LabelSpace::of(task, &file);
+        if let Some(missing) = space.missing() {
+            p.push(what.clone(), format!("{} has no {missing}", path.display()));
             continue;
         }
-        let file = match coco::read(path) {
-            Ok(file) => file,
-            Err(e) => {
-                p.push(what, mustard_core::error_chain(&e));
-                continue;
-            }
-        };
-        let lacks = |thing: &str| format!("{} has no {thing}", path.display());
-        match task {
-            Task::Detection => p.check(file.categories.is_empty(), &what, || lacks("categories")),
-            Task::Pose => p.check(
-                coco::person_category(&file.categories).is_none(),
-                &what,
-                || lacks("category with keypoints"),
-            ),
-            Task::Classification => p.check(file.label_names.is_empty(), &what, || {
-                lacks("`label_names` (image-level classes)")
-            }),
-            Task::Segmentation | Task::Depth => {}
-        }
-        if matches!(task, Task::Detection | Task::Pose | Task::Segmentation) {
-            let names = file.categories.iter().map(|c| c.name.clone()).collect();
-            spaces.push((task, path, names));
-        }
-    }
-    if let Some((first, first_path, first_names)) = spaces.first() {
-        for (task, path, names) in &spaces[1..] {
-            p.check(names != first_names, "must.data.labelled", || {
+        if let Some((test_path, test_file)) = test_file {
+            let theirs = LabelSpace::of(task, &test_file);
+            p.check(theirs != space, &what, || {
                 format!(
-                    "the {first} teacher's {} has categories {first_names:?} but the {task} teacher's {} has {names:?}; the teachers must share one category list",
-                    first_path.display(),
-                    path.display()
+                    "the {task} teacher's {} has {space} but the {task} test set {} has {theirs}; a task's test set must use its teacher's label space",
+                    path.display(),
+                    test_path.display()
                 )
             });
         }
@@ -574,10 +695,95 @@ pub fn check_labelled(tasks: &[Task], labelled: &TaskMap<PathBuf>) -> Result<()>
     p.finish()
 }
 
-/// The student at its initialisation.
+/// What a COCO file gives one task: its label space, compared between a teacher's training
+/// file and the task's test file.
+#[derive(Debug, PartialEq)]
+enum LabelSpace {
+    /// Category names and ids.
+    Detection(Vec<(String, u64)>),
+    /// The pose category's name, id and joints.
+    Pose(Option<(String, u64, usize)>),
+    /// Segmentation classes by label value.
+    Segmentation(Vec<String>),
+    /// Depth has none.
+    Depth,
+    /// Image-level classes.
+    Classification(Vec<String>),
+}
+
+impl LabelSpace {
+    fn of(task: Task, file: &coco::CocoFile) -> Self {
+        match task {
+            Task::Detection => LabelSpace::Detection(
+                file.categories
+                    .iter()
+                    .map(|c| (c.name.clone(), c.id))
+                    .collect(),
+            ),
+            Task::Pose => LabelSpace::Pose(coco::person_category(&file.categories).map(|i| {
+                let c = &file.categories[i];
+                (c.name.clone(), c.id, coco::num_keypoints(&file.categories))
+            })),
+            Task::Segmentation => LabelSpace::Segmentation(coco::segmentation_classes(file)),
+            Task::Depth => LabelSpace::Depth,
+            Task::Classification => LabelSpace::Classification(file.label_names.clone()),
+        }
+    }
+
+    /// What the teacher's file lacks to train its task.
+    fn missing(&self) -> Option<&'static str> {
+        match self {
+            LabelSpace::Detection(c) if c.is_empty() => Some("categories"),
+            LabelSpace::Pose(None) => Some("category with keypoints"),
+            LabelSpace::Classification(l) if l.is_empty() => {
+                Some("`label_names` (image-level classes)")
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for LabelSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LabelSpace::Detection(c) => {
+                let c: Vec<String> = c.iter().map(|(n, id)| format!("{n} ({id})")).collect();
+                write!(f, "categories [{}]", c.join(", "))
+            }
+            LabelSpace::Pose(Some((n, id, j))) => {
+                write!(f, "pose category {n} ({id}) with {j} joints")
+            }
+            LabelSpace::Pose(None) => write!(f, "no category with keypoints"),
+            LabelSpace::Segmentation(c) => write!(f, "segmentation classes [{}]", c.join(", ")),
+            LabelSpace::Depth => write!(f, "depth"),
+            LabelSpace::Classification(c) => write!(f, "image classes [{}]", c.join(", ")),
+        }
+    }
+}
+
+/// The student at its initialisation: each task's headline metric and test loss.
 struct Initial {
-    report: EvalReport,
+    report: TaskMap<f64>,
     loss: TaskMap<f64>,
+}
+
+/// Each task's headline metric and loss of a multi-task `model`, each on its task's test set.
+fn per_task(
+    model: &MultiTaskModel,
+    config: &Config,
+    test: &TestSets,
+) -> Result<(TaskMap<f64>, TaskMap<f64>)> {
+    let (mut metric, mut loss) = (TaskMap::new(), TaskMap::new());
+    let t = &config.train;
+    for &task in &config.model.tasks {
+        let set = test.of(task)?;
+        metric.insert(task, evaluate_on(model, config, set)?.headline_of(task));
+        let losses = evaluate_loss(model, set.clone(), t.input_size, t.batch_size)?;
+        if let Some(&l) = losses.get(task) {
+            loss.insert(task, l);
+        }
+    }
+    Ok((metric, loss))
 }
 
 /// The first `n` images of a COCO file (with their annotations) as a new file.
@@ -596,12 +802,25 @@ fn write_report(report: &MustReport, config: &MustConfig, root: &Path) -> Result
     mustard_core::io::write_bytes(&report.report, text.as_bytes())?;
     let json = serde_json::to_vec_pretty(&report.to_json()).expect("JSON values serialise");
     mustard_core::io::write_bytes(&root.join("results.json"), &json)?;
+    let mean = |k: usize, f: fn(&TaskResult) -> f64| {
+        report
+            .over(|s| s.tasks.get(k).map(f))
+            .map_or(f64::NAN, |m| m.mean)
+    };
     let chart = crate::draw::bars(
         "MuST on the held-out set: teacher, student, student at initialisation",
-        &report
+        &report.seeds[0]
             .tasks
             .iter()
-            .map(|r| (r.task.to_string(), vec![r.teacher, r.student, r.initial]))
+            .enumerate()
+            .map(|(k, r)| {
+                let values = vec![
+                    mean(k, |r| r.teacher),
+                    mean(k, |r| r.student),
+                    mean(k, |r| r.initial),
+                ];
+                (r.task.to_string(), values)
+            })
             .collect::<Vec<_>>(),
         &["teacher", "student", "initialisation"],
         220,
@@ -624,14 +843,27 @@ fn evaluate_on(model: &MultiTaskModel, config: &Config, test: &Arc<Dataset>) -> 
     )
 }
 
-/// The Markdown report.
+/// The Markdown report: every cell the mean ± sample standard deviation over the seeds (a
+/// plain value for one seed).
 pub fn render(r: &MustReport, config: &MustConfig) -> String {
     let mut s = String::new();
     let b = &config.base;
-    let _ = writeln!(s, "# MuST: multi-task self-training\n");
     let _ = writeln!(
         s,
-        "Teachers: one {:?} model per task, {} epochs on its own labelled set. Student: the same backbone with an FPN neck and every head, {} epochs on the teachers' pseudo-labels of the unlabelled set. {} px, batch {}, AdamW lr {}. Every model is evaluated on the same held-out labelled set.\n",
+        "# MuST: multi-task self-training
+"
+    );
+    let seeds = if config.seeds > 1 {
+        format!(
+            " Every model is trained with {} seeds; cells are mean ± sample standard deviation.",
+            config.seeds
+        )
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        s,
+        "Teachers: one {:?} model per task, {} epochs on its own labelled set, in its own label space. Student: the same backbone with an FPN neck and every head (each in its teacher's label space), {} epochs on the teachers' pseudo-labels of the unlabelled set. {} px, batch {}, AdamW lr {}. Every model is evaluated on each task's held-out test set.{seeds}\n",
         b.model.backbone, config.teacher_epochs, config.student_epochs, b.train.input_size, b.train.batch_size, b.train.lr
     );
     let _ = writeln!(
@@ -639,23 +871,26 @@ pub fn render(r: &MustReport, config: &MustConfig) -> String {
         "| task | metric | teacher | student | student / teacher | student at initialisation | test loss, initialisation → student |"
     );
     let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- |");
-    for row in &r.tasks {
+    for (k, row) in r.seeds[0].tasks.iter().enumerate() {
+        let cell = |f: fn(&TaskResult) -> f64| {
+            r.over(|s| s.tasks.get(k).map(f))
+                .unwrap_or(MeanStd::of(&[f64::NAN]))
+        };
+        let (teacher, student) = (cell(|t| t.teacher), cell(|t| t.student));
         // A ratio of two numbers that print as 0.000 would only show noise.
-        let ratio = if row.teacher >= 0.0005 {
-            format!("{:.2}", row.student / row.teacher)
+        let ratio = if teacher.mean >= 0.0005 {
+            format!("{:.2}", student.mean / teacher.mean)
         } else {
             "–".into()
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.3} | {:.3} | {ratio} | {:.3} | {:.3} → {:.3} |",
+            "| {} | {} | {teacher} | {student} | {ratio} | {} | {:.3} → {:.3} |",
             row.task,
             metric_name(row.task),
-            row.teacher,
-            row.student,
-            row.initial,
-            row.initial_loss,
-            row.student_loss
+            cell(|t| t.initial),
+            cell(|t| t.initial_loss).mean,
+            cell(|t| t.student_loss).mean
         );
     }
     let _ = writeln!(
@@ -675,37 +910,61 @@ fn render_pseudo(s: &mut String, r: &MustReport, config: &MustConfig) {
     let t = &config.thresholds;
     let _ = writeln!(
         s,
-        "Thresholds: box score ≥ {}, person score ≥ {}, pixel confidence ≥ {} (else ignored), temperature {}.\n",
-        t.detection, t.pose, t.segmentation, t.temperature
+        "Thresholds: box score ≥ {}, person score ≥ {}, pixel confidence ≥ {} (else ignored), temperature {}.{}\n",
+        t.detection,
+        t.pose,
+        t.segmentation,
+        t.temperature,
+        if r.seeds.len() > 1 { " The labels of the first seed's teachers:" } else { "" }
     );
-    for line in r.pseudo.describe(tasks).lines() {
+    for line in r.seeds[0].pseudo.describe(tasks).lines() {
         let _ = writeln!(s, "- {line}");
     }
 }
 
 fn render_transfer(s: &mut String, r: &MustReport, config: &MustConfig) {
     let _ = writeln!(s, "\n## Transfer\n");
-    match &r.transfer {
-        Some(tr) => {
-            let _ = writeln!(
-                s,
-                "Fine-tuning on a held-out split of {} labelled {} images, same budget:\n",
-                config.transfer.as_ref().map_or(0, |t| t.images),
-                tr.task
-            );
-            let _ = writeln!(s, "| initialisation | {} |", metric_name(tr.task));
-            let _ = writeln!(s, "| --- | --- |");
-            let _ = writeln!(s, "| student backbone + neck | {:.3} |", tr.from_student);
-            let _ = writeln!(s, "| from scratch | {:.3} |", tr.from_scratch);
-            let _ = writeln!(
-                s,
-                "\nDifference: {:+.3}.",
-                tr.from_student - tr.from_scratch
-            );
-        }
-        None => {
-            let _ = writeln!(s, "Not run (no labelled set for the transfer task).");
-        }
+    let Some(first) = &r.seeds[0].transfer else {
+        let _ = writeln!(s, "Not run (no labelled set for the transfer task).");
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "Fine-tuning on a held-out split of {} labelled {} images, same budget and seeds for every initialisation:\n",
+        config.transfer.as_ref().map_or(0, |t| t.images),
+        first.task
+    );
+    let _ = writeln!(s, "| initialisation | {} |", metric_name(first.task));
+    let _ = writeln!(s, "| --- | --- |");
+    let cells: Vec<(String, MeanStd)> = first
+        .rows
+        .iter()
+        .enumerate()
+        .filter_map(|(k, (name, _))| {
+            let m = r.over(|s| s.transfer.as_ref().and_then(|t| t.rows.get(k)).map(|x| x.1))?;
+            Some((name.clone(), m))
+        })
+        .collect();
+    for (name, m) in &cells {
+        let _ = writeln!(s, "| {name} | {m} |");
+    }
+    let student = cells.iter().find(|(n, _)| n.starts_with("student"));
+    let best_teacher = cells
+        .iter()
+        .filter(|(n, _)| n.contains("teacher"))
+        .max_by(|a, b| a.1.mean.total_cmp(&b.1.mean));
+    let scratch = cells.iter().find(|(n, _)| n == "from scratch");
+    if let (Some((_, st)), Some((other, o))) = (student, best_teacher.or(scratch)) {
+        let (_, sentence) = claim(*st, *o);
+        let against = if other == "from scratch" {
+            "training from scratch (no teacher backbone was fine-tuned)".to_string()
+        } else {
+            format!("the best specialist's ({other})")
+        };
+        let _ = writeln!(
+            s,
+            "\n**MuST's claim** — the student's backbone transfers at least as well as {against}: {st} against {o}, {sentence}."
+        );
     }
 }
 
@@ -743,7 +1002,10 @@ mod tests {
         let mut user = MustConfig::quick();
         user.tasks = vec![Task::Detection, Task::Depth];
         user.data = MustData::User {
-            test: "test.json".into(),
+            test: [Task::Detection, Task::Depth]
+                .into_iter()
+                .map(|t| (t, PathBuf::from("test.json")))
+                .collect(),
             unlabelled: "photos".into(),
             labelled: [(Task::Detection, PathBuf::from("det.json"))]
                 .into_iter()

@@ -309,8 +309,12 @@ impl Image {
         picture: &mut RgbImage,
     ) -> Result<()> {
         let classes = &model.config().classes;
-        let (Some(head), Some(o), Some(person)) = (model.pose(), outputs.pose(), classes.person)
-        else {
+        let (Some(head), Some(o), Some(person), Some(pose)) = (
+            model.pose(),
+            outputs.pose(),
+            classes.person,
+            classes.pose_category(),
+        ) else {
             return Ok(());
         };
         let inv = self.sample.transform.inverse().unwrap_or(Affine::IDENTITY);
@@ -328,7 +332,7 @@ impl Image {
                 .iter()
                 .flat_map(|j| [j[0] as f64, j[1] as f64, 1.0])
                 .collect();
-            records.people.push(json!({"image_id": self.image_id, "file_name": self.name, "category_id": classes.category_ids[person], "keypoints": flat, "score": d.score}));
+            records.people.push(json!({"image_id": self.image_id, "file_name": self.name, "category_id": pose.id, "keypoints": flat, "score": d.score}));
             if d.score >= options.draw_threshold {
                 let edges: &[[u32; 2]] = if joints.len() == 17 { &skeleton } else { &[] };
                 draw::skeleton(picture, &joints, edges, draw::colour(person));
@@ -420,7 +424,7 @@ fn target_heatmaps(
     let mut sample = ds.load(i)?;
     sample.tasks = TaskSet::all();
     let sample = AugmentConfig::eval(size).apply(sample, ds.flip_pairs(), &mut Rng::new(0));
-    let item = mustard_data::BatchEncoder::encode(&model.encoder(size), sample)?;
+    let item = mustard_data::BatchEncoder::encode(&model.encoder_for(ds, size), sample)?;
     let mut out = Vec::new();
     if let Some(t) = item.targets.detection() {
         let (h, w) = t.size;

@@ -13,6 +13,7 @@ use crate::config::{
     default_loss_weights, Classes, Config, DataConfig, ModelConfig, NeckConfig, Numerics, Preset,
     SynthData, TrainConfig,
 };
+use crate::mcn::{every_combination, singles_and_joint, McnConfig};
 use crate::must::{MustConfig, MustData, Transfer};
 
 impl Config {
@@ -97,13 +98,48 @@ impl Config {
     /// The budget of every model of the MultiTask-CenterNet study.
     pub fn mcn(preset: Preset) -> Self {
         let mut config = Config::preset(preset, "mcn");
-        if preset == Preset::Quick {
-            // About 2.5 minutes per model on 2 cores: 432 steps of 8 images at 96 px.
-            config.train.epochs = 18;
-            config.train.batch_size = 8;
-            config.data.synth.train_images = 192;
+        match preset {
+            Preset::Quick => {
+                // 142–173 s per model on 2 cores: 432 steps of 8 images at 96 px.
+                config.train.epochs = 18;
+                config.train.batch_size = 8;
+                config.data.synth.train_images = 192;
+            }
+            Preset::Study => {
+                // 7 models x 3 seeds at 128 px: 360 steps of 8 images each.
+                config.train.epochs = 15;
+                config.train.batch_size = 8;
+                config.data.synth.train_images = 192;
+                config.data.synth.val_images = 96;
+            }
+            Preset::Full => {}
         }
         config
+    }
+
+    /// The quick model at 128 px (pose is measurable from 128 px on, docs/SYNTHETIC.md).
+    pub fn study(name: &str) -> Self {
+        let mut config = Config::quick(name);
+        config.train.input_size = 128;
+        config.data.synth.size = 128;
+        config
+    }
+}
+
+impl McnConfig {
+    /// The study of `preset`: the quick one compares each task alone with all three together
+    /// on one seed; `study` and `full` train each task alone, each pair and all three, with 3
+    /// seeds.
+    pub fn preset(preset: Preset) -> Self {
+        let (variants, seeds) = match preset {
+            Preset::Quick => (singles_and_joint(), 1),
+            Preset::Study | Preset::Full => (every_combination(), 3),
+        };
+        McnConfig {
+            variants,
+            seeds,
+            base: Config::mcn(preset),
+        }
     }
 }
 
@@ -171,6 +207,7 @@ impl MustConfig {
         match preset {
             Preset::Quick => MustConfig::quick(),
             Preset::Full => MustConfig::full(),
+            Preset::Study => MustConfig::study(),
         }
     }
 
@@ -181,6 +218,7 @@ impl MustConfig {
         base.train.batch_size = 8;
         MustConfig {
             tasks: Task::ALL.to_vec(),
+            seeds: 1,
             data: MustData::Synthetic {
                 splits: Splits {
                     per_task: 192,
@@ -205,9 +243,25 @@ impl MustConfig {
                 task: Task::Segmentation,
                 images: 64,
                 epochs: 20,
+                from_teachers: false,
             }),
             base,
         }
+    }
+
+    /// The quick pipeline at 128 px (where pose is measurable).
+    pub fn study() -> Self {
+        let mut config = MustConfig::quick();
+        config.base.train.input_size = 128;
+        config.base.data.synth.size = 128;
+        if let MustData::Synthetic { size, .. } = &mut config.data {
+            *size = 128;
+        }
+        config.seeds = 3;
+        if let Some(t) = &mut config.transfer {
+            t.from_teachers = true;
+        }
+        config
     }
 
     /// ResNet-18 + FPN at 256 px on larger synthetic splits.
@@ -216,6 +270,7 @@ impl MustConfig {
         base.train.validate = false;
         MustConfig {
             tasks: Task::ALL.to_vec(),
+            seeds: 1,
             data: MustData::Synthetic {
                 splits: Splits {
                     per_task: 4000,
@@ -233,6 +288,7 @@ impl MustConfig {
                 task: Task::Segmentation,
                 images: 500,
                 epochs: 30,
+                from_teachers: false,
             }),
             base,
         }

@@ -85,31 +85,59 @@ pub struct PseudoSummary {
     pub seconds: f64,
 }
 
-/// The categories a store records, rebuilt from a teacher's class lists.
-pub fn categories_of(classes: &Classes) -> Vec<Category> {
-    classes
-        .categories
-        .iter()
-        .zip(&classes.category_ids)
-        .enumerate()
-        .map(|(i, (name, &id))| {
-            let person = classes.person == Some(i);
-            let coco = classes.joints == COCO_KEYPOINTS.len();
-            Category {
-                id,
-                name: name.clone(),
-                supercategory: None,
-                keypoints: person.then(|| {
-                    if coco {
-                        COCO_KEYPOINTS.iter().map(|s| s.to_string()).collect()
+/// A category with the keypoint schema of `joints` joints (COCO's names and skeleton for 17).
+fn pose_category(id: u64, name: &str, joints: usize) -> Category {
+    let coco = joints == COCO_KEYPOINTS.len();
+    Category {
+        id,
+        name: name.to_string(),
+        supercategory: None,
+        keypoints: Some(if coco {
+            COCO_KEYPOINTS.iter().map(|s| s.to_string()).collect()
+        } else {
+            (0..joints).map(|j| format!("joint_{j}")).collect()
+        }),
+        skeleton: coco.then(|| COCO_SKELETON.to_vec()),
+    }
+}
+
+/// The object categories a store records, and how many of them, from the first, are detection
+/// categories: the detection teacher's categories, then the pose teacher's category unless the
+/// detection teacher has one of that name (then its people carry the keypoints).
+pub fn store_categories(
+    detection: Option<&Classes>,
+    pose: Option<&Classes>,
+) -> (Vec<Category>, usize) {
+    let mut cats: Vec<Category> = detection
+        .map(|c| {
+            c.categories
+                .iter()
+                .zip(&c.category_ids)
+                .enumerate()
+                .map(|(i, (name, &id))| {
+                    if c.person == Some(i) && c.joints > 0 {
+                        pose_category(id, name, c.joints)
                     } else {
-                        (0..classes.joints).map(|j| format!("joint_{j}")).collect()
+                        Category {
+                            id,
+                            name: name.clone(),
+                            supercategory: None,
+                            keypoints: None,
+                            skeleton: None,
+                        }
                     }
-                }),
-                skeleton: (person && coco).then(|| COCO_SKELETON.to_vec()),
-            }
+                })
+                .collect()
         })
-        .collect()
+        .unwrap_or_default();
+    let detected = cats.len();
+    if let Some((p, joints)) = pose.and_then(|c| Some((c.pose_category()?, c.joints))) {
+        match cats.iter_mut().find(|c| c.name == p.name) {
+            Some(c) => *c = pose_category(c.id, &p.name, joints),
+            None => cats.push(pose_category(p.id, &p.name, joints)),
+        }
+    }
+    (cats, detected)
 }
 
 struct LoadedTeacher {
@@ -118,7 +146,7 @@ struct LoadedTeacher {
     model: MultiTaskModel,
 }
 
-/// Loads the teachers and checks they label distinct tasks with the same classes.
+/// Loads the teachers and checks they label distinct tasks (each keeps its own classes).
 fn load_teachers(paths: &[PathBuf]) -> Result<Vec<LoadedTeacher>> {
     if paths.is_empty() {
         return Err(Error::config(
@@ -143,17 +171,6 @@ fn load_teachers(paths: &[PathBuf]) -> Result<Vec<LoadedTeacher>> {
                         "{} and {} both label {task}; give one teacher per task",
                         t.path.display(),
                         path.display()
-                    ),
-                ));
-            }
-            let (a, b) = (&t.config.model.classes, &config.model.classes);
-            if !a.categories.is_empty() && !b.categories.is_empty() && a.categories != b.categories
-            {
-                return Err(Error::config(
-                    "teachers",
-                    format!(
-                        "{} has categories {:?} but {} has {:?}; teachers must share one category list",
-                        t.path.display(), a.categories, path.display(), b.categories
                     ),
                 ));
             }
@@ -259,18 +276,19 @@ fn manifest(
             .max()
             .unwrap_or(256)
     });
-    // Categories from the first teacher that has them; image-level classes from the
-    // classification teacher.
-    let categories = teachers
-        .iter()
-        .map(|t| &t.config.model.classes)
-        .find(|c| !c.categories.is_empty())
-        .map(categories_of)
+    // Each task's label space from its teacher.
+    let space = |task: Task| {
+        teachers
+            .iter()
+            .find(|t| t.config.model.tasks.contains(&task))
+            .map(|t| &t.config.model.classes)
+    };
+    let (categories, detected) = store_categories(space(Task::Detection), space(Task::Pose));
+    let label_names = space(Task::Classification)
+        .map(|c| c.labels.clone())
         .unwrap_or_default();
-    let label_names = teachers
-        .iter()
-        .find(|t| t.config.model.tasks.contains(&Task::Classification))
-        .map(|t| t.config.model.classes.labels.clone())
+    let seg_classes = space(Task::Segmentation)
+        .map(Classes::segmentation_classes)
         .unwrap_or_default();
     let mut tasks: Vec<Task> = teachers
         .iter()
@@ -299,6 +317,8 @@ fn manifest(
         thresholds: options.thresholds.clone(),
         input_size,
         categories,
+        detection_categories: Some(detected),
+        seg_classes,
         label_names,
     })
 }
@@ -409,4 +429,72 @@ fn label_batch(
 /// The tasks of a store, for reports.
 pub fn store_tasks(dir: &Path) -> Result<TaskSet> {
     Ok(Store::open(dir)?.manifest().task_set())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NamedClass;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_store_keeps_each_teachers_categories() {
+        let shapes = Classes {
+            categories: names(&["circle", "square", "triangle"]),
+            category_ids: vec![1, 2, 3],
+            ..Classes::default()
+        };
+        let people = Classes {
+            categories: names(&["person"]),
+            category_ids: vec![1],
+            person: Some(0),
+            joints: 17,
+            ..Classes::default()
+        };
+        // Shapes detected, people posed apart: the person comes after the detection categories.
+        let (cats, detected) = store_categories(Some(&shapes), Some(&people));
+        let summary: Vec<(&str, u64, bool)> = cats
+            .iter()
+            .map(|c| (c.name.as_str(), c.id, c.keypoints.is_some()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("circle", 1, false),
+                ("square", 2, false),
+                ("triangle", 3, false),
+                ("person", 1, true)
+            ]
+        );
+        assert_eq!(detected, 3);
+        assert_eq!(cats[3].keypoints.as_ref().unwrap()[0], "nose");
+        // The student built from those categories detects the shapes and poses the people.
+        let student = crate::datasets::classes_from(&cats[..3], &[]);
+        assert_eq!(student.categories, shapes.categories);
+        // A detector that has people: the pose teacher's keypoints go to its person category.
+        let mut coco = shapes.clone();
+        coco.categories.push("person".into());
+        coco.category_ids.push(4);
+        let (cats, detected) = store_categories(Some(&coco), Some(&people));
+        assert_eq!(detected, 4);
+        assert_eq!((cats[3].id, cats[3].keypoints.is_some()), (4, true));
+        // Only a pose teacher: the person alone, no detection category.
+        let (cats, detected) = store_categories(None, Some(&people));
+        assert_eq!((cats.len(), detected), (1, 0));
+        let posed_apart = Classes {
+            person: Some(3),
+            pose: Some(NamedClass {
+                name: "person".into(),
+                id: 1,
+            }),
+            joints: 17,
+            ..shapes.clone()
+        };
+        // A student used as a pose teacher brings its pose category along.
+        let (cats, _) = store_categories(Some(&shapes), Some(&posed_apart));
+        assert_eq!((cats.len(), cats[3].name.as_str()), (4, "person"));
+    }
 }

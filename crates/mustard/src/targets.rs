@@ -4,7 +4,7 @@ use mustard_core::candle_core::{Device, Tensor};
 use mustard_data::augment::Affine;
 use mustard_data::{BatchEncoder, Sample, Task, TaskMap, TaskSet};
 
-use crate::tasks::{BatchTargets, HeadSpec, ItemTargetMap};
+use crate::tasks::{BatchTargets, HeadSpec, ItemTargetMap, SourceMap};
 
 /// ImageNet channel means and deviations (what torchvision/timm weights expect).
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -47,6 +47,7 @@ pub struct Batch {
 pub struct Encoder {
     heads: TaskMap<HeadSpec>,
     size: usize,
+    map: Option<SourceMap>,
 }
 
 impl Encoder {
@@ -56,6 +57,15 @@ impl Encoder {
         Self {
             heads,
             size: size as usize,
+            map: None,
+        }
+    }
+
+    /// The same encoder for samples whose class indices are `map`'s source's.
+    pub fn with_map(self, map: SourceMap) -> Self {
+        Self {
+            map: Some(map),
+            ..self
         }
     }
 
@@ -85,7 +95,7 @@ impl BatchEncoder for Encoder {
         let size = (self.size, self.size);
         let targets = self
             .heads
-            .try_map(|_, spec| spec.encode(&s, size))
+            .try_map(|_, spec| spec.encode(&s, size, self.map.as_ref()))
             .map_err(mustard_data::Error::from)?;
         let meta = Meta {
             image_id: s.image_id,

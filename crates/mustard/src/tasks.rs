@@ -8,7 +8,7 @@
 
 use mustard_core::candle_core::{Device, Tensor};
 use mustard_core::candle_nn::VarBuilder;
-use mustard_data::{Label, Sample, Task, TaskMap};
+use mustard_data::{Label, Sample, Source, Task, TaskMap};
 use mustard_heads::classification::{
     self, ClassTarget, ClassificationBatch, ClassificationConfig, ClassificationHead,
 };
@@ -22,7 +22,7 @@ use mustard_heads::pose::{
 };
 use mustard_heads::segmentation::{self, SegmentationBatch, SegmentationConfig, SegmentationHead};
 
-use crate::config::ModelConfig;
+use crate::config::{Classes, ModelConfig};
 use crate::{Error, Result};
 
 /// Checkpoint key prefix of the backbone (`backbone.conv1.weight`, …).
@@ -83,7 +83,7 @@ impl HeadSpec {
                 }
             },
             Task::Segmentation => HeadSpec::Segmentation(SegmentationConfig {
-                num_classes: classes.categories.len() + 1,
+                num_classes: classes.segmentation_classes().len(),
                 head_conv,
             }),
             Task::Depth => HeadSpec::Depth(DepthConfig {
@@ -115,8 +115,14 @@ impl HeadSpec {
     }
 
     /// Encodes one augmented sample's labels for this head (empty or absent when the sample is
-    /// not labelled for the task).
-    pub fn encode(&self, s: &Sample, size: (usize, usize)) -> mustard_core::Result<ItemTargets> {
+    /// not labelled for the task), its classes translated by `map` when the sample comes from
+    /// a source with other class indices.
+    pub fn encode(
+        &self,
+        s: &Sample,
+        size: (usize, usize),
+        map: Option<&SourceMap>,
+    ) -> mustard_core::Result<ItemTargets> {
         let present = |t: Task| s.tasks.contains(t);
         Ok(match self {
             HeadSpec::Detection(cfg) => {
@@ -124,9 +130,15 @@ impl HeadSpec {
                     s.objects
                         .iter()
                         .filter(|o| !o.crowd)
-                        .map(|o| BoxLabel {
-                            bbox: o.bbox,
-                            class: o.class,
+                        .filter_map(|o| {
+                            let class = match map {
+                                Some(m) => m.detection.get(o.class).copied().flatten()?,
+                                None => o.class,
+                            };
+                            Some(BoxLabel {
+                                bbox: o.bbox,
+                                class,
+                            })
                         })
                         .collect()
                 } else {
@@ -135,10 +147,11 @@ impl HeadSpec {
                 ItemTargets::Detection(detection::encode(cfg, &labels, size)?)
             }
             HeadSpec::Pose { config, person } => {
+                let person = map.map_or(Some(*person), |m| m.person);
                 let persons: Vec<PersonLabel> = if present(Task::Pose) {
                     s.objects
                         .iter()
-                        .filter(|o| !o.crowd && o.class == *person)
+                        .filter(|o| !o.crowd && Some(o.class) == person)
                         .filter_map(|o| {
                             o.keypoints.as_ref().map(|k| PersonLabel {
                                 bbox: o.bbox,
@@ -155,7 +168,10 @@ impl HeadSpec {
                 s.semantic
                     .as_ref()
                     .filter(|_| present(Task::Segmentation))
-                    .map(|m| m.as_raw().clone()),
+                    .map(|m| match map.and_then(|m| m.segmentation.as_deref()) {
+                        Some(lut) => m.as_raw().iter().map(|&v| lut[v as usize]).collect(),
+                        None => m.as_raw().clone(),
+                    }),
             ),
             HeadSpec::Depth(_) => ItemTargets::Depth(
                 s.depth
@@ -164,13 +180,24 @@ impl HeadSpec {
                     .map(|d| d.as_raw().clone()),
             ),
             HeadSpec::Classification(_) => ItemTargets::Classification(
-                s.label
-                    .as_ref()
-                    .filter(|_| present(Task::Classification))
-                    .map(|l| match l {
-                        Label::Class(c) => ClassTarget::Hard(*c),
-                        Label::Soft(p) => ClassTarget::Soft(p.clone()),
-                    }),
+                match s.label.as_ref().filter(|_| present(Task::Classification)) {
+                    None => None,
+                    Some(Label::Soft(p)) => Some(ClassTarget::Soft(p.clone())),
+                    Some(Label::Class(c)) => Some(ClassTarget::Hard(
+                        match map.and_then(|m| m.classification.as_ref()) {
+                            None => *c,
+                            Some(to) => to.get(*c as usize).copied().flatten().map(|v| v as u32).ok_or_else(|| {
+                                mustard_core::Error::InvalidConfig {
+                                    what: "image label",
+                                    reason: format!(
+                                        "image {}: class {c} of the data is not a class of the model",
+                                        s.image_id
+                                    ),
+                                }
+                            })?,
+                        },
+                    )),
+                },
             ),
         })
     }
@@ -222,6 +249,71 @@ impl HeadSpec {
                 Targets::Classification(classification::collate(&labels, cfg.num_classes, device)?)
             }
         })
+    }
+}
+
+/// How a data source's class indices map to a model's heads, matched by name, so that a
+/// model is trained and evaluated on any source in its label spaces whatever the order of the
+/// classes: its own training data, a pseudo-label store, a test file of one task.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourceMap {
+    /// Source category → detection class (`None`: a category this model does not detect).
+    detection: Vec<Option<usize>>,
+    /// The source category of the model's pose category.
+    person: Option<usize>,
+    /// Source label-map value → segmentation class (255, ignored, for classes the model does
+    /// not have); `None` when the classes are the same.
+    segmentation: Option<Vec<u8>>,
+    /// Source image-level class → the model's; `None` when the classes are the same.
+    classification: Option<Vec<Option<usize>>>,
+}
+
+impl SourceMap {
+    /// The map from `source`'s classes to `classes`' (a model's).
+    pub fn new(classes: &Classes, source: &dyn Source) -> Self {
+        let cats = source.categories();
+        let position = |list: &[String], name: &str| list.iter().position(|n| n == name);
+        let detection = cats
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                (i < source.detection_classes())
+                    .then(|| position(&classes.categories, &c.name))
+                    .flatten()
+            })
+            .collect();
+        let person = classes.pose_category().and_then(|pose| {
+            cats.iter()
+                .position(|c| c.name == pose.name && c.keypoints.is_some())
+        });
+        let (ours, theirs) = (
+            classes.segmentation_classes(),
+            source.segmentation_classes(),
+        );
+        let segmentation = (ours != theirs).then(|| {
+            (0..256)
+                .map(|v| {
+                    theirs
+                        .get(v)
+                        .and_then(|name| position(&ours, name))
+                        .and_then(|c| u8::try_from(c).ok())
+                        .unwrap_or(segmentation::IGNORE)
+                })
+                .collect()
+        });
+        let classification = (classes.labels != source.label_names()).then(|| {
+            source
+                .label_names()
+                .iter()
+                .map(|name| position(&classes.labels, name))
+                .collect()
+        });
+        SourceMap {
+            detection,
+            person,
+            segmentation,
+            classification,
+        }
     }
 }
 
@@ -408,3 +500,161 @@ typed_access!(ItemTargetMap, ItemTargets {
     detection: Detection => DetectionTargets,
     pose: Pose => PoseTargets,
 });
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use mustard_data::coco::Category;
+
+    use super::*;
+    use crate::config::NamedClass;
+
+    /// A source with the given label spaces and no samples.
+    struct Spaces {
+        categories: Vec<Category>,
+        detected: usize,
+        segmentation: Vec<String>,
+        labels: Vec<String>,
+    }
+
+    impl Source for Spaces {
+        fn path(&self) -> &Path {
+            Path::new("spaces")
+        }
+        fn len(&self) -> usize {
+            0
+        }
+        fn load(&self, _: usize) -> mustard_data::Result<Sample> {
+            unreachable!("no samples")
+        }
+        fn categories(&self) -> &[Category] {
+            &self.categories
+        }
+        fn label_names(&self) -> &[String] {
+            &self.labels
+        }
+        fn detection_classes(&self) -> usize {
+            self.detected
+        }
+        fn segmentation_classes(&self) -> Vec<String> {
+            self.segmentation.clone()
+        }
+        fn flip_pairs(&self) -> &[(usize, usize)] {
+            &[]
+        }
+    }
+
+    fn category(id: u64, name: &str, keypoints: bool) -> Category {
+        Category {
+            id,
+            name: name.into(),
+            supercategory: None,
+            keypoints: keypoints.then(|| vec!["a".into(), "b".into()]),
+            skeleton: None,
+        }
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A MuST student's spaces: shapes detected, people posed apart, stuff segmentation,
+    /// colour labels.
+    fn student() -> Classes {
+        Classes {
+            categories: names(&["circle", "square", "triangle"]),
+            category_ids: vec![1, 2, 3],
+            person: Some(3),
+            joints: 2,
+            pose: Some(NamedClass {
+                name: "person".into(),
+                id: 1,
+            }),
+            segmentation: names(&["stripes", "checks", "shape", "person"]),
+            labels: names(&["red", "green", "blue"]),
+        }
+    }
+
+    #[test]
+    fn a_source_in_the_same_spaces_maps_by_name_whatever_the_order() {
+        let source = Spaces {
+            categories: vec![
+                category(7, "triangle", false),
+                category(8, "circle", false),
+                category(9, "person", true),
+            ],
+            detected: 2,
+            segmentation: names(&["shape", "stuff", "stripes"]),
+            labels: names(&["blue", "red", "purple"]),
+        };
+        let map = SourceMap::new(&student(), &source);
+        assert_eq!(map.detection, [Some(2), Some(0), None]);
+        assert_eq!(map.person, Some(2));
+        let lut = map.segmentation.as_ref().unwrap();
+        assert_eq!(lut[..4], [2, 255, 0, 255]);
+        assert!(lut[4..].iter().all(|&v| v == 255));
+        assert_eq!(map.classification, Some(vec![Some(2), Some(0), None]));
+        // The same spaces in the same order map to themselves.
+        let same = Spaces {
+            categories: vec![
+                category(1, "circle", false),
+                category(2, "square", false),
+                category(3, "triangle", false),
+                category(1, "person", true),
+            ],
+            detected: 3,
+            segmentation: student().segmentation,
+            labels: student().labels,
+        };
+        let map = SourceMap::new(&student(), &same);
+        assert_eq!(map.detection, [Some(0), Some(1), Some(2), None]);
+        assert_eq!(map.person, Some(3));
+        assert_eq!((map.segmentation, map.classification), (None, None));
+    }
+
+    #[test]
+    fn each_head_is_built_in_its_own_space() {
+        let mut config = crate::Config::quick("spaces").model;
+        config.tasks = Task::ALL.to_vec();
+        config.classes = student();
+        let specs = HeadSpec::all(&config).unwrap();
+        let Some(HeadSpec::Detection(det)) = specs.get(Task::Detection) else {
+            panic!("no detection head")
+        };
+        assert_eq!(det.num_classes, 3);
+        let Some(HeadSpec::Pose {
+            config: pose,
+            person,
+        }) = specs.get(Task::Pose)
+        else {
+            panic!("no pose head")
+        };
+        assert_eq!((pose.num_joints, *person), (2, 3));
+        let Some(HeadSpec::Segmentation(seg)) = specs.get(Task::Segmentation) else {
+            panic!("no segmentation head")
+        };
+        assert_eq!(seg.num_classes, 4);
+        let Some(HeadSpec::Classification(cls)) = specs.get(Task::Classification) else {
+            panic!("no classification head")
+        };
+        assert_eq!(cls.num_classes, 3);
+        // Without its own segmentation classes, segmentation is background + the categories.
+        config.classes.segmentation.clear();
+        let Some(HeadSpec::Segmentation(seg)) = HeadSpec::all(&config)
+            .unwrap()
+            .get(Task::Segmentation)
+            .cloned()
+        else {
+            panic!("no segmentation head")
+        };
+        assert_eq!(seg.num_classes, 4);
+        assert_eq!(
+            config.classes.pose_category(),
+            Some(NamedClass {
+                name: "person".into(),
+                id: 1
+            })
+        );
+    }
+}

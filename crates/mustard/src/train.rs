@@ -150,7 +150,11 @@ fn run_loop(
     let mut trainer = Trainer::start(&config, &run, resume)?;
     let loader = Loader::new(
         data.train.clone(),
-        Arc::new(trainer.model().encoder(config.train.input_size)),
+        Arc::new(
+            trainer
+                .model()
+                .encoder_for(data.train.as_ref(), config.train.input_size),
+        ),
         loader_config(&config),
     )?;
     let per_epoch = loader.batches_per_epoch() as u64;

@@ -221,9 +221,23 @@ fn a_diverging_run_names_the_task_and_step_and_keeps_its_checkpoint() -> Result<
 }
 
 #[test]
-fn the_mcn_study_trains_every_variant_and_writes_its_report() -> Result<()> {
+fn the_mcn_study_trains_every_variant_over_seeds_and_writes_its_report() -> Result<()> {
     let dir = temp("mcn");
-    let mut base = mustard::mcn::base_config(Preset::Quick);
+    let mut config = mustard::mcn::McnConfig::preset(Preset::Quick);
+    assert_eq!(config.variants, mustard::mcn::singles_and_joint());
+    assert_eq!(
+        mustard::mcn::McnConfig::preset(Preset::Study)
+            .variants
+            .len(),
+        7
+    );
+    config.variants = vec![
+        vec![Task::Segmentation],
+        vec![Task::Pose],
+        vec![Task::Segmentation, Task::Pose],
+    ];
+    config.seeds = 2;
+    let base = &mut config.base;
     base.data.synth = mustard::config::SynthData {
         train_images: 8,
         val_images: 4,
@@ -234,27 +248,35 @@ fn the_mcn_study_trains_every_variant_and_writes_its_report() -> Result<()> {
     base.train.batch_size = 4;
     base.train.epochs = 1;
     base.train.workers = Some(2);
-    let study = mustard::mcn::study(&base, &dir, false)?;
+    let study = mustard::mcn::study(&config, &dir, false)?;
     let names: Vec<&str> = study.variants.iter().map(|v| v.name.as_str()).collect();
-    assert_eq!(names, ["detection", "segmentation", "pose", "joint"]);
-    let joint = &study.variants[3];
-    let singles: usize = study.variants[..3].iter().map(|v| v.parameters).sum();
-    assert!(joint.parameters < singles, "one backbone instead of three");
+    assert_eq!(names, ["segmentation", "pose", "pose-segmentation"]);
+    assert!(study.variants.iter().all(|v| v.reports.len() == 2));
+    assert!(dir.join("mcn/pose-segmentation-seed1/done").is_file());
+    let pair = &study.variants[2];
+    let singles: usize = study.variants[..2].iter().map(|v| v.parameters).sum();
+    assert!(pair.parameters < singles, "one backbone instead of two");
+    // Two seeds of a differently seeded model differ.
+    let miou = pair.metric(Task::Segmentation).unwrap();
+    assert_eq!(miou.n, 2);
     let report = std::fs::read_to_string(&study.report)?;
     assert!(
         report.starts_with("# MultiTask-CenterNet study\n"),
         "{report}"
     );
     for row in [
-        "| detection | box AP | ",
-        "| segmentation | mIoU | ",
-        "| pose | keypoint AP | ",
+        "| segmentation | mIoU | alone | ",
+        "| segmentation | mIoU | with pose | ",
+        "| pose | keypoint AP | with segmentation | ",
+        "- **MCN's headline** — pose trained with segmentation scores at least as well as pose alone: keypoint AP ",
+        "- segmentation trained with pose scores at least as well as segmentation alone: mIoU ",
         "| sum of the single-task models | ",
     ] {
         assert!(report.contains(row), "{row} missing from\n{report}");
     }
+    assert!(report.contains(&format!("{miou}")), "{report}");
     // A second run reuses the trained models.
-    let again = mustard::mcn::study(&base, &dir, false)?;
+    let again = mustard::mcn::study(&config, &dir, false)?;
     assert!(again.variants.iter().all(|v| v.train_seconds == 0.0));
     std::fs::remove_dir_all(&dir)?;
     Ok(())
