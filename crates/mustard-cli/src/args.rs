@@ -412,10 +412,14 @@ pub struct MustArgs {
     /// Images per pseudo-label shard.
     #[arg(long)]
     pub shard_size: Option<usize>,
-    /// Task of the transfer test, or `none`.
+    /// Downstream tasks of the transfer test, comma-separated, or `none`.
     #[arg(long)]
     pub transfer: Option<String>,
-    /// Labelled images of the transfer split.
+    /// Your downstream data for the transfer test, as TASK=TRAIN,TEST (two COCO files no
+    /// teacher saw); repeat per task.
+    #[arg(long, value_name = "TASK=TRAIN,TEST", requires = "labelled")]
+    pub downstream: Vec<String>,
+    /// Labelled images of each synthetic downstream train split.
     #[arg(long)]
     pub transfer_images: Option<usize>,
     /// Fine-tuning epochs of the transfer test.
@@ -498,15 +502,21 @@ pub struct SynthArgs {
     pub max_objects: usize,
     /// Write the MuST splits instead of one file, each task in its own label space
     /// (docs/SYNTHETIC.md): train_<task>.json per task, unlabeled.json and test_<task>.json.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "downstream")]
     pub splits: bool,
-    /// Images per single-task split (with --splits).
+    /// Write the downstream family instead (new shapes, backgrounds and image labels, for the
+    /// transfer test): train_<task>.json of --per-task images and test_<task>.json of --test
+    /// images for detection, segmentation, depth and classification.
+    #[arg(long)]
+    pub downstream: bool,
+    /// Images per single-task split (with --splits or --downstream).
     #[arg(long, default_value_t = 200)]
     pub per_task: usize,
     /// Images of the unlabelled split (with --splits).
     #[arg(long, default_value_t = 400)]
     pub unlabeled: usize,
-    /// Images of the test split, shared by the test_<task>.json files (with --splits).
+    /// Images of the test split, shared by the test_<task>.json files (with --splits or
+    /// --downstream).
     #[arg(long, default_value_t = 100)]
     pub test: usize,
 }

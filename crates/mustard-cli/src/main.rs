@@ -14,7 +14,7 @@ use clap::Parser;
 use mustard::data::synth::{self, Splits, SynthConfig};
 use mustard::data::{CheckDepth, Dataset, Task, TaskMap};
 use mustard::eval::{CocoDt, CocoGt, Params};
-use mustard::must::{MustConfig, MustData, Transfer};
+use mustard::must::{Downstream, MustConfig, MustData, Transfer};
 use mustard::train::{TrainOptions, TrainSummary};
 use mustard::Preset;
 
@@ -33,8 +33,12 @@ fn synth(args: SynthArgs) -> Result<ExitCode> {
         test: args.test,
     });
     let started = std::time::Instant::now();
-    let written = synth::write(&args.out, &config, args.images, splits.as_ref())
-        .with_context(|| format!("writing the synthetic dataset to {}", args.out.display()))?;
+    let written = if args.downstream {
+        synth::write_downstream(&args.out, &config, args.per_task, args.test)
+    } else {
+        synth::write(&args.out, &config, args.images, splits.as_ref())
+    }
+    .with_context(|| format!("writing the synthetic dataset to {}", args.out.display()))?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "wrote {} images of {}x{} in {secs:.1} s",
@@ -206,6 +210,31 @@ fn labelled(items: &[String]) -> Result<(Vec<Task>, TaskMap<PathBuf>)> {
     Ok((tasks, labelled))
 }
 
+/// `--downstream TASK=TRAIN,TEST` values.
+fn downstream(items: &[String]) -> Result<TaskMap<Downstream>> {
+    let mut map = TaskMap::new();
+    for item in items {
+        let parsed = item.split_once('=').and_then(|(task, files)| {
+            let (train, test) = files.split_once(',')?;
+            Some((task, train, test))
+        });
+        let Some((task, train, test)) = parsed else {
+            bail!("--downstream {item:?}: expected TASK=TRAIN,TEST, e.g. segmentation=ade/train.json,ade/val.json");
+        };
+        let task: Task = task
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--downstream {item:?}: {e}"))?;
+        let files = Downstream {
+            train: train.into(),
+            test: test.into(),
+        };
+        if map.insert(task, files).is_some() {
+            bail!("--downstream {item:?}: {task} already has downstream files");
+        }
+    }
+    Ok(map)
+}
+
 /// `--test` values: FILE for every task of `tasks` not named otherwise, TASK=FILE for one.
 fn test_sets(items: &[String], tasks: &[Task]) -> Result<TaskMap<PathBuf>> {
     let mut sets = TaskMap::new();
@@ -247,7 +276,18 @@ fn must_config(args: &MustArgs) -> Result<MustConfig> {
                 .clone()
                 .context("--unlabelled is required")?,
             test: test_sets(&args.test, &tasks)?,
+            downstream: downstream(&args.downstream)?,
         };
+        if let Some(t) = &mut config.transfer {
+            // Your downstream tasks, unless --transfer names them.
+            t.tasks = match &config.data {
+                MustData::User { downstream, .. } => downstream.iter().map(|(t, _)| t).collect(),
+                MustData::Synthetic { .. } => t.tasks.clone(),
+            };
+            if t.tasks.is_empty() {
+                config.transfer = None;
+            }
+        }
     }
     if let MustData::Synthetic { splits, size, .. } = &mut config.data {
         splits.per_task = args.per_task.unwrap_or(splits.per_task);
@@ -265,13 +305,17 @@ fn must_config(args: &MustArgs) -> Result<MustConfig> {
     config.thresholds = args.thresholds.over(config.thresholds.clone());
     match args.transfer.as_deref() {
         Some("none") => config.transfer = None,
-        Some(task) => {
-            let task: Task = task
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--transfer {task:?}: {e}"))?;
+        Some(tasks) => {
+            let tasks = tasks
+                .split(',')
+                .map(|t| {
+                    t.parse::<Task>()
+                        .map_err(|e| anyhow::anyhow!("--transfer {tasks:?}: {e}"))
+                })
+                .collect::<Result<Vec<Task>>>()?;
             let preset = config.transfer.take();
             config.transfer = Some(Transfer {
-                task,
+                tasks,
                 images: preset.as_ref().map_or(64, |t| t.images),
                 epochs: preset.as_ref().map_or(6, |t| t.epochs),
                 from_teachers: preset.as_ref().is_some_and(|t| t.from_teachers),

@@ -83,7 +83,8 @@ pub struct Scene {
     pub objects: Vec<SceneObject>,
     /// The category of the main (nearest, largest, central) object (index into [`CATEGORIES`]).
     pub label: u32,
-    /// Whether the background is a checkerboard (else stripes).
+    /// Whether the background is the family's second texture: a checkerboard (else stripes);
+    /// downstream, dots (else waves).
     pub checker: bool,
     /// The main object's colour (RGB).
     pub main_colour: [f64; 3],
@@ -99,6 +100,18 @@ impl Scene {
                 0 => background,
                 c if c == PERSON + 1 => 3,
                 _ => 2,
+            }])
+        })
+    }
+
+    /// The segmentation map of the downstream family ([`DOWNSTREAM_SEG_CLASSES`]): the
+    /// background by its texture, each shape its own class.
+    pub fn downstream_map(&self) -> GrayImage {
+        let background = u8::from(self.checker);
+        GrayImage::from_fn(self.semantic.width(), self.semantic.height(), |x, y| {
+            Luma([match self.semantic.get_pixel(x, y).0[0] {
+                0 => background,
+                c => c + 1,
             }])
         })
     }
@@ -242,8 +255,67 @@ fn object_colour(rng: &mut Rng, background: [f64; 3]) -> [f64; 3] {
 /// Least RGB distance between an object's colour and the background's.
 const MIN_CONTRAST: f64 = 90.0;
 
+/// Which scenes: the main family (teachers, student, MCN) or the downstream family that no
+/// teacher or student sees, for the transfer test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Circles, squares, triangles and people over stripes or checkerboards.
+    Main,
+    /// Pentagons, stars and crosses ([`DOWNSTREAM_CATEGORIES`]), no people, over waves or
+    /// dots: new objects, new backgrounds, new image-level labels.
+    Downstream,
+}
+
+/// Names of the downstream family's categories (ids 1..=3).
+pub const DOWNSTREAM_CATEGORIES: [&str; 3] = ["pentagon", "star", "cross"];
+/// Segmentation classes of the downstream family: two stuff classes (the background's texture)
+/// and each shape.
+pub const DOWNSTREAM_SEG_CLASSES: [&str; 5] = ["waves", "dots", "pentagon", "star", "cross"];
+
+/// A star with five points.
+fn star(cx: f64, cy: f64, r: f64, angle: f64) -> Polygon {
+    (0..10)
+        .flat_map(|k| {
+            let a = angle + std::f64::consts::PI * k as f64 / 5.0;
+            let rk = if k % 2 == 0 { r } else { 0.45 * r };
+            [cx + rk * a.cos(), cy + rk * a.sin()]
+        })
+        .collect()
+}
+
+/// A plus-shaped cross whose arms are a third of its width.
+fn cross(cx: f64, cy: f64, r: f64, angle: f64) -> Polygon {
+    let t = r / 3.0;
+    let corners = [
+        (t, r),
+        (t, t),
+        (r, t),
+        (r, -t),
+        (t, -t),
+        (t, -r),
+        (-t, -r),
+        (-t, -t),
+        (-r, -t),
+        (-r, t),
+        (-t, t),
+        (-t, r),
+    ];
+    let (sin, cos) = angle.sin_cos();
+    corners
+        .iter()
+        .flat_map(|&(x, y)| [cx + x * cos - y * sin, cy + x * sin + y * cos])
+        .collect()
+}
+
 /// Renders scene `index` of `config`.
 pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
+    render_family(config, index, Family::Main)
+}
+
+/// Renders scene `index` of `config` in `family` (the downstream family draws from its own
+/// random stream, so its scenes share nothing with the main ones).
+pub fn render_family(config: &SynthConfig, index: u64, family: Family) -> Result<Scene> {
+    let downstream = family == Family::Downstream;
     let s = config.size;
     if s < 32 {
         return Err(Error::config(
@@ -252,7 +324,11 @@ pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
         ));
     }
     let sf = s as f64;
-    let mut rng = Rng::derive(config.seed, &[index]);
+    let mut rng = if downstream {
+        Rng::derive(config.seed, &[index, 1])
+    } else {
+        Rng::derive(config.seed, &[index])
+    };
     // Background: two nearby colours (a low-contrast texture, so that the objects, not the
     // pattern, are the salient edges), a stripe or checker texture, and a receding depth plane.
     let bg_a = random_colour(&mut rng);
@@ -265,10 +341,24 @@ pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
             x as f64 * angle.cos() + y as f64 * angle.sin(),
             -(x as f64) * angle.sin() + y as f64 * angle.cos(),
         );
-        let t = if checker {
-            (((u / period).floor() + (v / period).floor()) as i64).rem_euclid(2) as f64
-        } else {
-            0.5 + 0.5 * (u / period * std::f64::consts::PI).sin()
+        let t = match (downstream, checker) {
+            (false, true) => {
+                (((u / period).floor() + (v / period).floor()) as i64).rem_euclid(2) as f64
+            }
+            (false, false) => 0.5 + 0.5 * (u / period * std::f64::consts::PI).sin(),
+            // Dots: a grid of discs.
+            (true, true) => {
+                let (fu, fv) = (
+                    (u / period).fract().abs() - 0.5,
+                    (v / period).fract().abs() - 0.5,
+                );
+                f64::from(fu * fu + fv * fv < 0.09)
+            }
+            // Waves: a product of two crossed sines.
+            (true, false) => {
+                let w = (u / period * std::f64::consts::PI).sin() * (v / period * 0.7).sin();
+                0.5 + 0.5 * w
+            }
         };
         Rgb([0, 1, 2].map(|c| (bg_a[c] * t + bg_b[c] * (1.0 - t)) as u8))
     });
@@ -289,7 +379,11 @@ pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
     // largest and central; the others stand behind it.
     let mut drawn: Vec<Drawn> = (0..count)
         .map(|k| {
-            let class = rng.below(CATEGORIES.len());
+            let class = if downstream {
+                rng.below(DOWNSTREAM_CATEGORIES.len())
+            } else {
+                rng.below(CATEGORIES.len())
+            };
             let (z, extent, (cx, cy)) = if k == 0 {
                 let z = rng.range(1.2, 1.5);
                 let extent = sf * rng.range(0.24, 0.32) * 2.0 / z;
@@ -308,9 +402,12 @@ pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
                 )
             };
             let turn = rng.range(0.0, std::f64::consts::TAU);
-            let (polygons, joints) = match class {
-                0 => (vec![regular_polygon(cx, cy, extent / 2.0, 32, 0.0)], None),
-                1 => (
+            let (polygons, joints) = match (downstream, class) {
+                (true, 0) => (vec![regular_polygon(cx, cy, extent * 0.55, 5, turn)], None),
+                (true, 1) => (vec![star(cx, cy, extent * 0.6, turn)], None),
+                (true, _) => (vec![cross(cx, cy, extent * 0.5, turn)], None),
+                (false, 0) => (vec![regular_polygon(cx, cy, extent / 2.0, 32, 0.0)], None),
+                (false, 1) => (
                     vec![regular_polygon(
                         cx,
                         cy,
@@ -320,8 +417,8 @@ pub fn render(config: &SynthConfig, index: u64) -> Result<Scene> {
                     )],
                     None,
                 ),
-                2 => (vec![regular_polygon(cx, cy, extent * 0.6, 3, turn)], None),
-                _ => {
+                (false, 2) => (vec![regular_polygon(cx, cy, extent * 0.6, 3, turn)], None),
+                (false, _) => {
                     let h = extent * 1.6;
                     let joints = person_joints(cx, cy - h / 2.0, h, &mut rng);
                     (person_polygons(&joints, h), Some(joints))
@@ -448,17 +545,29 @@ pub fn categories() -> Vec<Category> {
 struct Rendered {
     record: ImageRecord,
     annotations: Vec<Annotation>,
-    colour_label: u32,
+    /// The image-level label of the split taxonomy: the main object's colour (main family) or
+    /// category (downstream).
+    split_label: u32,
 }
 
-fn render_one(out: &Path, config: &SynthConfig, i: usize, split: bool) -> Result<Rendered> {
-    let scene = render(config, i as u64)?;
+fn render_one(
+    out: &Path,
+    config: &SynthConfig,
+    i: usize,
+    split: bool,
+    family: Family,
+) -> Result<Rendered> {
+    let scene = render_family(config, i as u64, family)?;
     let id = i as u64 + 1;
     let name = format!("{id:06}.png");
     imageio::write_rgb(&out.join("images").join(&name), &scene.image)?;
     imageio::write_labels(&out.join("semantic").join(&name), &scene.semantic)?;
     if split {
-        imageio::write_labels(&out.join("stuff").join(&name), &scene.stuff_map())?;
+        let map = match family {
+            Family::Main => scene.stuff_map(),
+            Family::Downstream => scene.downstream_map(),
+        };
+        imageio::write_labels(&out.join("stuff").join(&name), &map)?;
     }
     imageio::write_depth(&out.join("depth").join(&name), &scene.depth, DEPTH_SCALE)?;
     let record = ImageRecord {
@@ -494,7 +603,10 @@ fn render_one(out: &Path, config: &SynthConfig, i: usize, split: bool) -> Result
     Ok(Rendered {
         record,
         annotations,
-        colour_label: scene.colour_label(),
+        split_label: match family {
+            Family::Main => scene.colour_label(),
+            Family::Downstream => scene.label,
+        },
     })
 }
 
@@ -515,14 +627,30 @@ fn all_tasks(images: &[Rendered]) -> CocoFile {
 /// The labels of one task (`None`: none, the unlabelled split) in the MuST splits' taxonomy of
 /// that task: detection of the shapes, people with keypoints, stuff-and-merged segmentation
 /// ([`SEG_CLASSES`]), depth, and the main object's colour ([`COLOUR_LABELS`]).
-fn one_task(images: &[Rendered], task: Option<Task>) -> CocoFile {
+fn one_task(images: &[Rendered], task: Option<Task>, family: Family) -> CocoFile {
     let mut file = CocoFile::default();
-    match task {
-        Some(Task::Detection) => file.categories = categories()[..SHAPES].to_vec(),
-        Some(Task::Pose) => file.categories = vec![category(1, CATEGORIES[PERSON], true)],
-        Some(Task::Segmentation) => file.seg_classes = SEG_CLASSES.map(String::from).to_vec(),
-        Some(Task::Classification) => file.label_names = COLOUR_LABELS.map(String::from).to_vec(),
-        Some(Task::Depth) | None => {}
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    match (family, task) {
+        (Family::Main, Some(Task::Detection)) => file.categories = categories()[..SHAPES].to_vec(),
+        (Family::Main, Some(Task::Pose)) => {
+            file.categories = vec![category(1, CATEGORIES[PERSON], true)]
+        }
+        (Family::Main, Some(Task::Segmentation)) => file.seg_classes = names(&SEG_CLASSES),
+        (Family::Main, Some(Task::Classification)) => file.label_names = names(&COLOUR_LABELS),
+        (Family::Downstream, Some(Task::Detection)) => {
+            file.categories = DOWNSTREAM_CATEGORIES
+                .iter()
+                .enumerate()
+                .map(|(i, name)| category(i as u64 + 1, name, false))
+                .collect()
+        }
+        (Family::Downstream, Some(Task::Segmentation)) => {
+            file.seg_classes = names(&DOWNSTREAM_SEG_CLASSES)
+        }
+        (Family::Downstream, Some(Task::Classification)) => {
+            file.label_names = names(&DOWNSTREAM_CATEGORIES)
+        }
+        _ => {}
     }
     for r in images {
         let mut record = ImageRecord {
@@ -545,11 +673,11 @@ fn one_task(images: &[Rendered], task: Option<Task>) -> CocoFile {
                 record.depth_file = r.record.depth_file.clone();
                 record.depth_scale = r.record.depth_scale;
             }
-            Some(Task::Classification) => record.label = Some(r.colour_label),
+            Some(Task::Classification) => record.label = Some(r.split_label),
             _ => {}
         }
         for a in &r.annotations {
-            let person = a.category_id as usize == PERSON + 1;
+            let person = family == Family::Main && a.category_id as usize == PERSON + 1;
             let keep = match task {
                 Some(Task::Detection) => !person,
                 Some(Task::Pose) => person,
@@ -597,7 +725,7 @@ pub fn write(
     }
     let rendered: Vec<Rendered> = (0..total)
         .into_par_iter()
-        .map(|i| render_one(out, config, i, splits.is_some()))
+        .map(|i| render_one(out, config, i, splits.is_some(), Family::Main))
         .collect::<Result<_>>()?;
     let mut files = Vec::new();
     let mut save = |name: String, file: CocoFile| -> Result<()> {
@@ -612,23 +740,75 @@ pub fn write(
             let mut start = 0;
             for task in Task::ALL {
                 let images = &rendered[start..start + s.per_task];
-                save(format!("train_{task}"), one_task(images, Some(task)))?;
+                save(
+                    format!("train_{task}"),
+                    one_task(images, Some(task), Family::Main),
+                )?;
                 start += s.per_task;
             }
             save(
                 "unlabeled".into(),
-                one_task(&rendered[start..start + s.unlabeled], None),
+                one_task(&rendered[start..start + s.unlabeled], None, Family::Main),
             )?;
             start += s.unlabeled;
             for task in Task::ALL {
                 let images = &rendered[start..start + s.test];
-                save(format!("test_{task}"), one_task(images, Some(task)))?;
+                save(
+                    format!("test_{task}"),
+                    one_task(images, Some(task), Family::Main),
+                )?;
             }
         }
     }
     Ok(Written {
         files,
         images: total,
+    })
+}
+
+/// The tasks of the downstream family.
+pub const DOWNSTREAM_TASKS: [Task; 4] = [
+    Task::Detection,
+    Task::Segmentation,
+    Task::Depth,
+    Task::Classification,
+];
+
+/// Renders the downstream family ([`Family::Downstream`]: new shapes, backgrounds and
+/// image-level labels) into `out`: for each of [`DOWNSTREAM_TASKS`], a small labelled
+/// `train_<task>.json` of `train` images and `test_<task>.json` of `test` held-out images, all
+/// tasks over the same images.
+pub fn write_downstream(
+    out: &Path,
+    config: &SynthConfig,
+    train: usize,
+    test: usize,
+) -> Result<Written> {
+    if train == 0 || test == 0 {
+        return Err(Error::config(
+            "synth downstream",
+            "the train and test splits need at least one image each",
+        ));
+    }
+    for dir in ["images", "semantic", "depth", "stuff"] {
+        std::fs::create_dir_all(out.join(dir)).map_err(|e| Error::io(out.join(dir), e))?;
+    }
+    let rendered: Vec<Rendered> = (0..train + test)
+        .into_par_iter()
+        .map(|i| render_one(out, config, i, true, Family::Downstream))
+        .collect::<Result<_>>()?;
+    let mut files = Vec::new();
+    for (split, images) in [("train", &rendered[..train]), ("test", &rendered[train..])] {
+        for task in DOWNSTREAM_TASKS {
+            let name = format!("{split}_{task}");
+            let path = out.join(format!("{name}.json"));
+            coco::write(&one_task(images, Some(task), Family::Downstream), &path)?;
+            files.push((name, path));
+        }
+    }
+    Ok(Written {
+        files,
+        images: train + test,
     })
 }
 
@@ -802,5 +982,67 @@ mod tests {
         }
         assert_eq!(colours, [103, 101, 96]);
         assert_eq!(checkers, 158);
+    }
+
+    #[test]
+    fn the_downstream_family_shares_no_scene_shape_or_label_with_the_main_one() {
+        let config = SynthConfig {
+            size: 64,
+            seed: 0,
+            max_objects: 4,
+        };
+        let (mut classes, mut labels, mut dots) = ([0; 3], [0; 3], 0);
+        for index in 0..60 {
+            let main = render(&config, index).unwrap();
+            let down = render_family(&config, index, Family::Downstream).unwrap();
+            assert_ne!(main.image, down.image);
+            assert!(down.objects.iter().all(|o| o.keypoints.is_none()));
+            for o in &down.objects {
+                classes[o.class] += 1;
+            }
+            labels[down.label as usize] += 1;
+            dots += usize::from(down.checker);
+            let map = down.downstream_map();
+            for (m, c) in map.as_raw().iter().zip(down.semantic.as_raw()) {
+                let expected = if *c == 0 {
+                    u8::from(down.checker)
+                } else {
+                    c + 1
+                };
+                assert_eq!(*m, expected);
+            }
+        }
+        assert_eq!(classes, [59, 47, 51]);
+        assert_eq!(labels, [18, 20, 22]);
+        assert_eq!(dots, 29);
+        let dir = std::env::temp_dir().join(format!("mustard-downstream-{}", std::process::id()));
+        let written = write_downstream(&dir, &config, 3, 2).unwrap();
+        let names: Vec<&str> = written.files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "train_detection",
+                "train_segmentation",
+                "train_depth",
+                "train_classification",
+                "test_detection",
+                "test_segmentation",
+                "test_depth",
+                "test_classification"
+            ]
+        );
+        let det = coco::read(&dir.join("test_detection.json")).unwrap();
+        let cats: Vec<&str> = det.categories.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(cats, ["pentagon", "star", "cross"]);
+        assert_eq!(det.images.iter().map(|r| r.id).collect::<Vec<_>>(), [4, 5]);
+        let seg = coco::read(&dir.join("train_segmentation.json")).unwrap();
+        assert_eq!(
+            seg.seg_classes,
+            ["waves", "dots", "pentagon", "star", "cross"]
+        );
+        let cls = coco::read(&dir.join("train_classification.json")).unwrap();
+        assert_eq!(cls.label_names, ["pentagon", "star", "cross"]);
+        assert!(write_downstream(&dir, &config, 0, 2).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -53,16 +53,33 @@ pub enum MustData {
         unlabelled: PathBuf,
         /// One labelled COCO file per task (its teacher's training set).
         labelled: TaskMap<PathBuf>,
+        /// The downstream tasks of the transfer test: per task, a small labelled train file
+        /// and a test file, on data no teacher saw.
+        #[serde(default, skip_serializing_if = "TaskMap::is_empty")]
+        downstream: TaskMap<Downstream>,
     },
 }
 
-/// The transfer test: fine-tune on a small labelled split of one task.
+/// One downstream task's files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Downstream {
+    /// The small labelled train split.
+    pub train: PathBuf,
+    /// The held-out test split.
+    pub test: PathBuf,
+}
+
+/// The transfer test: fine-tune every candidate backbone on the small labelled train split of
+/// each downstream task (data no teacher or student saw) and score it on the task's test split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Transfer {
-    /// The task.
-    pub task: Task,
-    /// Labelled images of the split (the first ones of that task's labelled set).
+    /// The downstream tasks (the synthetic downstream family has detection, segmentation,
+    /// depth and classification).
+    pub tasks: Vec<Task>,
+    /// Labelled images of each synthetic downstream train split (your downstream files are
+    /// used whole).
     pub images: usize,
     /// Fine-tuning epochs.
     pub epochs: usize,
@@ -133,6 +150,23 @@ impl MustConfig {
             p.check(t.images == 0 || t.epochs == 0, "must.transfer", || {
                 "images and epochs must be at least 1".into()
             });
+            p.check(t.tasks.is_empty(), "must.transfer.tasks", || {
+                "at least one downstream task".into()
+            });
+            for &task in &t.tasks {
+                match &self.data {
+                    MustData::Synthetic { .. } => {
+                        p.check(!synth::DOWNSTREAM_TASKS.contains(&task), "must.transfer.tasks", || {
+                            format!("the synthetic downstream family has no {task} task (it has detection, segmentation, depth and classification)")
+                        })
+                    }
+                    MustData::User { downstream, .. } => {
+                        p.check(!downstream.contains(task), "must.data.downstream", || {
+                            format!("no downstream files for the {task} transfer (give --downstream {task}=TRAIN,TEST or --transfer none)")
+                        })
+                    }
+                }
+            }
         }
         p.finish()
     }
@@ -162,14 +196,15 @@ pub struct TaskResult {
     pub student_loss: f64,
 }
 
-/// The transfer test's outcome.
+/// The transfer test's outcome: MuST's table, rows are initialisations, columns downstream
+/// tasks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransferResult {
-    /// The task.
-    pub task: Task,
-    /// The metric after fine-tuning from each initialisation: the student's backbone and neck,
-    /// from scratch, then each teacher's when asked.
-    pub rows: Vec<(String, f64)>,
+    /// The downstream tasks (columns).
+    pub tasks: Vec<Task>,
+    /// Per initialisation (the student's backbone and neck, from scratch, then each teacher's
+    /// when asked), the headline metric of each task after fine-tuning.
+    pub rows: Vec<(String, Vec<f64>)>,
 }
 
 /// What one seed of the pipeline produced.
@@ -214,8 +249,8 @@ impl MustReport {
                     "student_loss": r.student_loss,
                 })).collect::<Vec<_>>(),
                 "transfer": r.transfer.as_ref().map(|t| serde_json::json!({
-                    "task": t.task.name(),
-                    "initialisations": t.rows.iter().map(|(name, v)| serde_json::json!({"from": name, "metric": v})).collect::<Vec<_>>(),
+                    "tasks": t.tasks.iter().map(|t| t.name()).collect::<Vec<_>>(),
+                    "initialisations": t.rows.iter().map(|(name, v)| serde_json::json!({"from": name, "metrics": v})).collect::<Vec<_>>(),
                 })),
                 "pseudo_labels": r.pseudo,
             })).collect::<Vec<_>>(),
@@ -270,6 +305,7 @@ struct Files {
     labelled: TaskMap<PathBuf>,
     unlabelled: PathBuf,
     test: TaskMap<PathBuf>,
+    downstream: TaskMap<Downstream>,
 }
 
 /// The held-out test sets, each opened once (one file may serve several tasks).
@@ -336,6 +372,9 @@ pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustRepo
     p.timings
         .push(("data".to_string(), stage.elapsed().as_secs_f64()));
     check_labelled(&config.tasks, &files.labelled, &files.test)?;
+    if let Some(t) = &config.transfer {
+        check_downstream(&t.tasks, &files.downstream)?;
+    }
     let test = TestSets::open(&files.test, &config.tasks)?;
     let mut seeds = Vec::new();
     let mut timings = std::mem::take(&mut p.timings);
@@ -390,7 +429,7 @@ impl Pipeline<'_> {
         let seconds = train_unless_done(&student, &self.paths.root, self.progress)?;
         self.timings.push(("student".to_string(), seconds));
         let tasks = self.evaluate_all(&teachers, &initial, test)?;
-        let transfer = self.transfer(files, &student, &teachers, test)?;
+        let transfer = self.transfer(files, &student, &teachers)?;
         Ok(SeedRun {
             seed: self.config.base.seed,
             tasks,
@@ -405,35 +444,61 @@ impl Pipeline<'_> {
         }
     }
 
-    /// Step 1: the labelled, unlabelled and test files (the synthetic splits are written once).
+    /// Step 1: the labelled, unlabelled, test and downstream files (the synthetic splits and the
+    /// downstream family are written once).
     fn data(&self) -> Result<Files> {
         let (splits, size, seed) = match &self.config.data {
             MustData::User {
                 labelled,
                 unlabelled,
                 test,
+                downstream,
             } => {
                 return Ok(Files {
                     labelled: labelled.clone(),
                     unlabelled: unlabelled.clone(),
                     test: test.clone(),
+                    downstream: downstream.clone(),
                 })
             }
             MustData::Synthetic { splits, size, seed } => (splits, *size, *seed),
         };
         let dir = self.paths.data();
-        let done = dir.join("test_classification.json");
-        if !done.is_file() {
+        let synth = SynthConfig {
+            size,
+            seed,
+            max_objects: 6,
+        };
+        if !dir.join("test_classification.json").is_file() {
             self.say(|| format!(
                 "writing the synthetic splits ({} labelled images per task, {} unlabelled, {} test) to {}",
                 splits.per_task, splits.unlabeled, splits.test, dir.display()
             ));
-            let synth = SynthConfig {
-                size,
-                seed,
-                max_objects: 6,
-            };
             synth::write(&dir, &synth, 0, Some(splits))?;
+        }
+        let mut downstream = TaskMap::new();
+        if let Some(t) = &self.config.transfer {
+            // The downstream family: new shapes, backgrounds and labels, no teacher saw them.
+            let down = dir.join(format!("downstream-{}-{}", t.images, splits.test));
+            if !down.join("test_classification.json").is_file() {
+                self.say(|| {
+                    format!(
+                    "writing the downstream family ({} labelled images per task, {} test) to {}",
+                    t.images, splits.test, down.display()
+                )
+                });
+                synth::write_downstream(&down, &synth, t.images, splits.test)?;
+            }
+            for task in synth::DOWNSTREAM_TASKS {
+                let file = |split: &str| down.join(format!("{split}_{task}.json"));
+                downstream.insert(
+                    task,
+                    Downstream {
+                        train: file("train"),
+                        test: file("test"),
+                    },
+                );
+            }
         }
         Ok(Files {
             labelled: Task::ALL
@@ -445,6 +510,7 @@ impl Pipeline<'_> {
                 .iter()
                 .map(|&t| (t, dir.join(format!("test_{t}.json"))))
                 .collect(),
+            downstream,
         })
     }
 
@@ -566,69 +632,68 @@ impl Pipeline<'_> {
         Ok(rows)
     }
 
-    /// Step 6, the transfer test: fine-tuning on a held-out split from the student's backbone
-    /// and neck, against the same training from scratch.
+    /// Step 6, the transfer test: every candidate backbone and neck fine-tuned on each
+    /// downstream task's train split with the same budget and seed, scored on its test split.
     fn transfer(
         &mut self,
         files: &Files,
         student: &Config,
         teachers: &[(Task, PathBuf)],
-        test: &TestSets,
     ) -> Result<Option<TransferResult>> {
         let Some(t) = &self.config.transfer else {
             return Ok(None);
         };
-        let Some(source) = files.labelled.get(t.task) else {
-            return Ok(None);
-        };
-        let split = self
-            .paths
-            .data()
-            .join(format!("transfer_{}_{}.json", t.task, t.images));
-        if !split.is_file() {
-            subset(source, t.images, &split)?;
-        }
         let mut inits: Vec<(String, String, Option<PathBuf>)> = vec![
             (
-                "transfer-student".into(),
+                "student".into(),
                 "student backbone + neck".into(),
                 Some(self.paths.last("student")),
             ),
-            ("transfer-scratch".into(), "from scratch".into(), None),
+            ("scratch".into(), "from scratch".into(), None),
         ];
         if t.from_teachers {
             for (task, dir) in teachers {
                 inits.push((
-                    format!("transfer-teacher-{task}"),
+                    format!("teacher-{task}"),
                     format!("{task} teacher backbone + neck"),
                     Some(dir.join("weights").join("last.safetensors")),
                 ));
             }
         }
-        let mut rows = Vec::new();
-        for (name, label, init) in inits {
-            let mut c = student.clone();
-            c.name = name.clone();
-            c.model.tasks = vec![t.task];
-            c.model.relative_depth = false;
-            c.model.init_from = init;
-            c.data.pseudo = None;
-            c.data.train = Some(split.clone());
-            c.data.root = source.parent().map(Path::to_path_buf);
-            c.train.epochs = t.epochs;
-            self.say(|| {
-                format!(
-                    "transfer: fine-tuning ({label}) on {} labelled {} images",
-                    t.images, t.task
+        let mut rows: Vec<(String, Vec<f64>)> = inits
+            .iter()
+            .map(|(_, l, _)| (l.clone(), Vec::new()))
+            .collect();
+        for &task in &t.tasks {
+            let down = files.downstream.get(task).ok_or_else(|| {
+                Error::config(
+                    "must.data.downstream",
+                    format!("no downstream files for {task}"),
                 )
-            });
-            let seconds = train_unless_done(&c, &self.paths.root, self.progress)?;
-            self.timings.push((name.clone(), seconds));
-            let (c, _, model) = load_model(&self.paths.last(&name))?;
-            let metric = evaluate_on(&model, &c, test.of(t.task)?)?.headline_of(t.task);
-            rows.push((label, metric));
+            })?;
+            let test = Arc::new(open_dataset(&down.test, None, false)?);
+            for ((name, label, init), row) in inits.iter().zip(rows.iter_mut()) {
+                let mut c = student.clone();
+                c.name = format!("transfer-{task}-{name}");
+                c.model.tasks = vec![task];
+                c.model.relative_depth = false;
+                c.model.init_from = init.clone();
+                c.data.pseudo = None;
+                c.data.train = Some(down.train.clone());
+                c.data.root = None;
+                c.train.epochs = t.epochs;
+                self.say(|| format!("transfer: {task}, {label}, on {}", down.train.display()));
+                let seconds = train_unless_done(&c, &self.paths.root, self.progress)?;
+                self.timings.push((c.name.clone(), seconds));
+                let (c, _, model) = load_model(&self.paths.last(&c.name))?;
+                row.1
+                    .push(evaluate_on(&model, &c, &test)?.headline_of(task));
+            }
         }
-        Ok(Some(TransferResult { task: t.task, rows }))
+        Ok(Some(TransferResult {
+            tasks: t.tasks.clone(),
+            rows,
+        }))
     }
 }
 
@@ -688,6 +753,43 @@ pub fn check_labelled(
                     "the {task} teacher's {} has {space} but the {task} test set {} has {theirs}; a task's test set must use its teacher's label space",
                     path.display(),
                     test_path.display()
+                )
+            });
+        }
+    }
+    p.finish()
+}
+
+/// Checks, before anything is trained, that each downstream task's train and test files read
+/// and share one label space, naming every file that does not.
+pub fn check_downstream(tasks: &[Task], downstream: &TaskMap<Downstream>) -> Result<()> {
+    let mut p = Problems::default();
+    for &task in tasks {
+        let Some(d) = downstream.get(task) else {
+            continue;
+        };
+        let what = format!("must.data.downstream.{task}");
+        let mut read = |path: &Path| match coco::read(path) {
+            Ok(f) => Some(LabelSpace::of(task, &f)),
+            Err(e) => {
+                p.push(what.clone(), mustard_core::error_chain(&e));
+                None
+            }
+        };
+        let (Some(train), Some(test)) = (read(&d.train), read(&d.test)) else {
+            continue;
+        };
+        if let Some(missing) = train.missing() {
+            p.push(
+                what.clone(),
+                format!("{} has no {missing}", d.train.display()),
+            );
+        } else {
+            p.check(train != test, &what, || {
+                format!(
+                    "{} has {train} but {} has {test}; a downstream task's train and test files must share one label space",
+                    d.train.display(),
+                    d.test.display()
                 )
             });
         }
@@ -784,16 +886,6 @@ fn per_task(
         }
     }
     Ok((metric, loss))
-}
-
-/// The first `n` images of a COCO file (with their annotations) as a new file.
-fn subset(from: &Path, n: usize, to: &Path) -> Result<()> {
-    let mut file = coco::read(from)?;
-    file.images.truncate(n);
-    let keep: std::collections::HashSet<u64> = file.images.iter().map(|i| i.id).collect();
-    file.annotations.retain(|a| keep.contains(&a.image_id));
-    coco::write(&file, to)?;
-    Ok(())
 }
 
 /// `report.md`, `results.json` and `must.png`.
@@ -923,47 +1015,65 @@ fn render_pseudo(s: &mut String, r: &MustReport, config: &MustConfig) {
 }
 
 fn render_transfer(s: &mut String, r: &MustReport, config: &MustConfig) {
-    let _ = writeln!(s, "\n## Transfer\n");
+    let _ = writeln!(s, "\n## Transfer to held-out downstream tasks\n");
     let Some(first) = &r.seeds[0].transfer else {
-        let _ = writeln!(s, "Not run (no labelled set for the transfer task).");
+        let _ = writeln!(s, "Not run.");
         return;
+    };
+    let images = match &config.data {
+        MustData::Synthetic { .. } => format!(
+            "the synthetic downstream family (pentagons, stars and crosses over waves or dots, labelled by the main shape; docs/SYNTHETIC.md), {} labelled train images per task",
+            config.transfer.as_ref().map_or(0, |t| t.images)
+        ),
+        MustData::User { .. } => "your downstream files".into(),
     };
     let _ = writeln!(
         s,
-        "Fine-tuning on a held-out split of {} labelled {} images, same budget and seeds for every initialisation:\n",
-        config.transfer.as_ref().map_or(0, |t| t.images),
-        first.task
+        "Each backbone and neck fine-tuned on data no teacher or student saw: {images}, {} epochs, same budget and seeds for every initialisation; scored on each task's test split.\n",
+        config.transfer.as_ref().map_or(0, |t| t.epochs),
     );
-    let _ = writeln!(s, "| initialisation | {} |", metric_name(first.task));
-    let _ = writeln!(s, "| --- | --- |");
-    let cells: Vec<(String, MeanStd)> = first
-        .rows
+    let header: Vec<String> = first
+        .tasks
         .iter()
-        .enumerate()
-        .filter_map(|(k, (name, _))| {
-            let m = r.over(|s| s.transfer.as_ref().and_then(|t| t.rows.get(k)).map(|x| x.1))?;
-            Some((name.clone(), m))
-        })
+        .map(|t| format!("{t} {}", metric_name(*t)))
         .collect();
-    for (name, m) in &cells {
-        let _ = writeln!(s, "| {name} | {m} |");
+    let _ = writeln!(s, "| initialisation | {} |", header.join(" | "));
+    let _ = writeln!(s, "|{}", " --- |".repeat(header.len() + 1));
+    let cell = |row: usize, col: usize| {
+        r.over(|s| s.transfer.as_ref()?.rows.get(row)?.1.get(col).copied())
+    };
+    for (k, (name, _)) in first.rows.iter().enumerate() {
+        let cells: Vec<String> = (0..first.tasks.len())
+            .map(|c| cell(k, c).map_or("–".into(), |m| m.to_string()))
+            .collect();
+        let _ = writeln!(s, "| {name} | {} |", cells.join(" | "));
     }
-    let student = cells.iter().find(|(n, _)| n.starts_with("student"));
-    let best_teacher = cells
-        .iter()
-        .filter(|(n, _)| n.contains("teacher"))
-        .max_by(|a, b| a.1.mean.total_cmp(&b.1.mean));
-    let scratch = cells.iter().find(|(n, _)| n == "from scratch");
-    if let (Some((_, st)), Some((other, o))) = (student, best_teacher.or(scratch)) {
-        let (_, sentence) = claim(*st, *o);
+    let _ = writeln!(s);
+    for (c, task) in first.tasks.iter().enumerate() {
+        let find = |pred: &dyn Fn(&str) -> bool| {
+            first
+                .rows
+                .iter()
+                .enumerate()
+                .filter(|(_, (n, _))| pred(n))
+                .filter_map(|(k, (n, _))| Some((n.clone(), cell(k, c)?)))
+                .max_by(|a, b| a.1.mean.total_cmp(&b.1.mean))
+        };
+        let Some((_, student)) = find(&|n| n.starts_with("student")) else {
+            continue;
+        };
+        let other = find(&|n| n.contains("teacher")).or_else(|| find(&|n| n == "from scratch"));
+        let Some((other, o)) = other else { continue };
+        let (_, sentence) = claim(student, o);
         let against = if other == "from scratch" {
-            "training from scratch (no teacher backbone was fine-tuned)".to_string()
+            "training from scratch (no teacher backbone was fine-tuned; --transfer-from-teachers)"
+                .to_string()
         } else {
             format!("the best specialist's ({other})")
         };
         let _ = writeln!(
             s,
-            "\n**MuST's claim** — the student's backbone transfers at least as well as {against}: {st} against {o}, {sentence}."
+            "- **MuST's claim on downstream {task}** — the student's backbone transfers at least as well as {against}: {student} against {o}, {sentence}."
         );
     }
 }
@@ -1010,11 +1120,27 @@ mod tests {
             labelled: [(Task::Detection, PathBuf::from("det.json"))]
                 .into_iter()
                 .collect(),
+            downstream: [(
+                Task::Segmentation,
+                Downstream {
+                    train: "ade/train.json".into(),
+                    test: "ade/val.json".into(),
+                },
+            )]
+            .into_iter()
+            .collect(),
         };
+        user.transfer.as_mut().unwrap().tasks = vec![Task::Segmentation, Task::Classification];
         write_toml(&user, &path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
             text.contains("[data.labelled]\ndetection = \"det.json\""),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "[data.downstream.segmentation]\ntrain = \"ade/train.json\"\ntest = \"ade/val.json\""
+            ),
             "{text}"
         );
         // Read back, it is refused for the teacher without data, with every other problem.
@@ -1023,7 +1149,9 @@ mod tests {
         assert_eq!(
             MustConfig::read(&path).unwrap_err().to_string(),
             "must: teacher_epochs, student_epochs and shard_size must be at least 1; \
-             must.data.labelled: no labelled dataset for the depth teacher (give --labelled depth=FILE)"
+             must.data.labelled: no labelled dataset for the depth teacher (give --labelled depth=FILE); \
+             must.data.downstream: no downstream files for the classification transfer \
+             (give --downstream classification=TRAIN,TEST or --transfer none)"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -5,7 +5,7 @@
 
 use mustard_backbone::ResNetPreset;
 use mustard_core::DeviceSpec;
-use mustard_data::synth::Splits;
+use mustard_data::synth::{self, Splits};
 use mustard_data::Task;
 use mustard_pseudo::Thresholds;
 
@@ -240,7 +240,7 @@ impl MustConfig {
             },
             shard_size: 64,
             transfer: Some(Transfer {
-                task: Task::Segmentation,
+                tasks: vec![Task::Segmentation],
                 images: 64,
                 epochs: 20,
                 from_teachers: false,
@@ -259,6 +259,7 @@ impl MustConfig {
         }
         config.seeds = 3;
         if let Some(t) = &mut config.transfer {
+            t.tasks = synth::DOWNSTREAM_TASKS.to_vec();
             t.from_teachers = true;
         }
         config
@@ -285,7 +286,7 @@ impl MustConfig {
             thresholds: Thresholds::default(),
             shard_size: 256,
             transfer: Some(Transfer {
-                task: Task::Segmentation,
+                tasks: synth::DOWNSTREAM_TASKS.to_vec(),
                 images: 500,
                 epochs: 30,
                 from_teachers: false,
