@@ -401,7 +401,23 @@ fn must_on_user_data_explains_bad_arguments() {
     assert!(!out.status.success());
     assert_eq!(
         text(&out.stderr),
-        "error: --labelled \"detection\": expected TASK=FILE, e.g. detection=train.json\n"
+        "error: --labelled \"detection\": expected TASK=PATH, e.g. detection=train.json\n"
+    );
+    // A teacher is trained on a labelled set or given as a checkpoint, not both.
+    let out = mustard(&[
+        "must",
+        "--labelled",
+        "pose=p.json",
+        "--teacher",
+        "pose=runs/pose",
+        "--unlabelled",
+        "u",
+        "--test",
+        "t.json",
+    ]);
+    assert_eq!(
+        text(&out.stderr),
+        "error: --teacher pose=…: the pose teacher has a labelled set too; give --labelled or --teacher for a task, not both\n"
     );
     let out = mustard(&[
         "must",

@@ -379,12 +379,16 @@ pub struct MustArgs {
     /// --test, runs on your data instead of the synthetic default.
     #[arg(long = "labelled", value_name = "TASK=FILE", requires_all = ["unlabelled", "test"])]
     pub labelled: Vec<String>,
+    /// An already-trained teacher, as TASK=CHECKPOINT (a run folder or weights file), used
+    /// instead of training one on --labelled; repeat per task.
+    #[arg(long = "teacher", value_name = "TASK=CHECKPOINT", requires_all = ["unlabelled", "test"])]
+    pub teacher: Vec<String>,
     /// The unlabelled images: a folder or a COCO file.
-    #[arg(long, requires = "labelled")]
+    #[arg(long)]
     pub unlabelled: Option<PathBuf>,
     /// The held-out labelled COCO file of every task (FILE), or of one task (TASK=FILE, in
     /// that teacher's label space); repeat per task.
-    #[arg(long, value_name = "[TASK=]FILE", requires = "labelled")]
+    #[arg(long, value_name = "[TASK=]FILE")]
     pub test: Vec<String>,
     /// Tasks with a teacher (default: every task, or those given with --labelled).
     #[arg(long, value_delimiter = ',')]
@@ -417,7 +421,7 @@ pub struct MustArgs {
     pub transfer: Option<String>,
     /// Your downstream data for the transfer test, as TASK=TRAIN,TEST (two COCO files no
     /// teacher saw); repeat per task.
-    #[arg(long, value_name = "TASK=TRAIN,TEST", requires = "labelled")]
+    #[arg(long, value_name = "TASK=TRAIN,TEST")]
     pub downstream: Vec<String>,
     /// Labelled images of each synthetic downstream train split.
     #[arg(long)]

@@ -193,21 +193,22 @@ fn pseudo_label(args: PseudoArgs) -> Result<ExitCode> {
 }
 
 /// `--labelled TASK=FILE` items: the tasks in the order given, and each task's file.
-fn labelled(items: &[String]) -> Result<(Vec<Task>, TaskMap<PathBuf>)> {
-    let (mut tasks, mut labelled) = (Vec::new(), TaskMap::new());
+/// `--labelled` (or `--teacher`, named by `flag`) values: TASK=PATH, one per task.
+fn per_task(flag: &str, items: &[String]) -> Result<(Vec<Task>, TaskMap<PathBuf>)> {
+    let (mut tasks, mut map) = (Vec::new(), TaskMap::new());
     for item in items {
         let Some((task, file)) = item.split_once('=') else {
-            bail!("--labelled {item:?}: expected TASK=FILE, e.g. detection=train.json");
+            bail!("--{flag} {item:?}: expected TASK=PATH, e.g. detection=train.json");
         };
         let task: Task = task
             .parse()
-            .map_err(|e| anyhow::anyhow!("--labelled {item:?}: {e}"))?;
-        if labelled.insert(task, PathBuf::from(file)).is_some() {
-            bail!("--labelled {item:?}: the {task} teacher already has a labelled set; give one file per task");
+            .map_err(|e| anyhow::anyhow!("--{flag} {item:?}: {e}"))?;
+        if map.insert(task, PathBuf::from(file)).is_some() {
+            bail!("--{flag} {item:?}: the {task} teacher already has one; give one per task");
         }
         tasks.push(task);
     }
-    Ok((tasks, labelled))
+    Ok((tasks, map))
 }
 
 /// `--downstream TASK=TRAIN,TEST` values.
@@ -266,11 +267,17 @@ fn test_sets(items: &[String], tasks: &[Task]) -> Result<TaskMap<PathBuf>> {
 /// The pipeline's config: the preset with every flag laid over it.
 fn must_config(args: &MustArgs) -> Result<MustConfig> {
     let mut config = MustConfig::preset(args.preset);
-    if !args.labelled.is_empty() {
-        let (tasks, labelled) = labelled(&args.labelled)?;
+    if !args.labelled.is_empty() || !args.teacher.is_empty() {
+        let (mut tasks, labelled) = per_task("labelled", &args.labelled)?;
+        let (given, teachers) = per_task("teacher", &args.teacher)?;
+        if let Some(t) = given.iter().find(|t| labelled.contains(**t)) {
+            bail!("--teacher {t}=…: the {t} teacher has a labelled set too; give --labelled or --teacher for a task, not both");
+        }
+        tasks.extend(given);
         config.tasks = tasks.clone();
         config.data = MustData::User {
             labelled,
+            teachers,
             unlabelled: args
                 .unlabelled
                 .clone()

@@ -19,7 +19,7 @@ use crate::config::{read_toml, write_toml, Config};
 use crate::datasets::{open_dataset, synthetic_datasets};
 use crate::error::Problems;
 use crate::evaluate::{evaluate, EvalReport};
-use crate::stats::{claim, MeanStd};
+use crate::stats::{claim_above, MeanStd};
 use crate::train::train_unless_done;
 use crate::{Error, Result};
 
@@ -335,7 +335,8 @@ fn render_claims(s: &mut String, variants: &[Variant]) {
             .filter(|v| v.tasks.len() > 1 && v.tasks.contains(&task))
         {
             let Some(m) = v.metric(task) else { continue };
-            let (_, sentence) = claim(m, alone);
+            let baseline = (task != Task::Segmentation).then_some(0.0);
+            let (_, sentence) = claim_above(m, alone, baseline);
             let headline =
                 task == Task::Pose && v.tasks.len() == 2 && v.tasks.contains(&Task::Segmentation);
             let _ = writeln!(

@@ -25,7 +25,7 @@ use crate::datasets::{classes_of, open_dataset};
 use crate::error::Problems;
 use crate::evaluate::{evaluate, evaluate_loss, EvalReport};
 use crate::pseudo::{pseudo_label, PseudoOptions, PseudoSummary};
-use crate::stats::{claim, MeanStd};
+use crate::stats::{claim_above, MeanStd};
 use crate::train::train_unless_done;
 use crate::trainer::initial_model;
 use crate::{Error, MultiTaskModel, Result};
@@ -53,6 +53,10 @@ pub enum MustData {
         unlabelled: PathBuf,
         /// One labelled COCO file per task (its teacher's training set).
         labelled: TaskMap<PathBuf>,
+        /// Already-trained teachers (a run folder or a weights file) used instead of training
+        /// one on a labelled file; the same checkpoint serves every seed.
+        #[serde(default, skip_serializing_if = "TaskMap::is_empty")]
+        teachers: TaskMap<PathBuf>,
         /// The downstream tasks of the transfer test: per task, a small labelled train file
         /// and a test file, on data no teacher saw.
         #[serde(default, skip_serializing_if = "TaskMap::is_empty")]
@@ -134,13 +138,23 @@ impl MustConfig {
         if let Err(e) = self.thresholds.validate() {
             p.push("must.thresholds", e.to_string());
         }
-        if let MustData::User { labelled, test, .. } = &self.data {
+        if let MustData::User {
+            labelled,
+            test,
+            teachers,
+            ..
+        } = &self.data
+        {
             for task in &self.tasks {
-                p.check(!labelled.contains(*task), "must.data.labelled", || {
-                    format!(
-                        "no labelled dataset for the {task} teacher (give --labelled {task}=FILE)"
+                p.check(
+                    !labelled.contains(*task) && !teachers.contains(*task),
+                    "must.data.labelled",
+                    || {
+                        format!(
+                        "no labelled dataset for the {task} teacher (give --labelled {task}=FILE or --teacher {task}=CHECKPOINT)"
                     )
-                });
+                    },
+                );
                 p.check(!test.contains(*task), "must.data.test", || {
                     format!("no test set for {task} (give --test FILE or --test {task}=FILE)")
                 });
@@ -303,6 +317,7 @@ impl Paths {
 /// The pipeline's data, resolved to files.
 struct Files {
     labelled: TaskMap<PathBuf>,
+    teachers: TaskMap<PathBuf>,
     unlabelled: PathBuf,
     test: TaskMap<PathBuf>,
     downstream: TaskMap<Downstream>,
@@ -453,9 +468,11 @@ impl Pipeline<'_> {
                 unlabelled,
                 test,
                 downstream,
+                teachers,
             } => {
                 return Ok(Files {
                     labelled: labelled.clone(),
+                    teachers: teachers.clone(),
                     unlabelled: unlabelled.clone(),
                     test: test.clone(),
                     downstream: downstream.clone(),
@@ -505,6 +522,7 @@ impl Pipeline<'_> {
                 .iter()
                 .map(|&t| (t, dir.join(format!("train_{t}.json"))))
                 .collect(),
+            teachers: TaskMap::new(),
             unlabelled: dir.join("unlabeled.json"),
             test: Task::ALL
                 .iter()
@@ -514,15 +532,20 @@ impl Pipeline<'_> {
         })
     }
 
-    /// Step 2: one teacher per task on its own labelled set; returns each teacher's run folder.
+    /// Step 2: one teacher per task on its own labelled set; returns each teacher's weights file (a given checkpoint is used as it is).
     fn teachers(&mut self, files: &Files) -> Result<Vec<(Task, PathBuf)>> {
         let mut teachers = Vec::new();
         for &task in &self.config.tasks {
+            if let Some(given) = files.teachers.get(task) {
+                self.say(|| format!("the {task} teacher is {} (not trained)", given.display()));
+                teachers.push((task, crate::checkpoint::weights_file(given)));
+                continue;
+            }
             let data = files.labelled.get(task).ok_or_else(|| {
                 Error::config(
                     "must",
                     format!(
-                        "no labelled dataset for the {task} teacher (give --labelled {task}=FILE)"
+                        "no labelled dataset for the {task} teacher (give --labelled {task}=FILE or --teacher {task}=CHECKPOINT)"
                     ),
                 )
             })?;
@@ -537,7 +560,7 @@ impl Pipeline<'_> {
             self.say(|| format!("training the {task} teacher on {}", data.display()));
             let seconds = train_unless_done(&c, &self.paths.root, self.progress)?;
             self.timings.push((format!("teacher {task}"), seconds));
-            teachers.push((task, RunPaths::new(&self.paths.root, &c.name).dir));
+            teachers.push((task, self.paths.last(&c.name)));
         }
         Ok(teachers)
     }
@@ -615,8 +638,8 @@ impl Pipeline<'_> {
         let (student, student_loss) = per_task(&model, &config, test)?;
         let loss_of = |losses: &TaskMap<f64>, task| losses.get(task).copied().unwrap_or(f64::NAN);
         let mut rows = Vec::new();
-        for (task, dir) in teachers {
-            let (c, _, model) = load_model(&dir.join("weights").join("last.safetensors"))?;
+        for (task, weights) in teachers {
+            let (c, _, model) = load_model(weights)?;
             let report = evaluate_on(&model, &c, test.of(*task)?)?;
             rows.push(TaskResult {
                 task: *task,
@@ -652,11 +675,11 @@ impl Pipeline<'_> {
             ("scratch".into(), "from scratch".into(), None),
         ];
         if t.from_teachers {
-            for (task, dir) in teachers {
+            for (task, weights) in teachers {
                 inits.push((
                     format!("teacher-{task}"),
                     format!("{task} teacher backbone + neck"),
-                    Some(dir.join("weights").join("last.safetensors")),
+                    Some(weights.clone()),
                 ));
             }
         }
@@ -1064,7 +1087,8 @@ fn render_transfer(s: &mut String, r: &MustReport, config: &MustConfig) {
         };
         let other = find(&|n| n.contains("teacher")).or_else(|| find(&|n| n == "from scratch"));
         let Some((other, o)) = other else { continue };
-        let (_, sentence) = claim(student, o);
+        let baseline = (*task == Task::Detection).then_some(0.0);
+        let (_, sentence) = claim_above(student, o, baseline);
         let against = if other == "from scratch" {
             "training from scratch (no teacher backbone was fine-tuned; --transfer-from-teachers)"
                 .to_string()
@@ -1120,6 +1144,7 @@ mod tests {
             labelled: [(Task::Detection, PathBuf::from("det.json"))]
                 .into_iter()
                 .collect(),
+            teachers: TaskMap::new(),
             downstream: [(
                 Task::Segmentation,
                 Downstream {
@@ -1149,7 +1174,8 @@ mod tests {
         assert_eq!(
             MustConfig::read(&path).unwrap_err().to_string(),
             "must: teacher_epochs, student_epochs and shard_size must be at least 1; \
-             must.data.labelled: no labelled dataset for the depth teacher (give --labelled depth=FILE); \
+             must.data.labelled: no labelled dataset for the depth teacher (give --labelled depth=FILE \
+             or --teacher depth=CHECKPOINT); \
              must.data.downstream: no downstream files for the classification transfer \
              (give --downstream classification=TRAIN,TEST or --transfer none)"
         );

@@ -60,6 +60,27 @@ pub enum Verdict {
     NotSupported,
     /// One seed on either side: no noise estimate, so no verdict.
     OneSeed,
+    /// Both scores are within [`FLOOR_MARGIN`] of the metric's trivial baseline: the budget is
+    /// too small for the comparison to mean anything.
+    AtFloor,
+}
+
+/// How far above its trivial baseline a score must be for a comparison to be tested.
+pub const FLOOR_MARGIN: f64 = 0.01;
+
+/// Like [`claim`], but with the metric's trivial baseline (0 for AP): when both scores are
+/// within [`FLOOR_MARGIN`] of it, the verdict is [`Verdict::AtFloor`].
+pub fn claim_above(a: MeanStd, b: MeanStd, baseline: Option<f64>) -> (Verdict, String) {
+    if let Some(floor) = baseline {
+        if a.mean.max(b.mean) < floor + FLOOR_MARGIN {
+            let d = a.mean - b.mean;
+            return (
+                Verdict::AtFloor,
+                format!("difference {d:+.3}; both are within {FLOOR_MARGIN} of the trivial baseline ({floor}), so this budget cannot test the claim"),
+            );
+        }
+    }
+    claim(a, b)
 }
 
 /// The verdict on "`a` scores at least as well as `b`", and the sentence's numbers.
@@ -87,7 +108,7 @@ pub fn claim(a: MeanStd, b: MeanStd) -> (Verdict, String) {
         Verdict::Holds => "the claim holds, beyond the noise",
         Verdict::WithinNoise => "the claim holds within the noise (no difference is measurable)",
         Verdict::NotSupported => "the claim is not supported: it scores lower, beyond the noise",
-        Verdict::OneSeed => unreachable!("handled above"),
+        Verdict::OneSeed | Verdict::AtFloor => unreachable!("handled above"),
     };
     (verdict, format!("{numbers}: {what}"))
 }
@@ -115,5 +136,11 @@ mod tests {
         assert_eq!(claim(a, c).0, Verdict::WithinNoise);
         assert_eq!(claim(c, a).0, Verdict::WithinNoise);
         assert_eq!(claim(MeanStd::of(&[0.5]), a).0, Verdict::OneSeed);
+        let (low, lower) = (MeanStd::of(&[0.003, 0.004]), MeanStd::of(&[0.001, 0.002]));
+        let (v, s) = claim_above(low, lower, Some(0.0));
+        assert_eq!(v, Verdict::AtFloor);
+        assert_eq!(s, "difference +0.002; both are within 0.01 of the trivial baseline (0), so this budget cannot test the claim");
+        assert_eq!(claim_above(a, b, Some(0.0)).0, Verdict::Holds);
+        assert_eq!(claim_above(low, lower, None).0, Verdict::Holds);
     }
 }
