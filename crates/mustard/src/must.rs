@@ -892,7 +892,8 @@ struct Initial {
     loss: TaskMap<f64>,
 }
 
-/// Each task's headline metric and loss of a multi-task `model`, each on its task's test set.
+/// Each task's headline metric and loss of a multi-task `model`, each on its task's test set
+/// (a file that serves several tasks is evaluated once).
 fn per_task(
     model: &MultiTaskModel,
     config: &Config,
@@ -900,12 +901,24 @@ fn per_task(
 ) -> Result<(TaskMap<f64>, TaskMap<f64>)> {
     let (mut metric, mut loss) = (TaskMap::new(), TaskMap::new());
     let t = &config.train;
-    for &task in &config.model.tasks {
-        let set = test.of(task)?;
-        metric.insert(task, evaluate_on(model, config, set)?.headline_of(task));
+    for (path, set) in &test.opened {
+        let tasks: Vec<Task> = config
+            .model
+            .tasks
+            .iter()
+            .copied()
+            .filter(|&task| test.files.get(task) == Some(path))
+            .collect();
+        if tasks.is_empty() {
+            continue;
+        }
+        let report = evaluate_on(model, config, set)?;
         let losses = evaluate_loss(model, set.clone(), t.input_size, t.batch_size)?;
-        if let Some(&l) = losses.get(task) {
-            loss.insert(task, l);
+        for task in tasks {
+            metric.insert(task, report.headline_of(task));
+            if let Some(&l) = losses.get(task) {
+                loss.insert(task, l);
+            }
         }
     }
     Ok((metric, loss))
