@@ -936,7 +936,7 @@ fn write_report(report: &MustReport, config: &MustConfig, root: &Path) -> Result
             .map_or(f64::NAN, |m| m.mean)
     };
     let chart = crate::draw::bars(
-        "MuST on the held-out set: teacher, student, student at initialisation",
+        "MuST: teacher, student, initialisation",
         &report.seeds[0]
             .tasks
             .iter()
