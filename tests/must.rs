@@ -508,3 +508,153 @@ fn must_on_user_data_explains_bad_arguments() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn must_uses_an_already_trained_teacher_after_checking_it_against_its_test_set() {
+    let dir = temp("given");
+    let data = dir.join("data");
+    ok(mustard(&[
+        "synth",
+        "--out",
+        s(&data),
+        "--splits",
+        "--per-task",
+        "24",
+        "--unlabeled",
+        "16",
+        "--test",
+        "8",
+        "--size",
+        "64",
+    ]));
+    let file = |name: &str| data.join(name).display().to_string();
+    // A depth teacher trained apart, handed to `must` as a checkpoint.
+    let runs = dir.join("runs");
+    ok(mustard(&[
+        "train",
+        "--runs",
+        s(&runs),
+        "--name",
+        "depth",
+        "--data",
+        &file("train_depth.json"),
+        "--tasks",
+        "depth",
+        "--no-val",
+        "--input-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "6",
+    ]));
+    let given = runs.join("depth");
+    let must = |teacher: &str, extra: &[&str]| {
+        let mut args = vec![
+            "must".to_string(),
+            "--runs".into(),
+            s(&runs).into(),
+            "--teacher".into(),
+            teacher.into(),
+            "--unlabelled".into(),
+            file("unlabeled.json"),
+            "--test".into(),
+            format!("depth={}", file("test_depth.json")),
+            "--transfer".into(),
+            "none".into(),
+            "--input-size".into(),
+            "64".into(),
+            "--batch-size".into(),
+            "4".into(),
+            "--teacher-epochs".into(),
+            "1".into(),
+            "--student-epochs".into(),
+            "1".into(),
+            "--shard-size".into(),
+            "8".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        mustard(&refs)
+    };
+
+    // A checkpoint without the task's head is refused before anything is trained.
+    let labelled = format!("classification={}", file("train_classification.json"));
+    let test = format!("classification={}", file("test_classification.json"));
+    let out = must(
+        &format!("detection={}", given.display()),
+        &[
+            "--labelled",
+            &labelled,
+            "--test",
+            &test,
+            "--test",
+            &format!("detection={}", file("test_detection.json")),
+        ],
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: must.data.teachers.detection: {} has no detection head (its tasks: depth)\n",
+            given.display()
+        )
+    );
+    assert!(!runs.join("must/teacher-classification").exists());
+
+    let stdout = ok(must(
+        &format!("depth={}", given.display()),
+        &["--labelled", &labelled, "--test", &test],
+    ));
+    let root = runs.join("must");
+    assert!(
+        !root.join("teacher-depth").exists(),
+        "the given teacher is not retrained"
+    );
+    assert!(root.join("teacher-classification/done").is_file());
+    let rows = table(&std::fs::read_to_string(root.join("report.md")).unwrap());
+    assert_eq!(
+        rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+        ["classification", "depth"],
+        "{stdout}"
+    );
+    // The given teacher's number is the one `mustard eval` gives for it on the same file.
+    let scores = dir.join("depth.json");
+    ok(mustard(&[
+        "eval",
+        "--checkpoint",
+        s(&given),
+        "--data",
+        &file("test_depth.json"),
+        "--out",
+        s(&scores),
+    ]));
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(&scores).unwrap()).unwrap();
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("results.json")).unwrap()).unwrap();
+    let depth = &results["seeds"][0]["tasks"][1];
+    assert_eq!(depth["task"], "depth");
+    assert_eq!(depth["teacher"], eval["depth"]["delta1"], "{results}");
+
+    // A given teacher whose label space differs from its task's test set is named.
+    let teacher = root.join("teacher-classification");
+    let out = must(
+        &format!("classification={}", teacher.display()),
+        &[
+            "--test",
+            &format!("classification={}", file("test_depth.json")),
+        ],
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: must.data.teachers.classification: the classification teacher {} has image \
+             classes [red, green, blue] but the classification test set {} has image classes []; \
+             a task's test set must use its teacher's label space\n",
+            teacher.display(),
+            file("test_depth.json")
+        )
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

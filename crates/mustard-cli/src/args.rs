@@ -372,6 +372,10 @@ pub struct MustArgs {
     /// Model and data size.
     #[arg(long, value_enum, default_value = "quick")]
     pub preset: Preset,
+    /// Start from this pipeline config (a `runs/must/config.toml`) instead of the preset; the
+    /// flags still override it.
+    #[arg(long, conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
     /// Folder of the runs (the pipeline writes runs/must/).
     #[arg(long, default_value = "runs")]
     pub runs: PathBuf,

@@ -266,7 +266,10 @@ fn test_sets(items: &[String], tasks: &[Task]) -> Result<TaskMap<PathBuf>> {
 
 /// The pipeline's config: the preset with every flag laid over it.
 fn must_config(args: &MustArgs) -> Result<MustConfig> {
-    let mut config = MustConfig::preset(args.preset);
+    let mut config = match &args.config {
+        Some(path) => MustConfig::read(path)?,
+        None => MustConfig::preset(args.preset),
+    };
     if !args.labelled.is_empty() || !args.teacher.is_empty() {
         let (mut tasks, labelled) = per_task("labelled", &args.labelled)?;
         let (given, teachers) = per_task("teacher", &args.teacher)?;

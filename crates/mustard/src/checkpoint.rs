@@ -205,6 +205,18 @@ pub fn weights_file(path: &Path) -> PathBuf {
 /// folders up: `runs/<name>/weights/<file>`), or from a run folder (its `best`, else `last`),
 /// and applies the run's numerics settings to the process.
 pub fn load_model(path: &Path) -> Result<(Config, VarMap, MultiTaskModel)> {
+    let (weights, config) = config_of(path)?;
+    config.numerics.apply();
+    let (varmap, model) =
+        MultiTaskModel::build(&config.model, config.seed, &config.device.device()?)?;
+    let loaded = load(&weights, &varmap)?;
+    use_averages(&varmap, &loaded.ema)?;
+    Ok((config, varmap, model))
+}
+
+/// The weights file a checkpoint argument names and the config of its run, read without
+/// building the model.
+pub fn config_of(path: &Path) -> Result<(PathBuf, Config)> {
     let weights = weights_file(path);
     let config_path = if path.is_dir() {
         path.join("config.toml")
@@ -227,10 +239,38 @@ pub fn load_model(path: &Path) -> Result<(Config, VarMap, MultiTaskModel)> {
             ),
         ));
     }
-    let config = Config::read(&config_path)?;
-    config.numerics.apply();
-    let (varmap, model) =
-        MultiTaskModel::build(&config.model, config.seed, &config.device.device()?)?;
-    load(&weights, &varmap)?;
-    Ok((config, varmap, model))
+    Ok((weights, Config::read(&config_path)?))
+}
+
+/// Copies weight averages (kept when the run trained with `ema`) into `varmap`: a trained
+/// model is its averaged weights; the raw ones only serve to resume training.
+pub fn use_averages(varmap: &VarMap, ema: &HashMap<String, Tensor>) -> Result<()> {
+    let data = varmap.data().lock().expect("VarMap lock poisoned");
+    for (name, average) in ema {
+        if let Some(var) = data.get(name) {
+            var.set(&average.to_device(var.device())?.to_dtype(var.dtype())?)?;
+        }
+    }
+    Ok(())
+}
+
+/// The model tensors of a checkpoint file as a trained model uses them: its weights with any
+/// weight averages laid over them, without optimiser or loop state.
+pub fn model_tensors_of(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let all = mustard_core::io::load_safetensors(path, &Device::Cpu)?;
+    let mut model: HashMap<String, Tensor> = HashMap::new();
+    let mut averages = Vec::new();
+    for (k, v) in all {
+        if let Some(rest) = k.strip_prefix("ema.") {
+            averages.push((rest.to_string(), v));
+        } else if !k.starts_with("optimizer.") && !k.starts_with("state.") {
+            model.insert(k, v);
+        }
+    }
+    for (k, v) in averages {
+        if model.contains_key(&k) {
+            model.insert(k, v);
+        }
+    }
+    Ok(model)
 }

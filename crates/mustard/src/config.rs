@@ -247,7 +247,8 @@ pub struct TrainConfig {
     /// Validate at every epoch end.
     pub validate: bool,
     /// Keep an exponential moving average of the weights with this decay (ramped up over the
-    /// first ~`ema_ramp` steps); validation and `best.safetensors` then use the average.
+    /// first ~`ema_ramp` steps); validation, `best.safetensors` and every use of the trained
+    /// model (eval, predict, pseudo-labels, `init_from`) then use the average.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema: Option<f64>,
     /// Steps over which the average's decay ramps up.

@@ -386,7 +386,7 @@ pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustRepo
     let files = p.data()?;
     p.timings
         .push(("data".to_string(), stage.elapsed().as_secs_f64()));
-    check_labelled(&config.tasks, &files.labelled, &files.test)?;
+    check_labelled(&config.tasks, &files.labelled, &files.teachers, &files.test)?;
     if let Some(t) = &config.transfer {
         check_downstream(&t.tasks, &files.downstream)?;
     }
@@ -726,6 +726,7 @@ impl Pipeline<'_> {
 pub fn check_labelled(
     tasks: &[Task],
     labelled: &TaskMap<PathBuf>,
+    teachers: &TaskMap<PathBuf>,
     test: &TaskMap<PathBuf>,
 ) -> Result<()> {
     let mut p = Problems::default();
@@ -745,6 +746,48 @@ pub fn check_labelled(
         file
     };
     for &task in tasks {
+        if let Some(given) = teachers.get(task) {
+            let what = format!("must.data.teachers.{task}");
+            let model = match crate::checkpoint::config_of(given) {
+                Ok((weights, c)) if weights.is_file() => Some(c),
+                Ok((weights, _)) => {
+                    p.push(&what, format!("{}: no such checkpoint", weights.display()));
+                    None
+                }
+                Err(e) => {
+                    p.push(&what, mustard_core::error_chain(&e));
+                    None
+                }
+            };
+            let test_file = test
+                .get(task)
+                .and_then(|t| read(t, &format!("must.data.test.{task}"), &mut p).map(|f| (t, f)));
+            let Some(c) = model else { continue };
+            if !c.model.tasks.contains(&task) {
+                let has: Vec<&str> = c.model.tasks.iter().map(|t| t.name()).collect();
+                p.push(
+                    &what,
+                    format!(
+                        "{} has no {task} head (its tasks: {})",
+                        given.display(),
+                        has.join(", ")
+                    ),
+                );
+                continue;
+            }
+            if let Some((test_path, test_file)) = test_file {
+                let space = LabelSpace::of_model(task, &c.model.classes);
+                let theirs = LabelSpace::of(task, &test_file);
+                p.check(theirs != space, &what, || {
+                    format!(
+                        "the {task} teacher {} has {space} but the {task} test set {} has {theirs}; a task's test set must use its teacher's label space",
+                        given.display(),
+                        test_path.display()
+                    )
+                });
+            }
+            continue;
+        }
         let Some(path) = labelled.get(task) else {
             continue;
         };
@@ -852,6 +895,28 @@ impl LabelSpace {
             Task::Segmentation => LabelSpace::Segmentation(coco::segmentation_classes(file)),
             Task::Depth => LabelSpace::Depth,
             Task::Classification => LabelSpace::Classification(file.label_names.clone()),
+        }
+    }
+
+    /// The label space a trained model's head of `task` predicts in.
+    fn of_model(task: Task, classes: &crate::config::Classes) -> Self {
+        match task {
+            Task::Detection => LabelSpace::Detection(
+                classes
+                    .categories
+                    .iter()
+                    .cloned()
+                    .zip(classes.category_ids.iter().copied())
+                    .collect(),
+            ),
+            Task::Pose => LabelSpace::Pose(
+                classes
+                    .pose_category()
+                    .map(|c| (c.name, c.id, classes.joints)),
+            ),
+            Task::Segmentation => LabelSpace::Segmentation(classes.segmentation_classes()),
+            Task::Depth => LabelSpace::Depth,
+            Task::Classification => LabelSpace::Classification(classes.labels.clone()),
         }
     }
 

@@ -72,16 +72,16 @@ pub fn initial_model(config: &Config) -> Result<(VarMap, MultiTaskModel)> {
     Ok((varmap, model))
 }
 
-/// Loads the backbone and neck variables of a mustard checkpoint (a run folder or weights file)
-/// into `varmap`; returns how many tensors were loaded. Heads are left as initialised.
+/// Loads the backbone and neck variables of a mustard checkpoint (a run folder or weights file;
+/// its weight averages when it kept them) into `varmap`; returns how many tensors were loaded.
+/// Heads are left as initialised.
 pub fn init_from(varmap: &VarMap, from: &Path) -> Result<usize> {
     let file = checkpoint::weights_file(from);
     let (backbone, neck) = (format!("{BACKBONE}."), format!("{NECK}."));
-    let tensors: std::collections::HashMap<_, _> =
-        mustard_core::io::load_safetensors(&file, &mustard_core::candle_core::Device::Cpu)?
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(&backbone) || k.starts_with(&neck))
-            .collect();
+    let tensors: std::collections::HashMap<_, _> = checkpoint::model_tensors_of(&file)?
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(&backbone) || k.starts_with(&neck))
+        .collect();
     let options = LoadOptions {
         strict: false,
         prefix: String::new(),

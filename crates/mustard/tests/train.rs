@@ -177,6 +177,49 @@ fn a_resumed_run_equals_an_uninterrupted_one() -> Result<()> {
         assert_eq!(ka, kb);
         assert_eq!(va, vb, "{ka} differs after resuming");
     }
+    // The trained model is the average: loading the run for use (eval, predict, pseudo-labels)
+    // and `init_from` take the `ema.*` tensors, not the raw weights kept for resuming.
+    let last = RunPaths::new(&dir.join("runs"), "straight").last();
+    let (_, varmap, _) = checkpoint::load_model(&last)?;
+    let loaded: std::collections::HashMap<String, Vec<f32>> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            let t = v
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            (k.clone(), t.to_vec1::<f32>().unwrap())
+        })
+        .collect();
+    let tensors = checkpoint::model_tensors_of(&last)?;
+    let (mut averaged, mut moved) = (0, 0);
+    for (k, v) in &a {
+        let Some(name) = k.strip_prefix("ema.") else {
+            continue;
+        };
+        // (`ema.ema.updates` counts the updates; it is no variable.)
+        let Some((_, raw)) = a.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        moved += usize::from(raw != v);
+        assert_eq!(&loaded[name], v, "{name} is loaded from its average");
+        let t = tensors[name]
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        assert_eq!(&t, v, "{name}: model_tensors_of gives the average");
+        averaged += 1;
+    }
+    assert_eq!(averaged, loaded.len(), "every variable is averaged");
+    assert!(
+        moved * 2 > averaged,
+        "{moved} of {averaged} averages differ from the weights"
+    );
     // A second training into the same folder is refused rather than overwriting it.
     let err = train(&config, &options(None)).unwrap_err().to_string();
     assert!(
