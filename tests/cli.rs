@@ -42,6 +42,55 @@ fn synth_then_check_is_clean_and_a_corrupt_dataset_fails_with_the_record() {
     assert!(report.contains("  depth           5 images\n"), "{report}");
     assert!(report.ends_with("no problems found\n"), "{report}");
 
+    // The same dataset as two files (boxes and masks apart from joints, as COCO ships
+    // instances and person_keypoints) reads as one: `--data a.json,b.json`.
+    let full: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let mut boxes = full.clone();
+    let mut joints = full.clone();
+    for a in boxes["annotations"].as_array_mut().unwrap() {
+        a.as_object_mut().unwrap().remove("keypoints");
+        a.as_object_mut().unwrap().remove("num_keypoints");
+    }
+    for c in boxes["categories"].as_array_mut().unwrap() {
+        c.as_object_mut().unwrap().remove("keypoints");
+        c.as_object_mut().unwrap().remove("skeleton");
+    }
+    joints["annotations"] = joints["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a.get("keypoints").is_some())
+        .map(|a| {
+            let mut a = a.clone();
+            a.as_object_mut().unwrap().remove("segmentation");
+            a
+        })
+        .collect();
+    let (a, b) = (dir.join("boxes.json"), dir.join("joints.json"));
+    std::fs::write(&a, serde_json::to_vec(&boxes).unwrap()).unwrap();
+    std::fs::write(&b, serde_json::to_vec(&joints).unwrap()).unwrap();
+    let both = format!("{},{}", a.display(), b.display());
+    let out = mustard(&["data", "check", &both]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).replace(&both, "X"),
+        report.replace(&json.display().to_string(), "X"),
+        "the two files read as the one they came from"
+    );
+    // Two files that disagree are refused, naming both and what differs.
+    joints["images"][0]["width"] = 65.into();
+    std::fs::write(&b, serde_json::to_vec(&joints).unwrap()).unwrap();
+    let out = mustard(&["data", "check", &both]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: {b}: 1 conflict(s) between the annotation files: {b} vs {a}: image 1: width \"65\" here, \"64\" before\n",
+            a = a.display(),
+            b = b.display()
+        )
+    );
+
     // Corrupt one image file: the check names it and fails.
     std::fs::write(dir.join("images/000002.png"), b"not a png").unwrap();
     let out = mustard(&["data", "check", s(&json)]);
@@ -341,6 +390,33 @@ fn train_then_evaluate_through_the_command_line() {
         "{}",
         text(&out.stderr)
     );
+    // A JPEG cut short is refused, naming it, rather than predicted on its grey fill.
+    let cut = dir.join("cut");
+    std::fs::create_dir_all(&cut).unwrap();
+    let jpeg = cut.join("cut.jpg");
+    image::open(data.join("images/000001.png"))
+        .unwrap()
+        .save(&jpeg)
+        .unwrap();
+    let bytes = std::fs::read(&jpeg).unwrap();
+    std::fs::write(&jpeg, &bytes[..bytes.len() / 2]).unwrap();
+    let out = mustard(&[
+        "predict",
+        "--checkpoint",
+        s(&run),
+        "--input",
+        s(&jpeg),
+        "--out",
+        s(&dir.join("cut-out")),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: {}: truncated: the JPEG data ends before its end-of-image marker\n",
+            jpeg.display()
+        )
+    );
     // A weights file outside its run folder: the error says what was looked for and why.
     let loose = dir.join("loose");
     std::fs::create_dir_all(&loose).unwrap();
@@ -396,6 +472,36 @@ fn eval_scores_a_coco_results_file_like_pycocotools() {
             " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 1.000\n"
         ),
         "{stdout}"
+    );
+    // A box of negative width is scored as pycocotools scores it, with a warning naming it;
+    // a score that is not a number is refused.
+    std::fs::write(
+        &res,
+        br#"[{"image_id": 1, "category_id": 1, "bbox": [4, 4, -3, 2], "score": 0.5}]"#,
+    )
+    .unwrap();
+    let out = mustard(&["eval", "--gt", s(&json), "--results", s(&res)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "warning: {}: result 0: bbox [4.0, 4.0, -3.0, 2.0] has a negative width; it is scored as given, as pycocotools does\n",
+            res.display()
+        )
+    );
+    std::fs::write(
+        &res,
+        br#"[{"image_id": 1, "category_id": 1, "bbox": [4, 4, 3, 2], "score": NaN}]"#,
+    )
+    .unwrap();
+    let out = mustard(&["eval", "--gt", s(&json), "--results", s(&res)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: {}: invalid JSON at [0].score (line 1, column 67): `NaN` is not a JSON number (scores and coordinates must be finite)\n",
+            res.display()
+        )
     );
     // A result on an unknown image is refused with the record named.
     std::fs::write(

@@ -112,6 +112,17 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
     if let (Some(gt), Some(results)) = (&args.gt, &args.results) {
         let gt = CocoGt::from_path(gt)?;
         let dt = CocoDt::from_path(&gt, results)?;
+        let warnings = dt.warnings();
+        for w in warnings.iter().take(5) {
+            eprintln!("warning: {}: {w}", results.display());
+        }
+        if warnings.len() > 5 {
+            eprintln!(
+                "warning: {}: {} more results like these",
+                results.display(),
+                warnings.len() - 5
+            );
+        }
         let report = mustard::eval::evaluate(&gt, &dt, &Params::new(args.iou_type))?;
         print!("{}", report.summary());
         write_json(&args.out, &report.to_json())?;

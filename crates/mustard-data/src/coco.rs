@@ -17,7 +17,7 @@
 //! (value `i` of a `seg_file` map is `seg_classes[i]`, so stuff classes such as "sky" or "road"
 //! that are no object category can be named); then only `seg_file` maps label segmentation.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use mustard_eval::rle::Rle;
 use serde::{Deserialize, Serialize};
@@ -351,10 +351,189 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<CocoFile> {
     })
 }
 
-/// Reads and parses a COCO file.
+/// Reads and parses a COCO file, or several that describe one dataset given as
+/// `a.json,b.json` ([`merge`]; a path with a comma that exists as it is stays one file).
 pub fn read(path: &Path) -> Result<CocoFile> {
+    if let Some(files) = several(path) {
+        let parsed = files
+            .into_iter()
+            .map(|f| Ok((f.clone(), read(&f)?)))
+            .collect::<Result<Vec<_>>>()?;
+        return merge(parsed);
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parse(&bytes, path)
+}
+
+/// The files of a `a.json,b.json` argument, or None for one file.
+pub fn several(path: &Path) -> Option<Vec<PathBuf>> {
+    let text = path.to_str()?;
+    if !text.contains(',') || path.exists() {
+        return None;
+    }
+    Some(
+        text.split(',')
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from)
+            .collect(),
+    )
+}
+
+/// Merges COCO files that describe the same images (COCO's `instances_*.json` and
+/// `person_keypoints_*.json`, a file of label maps beside a file of boxes): images joined by id,
+/// categories by id, annotations by id (the same object in two files becomes one, with the
+/// fields of both), `label_names` and `seg_classes` taken from the file that has them.
+/// Everything two files say differently is a conflict; all of them are reported at once,
+/// naming both files, and nothing is merged.
+pub fn merge(files: Vec<(PathBuf, CocoFile)>) -> Result<CocoFile> {
+    use std::collections::HashMap;
+    let mut files = files.into_iter();
+    let Some((first_path, mut merged)) = files.next() else {
+        return Err(Error::Json {
+            path: PathBuf::new(),
+            reason: "no annotation file given".into(),
+        });
+    };
+    let mut conflicts: Vec<String> = Vec::new();
+    let mut origin_of_images: HashMap<u64, usize> = HashMap::new();
+    for (i, r) in merged.images.iter().enumerate() {
+        origin_of_images.entry(r.id).or_insert(i);
+    }
+    let mut origin_of_anns: HashMap<u64, usize> = HashMap::new();
+    for (i, a) in merged.annotations.iter().enumerate() {
+        origin_of_anns.entry(a.id).or_insert(i);
+    }
+    let mut seen = vec![first_path];
+    for (path, file) in files {
+        let there = seen.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        let mut conflict = |what: String| {
+            conflicts.push(format!("{} vs {there}: {what}", path.display()));
+        };
+        fn join<T: Clone + PartialEq + std::fmt::Debug>(
+            mine: &mut Option<T>,
+            theirs: Option<T>,
+            what: &str,
+            conflict: &mut impl FnMut(String),
+        ) {
+            match (mine.as_ref(), theirs) {
+                (_, None) => {}
+                (None, t) => *mine = t,
+                (Some(m), Some(t)) if *m != t => {
+                    conflict(format!("{what}: {t:?} here, {m:?} before"));
+                }
+                _ => {}
+            }
+        }
+        for r in file.images {
+            match origin_of_images.get(&r.id) {
+                None => {
+                    origin_of_images.insert(r.id, merged.images.len());
+                    merged.images.push(r);
+                }
+                Some(&i) => {
+                    let m = &mut merged.images[i];
+                    let id = r.id;
+                    for (what, a, b) in [
+                        ("file_name", m.file_name.clone(), r.file_name.clone()),
+                        ("width", m.width.to_string(), r.width.to_string()),
+                        ("height", m.height.to_string(), r.height.to_string()),
+                    ] {
+                        if a != b {
+                            conflict(format!("image {id}: {what} {b:?} here, {a:?} before"));
+                        }
+                    }
+                    let at = |f: &str| format!("image {id}: {f}");
+                    join(&mut m.seg_file, r.seg_file, &at("seg_file"), &mut conflict);
+                    join(&mut m.depth_file, r.depth_file, &at("depth_file"), &mut conflict);
+                    join(&mut m.depth_scale, r.depth_scale, &at("depth_scale"), &mut conflict);
+                    join(&mut m.label, r.label, &at("label"), &mut conflict);
+                    m.tasks = match (m.tasks.take(), r.tasks) {
+                        (Some(mut a), Some(b)) => {
+                            for t in b {
+                                if !a.contains(&t) {
+                                    a.push(t);
+                                }
+                            }
+                            Some(a)
+                        }
+                        // Without a list, a record's tasks follow from what it holds.
+                        _ => None,
+                    };
+                }
+            }
+        }
+        for c in file.categories {
+            match merged.categories.iter_mut().find(|m| m.id == c.id) {
+                None => merged.categories.push(c),
+                Some(m) if m.name != c.name => conflict(format!(
+                    "category {}: name {:?} here, {:?} before",
+                    c.id, c.name, m.name
+                )),
+                Some(m) => {
+                    let at = |f: &str| format!("category {}: {f}", c.id);
+                    join(&mut m.supercategory, c.supercategory, &at("supercategory"), &mut conflict);
+                    join(&mut m.keypoints, c.keypoints, &at("keypoints"), &mut conflict);
+                    join(&mut m.skeleton, c.skeleton, &at("skeleton"), &mut conflict);
+                }
+            }
+        }
+        for a in file.annotations {
+            match origin_of_anns.get(&a.id) {
+                None => {
+                    origin_of_anns.insert(a.id, merged.annotations.len());
+                    merged.annotations.push(a);
+                }
+                Some(&i) => {
+                    let m = &mut merged.annotations[i];
+                    let at = |f: &str| format!("annotation {}: {f}", a.id);
+                    if (m.image_id, m.category_id, m.iscrowd) != (a.image_id, a.category_id, a.iscrowd) {
+                        conflict(format!(
+                            "annotation {}: (image_id, category_id, iscrowd) {:?} here, {:?} before; annotation ids must name one object in every file",
+                            a.id,
+                            (a.image_id, a.category_id, a.iscrowd),
+                            (m.image_id, m.category_id, m.iscrowd)
+                        ));
+                        continue;
+                    }
+                    join(&mut m.bbox, a.bbox, &at("bbox"), &mut conflict);
+                    join(&mut m.area, a.area, &at("area"), &mut conflict);
+                    join(&mut m.segmentation, a.segmentation, &at("segmentation"), &mut conflict);
+                    join(&mut m.keypoints, a.keypoints, &at("keypoints"), &mut conflict);
+                    join(&mut m.num_keypoints, a.num_keypoints, &at("num_keypoints"), &mut conflict);
+                }
+            }
+        }
+        for (what, mine, theirs) in [
+            ("label_names", &mut merged.label_names, file.label_names),
+            ("seg_classes", &mut merged.seg_classes, file.seg_classes),
+        ] {
+            if mine.is_empty() {
+                *mine = theirs;
+            } else if !theirs.is_empty() && *mine != theirs {
+                conflict(format!("{what}: {theirs:?} here, {mine:?} before"));
+            }
+        }
+        if merged.info.is_none() {
+            merged.info = file.info;
+        }
+        seen.push(path);
+    }
+    if conflicts.is_empty() {
+        return Ok(merged);
+    }
+    let shown = conflicts.len().min(10);
+    let mut reason = format!(
+        "{} conflict(s) between the annotation files: {}",
+        conflicts.len(),
+        conflicts[..shown].join("; ")
+    );
+    if conflicts.len() > shown {
+        reason.push_str(&format!("; and {} more", conflicts.len() - shown));
+    }
+    Err(Error::Json {
+        path: seen.last().cloned().unwrap_or_default(),
+        reason,
+    })
 }
 
 /// Writes a COCO file atomically (temporary file, then rename).
@@ -370,6 +549,74 @@ pub fn write(file: &CocoFile, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// COCO's split of one dataset into `instances` (boxes, masks, the person category without
+    /// joints) and `person_keypoints` (the same people with joints), merged back into one.
+    #[test]
+    fn files_of_one_dataset_merge_and_every_conflict_is_named() {
+        let instances = r#"{
+            "images": [{"id": 1, "file_name": "1.jpg", "width": 8, "height": 6},
+                       {"id": 2, "file_name": "2.jpg", "width": 8, "height": 6}],
+            "annotations": [
+                {"id": 10, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 3], "area": 6,
+                 "segmentation": [[1, 1, 3, 1, 3, 4]]},
+                {"id": 11, "image_id": 2, "category_id": 3, "bbox": [0, 0, 4, 4], "area": 16}],
+            "categories": [{"id": 1, "name": "person", "supercategory": "person"},
+                           {"id": 3, "name": "car"}]
+        }"#;
+        let keypoints = r#"{
+            "images": [{"id": 1, "file_name": "1.jpg", "width": 8, "height": 6}],
+            "annotations": [
+                {"id": 10, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 3],
+                 "keypoints": [2, 2, 2, 0, 0, 0], "num_keypoints": 1}],
+            "categories": [{"id": 1, "name": "person", "keypoints": ["nose", "neck"],
+                            "skeleton": [[1, 2]]}]
+        }"#;
+        let parse = |text: &str, name: &str| {
+            (
+                PathBuf::from(name),
+                parse(text.as_bytes(), Path::new(name)).unwrap(),
+            )
+        };
+        let merged = merge(vec![
+            parse(instances, "instances.json"),
+            parse(keypoints, "person_keypoints.json"),
+        ])
+        .unwrap();
+        assert_eq!(merged.images.len(), 2);
+        assert_eq!(merged.annotations.len(), 2, "one person, not two");
+        let person = &merged.annotations[0];
+        assert_eq!(person.bbox, Some([1.0, 1.0, 2.0, 3.0]));
+        assert_eq!(person.area, Some(6.0));
+        assert!(person.segmentation.is_some());
+        assert_eq!(person.keypoints.as_deref(), Some(&[2.0, 2.0, 2.0, 0.0, 0.0, 0.0][..]));
+        assert_eq!(person.num_keypoints, Some(1));
+        let cats: Vec<_> = merged.categories.iter().map(|c| (c.id, c.name.as_str())).collect();
+        assert_eq!(cats, [(1, "person"), (3, "car")]);
+        assert_eq!(num_keypoints(&merged.categories), 2);
+        assert_eq!(merged.categories[0].supercategory.as_deref(), Some("person"));
+
+        // What the files say differently is refused, every conflict named.
+        let other = r#"{
+            "images": [{"id": 1, "file_name": "one.jpg", "width": 8, "height": 5}],
+            "annotations": [{"id": 11, "image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1]}],
+            "categories": [{"id": 3, "name": "truck"}]
+        }"#;
+        let err = merge(vec![
+            parse(instances, "instances.json"),
+            parse(other, "other.json"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "other.json: 4 conflict(s) between the annotation files: \
+             other.json vs instances.json: image 1: file_name \"one.jpg\" here, \"1.jpg\" before; \
+             other.json vs instances.json: image 1: height \"5\" here, \"6\" before; \
+             other.json vs instances.json: category 3: name \"truck\" here, \"car\" before; \
+             other.json vs instances.json: annotation 11: (image_id, category_id, iscrowd) (1, 3, 0) \
+             here, (2, 3, 0) before; annotation ids must name one object in every file"
+        );
+    }
 
     const FILE: &str = r#"{
         "images": [{"id": 1, "file_name": "a.png", "width": 4, "height": 3, "label": 0, "tasks": ["detection", "pose"]}],

@@ -135,12 +135,16 @@ pub enum CheckDepth {
 }
 
 impl Dataset {
-    /// Opens a COCO file; images are looked up under `root` (default: the file's folder).
+    /// Opens a COCO file, or several of one dataset as `a.json,b.json` ([`coco::merge`]);
+    /// images are looked up under `root` (default: the (first) file's folder).
     pub fn open(json: &Path, root: Option<&Path>) -> Result<Self> {
         let file = coco::read(json)?;
+        let first = coco::several(json)
+            .and_then(|f| f.into_iter().next())
+            .unwrap_or_else(|| json.to_path_buf());
         let root = match root {
             Some(r) => r.to_path_buf(),
-            None => json.parent().map(Path::to_path_buf).unwrap_or_default(),
+            None => first.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
         Ok(Self::from_file(file, json, root))
     }

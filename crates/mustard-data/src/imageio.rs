@@ -27,11 +27,32 @@ fn open(path: &Path) -> Result<DynamicImage> {
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !ends_jpeg(path)? {
+        // The decoder would fill the missing rows with grey without a word.
+        return Err(image_err(
+            path,
+            "truncated: the JPEG data ends before its end-of-image marker",
+        ));
+    }
     let mut decoder = reader.into_decoder().map_err(|e| image_err(path, e))?;
     let orientation = decoder.orientation().map_err(|e| image_err(path, e))?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| image_err(path, e))?;
     img.apply_orientation(orientation);
     Ok(img)
+}
+
+/// Whether a JPEG file holds its end-of-image marker (`FF D9`) in its last KiB (files may carry
+/// a little padding after it).
+fn ends_jpeg(path: &Path) -> Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let start = len.saturating_sub(1024);
+    f.seek(SeekFrom::Start(start))
+        .map_err(|e| Error::io(path, e))?;
+    let mut tail = Vec::with_capacity((len - start) as usize);
+    f.read_to_end(&mut tail).map_err(|e| Error::io(path, e))?;
+    Ok(tail.windows(2).any(|w| w == [0xFF, 0xD9]))
 }
 
 /// Decodes a JPEG or PNG (8 or 16 bit, grey, RGB or RGBA) into 8-bit RGB, honouring the EXIF
@@ -163,6 +184,34 @@ mod tests {
     use image::ImageEncoder;
 
     use super::*;
+
+    /// A JPEG cut short is an error naming the file, not a picture padded with grey; its
+    /// header still reads (only `data check --deep` and loading decode).
+    #[test]
+    fn a_truncated_jpeg_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("mustard-cut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));
+        let whole = dir.join("whole.jpg");
+        img.save(&whole).unwrap();
+        let bytes = std::fs::read(&whole).unwrap();
+        let cut = dir.join("cut.jpg");
+        std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+        assert_eq!(read_rgb(&whole).unwrap().dimensions(), (64, 48));
+        // A few bytes of padding after the end-of-image marker are fine.
+        let padded = dir.join("padded.jpg");
+        std::fs::write(&padded, [&bytes[..], &[0u8; 16]].concat()).unwrap();
+        assert_eq!(read_rgb(&padded).unwrap().dimensions(), (64, 48));
+        assert_eq!(
+            read_rgb(&cut).unwrap_err().to_string(),
+            format!(
+                "{}: truncated: the JPEG data ends before its end-of-image marker",
+                cut.display()
+            )
+        );
+        assert_eq!(header(&cut, Kind::Image).unwrap(), (64, 48));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// A PNG whose EXIF says "rotate 90° clockwise" (orientation 6) decodes rotated.
     #[test]

@@ -93,6 +93,29 @@ pub struct Transfer {
     pub from_teachers: bool,
 }
 
+/// What the student trains with where it differs from the teachers (the `base` settings).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudentRecipe {
+    /// AdamW learning rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// Per-task loss weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_weights: Option<crate::config::LossWeights>,
+}
+
+impl StudentRecipe {
+    fn is_empty(&self) -> bool {
+        self == &StudentRecipe::default()
+    }
+
+    /// The student's learning rate with `base` as the default.
+    pub fn lr(&self, base: &Config) -> f64 {
+        self.lr.unwrap_or(base.train.lr)
+    }
+}
+
 /// The whole pipeline's settings, saved as `runs/must/config.toml` (presets in `presets.rs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,6 +131,9 @@ pub struct MustConfig {
     pub teacher_epochs: usize,
     /// Epochs of the student over the pseudo-labelled set.
     pub student_epochs: usize,
+    /// The student's own learning rate and loss weights, where they differ from `base`'s.
+    #[serde(default, skip_serializing_if = "StudentRecipe::is_empty")]
+    pub student: StudentRecipe,
     /// Images per label shard.
     pub shard_size: usize,
     /// The data.
@@ -130,6 +156,18 @@ impl MustConfig {
             "at least one teacher is needed".into()
         });
         p.check(self.seeds == 0, "must.seeds", || "at least one seed".into());
+        if let Some(lr) = self.student.lr {
+            p.check(!(lr.is_finite() && lr > 0.0), "must.student.lr", || {
+                format!("{lr} must be a positive number")
+            });
+        }
+        if let Some(w) = &self.student.loss_weights {
+            for (task, v) in w.iter() {
+                p.check(!(v.is_finite() && *v >= 0.0), "must.student.loss_weights", || {
+                    format!("{task}: {v} must be a number ≥ 0")
+                });
+            }
+        }
         p.check(
             self.teacher_epochs == 0 || self.student_epochs == 0 || self.shard_size == 0,
             "must",
@@ -611,6 +649,10 @@ impl Pipeline<'_> {
         student.data.val = None;
         student.data.pseudo = Some(self.paths.labels());
         student.train.epochs = self.config.student_epochs;
+        student.train.lr = self.config.student.lr(&self.config.base);
+        if let Some(w) = &self.config.student.loss_weights {
+            student.model.loss_weights = w.clone();
+        }
         student
     }
 
@@ -1036,6 +1078,26 @@ fn evaluate_on(model: &MultiTaskModel, config: &Config, test: &Arc<Dataset>) -> 
     )
 }
 
+/// ", loss weights classification 3" when the student's weights are not all 1.
+fn student_weights(config: &MustConfig) -> String {
+    let Some(w) = &config.student.loss_weights else {
+        return String::new();
+    };
+    let not_one: Vec<String> = config
+        .tasks
+        .iter()
+        .filter_map(|&t| {
+            let v = crate::config::loss_weight(w, t);
+            (v != 1.0).then(|| format!("{t} {v}"))
+        })
+        .collect();
+    if not_one.is_empty() {
+        String::new()
+    } else {
+        format!(", loss weights {} (others 1)", not_one.join(", "))
+    }
+}
+
 /// The Markdown report: every cell the mean ± sample standard deviation over the seeds (a
 /// plain value for one seed).
 pub fn render(r: &MustReport, config: &MustConfig) -> String {
@@ -1056,8 +1118,8 @@ pub fn render(r: &MustReport, config: &MustConfig) -> String {
     };
     let _ = writeln!(
         s,
-        "Teachers: one {:?} model per task, {} epochs on its own labelled set, in its own label space. Student: the same backbone with an FPN neck and every head (each in its teacher's label space), {} epochs on the teachers' pseudo-labels of the unlabelled set. {} px, batch {}, AdamW lr {}. Every model is evaluated on each task's held-out test set.{seeds}\n",
-        b.model.backbone, config.teacher_epochs, config.student_epochs, b.train.input_size, b.train.batch_size, b.train.lr
+        "Teachers: one {:?} model per task, {} epochs on its own labelled set, in its own label space, AdamW lr {}. Student: the same backbone with an FPN neck and every head (each in its teacher's label space), {} epochs on the teachers' pseudo-labels of the unlabelled set, AdamW lr {}{}. {} px, batch {}. Every model is evaluated on each task's held-out test set.{seeds}\n",
+        b.model.backbone, config.teacher_epochs, b.train.lr, config.student_epochs, config.student.lr(b), student_weights(config), b.train.input_size, b.train.batch_size
     );
     let _ = writeln!(
         s,

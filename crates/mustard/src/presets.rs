@@ -14,7 +14,7 @@ use crate::config::{
     SynthData, TrainConfig,
 };
 use crate::mcn::{every_combination, singles_and_joint, McnConfig};
-use crate::must::{MustConfig, MustData, Transfer};
+use crate::must::{MustConfig, MustData, StudentRecipe, Transfer};
 
 impl Config {
     /// Tiny model, small synthetic set: minutes on 2 CPU cores.
@@ -232,6 +232,7 @@ impl MustConfig {
             // 672 steps of 8 images per teacher, 960 for the student (96 px).
             teacher_epochs: 28,
             student_epochs: 20,
+            student: StudentRecipe::default(),
             // A briefly trained tiny teacher rarely scores a box above SPEC's 0.5: at 0.5 the
             // quick detection teacher (box AP 0.10) kept 11 boxes on 384 images.
             thresholds: Thresholds {
@@ -288,6 +289,7 @@ impl MustConfig {
             },
             teacher_epochs: 40,
             student_epochs: 30,
+            student: StudentRecipe::default(),
             thresholds: Thresholds::default(),
             shard_size: 256,
             transfer: Some(Transfer {

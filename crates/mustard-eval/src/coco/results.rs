@@ -94,6 +94,7 @@ pub struct CocoDt {
     origin: String,
     kind: ResultKind,
     detections: Vec<Detection>,
+    warnings: Vec<String>,
 }
 
 impl CocoDt {
@@ -130,6 +131,7 @@ impl CocoDt {
             Some(_) => return Err(Error::UnknownResultKind { origin }),
         };
         let mut detections = Vec::with_capacity(records.len());
+        let mut warnings = Vec::new();
         for (index, r) in records.into_iter().enumerate() {
             let invalid = |field: &'static str, reason: String| Error::InvalidRecord {
                 origin: origin.clone(),
@@ -161,6 +163,12 @@ impl CocoDt {
             if let Some(b) = r.bbox {
                 if b.iter().any(|v| !v.is_finite()) {
                     return Err(invalid("bbox", format!("{b:?} is not finite")));
+                }
+                if b[2] < 0.0 || b[3] < 0.0 {
+                    let side = if b[2] < 0.0 { "width" } else { "height" };
+                    warnings.push(format!(
+                        "result {index}: bbox {b:?} has a negative {side}; it is scored as given, as pycocotools does"
+                    ));
                 }
             }
             if let Some(k) = &r.keypoints {
@@ -208,7 +216,14 @@ impl CocoDt {
             origin,
             kind,
             detections,
+            warnings,
         })
+    }
+
+    /// What was accepted but is probably a mistake (a box of negative width or height), one
+    /// line per result.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The file they were read from, or the name given to [`CocoDt::from_records`].
