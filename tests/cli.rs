@@ -603,3 +603,77 @@ fn synthetic_training_renders_at_the_input_size_with_the_requested_splits() {
         assert!(synth.join(dir).join("instances.json").is_file(), "{dir}");
     }
 }
+
+#[test]
+fn a_folder_dataset_checks_trains_and_evaluates() {
+    let dir = temp("folders");
+    let data = dir.join("data");
+    let out = mustard(&["synth", "--out", s(&data), "--images", "8", "--size", "64"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The synthetic label maps and depth maps as a folder dataset: label value k is class k.
+    let coco: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("instances.json")).unwrap()).unwrap();
+    let mut names = vec!["background".to_string()];
+    names.extend(
+        coco["categories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string()),
+    );
+    let spec = data.join("folders.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "images = \"images\"\nlabels = \"semantic\"\nclass_names = {names:?}\ndepth = \"depth\"\ndepth_scale = 0.001\n"
+        ),
+    )
+    .unwrap();
+    let out = mustard(&["data", "check", s(&spec)]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let report = text(&out.stdout);
+    assert!(
+        report.starts_with(&format!("{}: 8 images, 0 annotations", spec.display()))
+            && report.contains("  segmentation    8 images\n")
+            && report.contains("  depth           8 images\n")
+            && report.ends_with("no problems found\n"),
+        "{report}"
+    );
+    let runs = dir.join("runs");
+    let out = mustard(&[
+        "train",
+        "--runs",
+        s(&runs),
+        "--name",
+        "folders",
+        "--data",
+        s(&spec),
+        "--tasks",
+        "segmentation,depth",
+        "--no-val",
+        "--input-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let config: mustard::Config =
+        mustard::config::read_toml(&runs.join("folders/config.toml")).unwrap();
+    assert_eq!(config.model.classes.segmentation_classes(), names);
+    let out = mustard(&[
+        "eval",
+        "--checkpoint",
+        s(&runs.join("folders")),
+        "--data",
+        s(&spec),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("8 images\n") && stdout.contains("mIoU") && stdout.contains("AbsRel"),
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

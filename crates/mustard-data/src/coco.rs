@@ -365,6 +365,15 @@ pub fn read(path: &Path) -> Result<CocoFile> {
     parse(&bytes, path)
 }
 
+/// The index of any dataset file `--data` takes: a COCO file, several as `a.json,b.json`, or a
+/// folder-dataset description (`.toml`, [`crate::folders`]).
+pub fn read_any(path: &Path) -> Result<CocoFile> {
+    if crate::folders::is_spec(path) {
+        return Ok(crate::folders::open(path)?.file);
+    }
+    read(path)
+}
+
 /// The files of a `a.json,b.json` argument, or None for one file.
 pub fn several(path: &Path) -> Option<Vec<PathBuf>> {
     let text = path.to_str()?;
@@ -405,7 +414,11 @@ pub fn merge(files: Vec<(PathBuf, CocoFile)>) -> Result<CocoFile> {
     }
     let mut seen = vec![first_path];
     for (path, file) in files {
-        let there = seen.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        let there = seen
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut conflict = |what: String| {
             conflicts.push(format!("{} vs {there}: {what}", path.display()));
         };
@@ -444,8 +457,18 @@ pub fn merge(files: Vec<(PathBuf, CocoFile)>) -> Result<CocoFile> {
                     }
                     let at = |f: &str| format!("image {id}: {f}");
                     join(&mut m.seg_file, r.seg_file, &at("seg_file"), &mut conflict);
-                    join(&mut m.depth_file, r.depth_file, &at("depth_file"), &mut conflict);
-                    join(&mut m.depth_scale, r.depth_scale, &at("depth_scale"), &mut conflict);
+                    join(
+                        &mut m.depth_file,
+                        r.depth_file,
+                        &at("depth_file"),
+                        &mut conflict,
+                    );
+                    join(
+                        &mut m.depth_scale,
+                        r.depth_scale,
+                        &at("depth_scale"),
+                        &mut conflict,
+                    );
                     join(&mut m.label, r.label, &at("label"), &mut conflict);
                     m.tasks = match (m.tasks.take(), r.tasks) {
                         (Some(mut a), Some(b)) => {
@@ -471,8 +494,18 @@ pub fn merge(files: Vec<(PathBuf, CocoFile)>) -> Result<CocoFile> {
                 )),
                 Some(m) => {
                     let at = |f: &str| format!("category {}: {f}", c.id);
-                    join(&mut m.supercategory, c.supercategory, &at("supercategory"), &mut conflict);
-                    join(&mut m.keypoints, c.keypoints, &at("keypoints"), &mut conflict);
+                    join(
+                        &mut m.supercategory,
+                        c.supercategory,
+                        &at("supercategory"),
+                        &mut conflict,
+                    );
+                    join(
+                        &mut m.keypoints,
+                        c.keypoints,
+                        &at("keypoints"),
+                        &mut conflict,
+                    );
                     join(&mut m.skeleton, c.skeleton, &at("skeleton"), &mut conflict);
                 }
             }
@@ -486,7 +519,9 @@ pub fn merge(files: Vec<(PathBuf, CocoFile)>) -> Result<CocoFile> {
                 Some(&i) => {
                     let m = &mut merged.annotations[i];
                     let at = |f: &str| format!("annotation {}: {f}", a.id);
-                    if (m.image_id, m.category_id, m.iscrowd) != (a.image_id, a.category_id, a.iscrowd) {
+                    if (m.image_id, m.category_id, m.iscrowd)
+                        != (a.image_id, a.category_id, a.iscrowd)
+                    {
                         conflict(format!(
                             "annotation {}: (image_id, category_id, iscrowd) {:?} here, {:?} before; annotation ids must name one object in every file",
                             a.id,
@@ -497,9 +532,24 @@ pub fn merge(files: Vec<(PathBuf, CocoFile)>) -> Result<CocoFile> {
                     }
                     join(&mut m.bbox, a.bbox, &at("bbox"), &mut conflict);
                     join(&mut m.area, a.area, &at("area"), &mut conflict);
-                    join(&mut m.segmentation, a.segmentation, &at("segmentation"), &mut conflict);
-                    join(&mut m.keypoints, a.keypoints, &at("keypoints"), &mut conflict);
-                    join(&mut m.num_keypoints, a.num_keypoints, &at("num_keypoints"), &mut conflict);
+                    join(
+                        &mut m.segmentation,
+                        a.segmentation,
+                        &at("segmentation"),
+                        &mut conflict,
+                    );
+                    join(
+                        &mut m.keypoints,
+                        a.keypoints,
+                        &at("keypoints"),
+                        &mut conflict,
+                    );
+                    join(
+                        &mut m.num_keypoints,
+                        a.num_keypoints,
+                        &at("num_keypoints"),
+                        &mut conflict,
+                    );
                 }
             }
         }
@@ -589,12 +639,22 @@ mod tests {
         assert_eq!(person.bbox, Some([1.0, 1.0, 2.0, 3.0]));
         assert_eq!(person.area, Some(6.0));
         assert!(person.segmentation.is_some());
-        assert_eq!(person.keypoints.as_deref(), Some(&[2.0, 2.0, 2.0, 0.0, 0.0, 0.0][..]));
+        assert_eq!(
+            person.keypoints.as_deref(),
+            Some(&[2.0, 2.0, 2.0, 0.0, 0.0, 0.0][..])
+        );
         assert_eq!(person.num_keypoints, Some(1));
-        let cats: Vec<_> = merged.categories.iter().map(|c| (c.id, c.name.as_str())).collect();
+        let cats: Vec<_> = merged
+            .categories
+            .iter()
+            .map(|c| (c.id, c.name.as_str()))
+            .collect();
         assert_eq!(cats, [(1, "person"), (3, "car")]);
         assert_eq!(num_keypoints(&merged.categories), 2);
-        assert_eq!(merged.categories[0].supercategory.as_deref(), Some("person"));
+        assert_eq!(
+            merged.categories[0].supercategory.as_deref(),
+            Some("person")
+        );
 
         // What the files say differently is refused, every conflict named.
         let other = r#"{

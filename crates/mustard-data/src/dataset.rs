@@ -105,6 +105,9 @@ pub struct Dataset {
     has_instance_masks: bool,
     usable: Vec<usize>,
     skipped_annotations: HashSet<usize>,
+    /// Label value → class index for folder datasets ([`crate::folders`]), whose label maps
+    /// are read as raw values; None: `seg_file` values are class indices.
+    label_lut: Option<std::sync::Arc<[u8]>>,
 }
 
 /// Whether `path` names a JPEG or PNG file (by its extension).
@@ -114,6 +117,26 @@ fn is_image_file(path: &Path) -> bool {
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
     path.is_file() && matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png"))
+}
+
+/// Whether `path` names a classification list: a `.csv` file, or a `.json` file whose top
+/// level is an array (a COCO file's is an object).
+fn is_list(path: &Path) -> bool {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("csv") => true,
+        Some("json") => {
+            use std::io::Read;
+            let mut head = [0u8; 64];
+            let n = std::fs::File::open(path)
+                .and_then(|mut f| f.read(&mut head))
+                .unwrap_or(0);
+            head[..n]
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .is_some_and(|&b| b == b'[')
+        }
+        _ => false,
+    }
 }
 
 /// Whether a relative path stays inside its root.
@@ -152,11 +175,118 @@ impl Dataset {
     /// Opens `path`: a COCO file (images under `root`, default: its folder), or an
     /// ImageNet-style tree of class folders ([`Dataset::from_class_folders`]).
     pub fn open_path(path: &Path, root: Option<&Path>) -> Result<Self> {
-        if path.is_dir() {
+        if crate::folders::is_spec(path) {
+            Self::from_folders(path)
+        } else if is_list(path) {
+            Self::from_list(path, root)
+        } else if path.is_dir() {
             Self::from_class_folders(path)
         } else {
             Self::open(path, root)
         }
+    }
+
+    /// A classification list: a CSV file of `file,label` lines (a `file,label` header line is
+    /// skipped) or a JSON array of `{"file": …, "label": …}`. Files are relative to `root`
+    /// (default: the list's folder); classes are the labels in sorted order (numerically when
+    /// every label is a number), and become `label_names`.
+    pub fn from_list(path: &Path, root: Option<&Path>) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bad = |line: usize, reason: String| Error::Json {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{}: {reason}",
+                if line == 0 {
+                    "list".to_string()
+                } else {
+                    format!("line {line}")
+                }
+            ),
+        };
+        let mut rows: Vec<(usize, String, String)> = Vec::new();
+        if text.trim_start().starts_with('[') {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Row {
+                file: String,
+                label: serde_json::Value,
+            }
+            let list: Vec<Row> = serde_json::from_str(&text).map_err(|e| {
+                bad(
+                    0,
+                    format!("expected a JSON array of {{\"file\", \"label\"}}: {e}"),
+                )
+            })?;
+            for (k, r) in list.into_iter().enumerate() {
+                let label = match r.label {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Number(n) => n.to_string(),
+                    other => {
+                        return Err(bad(
+                            0,
+                            format!("entry {k}: label {other} is not a name or number"),
+                        ))
+                    }
+                };
+                rows.push((k + 1, r.file, label));
+            }
+        } else {
+            for (k, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || (k == 0 && line.eq_ignore_ascii_case("file,label")) {
+                    continue;
+                }
+                let Some((file, label)) = line.rsplit_once(',') else {
+                    return Err(bad(k + 1, format!("{line:?} is not `file,label`")));
+                };
+                rows.push((k + 1, file.trim().to_string(), label.trim().to_string()));
+            }
+        }
+        if rows.is_empty() {
+            return Err(bad(0, "no `file,label` entries".into()));
+        }
+        let mut classes: Vec<String> = rows.iter().map(|r| r.2.clone()).collect();
+        classes.sort();
+        classes.dedup();
+        if classes.iter().all(|c| c.parse::<u64>().is_ok()) {
+            classes.sort_by_key(|c| c.parse::<u64>().unwrap_or(u64::MAX));
+        }
+        let root = match root {
+            Some(r) => r.to_path_buf(),
+            None => path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        let index: HashMap<&str, u32> = classes
+            .iter()
+            .enumerate()
+            .map(|(k, c)| (c.as_str(), k as u32))
+            .collect();
+        let mut file = CocoFile {
+            label_names: classes.clone(),
+            ..CocoFile::default()
+        };
+        for (line, name, label) in rows {
+            if name.is_empty() || label.is_empty() || !stays_inside(&name) {
+                return Err(bad(
+                    line,
+                    format!("{name:?},{label:?}: a file inside the root and a label are needed"),
+                ));
+            }
+            let image = root.join(&name);
+            let (width, height) = imageio::dimensions(&image)
+                .map_err(|e| bad(line, mustard_core::error_chain(&e)))?;
+            file.images.push(ImageRecord {
+                id: file.images.len() as u64 + 1,
+                file_name: name,
+                width,
+                height,
+                seg_file: None,
+                depth_file: None,
+                depth_scale: None,
+                label: Some(index[label.as_str()]),
+                tasks: Some(vec![Task::Classification]),
+            });
+        }
+        Ok(Self::from_file(file, path, root))
     }
 
     /// An ImageNet-style classification tree: `root/<class>/<image>.{jpg,jpeg,png}`. Classes are
@@ -309,7 +439,16 @@ impl Dataset {
             has_instance_masks,
             usable,
             skipped_annotations: HashSet::new(),
+            label_lut: None,
         }
+    }
+
+    /// Opens a folder dataset from its TOML description ([`crate::folders`]).
+    pub fn from_folders(spec: &Path) -> Result<Self> {
+        let f = crate::folders::open(spec)?;
+        let mut ds = Self::from_file(f.file, spec, f.root);
+        ds.label_lut = Some(f.lut.into());
+        Ok(ds)
     }
 
     /// The dataset file.
@@ -523,7 +662,15 @@ impl Dataset {
         }
         let files = [
             ("file_name", Some(&r.file_name), Kind::Image),
-            ("seg_file", r.seg_file.as_ref(), Kind::Labels),
+            (
+                "seg_file",
+                r.seg_file.as_ref(),
+                if self.label_lut.is_some() {
+                    Kind::LabelValues
+                } else {
+                    Kind::Labels
+                },
+            ),
             ("depth_file", r.depth_file.as_ref(), Kind::Depth),
         ];
         for (field, name, kind) in files {
@@ -683,7 +830,11 @@ impl Dataset {
         let semantic = if !tasks.contains(Task::Segmentation) {
             None
         } else if let Some(name) = &r.seg_file {
-            Some(imageio::read_labels(&self.file_path(name))?)
+            let path = self.file_path(name);
+            Some(match &self.label_lut {
+                Some(lut) => crate::folders::apply(lut, &imageio::read_label_values(&path)?),
+                None => imageio::read_labels(&path)?,
+            })
         } else {
             Some(self.rasterise(&anns, r)?)
         };

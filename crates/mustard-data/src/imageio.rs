@@ -75,11 +75,16 @@ pub enum Kind {
     Labels,
     /// A 16-bit single-channel depth map.
     Depth,
+    /// A label map read as raw values ([`read_label_values`]): 8- or 16-bit grey or palette.
+    LabelValues,
 }
 
 /// The dimensions of a file (after its EXIF orientation) read from its header alone, checking
 /// that its format and colour type are what `kind` needs; nothing is decoded.
 pub fn header(path: &Path, kind: Kind) -> Result<(u32, u32)> {
+    if kind == Kind::LabelValues {
+        return label_values_header(path);
+    }
     let reader = ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
@@ -92,6 +97,7 @@ pub fn header(path: &Path, kind: Kind) -> Result<(u32, u32)> {
             .then_some("a label map must be a single-channel 8-bit PNG"),
         Kind::Depth => (colour != image::ColorType::L16)
             .then_some("a depth map must be a single-channel 16-bit PNG"),
+        Kind::LabelValues => None,
     };
     if let Some(reason) = wrong {
         return Err(image_err(path, reason));
@@ -111,7 +117,70 @@ pub fn decode(path: &Path, kind: Kind) -> Result<(u32, u32)> {
         Kind::Image => read_rgb(path)?.dimensions(),
         Kind::Labels => read_labels(path)?.dimensions(),
         Kind::Depth => read_depth(path, 1.0)?.dimensions(),
+        Kind::LabelValues => read_label_values(path)?.dimensions(),
     })
+}
+
+/// A label map as its raw values: class ids before any mapping to the model's classes.
+pub type LabelValues = ImageBuffer<Luma<u16>, Vec<u16>>;
+
+/// Opens a label-map PNG and reads its header (colour type, bit depth, size), checking that
+/// it holds one value per pixel: 8-bit grey, 16-bit grey or palette indices.
+fn label_png(path: &Path) -> Result<png::Reader<std::io::BufReader<std::fs::File>>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    // Raw values: no palette expansion, no 16 → 8 bit stripping.
+    decoder.set_transformations(png::Transformations::IDENTITY);
+    let reader = decoder.read_info().map_err(|e| image_err(path, e))?;
+    let info = reader.info();
+    use png::{BitDepth, ColorType};
+    match (info.color_type, info.bit_depth) {
+        (ColorType::Grayscale, BitDepth::Eight | BitDepth::Sixteen)
+        | (ColorType::Indexed, BitDepth::Eight) => Ok(reader),
+        (c, b) => Err(image_err(
+            path,
+            format!(
+                "a label map must be a PNG of 8- or 16-bit grey values or 8-bit palette indices, not {c:?} at {} bits",
+                b as u8
+            ),
+        )),
+    }
+}
+
+/// The size of a label-map PNG from its header ([`read_label_values`] reads it whole).
+pub fn label_values_header(path: &Path) -> Result<(u32, u32)> {
+    let reader = label_png(path)?;
+    let info = reader.info();
+    Ok((info.width, info.height))
+}
+
+/// Reads a label map's raw values: 8- or 16-bit grey (COCO-Stuff, ADE20K, Cityscapes) or the
+/// palette indices of a palette PNG (Pascal VOC), never the colours.
+pub fn read_label_values(path: &Path) -> Result<LabelValues> {
+    let mut reader = label_png(path)?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| image_err(path, "the image is too large"))?;
+    let mut buf = vec![0u8; size];
+    let out = reader
+        .next_frame(&mut buf)
+        .map_err(|e| image_err(path, e))?;
+    let (w, h) = (out.width, out.height);
+    let values: Vec<u16> = match out.bit_depth {
+        png::BitDepth::Sixteen => buf[..out.line_size * h as usize]
+            .chunks(out.line_size)
+            .flat_map(|row| {
+                row[..2 * w as usize]
+                    .chunks(2)
+                    .map(|v| u16::from_be_bytes([v[0], v[1]]))
+            })
+            .collect(),
+        _ => buf[..out.line_size * h as usize]
+            .chunks(out.line_size)
+            .flat_map(|row| row[..w as usize].iter().map(|&v| u16::from(v)))
+            .collect(),
+    };
+    LabelValues::from_raw(w, h, values).ok_or_else(|| image_err(path, "truncated pixel data"))
 }
 
 /// Reads an 8-bit, single-channel label map.

@@ -22,6 +22,7 @@ pub mod augment;
 pub mod coco;
 mod dataset;
 mod error;
+pub mod folders;
 pub mod imageio;
 mod loader;
 mod sample;

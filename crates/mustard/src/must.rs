@@ -163,9 +163,11 @@ impl MustConfig {
         }
         if let Some(w) = &self.student.loss_weights {
             for (task, v) in w.iter() {
-                p.check(!(v.is_finite() && *v >= 0.0), "must.student.loss_weights", || {
-                    format!("{task}: {v} must be a number ≥ 0")
-                });
+                p.check(
+                    !(v.is_finite() && *v >= 0.0),
+                    "must.student.loss_weights",
+                    || format!("{task}: {v} must be a number ≥ 0"),
+                );
             }
         }
         p.check(
@@ -777,7 +779,7 @@ pub fn check_labelled(
         if let Some((_, file)) = files.iter().find(|(f, _)| f == path) {
             return file.clone();
         }
-        let file = match coco::read(path) {
+        let file = match coco::read_any(path) {
             Ok(file) => Some(file),
             Err(e) => {
                 p.push(what, mustard_core::error_chain(&e));
@@ -877,7 +879,7 @@ pub fn check_downstream(tasks: &[Task], downstream: &TaskMap<Downstream>) -> Res
             continue;
         };
         let what = format!("must.data.downstream.{task}");
-        let mut read = |path: &Path| match coco::read(path) {
+        let mut read = |path: &Path| match coco::read_any(path) {
             Ok(f) => Some(LabelSpace::of(task, &f)),
             Err(e) => {
                 p.push(what.clone(), mustard_core::error_chain(&e));

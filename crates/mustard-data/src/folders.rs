@@ -1,0 +1,279 @@
+//! Datasets laid out as folders rather than one COCO file: an image folder with label maps
+//! (COCO-Stuff, ADE20K, Cityscapes, Pascal VOC) and/or depth maps (NYU v2, KITTI) beside it,
+//! paired by file stem, described by a small TOML file that `--data` names:
+//!
+//! ```toml
+//! # ade20k.toml, beside ADEChallengeData2016/
+//! images = "ADEChallengeData2016/images/validation"
+//! labels = "ADEChallengeData2016/annotations/validation"
+//! classes = "objectInfo150.txt"   # one name per line (or `class_names = [...]`)
+//! reduce_zero = true              # value 0 = "other" (ignored), value v = class v - 1
+//! ```
+//!
+//! Every path is relative to the TOML file. Label values become class indices through
+//! `reduce_zero`, `ids` (Cityscapes' label id → train id) and `ignore`; every other value is
+//! ignored (255) when it is not a class. Depth maps are 16-bit PNGs: `depth_scale` metres per
+//! unit (NYU: 0.001, KITTI: 1/256), `depth_invalid` marks pixels without a measurement (0).
+//! The folder becomes an in-memory COCO index ([`crate::Dataset`]), so training, `eval`,
+//! `data check` and `must` read it like any COCO file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::coco::{CocoFile, ImageRecord};
+use crate::{imageio, Error, Result};
+
+/// The TOML description of a folder dataset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FolderSpec {
+    /// The image folder (JPEG or PNG files, searched recursively).
+    pub images: PathBuf,
+    /// The label-map folder: `<stem><label_suffix>.png` per image, 8- or 16-bit grey or palette.
+    #[serde(default)]
+    pub labels: Option<PathBuf>,
+    /// Appended to an image's stem to name its label map (Cityscapes: `_gtFine_labelIds`, with
+    /// `label_strip` = `_leftImg8bit`).
+    #[serde(default)]
+    pub label_suffix: String,
+    /// Removed from the end of an image's stem before the suffixes are added.
+    #[serde(default)]
+    pub label_strip: String,
+    /// A text file of class names, one per line, in label-value (or train-id) order.
+    #[serde(default)]
+    pub classes: Option<PathBuf>,
+    /// The class names inline, instead of `classes`.
+    #[serde(default)]
+    pub class_names: Vec<String>,
+    /// Label value 0 is ignored and value v is class v − 1 (ADE20K).
+    #[serde(default)]
+    pub reduce_zero: bool,
+    /// Label value → class index (Cityscapes' `labelIds` → train ids); values not listed are
+    /// ignored. Keys are the values as strings (TOML keys), e.g. `ids = { "7" = 0, "8" = 1 }`.
+    #[serde(default)]
+    pub ids: BTreeMap<String, u8>,
+    /// A label value that marks unlabelled pixels (Pascal VOC's 255 border, COCO-Stuff's 255).
+    #[serde(default)]
+    pub ignore: Option<u16>,
+    /// The depth-map folder: `<stem><depth_suffix>.png` per image, 16-bit.
+    #[serde(default)]
+    pub depth: Option<PathBuf>,
+    /// Appended to an image's stem (after `label_strip`) to name its depth map.
+    #[serde(default)]
+    pub depth_suffix: String,
+    /// Metres per depth unit.
+    #[serde(default = "millimetres")]
+    pub depth_scale: f64,
+    /// The depth value of pixels without a measurement (only 0 is supported, as in NYU v2 and
+    /// KITTI).
+    #[serde(default)]
+    pub depth_invalid: u16,
+}
+
+fn millimetres() -> f64 {
+    0.001
+}
+
+/// A folder dataset: its COCO index and the map from label values to class indices.
+#[derive(Debug, Clone)]
+pub struct Folders {
+    /// The index: one record per image, `seg_file`/`depth_file` where a map exists.
+    pub file: CocoFile,
+    /// Where the index's relative paths start (the TOML file's folder).
+    pub root: PathBuf,
+    /// Label value → class index or 255 (ignored), for every 16-bit value.
+    pub lut: Vec<u8>,
+}
+
+/// Whether `path` names a folder-dataset description (a `.toml` file).
+pub fn is_spec(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()) == Some("toml")
+}
+
+/// Reads a folder-dataset description and lists its images and maps (headers only).
+pub fn open(spec_path: &Path) -> Result<Folders> {
+    let text = std::fs::read_to_string(spec_path).map_err(|e| Error::io(spec_path, e))?;
+    let spec: FolderSpec = toml::from_str(&text).map_err(|e| Error::Json {
+        path: spec_path.to_path_buf(),
+        reason: format!("not a folder-dataset description: {e}"),
+    })?;
+    let root = spec_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let bad = |reason: String| Error::Json {
+        path: spec_path.to_path_buf(),
+        reason,
+    };
+    if spec.depth_invalid != 0 {
+        return Err(bad(format!(
+            "depth_invalid = {}: only 0 marks missing depth",
+            spec.depth_invalid
+        )));
+    }
+    if !(spec.depth_scale.is_finite() && spec.depth_scale > 0.0) {
+        return Err(bad(format!(
+            "depth_scale = {} must be a positive number",
+            spec.depth_scale
+        )));
+    }
+    let classes = match &spec.classes {
+        Some(file) => {
+            let path = root.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        }
+        None => spec.class_names.clone(),
+    };
+    if spec.labels.is_some() && classes.is_empty() {
+        return Err(bad(
+            "labels need their class names: `classes` (a file) or `class_names`".into(),
+        ));
+    }
+    if classes.len() > 255 {
+        return Err(bad(format!(
+            "{} classes: at most 255 (value 255 means ignored)",
+            classes.len()
+        )));
+    }
+    let lut = lookup(&spec, classes.len()).map_err(bad)?;
+
+    let images_dir = root.join(&spec.images);
+    let mut images = Vec::new();
+    list_images(&images_dir, &mut images)?;
+    images.sort();
+    if images.is_empty() {
+        return Err(bad(format!(
+            "no JPEG or PNG files under {}",
+            images_dir.display()
+        )));
+    }
+    let relative = |p: &Path| -> String {
+        p.strip_prefix(&root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut records = Vec::with_capacity(images.len());
+    for (k, image) in images.iter().enumerate() {
+        let (width, height) = imageio::dimensions(image)?;
+        let stem = image
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        let stem = stem.strip_suffix(spec.label_strip.as_str()).unwrap_or(stem);
+        // Maps mirror the image folder's sub-folders (Cityscapes: one per city).
+        let sub = image
+            .parent()
+            .and_then(|p| p.strip_prefix(&images_dir).ok())
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let map = |dir: &Option<PathBuf>, suffix: &str| -> Option<String> {
+            let file = root
+                .join(dir.as_ref()?)
+                .join(&sub)
+                .join(format!("{stem}{suffix}.png"));
+            file.is_file().then(|| relative(&file))
+        };
+        let seg_file = map(&spec.labels, &spec.label_suffix);
+        let depth_file = map(&spec.depth, &spec.depth_suffix);
+        records.push(ImageRecord {
+            id: k as u64 + 1,
+            file_name: relative(image),
+            width,
+            height,
+            depth_scale: depth_file.as_ref().map(|_| spec.depth_scale),
+            seg_file,
+            depth_file,
+            label: None,
+            tasks: None,
+        });
+    }
+    Ok(Folders {
+        file: CocoFile {
+            info: None,
+            images: records,
+            annotations: Vec::new(),
+            categories: Vec::new(),
+            label_names: Vec::new(),
+            seg_classes: classes,
+        },
+        root,
+        lut,
+    })
+}
+
+/// The label value → class map of `spec` over every 16-bit value.
+fn lookup(spec: &FolderSpec, classes: usize) -> std::result::Result<Vec<u8>, String> {
+    let mut lut = vec![255u8; 1 << 16];
+    if !spec.ids.is_empty() {
+        if spec.reduce_zero {
+            return Err("give `ids` or `reduce_zero`, not both".into());
+        }
+        for (value, &class) in &spec.ids {
+            let v: u16 = value
+                .parse()
+                .map_err(|_| format!("ids: key {value:?} is not a label value (0–65535)"))?;
+            if class != 255 && usize::from(class) >= classes {
+                return Err(format!(
+                    "ids: value {v} maps to class {class}, but there are {classes} classes"
+                ));
+            }
+            lut[usize::from(v)] = class;
+        }
+    } else {
+        for (v, slot) in lut.iter_mut().enumerate() {
+            let class = if spec.reduce_zero {
+                v.checked_sub(1)
+            } else {
+                Some(v)
+            };
+            if let Some(c) = class.filter(|&c| c < classes) {
+                *slot = c as u8;
+            }
+        }
+    }
+    if let Some(ignore) = spec.ignore {
+        lut[usize::from(ignore)] = 255;
+    }
+    Ok(lut)
+}
+
+fn list_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_dir() {
+            list_images(&path, out)?;
+        } else if matches!(
+            path.extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase)
+                .as_deref(),
+            Some("jpg" | "jpeg" | "png")
+        ) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Maps raw label values to class indices (255 = ignored).
+pub fn apply(lut: &[u8], values: &imageio::LabelValues) -> image::GrayImage {
+    let (w, h) = values.dimensions();
+    image::GrayImage::from_raw(
+        w,
+        h,
+        values
+            .as_raw()
+            .iter()
+            .map(|&v| lut[usize::from(v)])
+            .collect(),
+    )
+    .expect("one value per pixel")
+}
