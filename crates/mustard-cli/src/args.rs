@@ -264,6 +264,11 @@ pub struct EvalArgs {
     /// Leave bad records of --data out (each is logged) instead of refusing the dataset.
     #[arg(long, requires = "data")]
     pub skip_bad: bool,
+    /// Score segmentation and depth at the network's input size against the letterboxed
+    /// labels (faster) instead of at each image's original size, as the datasets' official
+    /// evaluations do.
+    #[arg(long)]
+    pub network_resolution: bool,
     /// Ground-truth COCO file (with --results).
     #[arg(long, requires = "results")]
     pub gt: Option<PathBuf>,

@@ -142,7 +142,19 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             .context("the run has no validation set: pass --data")?,
     };
     let t = &config.train;
-    let report = mustard::evaluate::evaluate(&model, ds, t.input_size, t.batch_size, t.workers)?;
+    let resolution = if args.network_resolution {
+        mustard::evaluate::Resolution::Network
+    } else {
+        mustard::evaluate::Resolution::Original
+    };
+    let report = mustard::evaluate::evaluate_at(
+        &model,
+        ds,
+        t.input_size,
+        t.batch_size,
+        t.workers,
+        resolution,
+    )?;
     print!("{}", report.summary());
     write_json(&args.out, &report.to_json())?;
     Ok(ExitCode::SUCCESS)

@@ -365,15 +365,6 @@ pub fn read(path: &Path) -> Result<CocoFile> {
     parse(&bytes, path)
 }
 
-/// The index of any dataset file `--data` takes: a COCO file, several as `a.json,b.json`, or a
-/// folder-dataset description (`.toml`, [`crate::folders`]).
-pub fn read_any(path: &Path) -> Result<CocoFile> {
-    if crate::folders::is_spec(path) {
-        return Ok(crate::folders::open(path)?.file);
-    }
-    read(path)
-}
-
 /// The files of a `a.json,b.json` argument, or None for one file.
 pub fn several(path: &Path) -> Option<Vec<PathBuf>> {
     let text = path.to_str()?;

@@ -447,7 +447,7 @@ impl Dataset {
     pub fn from_folders(spec: &Path) -> Result<Self> {
         let f = crate::folders::open(spec)?;
         let mut ds = Self::from_file(f.file, spec, f.root);
-        ds.label_lut = Some(f.lut.into());
+        ds.label_lut = f.lut.map(Into::into);
         Ok(ds)
     }
 

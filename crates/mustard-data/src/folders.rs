@@ -29,6 +29,11 @@ use crate::{imageio, Error, Result};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FolderSpec {
+    /// A COCO file of these images (or several of one dataset, `a.json,b.json`), relative to
+    /// the description; its `file_name`s are under `images`. Without it every JPEG or PNG file
+    /// under `images` is an image.
+    #[serde(default)]
+    pub coco: Option<String>,
     /// The image folder (JPEG or PNG files, searched recursively).
     pub images: PathBuf,
     /// The label-map folder: `<stem><label_suffix>.png` per image, 8- or 16-bit grey or palette.
@@ -83,8 +88,9 @@ pub struct Folders {
     pub file: CocoFile,
     /// Where the index's relative paths start (the TOML file's folder).
     pub root: PathBuf,
-    /// Label value → class index or 255 (ignored), for every 16-bit value.
-    pub lut: Vec<u8>,
+    /// Label value → class index or 255 (ignored), for every 16-bit value; None without a
+    /// `labels` folder (a COCO file's own `seg_file`s then hold class indices).
+    pub lut: Option<Vec<u8>>,
 }
 
 /// Whether `path` names a folder-dataset description (a `.toml` file).
@@ -142,47 +148,79 @@ pub fn open(spec_path: &Path) -> Result<Folders> {
             classes.len()
         )));
     }
-    let lut = lookup(&spec, classes.len()).map_err(bad)?;
+    let lut = match spec.labels {
+        Some(_) => Some(lookup(&spec, classes.len()).map_err(bad)?),
+        None => None,
+    };
 
     let images_dir = root.join(&spec.images);
-    let mut images = Vec::new();
-    list_images(&images_dir, &mut images)?;
-    images.sort();
-    if images.is_empty() {
-        return Err(bad(format!(
-            "no JPEG or PNG files under {}",
-            images_dir.display()
-        )));
-    }
     let relative = |p: &Path| -> String {
         p.strip_prefix(&root)
             .unwrap_or(p)
             .to_string_lossy()
             .into_owned()
     };
+    let mut file = match &spec.coco {
+        Some(files) => {
+            let list: Vec<String> = files
+                .split(',')
+                .map(|f| root.join(f).to_string_lossy().into_owned())
+                .collect();
+            let mut file = crate::coco::read(Path::new(&list.join(",")))?;
+            for r in &mut file.images {
+                r.file_name = relative(&images_dir.join(&r.file_name));
+                for name in [&mut r.seg_file, &mut r.depth_file].into_iter().flatten() {
+                    *name = relative(&images_dir.join(&*name));
+                }
+            }
+            file
+        }
+        None => CocoFile::default(),
+    };
+    let mut images = Vec::new();
+    if spec.coco.is_none() {
+        list_images(&images_dir, &mut images)?;
+        images.sort();
+        if images.is_empty() {
+            return Err(bad(format!(
+                "no JPEG or PNG files under {}",
+                images_dir.display()
+            )));
+        }
+    }
+    if spec.coco.is_some() {
+        // The index's records, given label and depth maps found by stem.
+        for r in &mut file.images {
+            let image = root.join(&r.file_name);
+            let (seg, depth) = maps(&spec, &root, &images_dir, &image);
+            let mut add = |task: crate::Task| {
+                if let Some(tasks) = &mut r.tasks {
+                    if !tasks.contains(&task) {
+                        tasks.push(task);
+                    }
+                }
+            };
+            if let Some(s) = seg {
+                add(crate::Task::Segmentation);
+                r.seg_file = Some(relative(&s));
+            }
+            if let Some(d) = depth {
+                add(crate::Task::Depth);
+                r.depth_file = Some(relative(&d));
+                r.depth_scale = Some(spec.depth_scale);
+            }
+        }
+        if !classes.is_empty() {
+            file.seg_classes = classes;
+        }
+        return Ok(Folders { file, root, lut });
+    }
     let mut records = Vec::with_capacity(images.len());
     for (k, image) in images.iter().enumerate() {
         let (width, height) = imageio::dimensions(image)?;
-        let stem = image
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default();
-        let stem = stem.strip_suffix(spec.label_strip.as_str()).unwrap_or(stem);
-        // Maps mirror the image folder's sub-folders (Cityscapes: one per city).
-        let sub = image
-            .parent()
-            .and_then(|p| p.strip_prefix(&images_dir).ok())
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let map = |dir: &Option<PathBuf>, suffix: &str| -> Option<String> {
-            let file = root
-                .join(dir.as_ref()?)
-                .join(&sub)
-                .join(format!("{stem}{suffix}.png"));
-            file.is_file().then(|| relative(&file))
-        };
-        let seg_file = map(&spec.labels, &spec.label_suffix);
-        let depth_file = map(&spec.depth, &spec.depth_suffix);
+        let (seg, depth) = maps(&spec, &root, &images_dir, image);
+        let seg_file = seg.as_deref().map(relative);
+        let depth_file = depth.as_deref().map(relative);
         records.push(ImageRecord {
             id: k as u64 + 1,
             file_name: relative(image),
@@ -207,6 +245,37 @@ pub fn open(spec_path: &Path) -> Result<Folders> {
         root,
         lut,
     })
+}
+
+/// The label map and depth map of `image` that exist, paired by stem; maps mirror the image
+/// folder's sub-folders (Cityscapes: one per city).
+fn maps(
+    spec: &FolderSpec,
+    root: &Path,
+    images_dir: &Path,
+    image: &Path,
+) -> (Option<PathBuf>, Option<PathBuf>) {
+    let stem = image
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    let stem = stem.strip_suffix(spec.label_strip.as_str()).unwrap_or(stem);
+    let sub = image
+        .parent()
+        .and_then(|p| p.strip_prefix(images_dir).ok())
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let map = |dir: &Option<PathBuf>, suffix: &str| -> Option<PathBuf> {
+        let file = root
+            .join(dir.as_ref()?)
+            .join(&sub)
+            .join(format!("{stem}{suffix}.png"));
+        file.is_file().then_some(file)
+    };
+    (
+        map(&spec.labels, &spec.label_suffix),
+        map(&spec.depth, &spec.depth_suffix),
+    )
 }
 
 /// The label value → class map of `spec` over every 16-bit value.

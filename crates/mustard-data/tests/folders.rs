@@ -278,3 +278,56 @@ fn classification_lists_in_csv_and_json() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn coco_layout_annotations_apart_from_images_with_stuff_maps() {
+    // coco/annotations/instances_val2017.json + person_keypoints_val2017.json, images in
+    // coco/val2017/, COCO-Stuff's 8-bit maps (id − 1, 255 unlabelled) in coco/stuffthingmaps/val2017/.
+    let dir = temp("coco");
+    let coco = dir.join("coco");
+    write_image(&coco.join("val2017/000000000139.jpg"), 4, 2);
+    write_grey(
+        &coco.join("stuffthingmaps/val2017/000000000139.png"),
+        [0, 0, 255, 1, 1, 2, 2, 255],
+    );
+    std::fs::create_dir_all(coco.join("annotations")).unwrap();
+    std::fs::write(
+        coco.join("annotations/instances_val2017.json"),
+        r#"{"images": [{"id": 139, "file_name": "000000000139.jpg", "width": 4, "height": 2}],
+            "annotations": [{"id": 1, "image_id": 139, "category_id": 1, "bbox": [0, 0, 2, 2], "area": 4}],
+            "categories": [{"id": 1, "name": "person"}]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        coco.join("annotations/person_keypoints_val2017.json"),
+        r#"{"images": [{"id": 139, "file_name": "000000000139.jpg", "width": 4, "height": 2}],
+            "annotations": [{"id": 1, "image_id": 139, "category_id": 1, "bbox": [0, 0, 2, 2],
+                             "keypoints": [1, 1, 2], "num_keypoints": 1}],
+            "categories": [{"id": 1, "name": "person", "keypoints": ["nose"], "skeleton": []}]}"#,
+    )
+    .unwrap();
+    let path = spec(
+        &coco,
+        r#"coco = "annotations/instances_val2017.json,annotations/person_keypoints_val2017.json"
+images = "val2017"
+labels = "stuffthingmaps/val2017"
+class_names = ["person", "bicycle", "car"]
+ignore = 255
+"#,
+    );
+    let ds = Dataset::open_path(&path, None).unwrap();
+    assert_eq!(ds.len(), 1);
+    let tasks = ds.tasks(0);
+    for task in [Task::Detection, Task::Pose, Task::Segmentation] {
+        assert!(tasks.contains(task), "{task}");
+    }
+    let sample = ds.load(0).unwrap();
+    assert_eq!(sample.objects.len(), 1);
+    assert!(sample.objects[0].keypoints.is_some());
+    assert_eq!(
+        sample.semantic.unwrap().into_raw(),
+        [0, 0, 255, 1, 1, 2, 2, 255]
+    );
+    assert!(ds.check_with(CheckDepth::Headers, &|| {}).is_clean());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

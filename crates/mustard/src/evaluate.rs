@@ -93,6 +93,8 @@ impl TaskMetrics {
 pub struct EvalReport {
     /// Images evaluated.
     pub images: usize,
+    /// Where segmentation and depth were scored.
+    pub resolution: Resolution,
     /// Per task.
     pub metrics: TaskMap<TaskMetrics>,
 }
@@ -146,7 +148,7 @@ impl EvalReport {
 
     /// Every number as JSON (`null` for a task that was not evaluated).
     pub fn to_json(&self) -> Value {
-        let mut out = json!({"images": self.images});
+        let mut out = json!({"images": self.images, "resolution": self.resolution.name()});
         for task in Task::ALL {
             out[task.name()] = self
                 .metrics
@@ -303,6 +305,48 @@ pub fn evaluate(
     batch_size: usize,
     workers: Option<usize>,
 ) -> Result<EvalReport> {
+    evaluate_at(
+        model,
+        dataset,
+        size,
+        batch_size,
+        workers,
+        Resolution::Original,
+    )
+}
+
+/// Where segmentation and depth are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resolution {
+    /// At each image's original size, as the datasets' official evaluations do: the outputs
+    /// are resampled (bilinearly, logits before the argmax) onto the original pixels and
+    /// compared with the label and depth maps as they are on disk.
+    #[default]
+    Original,
+    /// At the network's input size against the letterboxed labels: faster (no second decode),
+    /// used for validation during training.
+    Network,
+}
+
+impl Resolution {
+    /// `original` or `network`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Resolution::Original => "original",
+            Resolution::Network => "network",
+        }
+    }
+}
+
+/// [`evaluate`] with segmentation and depth scored at `resolution`.
+pub fn evaluate_at(
+    model: &MultiTaskModel,
+    dataset: Arc<Dataset>,
+    size: u32,
+    batch_size: usize,
+    workers: Option<usize>,
+    resolution: Resolution,
+) -> Result<EvalReport> {
     let config = LoaderConfig {
         threads: workers,
         ..LoaderConfig::eval(batch_size, size)
@@ -310,15 +354,97 @@ pub fn evaluate(
     let encoder = model.encoder_for(dataset.as_ref(), size);
     let loader = Loader::new(dataset.clone(), Arc::new(encoder), config)?;
     let mut acc = Accumulator::new(model);
+    acc.resolution = resolution;
+    if resolution == Resolution::Original {
+        acc.originals = Some(Originals {
+            index: (0..dataset.len())
+                .map(|i| (dataset.image(i).id, i))
+                .collect(),
+            map: crate::tasks::SourceMap::new(&model.config().classes, dataset.as_ref()),
+            dataset: dataset.clone(),
+        });
+    }
     for batch in loader.epoch(0) {
         acc.add(model, &batch?)?;
     }
     acc.finish(model, &dataset)
 }
 
+/// The dataset again, for the label and depth maps at their original size.
+struct Originals {
+    dataset: Arc<Dataset>,
+    index: std::collections::HashMap<u64, usize>,
+    map: crate::tasks::SourceMap,
+}
+
+impl Originals {
+    fn load(&self, image_id: u64) -> Result<mustard_data::Sample> {
+        let i = self.index[&image_id];
+        Ok(self.dataset.load(i)?)
+    }
+}
+
+/// Where an original pixel's centre falls in a network map of side `side`: the four
+/// neighbours and their bilinear weights (edges clamped).
+fn bilinear_at(t: &Affine, x: u32, y: u32, side: usize) -> [(usize, f32); 4] {
+    let (u, v) = t.apply(f64::from(x) + 0.5, f64::from(y) + 0.5);
+    let max = (side - 1) as f64;
+    let (fx, fy) = ((u - 0.5).clamp(0.0, max), (v - 0.5).clamp(0.0, max));
+    let (x0, y0) = (fx.floor(), fy.floor());
+    let (ax, ay) = ((fx - x0) as f32, (fy - y0) as f32);
+    let (x0, y0) = (x0 as usize, y0 as usize);
+    let (x1, y1) = ((x0 + 1).min(side - 1), (y0 + 1).min(side - 1));
+    [
+        (y0 * side + x0, (1.0 - ax) * (1.0 - ay)),
+        (y0 * side + x1, ax * (1.0 - ay)),
+        (y1 * side + x0, (1.0 - ax) * ay),
+        (y1 * side + x1, ax * ay),
+    ]
+}
+
+/// The class of every original pixel: per-class logits (`maps[c][row][col]`, the network's
+/// input size) sampled bilinearly at the pixel's centre, then the argmax (first of equals).
+fn argmax_at_original(maps: &[Vec<Vec<f32>>], t: &Affine, w: u32, h: u32) -> Vec<u32> {
+    let side = maps.first().map_or(0, Vec::len);
+    let flat: Vec<Vec<f32>> = maps.iter().map(|m| m.concat()).collect();
+    let mut out = Vec::with_capacity((w * h) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            let taps = bilinear_at(t, x, y, side);
+            let mut best = (0u32, f32::NEG_INFINITY);
+            for (c, m) in flat.iter().enumerate() {
+                let v: f32 = taps.iter().map(|&(i, wt)| m[i] * wt).sum();
+                if v > best.1 {
+                    best = (c as u32, v);
+                }
+            }
+            out.push(best.0);
+        }
+    }
+    out
+}
+
+/// A network-size map (`side` x `side`, row-major) sampled bilinearly at every original pixel.
+fn resample_at_original(map: &[f32], side: usize, t: &Affine, w: u32, h: u32) -> Vec<f32> {
+    let mut out = Vec::with_capacity((w * h) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            out.push(
+                bilinear_at(t, x, y, side)
+                    .iter()
+                    .map(|&(i, wt)| map[i] * wt)
+                    .sum(),
+            );
+        }
+    }
+    out
+}
+
 /// What evaluation collects batch by batch: COCO result records, the segmentation confusion
 /// matrix, depth errors and classification accuracy.
 struct Accumulator {
+    resolution: Resolution,
+    originals: Option<Originals>,
     images: usize,
     boxes: Vec<ResultRecord>,
     people: Vec<ResultRecord>,
@@ -331,6 +457,8 @@ impl Accumulator {
     fn new(model: &MultiTaskModel) -> Self {
         let classes = model.config().classes.segmentation_classes().len();
         Self {
+            resolution: Resolution::Network,
+            originals: None,
             images: 0,
             boxes: Vec::new(),
             people: Vec::new(),
@@ -360,17 +488,72 @@ impl Accumulator {
             out.segmentation(),
             batch.targets.segmentation(),
         ) {
-            let pred = head.decode(logits)?;
-            let target = t.labels.flatten_from(1)?.to_vec2::<u32>()?;
-            for (p, t) in pred.iter().zip(&target) {
-                let p: Vec<u32> = p.iter().map(|&v| v as u32).collect();
-                self.confusion.update(t, &p)?;
+            if let Some(o) = &self.originals {
+                let logits = logits.to_dtype(mustard_core::candle_core::DType::F32)?;
+                for (b, m) in batch.meta.iter().enumerate() {
+                    if !m.tasks.contains(Task::Segmentation) {
+                        continue;
+                    }
+                    let Some(labels) = o.load(m.image_id)?.semantic else {
+                        continue;
+                    };
+                    let (w, h) = labels.dimensions();
+                    let target: Vec<u32> = labels
+                        .as_raw()
+                        .iter()
+                        .map(|&v| u32::from(o.map.segmentation_class(v)))
+                        .collect();
+                    let maps = logits.get(b)?.to_vec3::<f32>()?;
+                    let pred = argmax_at_original(&maps, &m.transform, w, h);
+                    self.confusion.update(&target, &pred)?;
+                }
+            } else {
+                let pred = head.decode(logits)?;
+                let target = t.labels.flatten_from(1)?.to_vec2::<u32>()?;
+                for (p, t) in pred.iter().zip(&target) {
+                    let p: Vec<u32> = p.iter().map(|&v| v as u32).collect();
+                    self.confusion.update(t, &p)?;
+                }
             }
         }
         if let (Some(head), Some(pred), Some(t)) =
             (model.depth(), out.depth(), batch.targets.depth())
         {
-            self.add_depth(&head.decode(pred)?, t, model.config().relative_depth)?;
+            let decoded = head.decode(pred)?;
+            let relative = model.config().relative_depth;
+            if let Some(o) = &self.originals {
+                let side = pred.dim(3)?;
+                for (b, m) in batch.meta.iter().enumerate() {
+                    if !m.tasks.contains(Task::Depth) {
+                        continue;
+                    }
+                    let Some(depth) = o.load(m.image_id)?.depth else {
+                        continue;
+                    };
+                    let (w, h) = depth.dimensions();
+                    let target = depth.into_raw();
+                    if target.iter().all(|&d| d <= 0.0) {
+                        continue;
+                    }
+                    let p = resample_at_original(&decoded[b], side, &m.transform, w, h);
+                    if relative {
+                        let log: Vec<f32> = target
+                            .iter()
+                            .map(|&d| if d > 0.0 { d.ln() } else { 0.0 })
+                            .collect();
+                        let valid: Vec<f32> = target
+                            .iter()
+                            .map(|&d| f32::from(u8::from(d > 0.0)))
+                            .collect();
+                        self.depth
+                            .update(&align_log_depth(&p, &log, &valid), &target)?;
+                    } else {
+                        self.depth.update(&p, &target)?;
+                    }
+                }
+            } else {
+                self.add_depth(&decoded, t, relative)?;
+            }
         }
         if let (Some(logits), Some(t)) = (out.classification(), batch.targets.classification()) {
             let presence = t.presence.to_vec1::<f32>()?;
@@ -417,6 +600,7 @@ impl Accumulator {
         let tasks = &model.config().tasks;
         let mut report = EvalReport {
             images: self.images,
+            resolution: self.resolution,
             ..Default::default()
         };
         // The ground truth is read once, when the first COCO task needs it.
@@ -488,4 +672,45 @@ fn coco(
         params.cat_ids = classes.pose_category().map(|p| vec![p.id as i64]);
     }
     Ok(Some(mustard_eval::evaluate(gt, &dt, &params)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// At the identity (an image already at the input size) the original-resolution path gives
+    /// the network's values exactly; at half the size it interpolates between pixel centres.
+    #[test]
+    fn outputs_resample_onto_the_original_pixels() {
+        let map: Vec<f32> = vec![0.0, 1.0, 2.0, 3.0];
+        let same = resample_at_original(&map, 2, &Affine::IDENTITY, 2, 2);
+        assert_eq!(same, map);
+        // A 4x4 original letterboxed into a 2x2 input: original → network scales by 1/2.
+        let half = Affine::scale_translate(0.5, 0.5, 0.0, 0.0);
+        let up = resample_at_original(&map, 2, &half, 4, 4);
+        // Pixel centres 0.5, 1.5, 2.5, 3.5 land at 0.25, 0.75, 1.25, 1.75 − 0.5 (clamped).
+        assert_eq!(
+            up,
+            [
+                0.0, 0.25, 0.75, 1.0, //
+                0.5, 0.75, 1.25, 1.5, //
+                1.5, 1.75, 2.25, 2.5, //
+                2.0, 2.25, 2.75, 3.0,
+            ]
+        );
+        // Two classes: the logits are interpolated before the argmax.
+        let logits = vec![
+            vec![vec![1.0, 0.0], vec![1.0, 0.0]],
+            vec![vec![0.0, 1.0], vec![0.0, 1.0]],
+        ];
+        assert_eq!(
+            argmax_at_original(&logits, &Affine::IDENTITY, 2, 2),
+            [0, 1, 0, 1]
+        );
+        assert_eq!(
+            argmax_at_original(&logits, &half, 4, 1),
+            [0, 0, 1, 1],
+            "0.25 and 0.75 of the way: class 0 then class 1"
+        );
+    }
 }

@@ -779,7 +779,7 @@ pub fn check_labelled(
         if let Some((_, file)) = files.iter().find(|(f, _)| f == path) {
             return file.clone();
         }
-        let file = match coco::read_any(path) {
+        let file = match index_of(path) {
             Ok(file) => Some(file),
             Err(e) => {
                 p.push(what, mustard_core::error_chain(&e));
@@ -870,6 +870,12 @@ pub fn check_labelled(
     p.finish()
 }
 
+/// The index of any dataset `--data` takes (a COCO file or several, a folder-dataset
+/// description, a classification list or class folders), as a COCO file.
+fn index_of(path: &Path) -> mustard_data::Result<coco::CocoFile> {
+    Ok(Dataset::open_path(path, None)?.file().clone())
+}
+
 /// Checks, before anything is trained, that each downstream task's train and test files read
 /// and share one label space, naming every file that does not.
 pub fn check_downstream(tasks: &[Task], downstream: &TaskMap<Downstream>) -> Result<()> {
@@ -879,7 +885,7 @@ pub fn check_downstream(tasks: &[Task], downstream: &TaskMap<Downstream>) -> Res
             continue;
         };
         let what = format!("must.data.downstream.{task}");
-        let mut read = |path: &Path| match coco::read_any(path) {
+        let mut read = |path: &Path| match index_of(path) {
             Ok(f) => Some(LabelSpace::of(task, &f)),
             Err(e) => {
                 p.push(what.clone(), mustard_core::error_chain(&e));

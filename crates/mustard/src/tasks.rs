@@ -269,6 +269,14 @@ pub struct SourceMap {
 }
 
 impl SourceMap {
+    /// The model's segmentation class of a source label-map value (255: ignored).
+    pub fn segmentation_class(&self, value: u8) -> u8 {
+        match &self.segmentation {
+            Some(lut) => lut[usize::from(value)],
+            None => value,
+        }
+    }
+
     /// The map from `source`'s classes to `classes`' (a model's).
     pub fn new(classes: &Classes, source: &dyn Source) -> Self {
         let cats = source.categories();

@@ -18,7 +18,7 @@ use mustard_data::{Dataset, TaskMap};
 
 use crate::checkpoint::{self, LoopState, RunPaths};
 use crate::config::{Config, TrainConfig};
-use crate::evaluate::{evaluate, EvalReport};
+use crate::evaluate::{evaluate_at, EvalReport, Resolution};
 use crate::model::MultiTaskModel;
 use crate::targets::Batch;
 use crate::tasks::{BACKBONE, NECK};
@@ -215,7 +215,14 @@ impl Trainer {
     pub fn validate(&mut self, dataset: Arc<Dataset>) -> Result<EvalReport> {
         let t = &self.train;
         let training = self.ema.as_ref().map(|e| self.swap_in(e)).transpose()?;
-        let report = evaluate(&self.model, dataset, t.input_size, t.batch_size, t.workers)?;
+        let report = evaluate_at(
+            &self.model,
+            dataset,
+            t.input_size,
+            t.batch_size,
+            t.workers,
+            Resolution::Network,
+        )?;
         if report.score() > self.state.best {
             self.state.best = report.score();
             checkpoint::save(&self.run.best(), &self.varmap, None, None, self.state)?;
