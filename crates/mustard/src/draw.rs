@@ -217,7 +217,13 @@ pub fn chart(title: &str, series: &[(String, Vec<f64>)], width: u32, height: u32
 pub fn bars(title: &str, groups: &[(String, Vec<f64>)], legend: &[&str], height: u32) -> RgbImage {
     let per_group = legend.len().max(1) as u32;
     let bar_w = 14u32;
-    let group_w = per_group * bar_w + 24;
+    // Wide enough for the group's name (about 7 px per character at this size) and a gap.
+    let longest = groups
+        .iter()
+        .map(|(name, _)| name.chars().count() as u32)
+        .max()
+        .unwrap_or(0);
+    let group_w = (per_group * bar_w + 24).max(7 * longest + 14);
     let width = (16 + group_w * groups.len().max(1) as u32).max(320);
     let mut img = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
     let black = Rgb([0, 0, 0]);
