@@ -67,7 +67,9 @@ pub enum Command {
 pub enum DataCommand {
     /// Count images and annotations per task and category, and report every bad record.
     Check {
-        /// The COCO json file, or an ImageNet-style folder of class folders.
+        /// What --data takes: a COCO json file (or several of one dataset, a.json,b.json), a
+        /// folder-dataset description (.toml), a classification list (.csv or a JSON array) or
+        /// an ImageNet-style folder of class folders.
         dataset: PathBuf,
         /// Image folder (default: the json file's folder).
         #[arg(long)]
@@ -446,6 +448,9 @@ pub struct MustArgs {
     /// says whether the claim holds within the noise (3 with --preset study).
     #[arg(long)]
     pub seeds: Option<usize>,
+    /// Leave bad records of every dataset out (each is logged) instead of refusing it.
+    #[arg(long)]
+    pub skip_bad: bool,
     #[command(flatten)]
     pub thresholds: ThresholdArgs,
 }

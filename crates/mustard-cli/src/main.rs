@@ -362,6 +362,7 @@ fn must_config(args: &MustArgs) -> Result<MustConfig> {
         tr.from_teachers |= args.transfer_from_teachers;
     }
     config.seeds = args.seeds.unwrap_or(config.seeds);
+    config.base.data.skip_bad |= args.skip_bad;
     config.validate()?;
     Ok(config)
 }

@@ -108,6 +108,9 @@ pub struct Dataset {
     /// Label value → class index for folder datasets ([`crate::folders`]), whose label maps
     /// are read as raw values; None: `seg_file` values are class indices.
     label_lut: Option<std::sync::Arc<[u8]>>,
+    /// Segment id → class per image of a COCO panoptic dataset, whose `seg_file`s are the
+    /// RGB-encoded panoptic PNGs.
+    panoptic: Option<std::sync::Arc<crate::folders::Panoptic>>,
 }
 
 /// Whether `path` names a JPEG or PNG file (by its extension).
@@ -440,6 +443,7 @@ impl Dataset {
             usable,
             skipped_annotations: HashSet::new(),
             label_lut: None,
+            panoptic: None,
         }
     }
 
@@ -448,6 +452,7 @@ impl Dataset {
         let f = crate::folders::open(spec)?;
         let mut ds = Self::from_file(f.file, spec, f.root);
         ds.label_lut = f.lut.map(Into::into);
+        ds.panoptic = f.panoptic.map(std::sync::Arc::new);
         Ok(ds)
     }
 
@@ -665,7 +670,9 @@ impl Dataset {
             (
                 "seg_file",
                 r.seg_file.as_ref(),
-                if self.label_lut.is_some() {
+                if self.panoptic.is_some() {
+                    Kind::Image
+                } else if self.label_lut.is_some() {
                     Kind::LabelValues
                 } else {
                     Kind::Labels
@@ -831,9 +838,15 @@ impl Dataset {
             None
         } else if let Some(name) = &r.seg_file {
             let path = self.file_path(name);
-            Some(match &self.label_lut {
-                Some(lut) => crate::folders::apply(lut, &imageio::read_label_values(&path)?),
-                None => imageio::read_labels(&path)?,
+            Some(match (&self.panoptic, &self.label_lut) {
+                (Some(p), _) => crate::folders::panoptic_classes(
+                    &imageio::read_rgb(&path)?,
+                    p.get(&r.id).map_or(&[][..], Vec::as_slice),
+                ),
+                (None, Some(lut)) => {
+                    crate::folders::apply(lut, &imageio::read_label_values(&path)?)
+                }
+                (None, None) => imageio::read_labels(&path)?,
             })
         } else {
             Some(self.rasterise(&anns, r)?)

@@ -10,6 +10,11 @@
 //! reduce_zero = true              # value 0 = "other" (ignored), value v = class v - 1
 //! ```
 //!
+//! With `coco = "annotations/instances_val2017.json"` the images come from a COCO file (its
+//! `file_name`s under `images`), and label or depth maps found by stem are added to it; with
+//! `panoptic = "annotations/panoptic_val2017.json"` and `panoptic_maps` a COCO panoptic set
+//! reads as semantic segmentation (every category, things and stuff) and thing boxes.
+//!
 //! Every path is relative to the TOML file. Label values become class indices through
 //! `reduce_zero`, `ids` (Cityscapes' label id → train id) and `ignore`; every other value is
 //! ignored (255) when it is not a class. Depth maps are 16-bit PNGs: `depth_scale` metres per
@@ -34,6 +39,14 @@ pub struct FolderSpec {
     /// under `images` is an image.
     #[serde(default)]
     pub coco: Option<String>,
+    /// A COCO panoptic file (`panoptic_val2017.json`): its images, its thing segments as
+    /// instance boxes, and with `panoptic_maps` every category (things and stuff) as semantic
+    /// segmentation.
+    #[serde(default)]
+    pub panoptic: Option<PathBuf>,
+    /// The folder of the panoptic PNGs (segment id = R + 256·G + 256²·B).
+    #[serde(default)]
+    pub panoptic_maps: Option<PathBuf>,
     /// The image folder (JPEG or PNG files, searched recursively).
     pub images: PathBuf,
     /// The label-map folder: `<stem><label_suffix>.png` per image, 8- or 16-bit grey or palette.
@@ -91,6 +104,137 @@ pub struct Folders {
     /// Label value → class index or 255 (ignored), for every 16-bit value; None without a
     /// `labels` folder (a COCO file's own `seg_file`s then hold class indices).
     pub lut: Option<Vec<u8>>,
+    /// Per image id of a panoptic dataset: segment id → segmentation class.
+    pub panoptic: Option<Panoptic>,
+}
+
+/// The segments of every image of a panoptic dataset: segment id → class index.
+pub type Panoptic = std::collections::HashMap<u64, Vec<(u32, u8)>>;
+
+#[derive(Deserialize)]
+struct PanopticFile {
+    images: Vec<ImageRecord>,
+    annotations: Vec<PanopticImage>,
+    categories: Vec<PanopticCategory>,
+}
+
+#[derive(Deserialize)]
+struct PanopticImage {
+    image_id: u64,
+    file_name: String,
+    segments_info: Vec<Segment>,
+}
+
+#[derive(Deserialize)]
+struct Segment {
+    id: u32,
+    category_id: u64,
+    #[serde(default)]
+    iscrowd: u8,
+    bbox: [f64; 4],
+    area: f64,
+}
+
+#[derive(Deserialize)]
+struct PanopticCategory {
+    id: u64,
+    name: String,
+    #[serde(default)]
+    isthing: u8,
+    #[serde(default)]
+    supercategory: Option<String>,
+}
+
+/// A COCO panoptic file as an index: thing segments become boxes (annotation id = image id ·
+/// 2²⁴ + segment id), every category a segmentation class (in the file's order), the PNGs the
+/// label maps.
+fn panoptic(spec: &FolderSpec, root: &Path, json: &Path) -> Result<(CocoFile, Panoptic)> {
+    let path = root.join(json);
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let file: PanopticFile = serde_json::from_slice(&bytes).map_err(|e| Error::Json {
+        path: path.clone(),
+        reason: format!("not a COCO panoptic file: {e}"),
+    })?;
+    if file.categories.len() > 255 {
+        return Err(Error::Json {
+            path,
+            reason: format!("{} categories: at most 255", file.categories.len()),
+        });
+    }
+    let class_of: std::collections::HashMap<u64, usize> = file
+        .categories
+        .iter()
+        .enumerate()
+        .map(|(k, c)| (c.id, k))
+        .collect();
+    let images_dir = root.join(&spec.images);
+    let relative = |p: &Path| -> String {
+        p.strip_prefix(root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let maps = spec.panoptic_maps.as_ref().map(|m| root.join(m));
+    let mut out = CocoFile {
+        seg_classes: if maps.is_some() {
+            file.categories.iter().map(|c| c.name.clone()).collect()
+        } else {
+            Vec::new()
+        },
+        categories: file
+            .categories
+            .iter()
+            .filter(|c| c.isthing == 1)
+            .map(|c| crate::coco::Category {
+                id: c.id,
+                name: c.name.clone(),
+                supercategory: c.supercategory.clone(),
+                keypoints: None,
+                skeleton: None,
+            })
+            .collect(),
+        ..CocoFile::default()
+    };
+    let mut segments = Panoptic::new();
+    let by_image: std::collections::HashMap<u64, &PanopticImage> =
+        file.annotations.iter().map(|a| (a.image_id, a)).collect();
+    for mut r in file.images {
+        r.file_name = relative(&images_dir.join(&r.file_name));
+        if let Some(a) = by_image.get(&r.id) {
+            let mut table = Vec::with_capacity(a.segments_info.len());
+            for s in &a.segments_info {
+                let Some(&class) = class_of.get(&s.category_id) else {
+                    return Err(Error::Json {
+                        path: path.clone(),
+                        reason: format!(
+                            "image {}: segment {} has category {}, which the file does not list",
+                            r.id, s.id, s.category_id
+                        ),
+                    });
+                };
+                table.push((s.id, class as u8));
+                if file.categories[class].isthing == 1 {
+                    out.annotations.push(crate::coco::Annotation {
+                        id: (r.id << 24) + u64::from(s.id),
+                        image_id: r.id,
+                        category_id: s.category_id,
+                        bbox: Some(s.bbox),
+                        area: Some(s.area),
+                        iscrowd: s.iscrowd,
+                        segmentation: None,
+                        keypoints: None,
+                        num_keypoints: None,
+                    });
+                }
+            }
+            if let Some(maps) = &maps {
+                r.seg_file = Some(relative(&maps.join(&a.file_name)));
+                segments.insert(r.id, table);
+            }
+        }
+        out.images.push(r);
+    }
+    Ok((out, segments))
 }
 
 /// Whether `path` names a folder-dataset description (a `.toml` file).
@@ -153,6 +297,16 @@ pub fn open(spec_path: &Path) -> Result<Folders> {
         None => None,
     };
 
+    if let Some(json) = &spec.panoptic {
+        let (file, segments) = panoptic(&spec, &root, json)?;
+        let has_maps = spec.panoptic_maps.is_some();
+        return Ok(Folders {
+            file,
+            root,
+            lut: None,
+            panoptic: has_maps.then_some(segments),
+        });
+    }
     let images_dir = root.join(&spec.images);
     let relative = |p: &Path| -> String {
         p.strip_prefix(&root)
@@ -213,7 +367,12 @@ pub fn open(spec_path: &Path) -> Result<Folders> {
         if !classes.is_empty() {
             file.seg_classes = classes;
         }
-        return Ok(Folders { file, root, lut });
+        return Ok(Folders {
+            file,
+            root,
+            lut,
+            panoptic: None,
+        });
     }
     let mut records = Vec::with_capacity(images.len());
     for (k, image) in images.iter().enumerate() {
@@ -244,6 +403,7 @@ pub fn open(spec_path: &Path) -> Result<Folders> {
         },
         root,
         lut,
+        panoptic: None,
     })
 }
 
@@ -345,4 +505,19 @@ pub fn apply(lut: &[u8], values: &imageio::LabelValues) -> image::GrayImage {
             .collect(),
     )
     .expect("one value per pixel")
+}
+
+/// The class of every pixel of a panoptic PNG (segment id = R + 256·G + 256²·B): its segment's
+/// class, 255 for id 0 (void) and for ids the image's segments do not list.
+pub fn panoptic_classes(png: &image::RgbImage, segments: &[(u32, u8)]) -> image::GrayImage {
+    let (w, h) = png.dimensions();
+    image::GrayImage::from_fn(w, h, |x, y| {
+        let [r, g, b] = png.get_pixel(x, y).0;
+        let id = u32::from(r) + 256 * u32::from(g) + 65536 * u32::from(b);
+        let class = segments
+            .iter()
+            .find(|(s, _)| *s == id)
+            .map_or(255, |&(_, c)| c);
+        image::Luma([class])
+    })
 }

@@ -331,3 +331,47 @@ ignore = 255
     assert!(ds.check_with(CheckDepth::Headers, &|| {}).is_clean());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn coco_panoptic_reads_as_semantic_classes_and_thing_boxes() {
+    let dir = temp("panoptic");
+    let coco = dir.join("coco");
+    write_image(&coco.join("val2017/000000000139.jpg"), 4, 2);
+    // Segment ids as the panoptic PNG encodes them: id = R + 256 G + 256² B.
+    let (person, wall, void) = ([7u8, 0, 0], [136u8, 19, 0], [0u8, 0, 0]);
+    let png = coco.join("annotations/panoptic_val2017/000000000139.png");
+    std::fs::create_dir_all(png.parent().unwrap()).unwrap();
+    let pixels = [person, person, wall, void, person, wall, wall, [9, 0, 0]];
+    RgbImage::from_fn(4, 2, |x, y| image::Rgb(pixels[(y * 4 + x) as usize]))
+        .save(&png)
+        .unwrap();
+    std::fs::write(
+        coco.join("annotations/panoptic_val2017.json"),
+        r#"{"images": [{"id": 139, "file_name": "000000000139.jpg", "width": 4, "height": 2}],
+            "annotations": [{"image_id": 139, "file_name": "000000000139.png", "segments_info": [
+                {"id": 7, "category_id": 1, "iscrowd": 0, "bbox": [0, 0, 2, 2], "area": 3},
+                {"id": 5000, "category_id": 199, "iscrowd": 0, "bbox": [1, 0, 3, 2], "area": 3}]}],
+            "categories": [{"id": 1, "name": "person", "isthing": 1, "supercategory": "person"},
+                           {"id": 199, "name": "wall-other-merged", "isthing": 0}]}"#,
+    )
+    .unwrap();
+    let path = spec(
+        &coco,
+        "panoptic = \"annotations/panoptic_val2017.json\"\npanoptic_maps = \"annotations/panoptic_val2017\"\nimages = \"val2017\"\n",
+    );
+    let ds = Dataset::open_path(&path, None).unwrap();
+    assert_eq!(ds.file().seg_classes, ["person", "wall-other-merged"]);
+    let names: Vec<&str> = ds.categories().iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["person"], "stuff is not detected");
+    assert!(ds.tasks(0).contains(Task::Detection) && ds.tasks(0).contains(Task::Segmentation));
+    let sample = ds.load(0).unwrap();
+    assert_eq!(sample.objects.len(), 1);
+    assert_eq!(sample.objects[0].bbox, [0.0, 0.0, 2.0, 2.0]);
+    // Void (0) and a segment the image does not list (9) are ignored.
+    assert_eq!(
+        sample.semantic.unwrap().into_raw(),
+        [0, 0, 1, 255, 0, 1, 1, 255]
+    );
+    assert!(ds.check_with(CheckDepth::Decode, &|| {}).is_clean());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -370,14 +370,14 @@ struct TestSets {
 }
 
 impl TestSets {
-    fn open(files: &TaskMap<PathBuf>, tasks: &[Task]) -> Result<Self> {
+    fn open(files: &TaskMap<PathBuf>, tasks: &[Task], skip_bad: bool) -> Result<Self> {
         let mut opened: Vec<(PathBuf, Arc<Dataset>)> = Vec::new();
         for &task in tasks {
             let Some(path) = files.get(task) else {
                 continue;
             };
             if !opened.iter().any(|(p, _)| p == path) {
-                opened.push((path.clone(), Arc::new(open_dataset(path, None, false)?)));
+                opened.push((path.clone(), Arc::new(open_dataset(path, None, skip_bad)?)));
             }
         }
         Ok(Self {
@@ -430,7 +430,7 @@ pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustRepo
     if let Some(t) = &config.transfer {
         check_downstream(&t.tasks, &files.downstream)?;
     }
-    let test = TestSets::open(&files.test, &config.tasks)?;
+    let test = TestSets::open(&files.test, &config.tasks, config.base.data.skip_bad)?;
     let mut seeds = Vec::new();
     let mut timings = std::mem::take(&mut p.timings);
     for k in 0..config.seeds {
