@@ -675,5 +675,48 @@ fn a_folder_dataset_checks_trains_and_evaluates() {
         stdout.starts_with("8 images\n") && stdout.contains("mIoU") && stdout.contains("AbsRel"),
         "{stdout}"
     );
+    // It pseudo-labels, and serves `must` as a teacher's labelled set and test set.
+    let out = mustard(&[
+        "pseudo-label",
+        "--teacher",
+        s(&runs.join("folders")),
+        "--images",
+        s(&spec),
+        "--out",
+        s(&dir.join("labels")),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("8 images\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = mustard(&[
+        "must",
+        "--runs",
+        s(&runs),
+        "--labelled",
+        &format!("segmentation={}", spec.display()),
+        "--unlabelled",
+        s(&data.join("images")),
+        "--test",
+        s(&spec),
+        "--transfer",
+        "none",
+        "--input-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--teacher-epochs",
+        "1",
+        "--student-epochs",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\n| segmentation | mIoU | "),
+        "{}",
+        text(&out.stdout)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

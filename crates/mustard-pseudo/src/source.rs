@@ -10,12 +10,13 @@ use mustard_data::{Dataset, Label, Sample, Source, Task};
 use crate::store::{fingerprint, ShardIndex, Store};
 use crate::{Error, Result};
 
-/// Opens the images a store labels: a COCO file, or a folder of images.
+/// Opens the images a store labels: a folder of images, or any dataset file `--data` takes.
 pub fn open_images(path: &Path, root: Option<&Path>) -> Result<Dataset> {
     Ok(if path.is_dir() {
         Dataset::from_images(path)?
     } else {
-        Dataset::open(path, root)?
+        // Any dataset file `--data` takes (COCO, several files, a folder description, a list).
+        Dataset::open_path(path, root)?
     })
 }
 
