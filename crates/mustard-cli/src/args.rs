@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use mustard::backbone::ResNetPreset;
-use mustard::core::ops::ConvAlgorithm;
+use mustard::core::ops::{ConvAlgorithm, Kernels};
 use mustard::core::DeviceSpec;
 use mustard::data::Task;
 use mustard::eval::IouType;
@@ -125,6 +125,10 @@ pub struct OptimArgs {
     /// direct (im2col + GEMM, ~5e-7); saved in the run's config.
     #[arg(long)]
     pub conv: Option<ConvAlgorithm>,
+    /// The custom ops' CPU kernels (fast) or the composed candle ops a GPU runs (portable, to
+    /// check on a CPU what CUDA or Metal computes); saved in the run's config.
+    #[arg(long)]
+    pub kernels: Option<Kernels>,
 }
 
 impl OptimArgs {
@@ -137,6 +141,7 @@ impl OptimArgs {
         t.workers = self.workers.or(t.workers);
         config.seed = self.seed.unwrap_or(config.seed);
         config.numerics.conv = self.conv.unwrap_or(config.numerics.conv);
+        config.numerics.kernels = self.kernels.unwrap_or(config.numerics.kernels);
     }
 }
 

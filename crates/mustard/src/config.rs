@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use mustard_backbone::ResNetPreset;
-use mustard_core::ops::ConvAlgorithm;
+use mustard_core::ops::{ConvAlgorithm, Kernels};
 use mustard_core::DeviceSpec;
 use mustard_data::{Task, TaskMap};
 use serde::{Deserialize, Serialize};
@@ -70,12 +70,21 @@ pub fn loss_weight(weights: &LossWeights, task: Task) -> f64 {
 pub struct Numerics {
     /// The kernel of 3x3 stride-1 convolutions.
     pub conv: ConvAlgorithm,
+    /// The CPU kernels of the custom ops (`fast`), or the composed candle ops every other
+    /// device runs (`portable`: what a GPU computes, on the CPU).
+    #[serde(skip_serializing_if = "is_fast")]
+    pub kernels: Kernels,
+}
+
+fn is_fast(k: &Kernels) -> bool {
+    *k == Kernels::Fast
 }
 
 impl Numerics {
     /// Makes these the settings of the process (every run applies its own when it starts).
     pub fn apply(self) {
         self.conv.apply();
+        self.kernels.apply();
     }
 }
 

@@ -275,7 +275,15 @@ impl Tensor {
                         let k_h = kernel.dim(2)?;
                         let out_size =
                             (grad_h - 1) * stride + dilation * (k_h - 1) + 1 - 2 * padding;
-                        let out_padding = arg.dim(2)? - out_size;
+                        // The width may need another `out_padding` than the height (non-square
+                        // inputs); the transposed convolution takes one, so it runs with the
+                        // larger and the extra row or column, past the input, is cut off.
+                        let out_size_w = (grad.dim(3)? - 1) * stride
+                            + dilation * (kernel.dim(3)? - 1)
+                            + 1
+                            - 2 * padding;
+                        let out_padding =
+                            (arg.dim(2)? - out_size).max(arg.dim(3)? - out_size_w);
                         let grad_arg = grad.conv_transpose2d(
                             kernel,
                             *padding,
@@ -283,6 +291,9 @@ impl Tensor {
                             *stride,
                             *dilation,
                         )?;
+                        let grad_arg = grad_arg
+                            .narrow(2, 0, arg.dim(2)?)?
+                            .narrow(3, 0, arg.dim(3)?)?;
                         grads.accumulate(arg, &grad_arg)?;
 
                         let grad_kernel = arg

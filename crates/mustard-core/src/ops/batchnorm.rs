@@ -50,7 +50,7 @@ pub fn batch_norm_train(
             "more than one value per channel in training",
         ));
     }
-    if !x.device().is_cpu() {
+    if !super::cpu_kernels(x) {
         let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
         let mean = x.mean_keepdim((0, 2, 3))?;
         let centred = x.broadcast_sub(&mean)?;

@@ -85,7 +85,7 @@ pub fn max_pool2d(x: &Tensor, cfg: MaxPool2dConfig) -> Result<Tensor> {
             ),
         ));
     }
-    if x.device().is_cpu() {
+    if super::cpu_kernels(x) {
         Ok(x.contiguous()?.apply_op1(MaxPool2d(cfg))?)
     } else {
         composed(x, cfg)

@@ -24,9 +24,62 @@ pub use maxpool::{max_pool2d, MaxPool2dConfig};
 pub use relu::relu;
 pub use upsample::{upsample_bilinear2d, upsample_nearest2d};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 
 use crate::{Error, Result};
+
+/// Whether the custom ops take the composed candle path on the CPU too (see [`Kernels`]).
+static PORTABLE: AtomicBool = AtomicBool::new(false);
+
+/// Which implementation the custom ops run on the CPU: a numerics setting saved in a run's
+/// config. `Portable` takes, on the CPU, the composition of candle ops that every other device
+/// runs (CUDA, Metal), so that the path a GPU takes is tested and compared with the fast one on
+/// any machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kernels {
+    /// The CPU kernels (max-pool, bilinear upsampling, training BatchNorm, ReLU, the
+    /// convolution engine).
+    #[default]
+    Fast,
+    /// The device-generic composed candle ops, as on a GPU.
+    Portable,
+}
+
+impl std::str::FromStr for Kernels {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "fast" => Ok(Kernels::Fast),
+            "portable" => Ok(Kernels::Portable),
+            _ => Err(format!("unknown kernels {s:?}: expected fast or portable")),
+        }
+    }
+}
+
+impl Kernels {
+    /// Makes these the kernels of every custom op of the process from now on.
+    pub fn apply(self) {
+        PORTABLE.store(self == Kernels::Portable, Ordering::Relaxed);
+    }
+
+    /// The kernels in use.
+    pub fn current() -> Self {
+        if PORTABLE.load(Ordering::Relaxed) {
+            Kernels::Portable
+        } else {
+            Kernels::Fast
+        }
+    }
+}
+
+/// Whether `x` takes the CPU kernels: on the CPU, unless [`Kernels::Portable`] is set.
+pub(crate) fn cpu_kernels(x: &Tensor) -> bool {
+    x.device().is_cpu() && !PORTABLE.load(Ordering::Relaxed)
+}
 
 /// The float types the CPU kernels run on.
 pub(crate) trait Real:

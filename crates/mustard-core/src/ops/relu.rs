@@ -12,7 +12,8 @@ use crate::Result;
 /// gradient at exactly 0 is 0, as in PyTorch. NaN stays NaN. Other devices and dtypes use
 /// candle's ReLU.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+    if super::cpu_kernels(x)
+        && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
     {
         Ok(x.contiguous()?.apply_op1(Relu)?)
     } else {

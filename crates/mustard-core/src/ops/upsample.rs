@@ -21,7 +21,7 @@ pub fn upsample_bilinear2d(x: &Tensor, out_h: usize, out_w: usize) -> Result<Ten
             format!("output size ({out_h}, {out_w}) must be at least (1, 1)"),
         ));
     }
-    if x.device().is_cpu() {
+    if super::cpu_kernels(x) {
         Ok(x.contiguous()?.apply_op1(Bilinear {
             in_hw: (h, w),
             out_hw: (out_h, out_w),

@@ -531,7 +531,7 @@ fn check_bias(op: &'static str, b: &Tensor, out: usize, x: &Tensor) -> Result<()
 }
 
 fn uses_engine(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+    super::cpu_kernels(x) && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
 /// The contiguous f32 or f64 data of the CPU arguments of an op.
