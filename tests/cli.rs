@@ -182,6 +182,23 @@ fn bad_input_is_a_clear_error_and_a_non_zero_exit() {
             dir.display()
         )
     );
+    // A GPU device on a CPU build says how to build for it, on every verb that takes one.
+    for args in [
+        &["train", "--runs", s(&dir), "--device", "cuda:1"][..],
+        &["mcn", "--runs", s(&dir), "--device", "cuda:1"][..],
+        &["must", "--runs", s(&dir), "--device", "cuda:1"][..],
+    ] {
+        let out = mustard(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&out.stderr).ends_with(
+                "device `cuda:1` needs mustard built with the `cuda` feature \
+                 (cargo build --release -p mustard-cli --features cuda)\n"
+            ),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

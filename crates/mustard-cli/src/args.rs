@@ -60,6 +60,9 @@ pub enum Command {
         /// Also train each pair of tasks (the study and full presets always do).
         #[arg(long)]
         pairs: bool,
+        /// Device of every model: cpu, cuda[:N] or metal.
+        #[arg(long)]
+        device: Option<DeviceSpec>,
     },
 }
 
@@ -129,6 +132,10 @@ pub struct OptimArgs {
     /// check on a CPU what CUDA or Metal computes); saved in the run's config.
     #[arg(long)]
     pub kernels: Option<Kernels>,
+    /// Device of the run: cpu, cuda[:N] or metal (a GPU build needs `--features cuda` or
+    /// `metal`); saved in the run's config (a resumed run may change it).
+    #[arg(long)]
+    pub device: Option<DeviceSpec>,
 }
 
 impl OptimArgs {
@@ -142,6 +149,7 @@ impl OptimArgs {
         config.seed = self.seed.unwrap_or(config.seed);
         config.numerics.conv = self.conv.unwrap_or(config.numerics.conv);
         config.numerics.kernels = self.kernels.unwrap_or(config.numerics.kernels);
+        config.device = self.device.unwrap_or(config.device);
     }
 }
 
@@ -276,6 +284,9 @@ pub struct EvalArgs {
     /// evaluations do.
     #[arg(long)]
     pub network_resolution: bool,
+    /// Evaluate here (default: the run's device): cpu, cuda[:N] or metal (a GPU build needs `--features cuda` or `metal`).
+    #[arg(long)]
+    pub device: Option<DeviceSpec>,
     /// Ground-truth COCO file (with --results).
     #[arg(long, requires = "results")]
     pub gt: Option<PathBuf>,
@@ -314,6 +325,9 @@ pub struct PredictArgs {
     /// Draw boxes and people scoring at least this.
     #[arg(long, default_value_t = 0.3)]
     pub threshold: f32,
+    /// Predict here (default: the run's device): cpu, cuda[:N] or metal.
+    #[arg(long)]
+    pub device: Option<DeviceSpec>,
 }
 
 /// Pseudo-label thresholds (default: SPEC §6's, or the `must` preset's).
@@ -375,6 +389,9 @@ pub struct PseudoArgs {
     /// Network input size (default: the largest training size of the teachers).
     #[arg(long)]
     pub input_size: Option<u32>,
+    /// Run the teachers here (default: their runs' device): cpu, cuda[:N] or metal (a GPU build needs `--features cuda` or `metal`).
+    #[arg(long)]
+    pub device: Option<DeviceSpec>,
     #[command(flatten)]
     pub thresholds: ThresholdArgs,
 }

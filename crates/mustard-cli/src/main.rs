@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use mustard::core::DeviceSpec;
 use mustard::data::synth::{self, Splits, SynthConfig};
 use mustard::data::{CheckDepth, Dataset, Task, TaskMap};
 use mustard::eval::{CocoDt, CocoGt, Params};
@@ -131,7 +132,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
     let Some(checkpoint) = &args.checkpoint else {
         bail!("give --checkpoint (a model to evaluate) or --gt with --results (a COCO results file to score)");
     };
-    let (config, _, model) = mustard::checkpoint::load_model(checkpoint)?;
+    let (config, _, model) = mustard::checkpoint::load_model_on(checkpoint, args.device)?;
     let ds = match &args.data {
         Some(d) => Arc::new(mustard::train::open_dataset(
             d,
@@ -161,7 +162,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
 }
 
 fn predict(args: PredictArgs) -> Result<ExitCode> {
-    let (config, _, model) = mustard::checkpoint::load_model(&args.checkpoint)?;
+    let (config, _, model) = mustard::checkpoint::load_model_on(&args.checkpoint, args.device)?;
     let inputs = mustard::predict::collect_inputs(&args.input)?;
     let targets = match &args.gt {
         Some(gt) => Some(Arc::new(Dataset::open(gt, None)?)),
@@ -197,6 +198,7 @@ fn pseudo_label(args: PseudoArgs) -> Result<ExitCode> {
     options.input_size = args.input_size;
     options.thresholds = args.thresholds.over(Default::default());
     options.progress = true;
+    options.device = args.device;
     let s = mustard::pseudo::pseudo_label(&options)?;
     println!(
         "shard {}: wrote {} shard(s), {} already complete, {} redone, in {:.1} s",
@@ -415,8 +417,15 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn mcn(preset: Preset, runs: PathBuf, seeds: Option<usize>, pairs: bool) -> Result<ExitCode> {
+fn mcn(
+    preset: Preset,
+    runs: PathBuf,
+    seeds: Option<usize>,
+    pairs: bool,
+    device: Option<DeviceSpec>,
+) -> Result<ExitCode> {
     let mut config = mustard::mcn::McnConfig::preset(preset);
+    config.base.device = device.unwrap_or(config.base.device);
     config.seeds = seeds.unwrap_or(config.seeds);
     if pairs {
         config.variants = mustard::mcn::every_combination();
@@ -452,7 +461,8 @@ fn main() -> ExitCode {
             runs,
             seeds,
             pairs,
-        } => mcn(preset, runs, seeds, pairs),
+            device,
+        } => mcn(preset, runs, seeds, pairs, device),
     };
     match result {
         Ok(code) => code,

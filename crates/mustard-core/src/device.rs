@@ -133,7 +133,7 @@ mod tests {
         let err = DeviceSpec::Cuda(1).device().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "device `cuda:1` needs mustard built with the `cuda` feature (cargo build --features cuda)"
+            "device `cuda:1` needs mustard built with the `cuda` feature (cargo build --release -p mustard-cli --features cuda)"
         );
     }
 }

@@ -71,7 +71,7 @@ pub enum Error {
     },
 
     /// The device exists in the syntax but this build lacks its backend.
-    #[error("device `{device}` needs mustard built with the `{feature}` feature (cargo build --features {feature})")]
+    #[error("device `{device}` needs mustard built with the `{feature}` feature (cargo build --release -p mustard-cli --features {feature})")]
     BackendUnavailable {
         /// The requested device.
         device: String,

@@ -32,6 +32,16 @@ pub struct ClassificationBatch {
     pub presence: Tensor,
 }
 
+impl ClassificationBatch {
+    /// The same targets on `device` (a no-op on the device they are on).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            probs: self.probs.to_device(device)?,
+            presence: self.presence.to_device(device)?,
+        })
+    }
+}
+
 /// Stacks image labels; `None` marks an unlabelled image.
 pub fn collate(
     labels: &[Option<ClassTarget>],

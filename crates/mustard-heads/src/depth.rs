@@ -30,6 +30,16 @@ pub struct DepthBatch {
     pub valid: Tensor,
 }
 
+impl DepthBatch {
+    /// The same targets on `device` (a no-op on the device they are on).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            log_depth: self.log_depth.to_device(device)?,
+            valid: self.valid.to_device(device)?,
+        })
+    }
+}
+
 /// Stacks depth maps in metres (row-major); images without depth are all-invalid.
 pub fn collate(
     maps: &[Option<&[f32]>],

@@ -153,6 +153,20 @@ pub struct DetectionBatch {
     pub presence: Tensor,
 }
 
+impl DetectionBatch {
+    /// The same targets on `device` (a no-op on the device they are on).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            hm: self.hm.to_device(device)?,
+            ind: self.ind.to_device(device)?,
+            mask: self.mask.to_device(device)?,
+            wh: self.wh.to_device(device)?,
+            reg: self.reg.to_device(device)?,
+            presence: self.presence.to_device(device)?,
+        })
+    }
+}
+
 /// Stacks per-image targets (borrowed: they are copied once, into the tensors); `presence[i]` says whether image `i` is labelled for the task.
 pub fn collate(
     items: &[&DetectionTargets],

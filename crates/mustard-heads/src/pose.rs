@@ -174,6 +174,21 @@ pub struct PoseBatch {
     pub hp_mask: Tensor,
 }
 
+impl PoseBatch {
+    /// The same targets on `device` (a no-op on the device they are on).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            hps: self.hps.to_device(device)?,
+            hps_mask: self.hps_mask.to_device(device)?,
+            hm_hp: self.hm_hp.to_device(device)?,
+            hp_offset: self.hp_offset.to_device(device)?,
+            hp_ind: self.hp_ind.to_device(device)?,
+            hp_mask: self.hp_mask.to_device(device)?,
+            det: self.det.to_device(device)?,
+        })
+    }
+}
+
 /// Stacks per-image targets.
 pub fn collate(items: &[&PoseTargets], presence: &[bool], device: &Device) -> Result<PoseBatch> {
     let dets: Vec<&DetectionTargets> = items.iter().map(|t| &t.det).collect();

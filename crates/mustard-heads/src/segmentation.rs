@@ -28,6 +28,15 @@ pub struct SegmentationBatch {
     pub labels: Tensor,
 }
 
+impl SegmentationBatch {
+    /// The same targets on `device` (a no-op on the device they are on).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            labels: self.labels.to_device(device)?,
+        })
+    }
+}
+
 /// Stacks label maps (row-major `H·W` bytes each); images without labels become all-ignore.
 pub fn collate(
     maps: &[Option<&[u8]>],

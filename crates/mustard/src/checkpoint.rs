@@ -205,7 +205,18 @@ pub fn weights_file(path: &Path) -> PathBuf {
 /// folders up: `runs/<name>/weights/<file>`), or from a run folder (its `best`, else `last`),
 /// and applies the run's numerics settings to the process.
 pub fn load_model(path: &Path) -> Result<(Config, VarMap, MultiTaskModel)> {
-    let (weights, config) = config_of(path)?;
+    load_model_on(path, None)
+}
+
+/// [`load_model`] on `device` instead of the run's (the returned config says which).
+pub fn load_model_on(
+    path: &Path,
+    device: Option<mustard_core::DeviceSpec>,
+) -> Result<(Config, VarMap, MultiTaskModel)> {
+    let (weights, mut config) = config_of(path)?;
+    if let Some(device) = device {
+        config.device = device;
+    }
     config.numerics.apply();
     let (varmap, model) =
         MultiTaskModel::build(&config.model, config.seed, &config.device.device()?)?;

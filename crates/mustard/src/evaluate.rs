@@ -277,7 +277,7 @@ pub fn evaluate_loss(
     )?;
     let mut sums: TaskMap<(f64, usize)> = TaskMap::new();
     for batch in loader.epoch(0) {
-        let batch = batch?;
+        let batch = batch?.to_device(model.device())?;
         let out = model.forward_t(&batch.images, false)?;
         for (task, loss) in model.loss(&out, &batch)?.per_task {
             let v = loss
@@ -471,6 +471,7 @@ impl Accumulator {
     /// Runs the model on `batch` and adds its predictions against the batch's labels.
     fn add(&mut self, model: &MultiTaskModel, batch: &Batch) -> Result<()> {
         self.images += batch.meta.len();
+        let batch = &batch.to_device(model.device())?;
         let out = model.forward_t(&batch.images, false)?;
         let (b, p) = result_records(model, &out, batch)?;
         let keep = |r: &ResultRecord, t: Task| {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mustard_core::candle_core::{DType, Device, Tensor};
+use mustard_core::candle_core::{DType, Tensor};
 use mustard_data::{Dataset, Task};
 use serde::{Deserialize, Serialize};
 
@@ -163,7 +163,7 @@ fn milliseconds_per_image(model: &crate::MultiTaskModel, size: u32) -> Result<f6
     let x = Tensor::zeros(
         (1, 3, size as usize, size as usize),
         DType::F32,
-        &Device::Cpu,
+        model.device(),
     )?;
     model.forward_t(&x, false)?;
     let runs = 5;
@@ -180,6 +180,8 @@ pub fn study(config: &McnConfig, runs: &Path, progress: bool) -> Result<Study> {
     let started = Instant::now();
     config.validate()?;
     let base = &config.base;
+    // A device this build cannot open is refused before any data is written.
+    base.device.device()?;
     base.numerics.apply();
     let root = runs.join("mcn");
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;

@@ -38,6 +38,7 @@ pub struct MultiTaskModel {
     heads: Heads,
     specs: TaskMap<HeadSpec>,
     config: ModelConfig,
+    device: Device,
 }
 
 impl MultiTaskModel {
@@ -47,11 +48,33 @@ impl MultiTaskModel {
     /// (see [`crate::config::Classes`]). Checkpoints are loaded into the returned map.
     pub fn build(config: &ModelConfig, seed: u64, device: &Device) -> Result<(VarMap, Self)> {
         let varmap = VarMap::new();
+        // Initialised on the CPU (the values do not depend on the device, and Metal has no
+        // f64 for the initialisers), then moved.
         let model = Self::new(
             config,
-            crate::init::seeded(&varmap, seed, DType::F32, device),
+            crate::init::seeded(&varmap, seed, DType::F32, &Device::Cpu),
         )?;
-        Ok((varmap, model))
+        if device.is_cpu() {
+            return Ok((varmap, model));
+        }
+        let moved = VarMap::new();
+        {
+            let mut data = moved.data().lock().expect("VarMap lock poisoned");
+            for (name, var) in varmap.data().lock().expect("VarMap lock poisoned").iter() {
+                let t = var.as_tensor().to_device(device)?;
+                data.insert(
+                    name.clone(),
+                    mustard_core::candle_core::Var::from_tensor(&t)?,
+                );
+            }
+        }
+        let model = Self::new(config, VarBuilder::from_varmap(&moved, DType::F32, device))?;
+        Ok((moved, model))
+    }
+
+    /// The device of the model's variables (batches are moved there, [`crate::targets::Batch::to_device`]).
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Builds the model under `vb` (`backbone.*`, `neck.*`, `heads.<task>.*`).
@@ -95,6 +118,7 @@ impl MultiTaskModel {
             heads: Heads(heads),
             specs,
             config: config.clone(),
+            device: vb.device().clone(),
         })
     }
 

@@ -409,6 +409,8 @@ struct Pipeline<'a> {
 pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustReport> {
     let started = Instant::now();
     config.validate()?;
+    // A device this build cannot open is refused before any data is written.
+    config.base.device.device()?;
     config.base.numerics.apply();
     let root = runs.join("must");
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
@@ -628,6 +630,7 @@ impl Pipeline<'_> {
         options.shard_size = self.config.shard_size;
         options.batch_size = self.config.base.train.batch_size;
         options.input_size = Some(self.config.base.train.input_size);
+        options.device = Some(self.config.base.device);
         options.progress = self.progress;
         let labels = pseudo_label(&options)?;
         if self.progress {

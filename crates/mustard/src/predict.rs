@@ -217,7 +217,8 @@ impl Image {
         files: &mut Vec<PathBuf>,
     ) -> Result<Timing> {
         let s = self.size as usize;
-        let x = Tensor::from_vec(normalise(&self.sample.image), (1, 3, s, s), &Device::Cpu)?;
+        let x = Tensor::from_vec(normalise(&self.sample.image), (1, 3, s, s), &Device::Cpu)?
+            .to_device(model.device())?;
         let t1 = Instant::now();
         let outputs = model.forward_t(&x, false)?;
         let t2 = Instant::now();

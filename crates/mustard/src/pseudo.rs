@@ -16,7 +16,7 @@ use mustard_pseudo::{
     ImageLabels, Manifest, ShardSpec, ShardState, Stats, Store, Teacher, Thresholds,
 };
 
-use crate::checkpoint::load_model;
+use crate::checkpoint::load_model_on;
 use crate::config::{Classes, Config};
 use crate::error::Problems;
 use crate::log::progress_bar;
@@ -46,6 +46,8 @@ pub struct PseudoOptions {
     pub batch_size: usize,
     /// Draw a progress bar.
     pub progress: bool,
+    /// Run the teachers here instead of on the devices of their runs.
+    pub device: Option<mustard_core::DeviceSpec>,
 }
 
 impl PseudoOptions {
@@ -62,6 +64,7 @@ impl PseudoOptions {
             input_size: None,
             batch_size: 8,
             progress: false,
+            device: None,
         }
     }
 }
@@ -147,7 +150,10 @@ struct LoadedTeacher {
 }
 
 /// Loads the teachers and checks they label distinct tasks (each keeps its own classes).
-fn load_teachers(paths: &[PathBuf]) -> Result<Vec<LoadedTeacher>> {
+fn load_teachers(
+    paths: &[PathBuf],
+    device: Option<mustard_core::DeviceSpec>,
+) -> Result<Vec<LoadedTeacher>> {
     if paths.is_empty() {
         return Err(Error::config(
             "teachers",
@@ -156,7 +162,7 @@ fn load_teachers(paths: &[PathBuf]) -> Result<Vec<LoadedTeacher>> {
     }
     let mut teachers: Vec<LoadedTeacher> = Vec::new();
     for path in paths {
-        let (config, _, model) = load_model(path)?;
+        let (config, _, model) = load_model_on(path, device)?;
         for t in &teachers {
             if let Some(task) = t
                 .config
@@ -205,7 +211,7 @@ impl PseudoOptions {
 pub fn pseudo_label(options: &PseudoOptions) -> Result<PseudoSummary> {
     let started = Instant::now();
     options.validate()?;
-    let teachers = load_teachers(&options.teachers)?;
+    let teachers = load_teachers(&options.teachers, options.device)?;
     let images: Arc<Dataset> = Arc::new(mustard_pseudo::open_images(
         &options.images,
         options.root.as_deref(),
@@ -378,7 +384,7 @@ fn label_batch(
 ) -> Result<()> {
     let model = &teacher.model;
     let th = &m.thresholds;
-    let o = model.forward_t(&batch.images, false)?;
+    let o = model.forward_t(&batch.images.to_device(model.device())?, false)?;
     let metas = &batch.meta;
     if let (Some(head), Some(d)) = (model.detection(), o.detection()) {
         for ((dets, meta), l) in head.decode(d)?.iter().zip(metas).zip(out.iter_mut()) {

@@ -43,6 +43,21 @@ pub struct Batch {
     pub meta: Vec<Meta>,
 }
 
+impl Batch {
+    /// The batch on `device`: built on the CPU by the loader, moved once per step to the
+    /// model's device (a cheap clone when it is already there).
+    pub fn to_device(&self, device: &Device) -> crate::Result<Batch> {
+        if self.images.device().same_device(device) {
+            return Ok(self.clone());
+        }
+        Ok(Batch {
+            images: self.images.to_device(device)?,
+            targets: self.targets.to_device(device)?,
+            meta: self.meta.clone(),
+        })
+    }
+}
+
 /// Encodes samples for a model's heads (runs in the loader's worker threads).
 pub struct Encoder {
     heads: TaskMap<HeadSpec>,

@@ -447,6 +447,19 @@ pub enum Targets {
     Classification(ClassificationBatch),
 }
 
+impl Targets {
+    /// The same targets on `device`.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(match self {
+            Targets::Detection(t) => Targets::Detection(t.to_device(device)?),
+            Targets::Pose(t) => Targets::Pose(t.to_device(device)?),
+            Targets::Segmentation(t) => Targets::Segmentation(t.to_device(device)?),
+            Targets::Depth(t) => Targets::Depth(t.to_device(device)?),
+            Targets::Classification(t) => Targets::Classification(t.to_device(device)?),
+        })
+    }
+}
+
 /// Typed access to one task's entry of a map of heads, outputs or targets.
 macro_rules! typed_access {
     ($map:ty, $enum:ident { $($method:ident: $variant:ident => $ty:ty),* $(,)? }) => {
@@ -491,6 +504,13 @@ typed_access!(Heads, Head {
 /// The targets of every head for a batch.
 #[derive(Debug, Clone, Default)]
 pub struct BatchTargets(pub TaskMap<Targets>);
+
+impl BatchTargets {
+    /// Every task's targets on `device`.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(BatchTargets(self.0.try_map(|_, t| t.to_device(device))?))
+    }
+}
 
 typed_access!(BatchTargets, Targets {
     detection: Detection => DetectionBatch,

@@ -172,6 +172,7 @@ impl Trainer {
     /// One optimiser step on `batch`: forward, losses (a non-finite one stops before the
     /// update), backward, clipping, AdamW at the scheduled rate, the weight average.
     pub fn step(&mut self, batch: &Batch) -> Result<StepLosses> {
+        let batch = &batch.to_device(self.model.device())?;
         let out = self.model.forward_t(&batch.images, true)?;
         let losses = self.model.loss(&out, batch)?;
         let mut per_task = TaskMap::new();
