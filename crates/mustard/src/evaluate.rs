@@ -379,7 +379,12 @@ struct Originals {
 
 impl Originals {
     fn load(&self, image_id: u64) -> Result<mustard_data::Sample> {
-        let i = self.index[&image_id];
+        let i = *self.index.get(&image_id).ok_or_else(|| {
+            crate::Error::file(
+                self.dataset.path(),
+                format!("image {image_id} of a batch is not in the dataset"),
+            )
+        })?;
         Ok(self.dataset.load(i)?)
     }
 }
