@@ -142,6 +142,28 @@ fn is_list(path: &Path) -> bool {
     }
 }
 
+/// The JPEG and PNG files under `dir`, sub-folders included, in sorted order.
+pub(crate) fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if is_image_file(&p) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut paths = Vec::new();
+    walk(dir, &mut paths)?;
+    Ok(paths)
+}
+
 /// Whether a relative path stays inside its root.
 fn stays_inside(name: &str) -> bool {
     let p = Path::new(name);
@@ -355,23 +377,7 @@ impl Dataset {
     /// A folder of unlabelled images (`*.jpg`, `*.jpeg`, `*.png`, sub-folders included, in
     /// sorted order): no categories and no task labels, as the unlabelled set of MuST.
     pub fn from_images(root: &Path) -> Result<Self> {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map_err(|e| Error::io(dir, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .collect();
-            entries.sort();
-            for p in entries {
-                if p.is_dir() {
-                    walk(&p, out)?;
-                } else if is_image_file(&p) {
-                    out.push(p);
-                }
-            }
-            Ok(())
-        }
-        let mut paths = Vec::new();
-        walk(root, &mut paths)?;
+        let paths = image_files(root)?;
         if paths.is_empty() {
             return Err(Error::Json {
                 path: root.to_path_buf(),

@@ -168,12 +168,7 @@ fn panoptic(spec: &FolderSpec, root: &Path, json: &Path) -> Result<(CocoFile, Pa
         .map(|(k, c)| (c.id, k))
         .collect();
     let images_dir = root.join(&spec.images);
-    let relative = |p: &Path| -> String {
-        p.strip_prefix(root)
-            .unwrap_or(p)
-            .to_string_lossy()
-            .into_owned()
-    };
+    let relative = |p: &Path| relative_to(root, p);
     let maps = spec.panoptic_maps.as_ref().map(|m| root.join(m));
     let mut out = CocoFile {
         seg_classes: if maps.is_some() {
@@ -308,12 +303,7 @@ pub fn open(spec_path: &Path) -> Result<Folders> {
         });
     }
     let images_dir = root.join(&spec.images);
-    let relative = |p: &Path| -> String {
-        p.strip_prefix(&root)
-            .unwrap_or(p)
-            .to_string_lossy()
-            .into_owned()
-    };
+    let relative = |p: &Path| relative_to(&root, p);
     let mut file = match &spec.coco {
         Some(files) => {
             let list: Vec<String> = files
@@ -333,8 +323,7 @@ pub fn open(spec_path: &Path) -> Result<Folders> {
     };
     let mut images = Vec::new();
     if spec.coco.is_none() {
-        list_images(&images_dir, &mut images)?;
-        images.sort();
+        images = crate::dataset::image_files(&images_dir)?;
         if images.is_empty() {
             return Err(bad(format!(
                 "no JPEG or PNG files under {}",
@@ -438,6 +427,14 @@ fn maps(
     )
 }
 
+/// `p` as a path relative to the description's folder (unchanged when outside it).
+fn relative_to(root: &Path, p: &Path) -> String {
+    p.strip_prefix(root)
+        .unwrap_or(p)
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// The label value → class map of `spec` over every 16-bit value.
 fn lookup(spec: &FolderSpec, classes: usize) -> std::result::Result<Vec<u8>, String> {
     let mut lut = vec![255u8; 1 << 16];
@@ -472,24 +469,6 @@ fn lookup(spec: &FolderSpec, classes: usize) -> std::result::Result<Vec<u8>, Str
         lut[usize::from(ignore)] = 255;
     }
     Ok(lut)
-}
-
-fn list_images(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        if path.is_dir() {
-            list_images(&path, out)?;
-        } else if matches!(
-            path.extension()
-                .and_then(|e| e.to_str())
-                .map(str::to_ascii_lowercase)
-                .as_deref(),
-            Some("jpg" | "jpeg" | "png")
-        ) {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 /// Maps raw label values to class indices (255 = ignored).

@@ -389,6 +389,18 @@ impl Originals {
     }
 }
 
+/// The samples of one batch, loaded from the dataset when first needed.
+struct Loaded(Vec<Option<mustard_data::Sample>>);
+
+impl Loaded {
+    fn get(&mut self, o: &Originals, b: usize, image_id: u64) -> Result<&mustard_data::Sample> {
+        if self.0[b].is_none() {
+            self.0[b] = Some(o.load(image_id)?);
+        }
+        Ok(self.0[b].as_ref().expect("loaded above"))
+    }
+}
+
 /// Where an original pixel's centre falls in a network map of side `side`: the four
 /// neighbours and their bilinear weights (edges clamped).
 fn bilinear_at(t: &Affine, x: u32, y: u32, side: usize) -> [(usize, f32); 4] {
@@ -477,6 +489,8 @@ impl Accumulator {
     fn add(&mut self, model: &MultiTaskModel, batch: &Batch) -> Result<()> {
         self.images += batch.meta.len();
         let batch = &batch.to_device(model.device())?;
+        // Each image's maps at their original size, decoded once for segmentation and depth.
+        let mut originals = Loaded(vec![None; batch.meta.len()]);
         let out = model.forward_t(&batch.images, false)?;
         let (b, p) = result_records(model, &out, batch)?;
         let keep = |r: &ResultRecord, t: Task| {
@@ -500,7 +514,7 @@ impl Accumulator {
                     if !m.tasks.contains(Task::Segmentation) {
                         continue;
                     }
-                    let Some(labels) = o.load(m.image_id)?.semantic else {
+                    let Some(labels) = originals.get(o, b, m.image_id)?.semantic.clone() else {
                         continue;
                     };
                     let (w, h) = labels.dimensions();
@@ -533,7 +547,7 @@ impl Accumulator {
                     if !m.tasks.contains(Task::Depth) {
                         continue;
                     }
-                    let Some(depth) = o.load(m.image_id)?.depth else {
+                    let Some(depth) = originals.get(o, b, m.image_id)?.depth.clone() else {
                         continue;
                     };
                     let (w, h) = depth.dimensions();
