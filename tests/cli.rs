@@ -737,3 +737,95 @@ fn a_folder_dataset_checks_trains_and_evaluates() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn training_stops_early_when_validation_stops_improving() {
+    let dir = temp("patience");
+    let runs = dir.join("runs");
+    let args = [
+        "train",
+        "--runs",
+        s(&runs),
+        "--name",
+        "early",
+        "--tasks",
+        "segmentation",
+        "--synth-images",
+        "64",
+        "--synth-val-images",
+        "16",
+        "--input-size",
+        "64",
+        "--epochs",
+        "40",
+        "--patience",
+        "3",
+        "--workers",
+        "2",
+    ];
+    let out = mustard(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let csv = std::fs::read_to_string(runs.join("early/metrics.csv")).unwrap();
+    let scores: Vec<f64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+        .collect();
+    // The run names its best epoch; the three epochs after it score no better (in the log's
+    // five decimals), and the run stops there, well before its 40 epochs.
+    let stderr = text(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("stopping early: "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let best_epoch: usize = line
+        .trim_end_matches(')')
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let best = scores[best_epoch - 1];
+    let printed = line
+        .strip_prefix("stopping early: the validation score has not improved for 3 epochs (best ")
+        .and_then(|rest| rest.strip_suffix(&format!(" after epoch {best_epoch})")))
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((printed.parse::<f64>().unwrap() - best).abs() <= 6e-5, "{line}");
+    assert_eq!(scores.len(), best_epoch + 3, "{csv}");
+    assert!(scores.len() < 40, "{csv}");
+    assert!(scores.iter().all(|&v| v <= best), "{csv}");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.ends_with(&format!(
+            "best validation score {printed} after epoch {best_epoch} (stopped early: no improvement since): best.safetensors\n"
+        )),
+        "{stdout}"
+    );
+    // A resumed run that already stopped trains no further.
+    let steps = stdout.split_whitespace().nth(1).unwrap().to_string();
+    let out = mustard(&["train", "--resume", "--runs", s(&runs), "--name", "early"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with(&format!("trained {steps} steps in ")),
+        "{}",
+        text(&out.stdout)
+    );
+    // Early stopping without validation is refused before anything is written.
+    let out = mustard(&[
+        "train",
+        "--runs",
+        s(&runs),
+        "--name",
+        "noval",
+        "--patience",
+        "2",
+        "--no-val",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr).trim_end(),
+        "error: train.patience: early stopping needs validation (train.validate = true, no --no-val)"
+    );
+    assert!(!runs.join("noval").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -216,6 +216,10 @@ pub struct TrainArgs {
     /// Write a checkpoint every this many steps.
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
+    /// Stop when the validation score (the mean of the headline metrics, which also picks
+    /// best.safetensors) has not improved for N epochs.
+    #[arg(long, value_name = "N")]
+    pub patience: Option<u64>,
 }
 
 impl TrainArgs {
@@ -238,6 +242,7 @@ impl TrainArgs {
         t.max_steps = self.max_steps.or(t.max_steps);
         t.checkpoint_every = self.checkpoint_every.unwrap_or(t.checkpoint_every);
         t.validate &= !self.no_val;
+        t.patience = self.patience.or(t.patience);
         config.validate()?;
         Ok(config)
     }

@@ -85,6 +85,14 @@ fn print_summary(summary: &TrainSummary) {
     if let Some(v) = &summary.validation {
         print!("{}", v.summary());
     }
+    if let Some((score, epoch)) = summary.best {
+        let stopped = if summary.stopped_early {
+            " (stopped early: no improvement since)"
+        } else {
+            ""
+        };
+        println!("best validation score {score:.4} after epoch {epoch}{stopped}: best.safetensors");
+    }
 }
 
 fn train(args: TrainArgs) -> Result<ExitCode> {

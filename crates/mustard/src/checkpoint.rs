@@ -24,6 +24,8 @@ pub struct LoopState {
     pub batch: u64,
     /// Best validation score so far.
     pub best: f64,
+    /// The epoch that scored `best` (0 before any validation).
+    pub best_epoch: u64,
 }
 
 /// The files of a run.
@@ -101,6 +103,10 @@ pub fn save(
         Tensor::new(&[state.batch as i64], &cpu)?,
     );
     all.insert("state.best".into(), Tensor::new(&[state.best], &cpu)?);
+    all.insert(
+        "state.best_epoch".into(),
+        Tensor::new(&[state.best_epoch as i64], &cpu)?,
+    );
     mustard_core::io::save_safetensors(&all, path)?;
     Ok(())
 }
@@ -175,6 +181,8 @@ pub fn load(path: &Path, varmap: &VarMap) -> Result<Loaded> {
             epoch: int("epoch")?,
             batch: int("batch")?,
             best,
+            // Checkpoints written before early stopping existed lack it: the last epoch then.
+            best_epoch: int("best_epoch").or_else(|_| int("epoch"))?,
         }
     };
     Ok(Loaded {

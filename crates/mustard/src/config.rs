@@ -263,6 +263,10 @@ pub struct TrainConfig {
     /// Steps over which the average's decay ramps up.
     #[serde(default = "default_ema_ramp")]
     pub ema_ramp: f64,
+    /// Stop when the validation score (the mean of the headline metrics, which also picks
+    /// `best.safetensors`) has not improved for this many validated epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<u64>,
 }
 
 fn default_augment_strength() -> f64 {
@@ -325,6 +329,9 @@ impl Config {
         );
         p.check(!(t.lr.is_finite() && t.lr > 0.0), "train.lr", || {
             format!("{} must be positive", t.lr)
+        });
+        p.check(t.patience.is_some() && !t.validate, "train.patience", || {
+            "early stopping needs validation (train.validate = true, no --no-val)".into()
         });
         p.check(self.model.tasks.is_empty(), "model.tasks", || {
             "at least one task is needed".into()

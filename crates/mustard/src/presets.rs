@@ -54,6 +54,7 @@ impl Config {
                 augment_strength: 0.5,
                 ema: None,
                 ema_ramp: 100.0,
+                patience: None,
                 ..TrainConfig::common()
             },
         }
@@ -90,6 +91,7 @@ impl Config {
                 augment_strength: 1.0,
                 ema: Some(0.9998),
                 ema_ramp: 2000.0,
+                patience: None,
                 ..TrainConfig::common()
             },
         }
@@ -198,6 +200,7 @@ impl TrainConfig {
             validate: true,
             ema: None,
             ema_ramp: 200.0,
+            patience: None,
         }
     }
 }

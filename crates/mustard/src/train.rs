@@ -48,6 +48,10 @@ pub struct TrainSummary {
     pub seconds: f64,
     /// Trainable parameters.
     pub parameters: usize,
+    /// The best validation score and the epoch that reached it (`best.safetensors`).
+    pub best: Option<(f64, u64)>,
+    /// Whether training stopped before its last epoch (`train.patience`).
+    pub stopped_early: bool,
 }
 
 /// Trains a new run `config.name` under `options.runs`; refuses a folder that already holds a
@@ -137,6 +141,12 @@ fn run_loop(
     let started = Instant::now();
     config.numerics.apply();
     let data = TrainData::open(&config, &options.runs)?;
+    if config.train.patience.is_some() && data.val.is_none() {
+        return Err(Error::config(
+            "train.patience",
+            "early stopping needs a validation set: give --val (or data.val)",
+        ));
+    }
     if !resume {
         config.model.classes = classes_of(data.train.as_ref());
         // Pseudo depth labels are relative (SPEC §6): train them scale-and-shift invariant.
@@ -167,6 +177,8 @@ fn run_loop(
         validation: None,
         seconds: 0.0,
         parameters: trainer.parameters(),
+        best: None,
+        stopped_early: false,
     };
     while !trainer.finished() {
         let epoch_started = Instant::now();
@@ -194,7 +206,19 @@ fn run_loop(
         if validation.is_some() {
             summary.validation = validation;
         }
+        if trainer.stopped_early() && options.progress {
+            let s = trainer.state();
+            eprintln!(
+                "stopping early: the validation score has not improved for {} epochs (best {:.4} after epoch {})",
+                s.epoch - s.best_epoch,
+                s.best,
+                s.best_epoch
+            );
+        }
     }
+    let state = trainer.state();
+    summary.best = state.best.is_finite().then_some((state.best, state.best_epoch));
+    summary.stopped_early = trainer.stopped_early();
     summary.steps = trainer.state().step;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)

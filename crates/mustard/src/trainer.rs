@@ -164,9 +164,22 @@ impl Trainer {
         };
     }
 
-    /// Whether every planned epoch and step is done.
+    /// Whether every planned epoch and step is done, or training stopped early.
     pub fn finished(&self) -> bool {
-        self.state.epoch >= self.train.epochs as u64 || self.state.step >= self.total_steps
+        self.state.epoch >= self.train.epochs as u64
+            || self.state.step >= self.total_steps
+            || self.stopped_early()
+    }
+
+    /// Whether the validation score has not improved for `patience` epochs.
+    pub fn stopped_early(&self) -> bool {
+        match self.train.patience {
+            Some(patience) => {
+                self.state.best.is_finite()
+                    && self.state.epoch >= self.state.best_epoch + patience.max(1)
+            }
+            None => false,
+        }
     }
 
     /// One optimiser step on `batch`: forward, losses (a non-finite one stops before the
@@ -226,6 +239,7 @@ impl Trainer {
         )?;
         if report.score() > self.state.best {
             self.state.best = report.score();
+            self.state.best_epoch = self.state.epoch;
             checkpoint::save(&self.run.best(), &self.varmap, None, None, self.state)?;
         }
         if let Some(weights) = training {
