@@ -790,7 +790,10 @@ fn training_stops_early_when_validation_stops_improving() {
         .strip_prefix("stopping early: the validation score has not improved for 3 epochs (best ")
         .and_then(|rest| rest.strip_suffix(&format!(" after epoch {best_epoch})")))
         .unwrap_or_else(|| panic!("{line}"));
-    assert!((printed.parse::<f64>().unwrap() - best).abs() <= 6e-5, "{line}");
+    assert!(
+        (printed.parse::<f64>().unwrap() - best).abs() <= 6e-5,
+        "{line}"
+    );
     assert_eq!(scores.len(), best_epoch + 3, "{csv}");
     assert!(scores.len() < 40, "{csv}");
     assert!(scores.iter().all(|&v| v <= best), "{csv}");

@@ -330,9 +330,11 @@ impl Config {
         p.check(!(t.lr.is_finite() && t.lr > 0.0), "train.lr", || {
             format!("{} must be positive", t.lr)
         });
-        p.check(t.patience.is_some() && !t.validate, "train.patience", || {
-            "early stopping needs validation (train.validate = true, no --no-val)".into()
-        });
+        p.check(
+            t.patience.is_some() && !t.validate,
+            "train.patience",
+            || "early stopping needs validation (train.validate = true, no --no-val)".into(),
+        );
         p.check(self.model.tasks.is_empty(), "model.tasks", || {
             "at least one task is needed".into()
         });

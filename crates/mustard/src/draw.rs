@@ -1,5 +1,5 @@
 //! Pictures: predictions drawn over images (boxes with labels, skeletons, a segmentation
-//! overlay), depth colour maps, heatmaps, and the training curves of `results.png`.
+//! overlay), depth colour maps and heatmaps. Charts are in [`crate::charts`].
 
 use ab_glyph::{FontRef, PxScale};
 use image::{GrayImage, Rgb, RgbImage};
@@ -131,147 +131,6 @@ pub fn colour_map_range(
     })
 }
 
-/// A line chart of named series over x = 1..n, with min/max labels, `width` x `height`.
-pub fn chart(title: &str, series: &[(String, Vec<f64>)], width: u32, height: u32) -> RgbImage {
-    let mut img = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
-    let values: Vec<f64> = series
-        .iter()
-        .flat_map(|(_, v)| v.iter().copied())
-        .filter(|v| v.is_finite())
-        .collect();
-    let (lo, hi) = values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
-    let (lo, hi) = if lo.is_finite() {
-        (lo, if hi > lo { hi } else { lo + 1.0 })
-    } else {
-        (0.0, 1.0)
-    };
-    let (left, top, right, bottom) = (8.0f32, 18.0f32, width as f32 - 8.0, height as f32 - 16.0);
-    let black = Rgb([0, 0, 0]);
-    draw_text_mut(&mut img, black, 8, 2, PxScale::from(13.0), &font(), title);
-    draw_hollow_rect_mut(
-        &mut img,
-        Rect::at(left as i32, top as i32).of_size((right - left) as u32, (bottom - top) as u32),
-        Rgb([160, 160, 160]),
-    );
-    let n = series.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
-    let mut legend_x = left as i32 + 4;
-    for (k, (name, v)) in series.iter().enumerate() {
-        let c = colour(k);
-        let point = |i: usize, y: f64| {
-            let x = left
-                + (right - left)
-                    * if n > 1 {
-                        i as f32 / (n - 1) as f32
-                    } else {
-                        0.5
-                    };
-            (x, bottom - (bottom - top) * ((y - lo) / (hi - lo)) as f32)
-        };
-        for i in 1..v.len() {
-            if v[i - 1].is_finite() && v[i].is_finite() {
-                draw_line_segment_mut(&mut img, point(i - 1, v[i - 1]), point(i, v[i]), c);
-            }
-        }
-        for (i, y) in v.iter().enumerate().filter(|(_, y)| y.is_finite()) {
-            let (px, py) = point(i, *y);
-            draw_filled_circle_mut(&mut img, (px as i32, py as i32), 2, c);
-        }
-        draw_text_mut(
-            &mut img,
-            c,
-            legend_x,
-            bottom as i32 + 2,
-            PxScale::from(11.0),
-            &font(),
-            name,
-        );
-        legend_x += 7 * name.chars().count() as i32 + 14;
-    }
-    draw_text_mut(
-        &mut img,
-        black,
-        right as i32 - 60,
-        top as i32 + 2,
-        PxScale::from(11.0),
-        &font(),
-        &format!("{hi:.3}"),
-    );
-    draw_text_mut(
-        &mut img,
-        black,
-        right as i32 - 60,
-        bottom as i32 - 13,
-        PxScale::from(11.0),
-        &font(),
-        &format!("{lo:.3}"),
-    );
-    img
-}
-
-/// A grouped bar chart of values in `[0, 1]`: one group per `(name, values)`, one bar colour per
-/// entry of `legend`.
-pub fn bars(title: &str, groups: &[(String, Vec<f64>)], legend: &[&str], height: u32) -> RgbImage {
-    let per_group = legend.len().max(1) as u32;
-    let bar_w = 14u32;
-    // Wide enough for the group's name (about 7 px per character at this size) and a gap.
-    let longest = groups
-        .iter()
-        .map(|(name, _)| name.chars().count() as u32)
-        .max()
-        .unwrap_or(0);
-    let group_w = (per_group * bar_w + 24).max(7 * longest + 14);
-    let width = (16 + group_w * groups.len().max(1) as u32).max(320);
-    let mut img = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
-    let black = Rgb([0, 0, 0]);
-    draw_text_mut(&mut img, black, 8, 2, PxScale::from(13.0), &font(), title);
-    let (top, bottom) = (34.0f32, height as f32 - 18.0);
-    let mut x = 8;
-    for (k, name) in legend.iter().enumerate() {
-        draw_text_mut(
-            &mut img,
-            colour(k),
-            x,
-            17,
-            PxScale::from(11.0),
-            &font(),
-            name,
-        );
-        x += 7 * name.chars().count() as i32 + 14;
-    }
-    draw_line_segment_mut(&mut img, (8.0, bottom), (width as f32 - 8.0, bottom), black);
-    for (g, (name, values)) in groups.iter().enumerate() {
-        let x0 = 16 + g as u32 * group_w;
-        for (k, v) in values.iter().enumerate() {
-            let v = if v.is_finite() {
-                v.clamp(0.0, 1.0)
-            } else {
-                0.0
-            };
-            let h = ((bottom - top) * v as f32).round().max(1.0) as u32;
-            imageproc::drawing::draw_filled_rect_mut(
-                &mut img,
-                Rect::at((x0 + k as u32 * bar_w) as i32, bottom as i32 - h as i32)
-                    .of_size(bar_w - 2, h),
-                colour(k),
-            );
-        }
-        draw_text_mut(
-            &mut img,
-            black,
-            x0 as i32,
-            bottom as i32 + 3,
-            PxScale::from(11.0),
-            &font(),
-            name,
-        );
-    }
-    img
-}
-
 /// Stacks images vertically.
 pub fn stack(parts: &[RgbImage]) -> RgbImage {
     let w = parts.iter().map(RgbImage::width).max().unwrap_or(1);
@@ -297,11 +156,5 @@ mod tests {
         assert_eq!(img.get_pixel(20, 27).0, [0, 0, 0], "inside stays clear");
         let map = colour_map(&[1.0, 2.0, 3.0, 4.0], 2, 2, true);
         assert_ne!(map.get_pixel(0, 0), map.get_pixel(1, 1));
-        let c = chart("loss", &[("total".into(), vec![3.0, 2.0, 1.0])], 200, 80);
-        assert_eq!(c.dimensions(), (200, 80));
-        assert!(
-            c.pixels().any(|p| p.0 == colour(0).0),
-            "the series is drawn"
-        );
     }
 }

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod charts;
 pub mod checkpoint;
 pub mod config;
 pub mod datasets;

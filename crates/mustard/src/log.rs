@@ -107,7 +107,8 @@ impl MetricsLog {
     }
 }
 
-/// Draws `results.png` (loss curves and validation metrics per epoch) from `metrics.csv`.
+/// Draws `results.png` from `metrics.csv`: one panel per loss (the total, then each task's) and
+/// per validation metric, epochs on x, each epoch's value with a smoothed trend.
 pub fn write_results_png(run: &RunPaths) -> Result<()> {
     let csv = std::fs::read_to_string(run.metrics()).map_err(|e| Error::io(run.metrics(), e))?;
     let mut lines = csv.lines();
@@ -119,29 +120,69 @@ pub fn write_results_png(run: &RunPaths) -> Result<()> {
                 .collect()
         })
         .collect();
-    let column = |name: &str| -> Option<Vec<f64>> {
-        let i = header.iter().position(|h| *h == name)?;
-        Some(
-            rows.iter()
-                .map(|r| r.get(i).copied().unwrap_or(f64::NAN))
-                .collect(),
-        )
-    };
-    let pick = |prefix: &str| -> Vec<(String, Vec<f64>)> {
-        header
-            .iter()
-            .filter(|h| h.starts_with(prefix))
-            .filter_map(|h| column(h).map(|v| (h.trim_start_matches(prefix).to_string(), v)))
+    let column = |name: &str| -> Vec<(f64, f64)> {
+        let Some(i) = header.iter().position(|h| *h == name) else {
+            return Vec::new();
+        };
+        rows.iter()
+            .map(|r| (r[0], r.get(i).copied().unwrap_or(f64::NAN)))
             .collect()
     };
-    let mut losses = pick("loss_");
-    if let Some(total) = column("loss") {
-        losses.insert(0, ("total".into(), total));
+    let validated = rows.iter().any(|r| {
+        header
+            .iter()
+            .zip(r)
+            .any(|(h, v)| h.starts_with("val_") && v.is_finite())
+    });
+    let not_validated =
+        "not validated: the run has no validation set, or train.validate is off (--no-val)";
+    // Losses and the learning rate may span decades (log axis); metrics stay linear.
+    let panel = |title: String, name: &str, empty: &str| crate::charts::Panel {
+        title,
+        x_label: "epoch".into(),
+        points: column(name),
+        empty: empty.into(),
+        log: !name.starts_with("val_"),
+        smooth: name != "lr",
+    };
+    let mut panels = vec![panel("total loss".into(), "loss", "no epoch finished yet")];
+    let tasks: Vec<Task> = header
+        .iter()
+        .filter_map(|h| h.strip_prefix("loss_")?.parse().ok())
+        .collect();
+    for task in &tasks {
+        panels.push(panel(
+            format!("{task} loss"),
+            &format!("loss_{task}"),
+            "no epoch finished yet",
+        ));
     }
-    let picture = crate::draw::stack(&[
-        crate::draw::chart("training loss per epoch", &losses, 640, 220),
-        crate::draw::chart("validation (higher is better)", &pick("val_"), 640, 220),
-    ]);
-    mustard_data::imageio::write_rgb(&run.dir.join("results.png"), &picture)?;
-    Ok(())
+    for task in &tasks {
+        let title = format!("validation {task} {}", crate::must::metric_name(*task));
+        let empty = if validated {
+            "no validation image is labelled for this task"
+        } else {
+            not_validated
+        };
+        panels.push(panel(title, &format!("val_{task}"), empty));
+    }
+    if tasks.len() > 1 {
+        panels.push(panel(
+            "validation score (mean)".into(),
+            "val_score",
+            not_validated,
+        ));
+    }
+    panels.push(panel("learning rate".into(), "lr", "no epoch finished yet"));
+    let name = run
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    crate::charts::write_panels(
+        &run.dir.join("results.png"),
+        &format!("{name}: points are epochs, the line their smoothed trend"),
+        &panels,
+        (tasks.len() + 1).clamp(3, 6),
+    )
 }

@@ -229,11 +229,54 @@ pub fn study(config: &McnConfig, runs: &Path, progress: bool) -> Result<Study> {
     let report = root.join("report.md");
     let text = render(&out, config, started.elapsed().as_secs_f64());
     mustard_core::io::write_bytes(&report, text.as_bytes())?;
+    crate::charts::write_bars(&root.join("mcn.png"), &[chart(&out, config.seeds)])?;
     Ok(Study {
         variants: out,
         report,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// `mcn.png`: one group per task, one bar per model that has it (mean over seeds, whisker one
+/// standard deviation).
+fn chart(variants: &[Variant], seeds: usize) -> crate::charts::Bars {
+    let tasks: Vec<Task> = Task::ALL
+        .into_iter()
+        .filter(|t| variants.iter().any(|v| v.tasks.contains(t)))
+        .collect();
+    let cells =
+        |task: Task| -> Vec<Option<MeanStd>> { variants.iter().map(|v| v.metric(task)).collect() };
+    crate::charts::Bars {
+        title: if seeds > 1 {
+            format!("MultiTask-CenterNet: each task in every model that has it, mean of {seeds} seeds ± sd")
+        } else {
+            "MultiTask-CenterNet: each task in every model that has it".into()
+        },
+        y_label: "validation metric (higher is better)".into(),
+        legend: variants.iter().map(|v| v.name.clone()).collect(),
+        groups: tasks
+            .iter()
+            .map(|&t| {
+                let values = cells(t)
+                    .iter()
+                    .map(|c| c.map_or(f64::NAN, |m| m.mean))
+                    .collect();
+                (format!("{t} {}", crate::must::metric_name(t)), values)
+            })
+            .collect(),
+        errors: (seeds > 1).then(|| {
+            tasks
+                .iter()
+                .map(|&t| {
+                    cells(t)
+                        .iter()
+                        .map(|c| c.map_or(f64::NAN, |m| m.std))
+                        .collect()
+                })
+                .collect()
+        }),
+        empty: "no model".into(),
+    }
 }
 
 /// A trained model on the validation set: its metrics, and with `size` its parameters and

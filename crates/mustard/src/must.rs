@@ -1048,31 +1048,83 @@ fn write_report(report: &MustReport, config: &MustConfig, root: &Path) -> Result
     mustard_core::io::write_bytes(&report.report, text.as_bytes())?;
     let json = serde_json::to_vec_pretty(&report.to_json()).expect("JSON values serialise");
     mustard_core::io::write_bytes(&root.join("results.json"), &json)?;
-    let mean = |k: usize, f: fn(&TaskResult) -> f64| {
-        report
-            .over(|s| s.tasks.get(k).map(f))
-            .map_or(f64::NAN, |m| m.mean)
+    crate::charts::write_bars(&root.join("must.png"), &must_charts(report))
+}
+
+/// The two panels of `must.png`: each task's teacher, student and untrained student on its
+/// test set, and the transfer table (rows are bars, downstream tasks are groups). Bars are
+/// means over seeds, whiskers one standard deviation.
+fn must_charts(report: &MustReport) -> Vec<crate::charts::Bars> {
+    let seeds = report.seeds.len();
+    let over_seeds = if seeds > 1 {
+        format!(", mean of {seeds} seeds ± sd")
+    } else {
+        String::new()
     };
-    let chart = crate::draw::bars(
-        "MuST: teacher, student, initialisation",
-        &report.seeds[0]
-            .tasks
+    let cell = |value: &dyn Fn(&SeedRun) -> Option<f64>| {
+        report
+            .over(value)
+            .map_or((f64::NAN, f64::NAN), |m| (m.mean, m.std))
+    };
+    let fields: [fn(&TaskResult) -> f64; 3] = [|r| r.teacher, |r| r.student, |r| r.initial];
+    let mut groups = Vec::new();
+    let mut errors = Vec::new();
+    for (k, r) in report.seeds[0].tasks.iter().enumerate() {
+        let cells: Vec<(f64, f64)> = fields
             .iter()
-            .enumerate()
-            .map(|(k, r)| {
-                let values = vec![
-                    mean(k, |r| r.teacher),
-                    mean(k, |r| r.student),
-                    mean(k, |r| r.initial),
-                ];
-                (r.task.to_string(), values)
-            })
-            .collect::<Vec<_>>(),
-        &["teacher", "student", "initialisation"],
-        220,
-    );
-    mustard_data::imageio::write_rgb(&root.join("must.png"), &chart)?;
-    Ok(())
+            .map(|f| cell(&|s: &SeedRun| s.tasks.get(k).map(f)))
+            .collect();
+        groups.push((
+            format!("{} {}", r.task, metric_name(r.task)),
+            cells.iter().map(|c| c.0).collect(),
+        ));
+        errors.push(cells.iter().map(|c| c.1).collect());
+    }
+    let teachers = crate::charts::Bars {
+        title: format!("MuST: each task's test set{over_seeds}"),
+        y_label: "headline metric (higher is better)".into(),
+        legend: vec![
+            "teacher".into(),
+            "student".into(),
+            "student at initialisation".into(),
+        ],
+        groups,
+        errors: (seeds > 1).then_some(errors),
+        empty: "no task".into(),
+    };
+    let transfer = match &report.seeds[0].transfer {
+        Some(first) => {
+            let mut groups = Vec::new();
+            let mut errors = Vec::new();
+            for (c, task) in first.tasks.iter().enumerate() {
+                let cells: Vec<(f64, f64)> = (0..first.rows.len())
+                    .map(|row| cell(&|s: &SeedRun| s.transfer.as_ref()?.rows.get(row)?.1.get(c).copied()))
+                    .collect();
+                groups.push((
+                    format!("{task} {}", metric_name(*task)),
+                    cells.iter().map(|c| c.0).collect(),
+                ));
+                errors.push(cells.iter().map(|c| c.1).collect());
+            }
+            crate::charts::Bars {
+                title: format!("Transfer to held-out downstream tasks{over_seeds}"),
+                y_label: "headline metric after fine-tuning".into(),
+                legend: first.rows.iter().map(|(name, _)| name.clone()).collect(),
+                groups,
+                errors: (seeds > 1).then_some(errors),
+                empty: String::new(),
+            }
+        }
+        None => crate::charts::Bars {
+            title: "Transfer to held-out downstream tasks".into(),
+            y_label: String::new(),
+            legend: Vec::new(),
+            groups: Vec::new(),
+            errors: None,
+            empty: "not run: the pipeline was run without a transfer test (no --downstream on your data, or transfer switched off)".into(),
+        },
+    };
+    vec![teachers, transfer]
 }
 
 fn labels_tasks(tasks: &[Task]) -> mustard_data::TaskSet {

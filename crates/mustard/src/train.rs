@@ -217,7 +217,10 @@ fn run_loop(
         }
     }
     let state = trainer.state();
-    summary.best = state.best.is_finite().then_some((state.best, state.best_epoch));
+    summary.best = state
+        .best
+        .is_finite()
+        .then_some((state.best, state.best_epoch));
     summary.stopped_early = trainer.stopped_early();
     summary.steps = trainer.state().step;
     summary.seconds = started.elapsed().as_secs_f64();
