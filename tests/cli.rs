@@ -349,6 +349,73 @@ fn train_then_evaluate_through_the_command_line() {
         serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(numbers["images"], 8);
     assert!(numbers["segmentation"]["mean_iou"].as_f64().unwrap() > 0.0);
+    // Per-class numbers: printed under each task's summary, in the JSON, and as pictures in
+    // the run's eval/ folder.
+    let stdout = text(&out.stdout);
+    let categories: Vec<&serde_json::Value> = numbers["detection"]["per_category"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(categories.len(), 4, "circle, square, triangle, person");
+    let ap = |v: &serde_json::Value| v.as_f64().map_or("–".to_string(), |v| format!("{v:.3}"));
+    for c in &categories {
+        let line = format!(
+            " {:<8}  {:>6}  {:>6}  {:>6}  {:>9}\n",
+            c["name"].as_str().unwrap(),
+            ap(&c["ap"]),
+            ap(&c["ap50"]),
+            ap(&c["ap75"]),
+            c["num_gt"].as_u64().unwrap()
+        );
+        assert!(stdout.contains(&line), "{line:?} in\n{stdout}");
+    }
+    let confusion = &numbers["segmentation"]["confusion"];
+    assert_eq!(
+        confusion["classes"],
+        serde_json::json!(["background", "circle", "square", "triangle", "person"])
+    );
+    let rows = confusion["rows_true_columns_predicted"].as_array().unwrap();
+    let pixels: u64 = rows
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        pixels,
+        8 * 64 * 64,
+        "every pixel of the 8 images, at their original size"
+    );
+    let iou = numbers["segmentation"]["per_class_iou"][0]
+        .as_f64()
+        .unwrap();
+    let support: u64 = rows[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(
+        stdout.contains(&format!(" background  {iou:>8.4}  {support:>10}\n")),
+        "{stdout}"
+    );
+    let eval_dir = run.join("eval");
+    for file in [
+        "PR_curve_bbox.png",
+        "PR_curve_keypoints.png",
+        "confusion_matrix_segmentation.png",
+        "confusion_matrix_classification.png",
+    ] {
+        let path = eval_dir.join(file);
+        assert!(
+            stdout.contains(&format!("wrote {}\n", path.display())),
+            "{stdout}"
+        );
+        let (w, h) = image::image_dimensions(&path).unwrap();
+        assert!(w >= 300 && h >= 300, "{file}: {w}x{h}");
+    }
+    // The end of training drew the last validation's pictures into the run folder.
+    assert!(run.join("PR_curve_bbox.png").is_file());
 
     // Prediction on a folder of images: JSON and pictures.
     let pictures = dir.join("pred");
@@ -481,9 +548,36 @@ fn eval_scores_a_coco_results_file_like_pycocotools() {
         .collect();
     let res = dir.join("results.json");
     std::fs::write(&res, serde_json::to_vec(&results).unwrap()).unwrap();
-    let out = mustard(&["eval", "--gt", s(&json), "--results", s(&res)]);
+    let plots = dir.join("plots");
+    let out = mustard(&[
+        "eval",
+        "--gt",
+        s(&json),
+        "--results",
+        s(&res),
+        "--plots",
+        s(&plots),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
+    assert!(
+        stdout.ends_with(&format!(
+            "wrote {}\n",
+            plots.join("PR_curve_bbox.png").display()
+        )),
+        "{stdout}"
+    );
+    let categories: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with(" category "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("wrote "))
+        .collect();
+    assert!(!categories.is_empty(), "{stdout}");
+    for line in categories {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells[1..4], ["1.000", "1.000", "1.000"], "{line}");
+    }
     assert!(
         stdout.starts_with(
             " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 1.000\n"

@@ -304,6 +304,13 @@ pub struct EvalArgs {
     /// Write every number as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Write PR_curve_*.png and confusion_matrix_*.png here (default: the checkpoint's run
+    /// folder's eval/; with --gt and --results, only when given).
+    #[arg(long, conflicts_with = "no_plots")]
+    pub plots: Option<PathBuf>,
+    /// Write no pictures.
+    #[arg(long)]
+    pub no_plots: bool,
     /// Folder of the runs (for the synthetic validation set).
     #[arg(long, default_value = "runs")]
     pub runs: PathBuf,

@@ -14,7 +14,7 @@ use clap::Parser;
 use mustard::core::DeviceSpec;
 use mustard::data::synth::{self, Splits, SynthConfig};
 use mustard::data::{CheckDepth, Dataset, Task, TaskMap};
-use mustard::eval::{CocoDt, CocoGt, Params};
+use mustard::eval::{CocoDt, CocoGt, IouType, Params};
 use mustard::must::{Downstream, MustConfig, MustData, Transfer};
 use mustard::train::{TrainOptions, TrainSummary};
 use mustard::Preset;
@@ -133,8 +133,26 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             );
         }
         let report = mustard::eval::evaluate(&gt, &dt, &Params::new(args.iou_type))?;
-        print!("{}", report.summary());
+        println!("{}", report.summary());
+        if report.per_category.len() > 1 {
+            print!("{}", mustard::evaluate::per_category_table(&report));
+        }
         write_json(&args.out, &report.to_json())?;
+        if let (Some(dir), false) = (&args.plots, args.no_plots) {
+            let task = if args.iou_type == IouType::Keypoints {
+                Task::Pose
+            } else {
+                Task::Detection
+            };
+            let mut scored = mustard::evaluate::EvalReport {
+                images: gt.images().len(),
+                ..Default::default()
+            };
+            scored
+                .metrics
+                .insert(task, mustard::evaluate::TaskMetrics::Coco(Box::new(report)));
+            print_plots(&scored.write_plots(dir)?);
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let Some(checkpoint) = &args.checkpoint else {
@@ -166,7 +184,20 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
     )?;
     print!("{}", report.summary());
     write_json(&args.out, &report.to_json())?;
+    if !args.no_plots {
+        let dir = args
+            .plots
+            .clone()
+            .unwrap_or_else(|| mustard::checkpoint::run_folder(checkpoint).join("eval"));
+        print_plots(&report.write_plots(&dir)?);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_plots(files: &[PathBuf]) {
+    for f in files {
+        println!("wrote {}", f.display());
+    }
 }
 
 fn predict(args: PredictArgs) -> Result<ExitCode> {

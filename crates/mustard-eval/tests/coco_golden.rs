@@ -148,6 +148,39 @@ fn check(case: &str) {
             &floats(&r["data"]),
         );
     }
+
+    // The precision–recall curves average to the AP they plot: over every category, to
+    // pycocotools' AP (and AP50 at IoU 0.5) when max_dets ends at the summary's 100 (20 for
+    // keypoints); per category, to its AP.
+    let summary_dets = if eval.params.iou_type == IouType::Keypoints {
+        20
+    } else {
+        100
+    };
+    let mean = |c: Vec<f64>| c.iter().sum::<f64>() / c.len() as f64;
+    if eval.params.max_dets.last() == Some(&summary_dets) {
+        let stats = eval.stats();
+        match eval.precision_curve(None, None) {
+            Some(c) => assert_all_close(&format!("{case} PR curve"), &[mean(c)], &stats[..1]),
+            None => assert_eq!(stats[0], -1.0),
+        }
+        if let (Some(c), true) = (eval.precision_curve(None, Some(0.5)), stats[1] > -1.0) {
+            assert_all_close(&format!("{case} PR curve at 0.5"), &[mean(c)], &stats[1..2]);
+        }
+    }
+    for (k, c) in eval.per_category.iter().enumerate() {
+        match (eval.precision_curve(Some(k), None), c.ap) {
+            (Some(curve), Some(ap)) => {
+                assert_eq!(curve.len(), eval.params.rec_thrs.len());
+                assert_all_close(
+                    &format!("{case} category {} curve", c.id),
+                    &[mean(curve)],
+                    &[ap],
+                );
+            }
+            (curve, ap) => assert_eq!(curve.is_none(), ap.is_none(), "{case} category {}", c.id),
+        }
+    }
 }
 
 #[test]

@@ -512,7 +512,7 @@ pub fn write_pr_curves(path: &Path, caption: &str, panels: &[PrPanel]) -> Result
                     break;
                 }
                 let style = if named {
-                    colour(i + 1).stroke_width(1)
+                    colour(i).stroke_width(1)
                 } else {
                     GREY.mix(0.6).stroke_width(1)
                 };
@@ -523,10 +523,7 @@ pub fn write_pr_curves(path: &Path, caption: &str, panels: &[PrPanel]) -> Result
                     series
                         .label(format!("{name} {ap:.3}"))
                         .legend(move |(x, y)| {
-                            PathElement::new(
-                                vec![(x, y), (x + 14, y)],
-                                colour(i + 1).stroke_width(2),
-                            )
+                            PathElement::new(vec![(x, y), (x + 14, y)], colour(i).stroke_width(2))
                         });
                 } else if i == 0 {
                     series
@@ -535,11 +532,14 @@ pub fn write_pr_curves(path: &Path, caption: &str, panels: &[PrPanel]) -> Result
                 }
             }
             chart
-                .draw_series(LineSeries::new(curve(mean), colour(3).stroke_width(3)))
+                .draw_series(LineSeries::new(curve(mean), BLACK.stroke_width(3)))
                 .map_err(err)?
-                .label(format!("all classes {mean_ap:.3}"))
+                .label(match &panel.classes[..] {
+                    [(name, _, _)] => format!("{name} {mean_ap:.3}"),
+                    _ => format!("all classes {mean_ap:.3}"),
+                })
                 .legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 14, y)], colour(3).stroke_width(3))
+                    PathElement::new(vec![(x, y), (x + 14, y)], BLACK.stroke_width(3))
                 });
             chart
                 .configure_series_labels()
@@ -568,7 +568,11 @@ pub fn write_confusion(path: &Path, title: &str, classes: &[String], counts: &[u
     let side = cell * n as u32;
     let rotated = n > 12;
     let bottom = if rotated { label_w + 30 } else { 54 };
-    let size = (label_w + side + 40, side + bottom + 40);
+    // Wide enough for the title (about 9 px per character at 15 px).
+    let size = (
+        (label_w + side + 40).max(title.chars().count() as u32 * 9 + 24),
+        side + bottom + 40,
+    );
     let names: Vec<String> = classes.to_vec();
     let last = (n as u32).saturating_sub(1);
     write(path, size, |root| {
@@ -774,7 +778,7 @@ mod tests {
         .unwrap();
         let img = pixels(&path);
         assert_eq!(img.dimensions(), (960, 450));
-        assert!(has(&img, colour(1)) && has(&img, colour(3)));
+        assert!(has(&img, colour(0)) && has(&img, colour(1)));
 
         let path = temp("confusion.png");
         let names: Vec<String> = ["background", "shape", "person"].map(String::from).to_vec();

@@ -192,6 +192,19 @@ pub fn load(path: &Path, varmap: &VarMap) -> Result<Loaded> {
     })
 }
 
+/// The run folder of a checkpoint argument: the folder itself, or the folder holding a
+/// weights file's `weights/` (else the file's own folder).
+pub fn run_folder(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        return path.to_path_buf();
+    }
+    let parent = path.parent().unwrap_or(Path::new("."));
+    match (parent.file_name(), parent.parent()) {
+        (Some(name), Some(run)) if name == "weights" => run.to_path_buf(),
+        _ => parent.to_path_buf(),
+    }
+}
+
 /// The weights file a checkpoint argument names: the file itself, or a run folder's `best`
 /// (else `last`) checkpoint.
 pub fn weights_file(path: &Path) -> PathBuf {

@@ -24,7 +24,12 @@ pub enum TaskMetrics {
     /// COCO AP (boxes for detection, OKS for pose), equal to pycocotools.
     Coco(Box<CocoEval>),
     /// mIoU and pixel accuracy.
-    Segmentation(SegmentationMetrics),
+    Segmentation {
+        /// Per-class IoU, mIoU, pixel accuracy.
+        metrics: SegmentationMetrics,
+        /// Pixels per (true, predicted) class.
+        confusion: Confusion,
+    },
     /// Depth errors (metres).
     Depth(mustard_eval::DepthMetrics),
     /// Top-1 and top-5 accuracy.
@@ -33,7 +38,63 @@ pub enum TaskMetrics {
         top1: f64,
         /// Top-5.
         top5: f64,
+        /// Images per (true, predicted) class.
+        confusion: Confusion,
     },
+}
+
+/// A confusion matrix with its class names: `counts[true * n + predicted]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confusion {
+    /// Class names, by index.
+    pub classes: Vec<String>,
+    /// Row-major counts, `classes.len()` squared.
+    pub counts: Vec<u64>,
+}
+
+impl Confusion {
+    fn of(matrix: &ConfusionMatrix, classes: &[String]) -> Self {
+        let n = matrix.num_classes();
+        let classes = (0..n)
+            .map(|i| {
+                classes
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("class {i}"))
+            })
+            .collect();
+        Self {
+            classes,
+            counts: matrix.counts().to_vec(),
+        }
+    }
+
+    /// Per true class, the share predicted correctly (recall); `None` for a class with no
+    /// true sample.
+    pub fn recall(&self) -> Vec<Option<f64>> {
+        let n = self.classes.len();
+        (0..n)
+            .map(|t| {
+                let row = &self.counts[t * n..(t + 1) * n];
+                let total: u64 = row.iter().sum();
+                (total > 0).then(|| row[t] as f64 / total as f64)
+            })
+            .collect()
+    }
+
+    /// True samples per class.
+    pub fn support(&self) -> Vec<u64> {
+        let n = self.classes.len();
+        (0..n)
+            .map(|t| self.counts[t * n..(t + 1) * n].iter().sum())
+            .collect()
+    }
+
+    fn to_json(&self) -> Value {
+        let n = self.classes.len();
+        let rows: Vec<&[u64]> = (0..n).map(|t| &self.counts[t * n..(t + 1) * n]).collect();
+        json!({"classes": self.classes, "rows_true_columns_predicted": rows})
+    }
 }
 
 impl TaskMetrics {
@@ -41,7 +102,7 @@ impl TaskMetrics {
     pub fn headline(&self) -> f64 {
         match self {
             TaskMetrics::Coco(e) => e.stats()[0].max(0.0),
-            TaskMetrics::Segmentation(m) => m.mean_iou.unwrap_or(0.0),
+            TaskMetrics::Segmentation { metrics, .. } => metrics.mean_iou.unwrap_or(0.0),
             TaskMetrics::Depth(d) => d.delta1,
             TaskMetrics::Classification { top1, .. } => *top1,
         }
@@ -58,32 +119,54 @@ impl TaskMetrics {
                 };
                 s.push_str(&format!("{task} (COCO {what} AP, equal to pycocotools):\n"));
                 push_lines(s, &e.summary());
+                if e.per_category.len() > 1 {
+                    s.push_str(&per_category_table(e));
+                }
             }
-            TaskMetrics::Segmentation(m) => s.push_str(&format!(
-                "segmentation: mIoU {:.4}, pixel accuracy {:.4}\n",
-                m.mean_iou.unwrap_or(f64::NAN),
-                m.pixel_accuracy.unwrap_or(f64::NAN)
-            )),
+            TaskMetrics::Segmentation { metrics, confusion } => {
+                s.push_str(&format!(
+                    "segmentation: mIoU {:.4}, pixel accuracy {:.4}\n",
+                    metrics.mean_iou.unwrap_or(f64::NAN),
+                    metrics.pixel_accuracy.unwrap_or(f64::NAN)
+                ));
+                per_class(s, confusion, "IoU", &metrics.per_class_iou, "pixels");
+            }
             TaskMetrics::Depth(d) => s.push_str(&format!(
                 "depth: AbsRel {:.4}, RMSE {:.4} m, δ<1.25 {:.4}, δ<1.25² {:.4}, δ<1.25³ {:.4}\n",
                 d.abs_rel, d.rmse, d.delta1, d.delta2, d.delta3
             )),
-            TaskMetrics::Classification { top1, top5 } => s.push_str(&format!(
-                "classification: top-1 {top1:.4}, top-5 {top5:.4}\n"
-            )),
+            TaskMetrics::Classification {
+                top1,
+                top5,
+                confusion,
+            } => {
+                s.push_str(&format!(
+                    "classification: top-1 {top1:.4}, top-5 {top5:.4}\n"
+                ));
+                per_class(s, confusion, "accuracy", &confusion.recall(), "images");
+            }
         }
     }
 
     fn to_json(&self) -> Value {
         match self {
             TaskMetrics::Coco(e) => e.to_json(),
-            TaskMetrics::Segmentation(m) => {
-                json!({"mean_iou": m.mean_iou, "pixel_accuracy": m.pixel_accuracy, "per_class_iou": m.per_class_iou})
+            TaskMetrics::Segmentation {
+                metrics: m,
+                confusion,
+            } => {
+                json!({"mean_iou": m.mean_iou, "pixel_accuracy": m.pixel_accuracy, "per_class_iou": m.per_class_iou, "confusion": confusion.to_json()})
             }
             TaskMetrics::Depth(d) => {
                 json!({"abs_rel": d.abs_rel, "rmse": d.rmse, "delta1": d.delta1, "delta2": d.delta2, "delta3": d.delta3})
             }
-            TaskMetrics::Classification { top1, top5 } => json!({"top1": top1, "top5": top5}),
+            TaskMetrics::Classification {
+                top1,
+                top5,
+                confusion,
+            } => {
+                json!({"top1": top1, "top5": top5, "per_class_accuracy": confusion.recall(), "confusion": confusion.to_json()})
+            }
         }
     }
 }
@@ -146,6 +229,79 @@ impl EvalReport {
         s
     }
 
+    /// Writes the pictures of this evaluation into `dir` (created) and returns their paths:
+    /// `PR_curve_bbox.png` and `PR_curve_keypoints.png` (the interpolated precision at each
+    /// recall, IoU 0.5 and 0.5:0.95, per category and over all), `confusion_matrix_segmentation.png`
+    /// and `confusion_matrix_classification.png` (normalised by true class).
+    pub fn write_plots(&self, dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+        std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+        let mut written = Vec::new();
+        for (task, m) in self.metrics.iter() {
+            match m {
+                TaskMetrics::Coco(e) => {
+                    let (kind, what) = if task == Task::Pose {
+                        ("keypoints", "keypoint AP (OKS)")
+                    } else {
+                        ("bbox", "box AP")
+                    };
+                    let path = dir.join(format!("PR_curve_{kind}.png"));
+                    let stats = e.stats();
+                    let panel = |title: &str, iou: Option<f64>, stat: usize| {
+                        let classes = e
+                            .per_category
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(k, c)| {
+                                let ap = if iou.is_some() { c.ap50 } else { c.ap }?;
+                                Some((c.name.clone(), ap, e.precision_curve(Some(k), iou)?))
+                            })
+                            .collect();
+                        crate::charts::PrPanel {
+                            title: title.into(),
+                            classes,
+                            mean: e
+                                .precision_curve(None, iou)
+                                .map(|c| (stats.get(stat).copied().unwrap_or(f64::NAN), c)),
+                        }
+                    };
+                    crate::charts::write_pr_curves(
+                        &path,
+                        &format!(
+                            "{task}: precision against recall, {} images; legend: {what}",
+                            self.images
+                        ),
+                        &[
+                            panel("IoU 0.5", Some(0.5), 1),
+                            panel("IoU 0.5:0.95 (mean over thresholds)", None, 0),
+                        ],
+                    )?;
+                    written.push(path);
+                }
+                TaskMetrics::Segmentation { confusion, .. }
+                | TaskMetrics::Classification { confusion, .. } => {
+                    let path = dir.join(format!("confusion_matrix_{task}.png"));
+                    let unit = if task == Task::Segmentation {
+                        "pixels"
+                    } else {
+                        "images"
+                    };
+                    crate::charts::write_confusion(
+                        &path,
+                        &format!(
+                            "{task}: share of each true class's {unit}, {} images",
+                            self.images
+                        ),
+                        &confusion.classes,
+                        &confusion.counts,
+                    )?;
+                    written.push(path);
+                }
+                TaskMetrics::Depth(_) => {}
+            }
+        }
+        Ok(written)
+    }
+
     /// Every number as JSON (`null` for a task that was not evaluated).
     pub fn to_json(&self) -> Value {
         let mut out = json!({"images": self.images, "resolution": self.resolution.name()});
@@ -157,6 +313,51 @@ impl EvalReport {
         }
         out["score"] = self.score().into();
         out
+    }
+}
+
+/// The per-category AP table printed under pycocotools' summary: name, AP, AP50, AP75 and
+/// the instances of each category, one line each.
+pub fn per_category_table(e: &CocoEval) -> String {
+    let mut s = String::new();
+    let width = e
+        .per_category
+        .iter()
+        .map(|c| c.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    s.push_str(&format!(
+        " {:<width$}  {:>6}  {:>6}  {:>6}  {:>9}\n",
+        "category", "AP", "AP50", "AP75", "instances"
+    ));
+    let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.3}"));
+    for c in &e.per_category {
+        s.push_str(&format!(
+            " {:<width$}  {:>6}  {:>6}  {:>6}  {:>9}\n",
+            c.name,
+            cell(c.ap),
+            cell(c.ap50),
+            cell(c.ap75),
+            c.num_gt
+        ));
+    }
+    s
+}
+
+/// One line per class: its name, `values[class]` under `what`, and its true samples.
+fn per_class(s: &mut String, c: &Confusion, what: &str, values: &[Option<f64>], unit: &str) {
+    let width = c
+        .classes
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    s.push_str(&format!(" {:<width$}  {what:>8}  {unit:>10}\n", "class"));
+    for ((name, v), n) in c.classes.iter().zip(values).zip(c.support()) {
+        let v = v.map_or("–".to_string(), |v| format!("{v:.4}"));
+        s.push_str(&format!(" {name:<width$}  {v:>8}  {n:>10}\n"));
     }
 }
 
@@ -468,6 +669,7 @@ struct Accumulator {
     confusion: ConfusionMatrix,
     depth: DepthAccumulator,
     accuracy: ClassificationAccuracy,
+    labels: ConfusionMatrix,
 }
 
 impl Accumulator {
@@ -482,6 +684,7 @@ impl Accumulator {
             confusion: ConfusionMatrix::with_ignore_index(classes, Some(IGNORE as u64)),
             depth: DepthAccumulator::new(mustard_eval::DepthConfig::default()),
             accuracy: ClassificationAccuracy::new(),
+            labels: ConfusionMatrix::with_ignore_index(model.config().classes.labels.len(), None),
         }
     }
 
@@ -582,6 +785,10 @@ impl Accumulator {
             for ((row, &target), &p) in scores.iter().zip(&targets).zip(&presence) {
                 if p > 0.0 {
                     self.accuracy.update(row, row.len(), &[target])?;
+                    let best = (0..row.len())
+                        .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+                        .unwrap_or(0) as u32;
+                    self.labels.update(&[target], &[best])?;
                 }
             }
         }
@@ -636,10 +843,14 @@ impl Accumulator {
                 m.insert(Task::Pose, TaskMetrics::Coco(Box::new(e)));
             }
         }
+        let classes = &model.config().classes;
         if tasks.contains(&Task::Segmentation) && self.confusion.counts().iter().any(|&c| c > 0) {
             m.insert(
                 Task::Segmentation,
-                TaskMetrics::Segmentation(self.confusion.metrics()),
+                TaskMetrics::Segmentation {
+                    metrics: self.confusion.metrics(),
+                    confusion: Confusion::of(&self.confusion, &classes.segmentation_classes()),
+                },
             );
         }
         if let (true, Some(d)) = (tasks.contains(&Task::Depth), self.depth.mean()) {
@@ -652,7 +863,11 @@ impl Accumulator {
         ) {
             m.insert(
                 Task::Classification,
-                TaskMetrics::Classification { top1, top5 },
+                TaskMetrics::Classification {
+                    top1,
+                    top5,
+                    confusion: Confusion::of(&self.labels, &classes.labels),
+                },
             );
         }
         Ok(report)

@@ -216,6 +216,10 @@ fn run_loop(
             );
         }
     }
+    // The last validation's precision–recall curves and confusion matrices.
+    if let Some(v) = &summary.validation {
+        v.write_plots(&run.dir)?;
+    }
     let state = trainer.state();
     summary.best = state
         .best

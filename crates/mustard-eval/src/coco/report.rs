@@ -278,6 +278,36 @@ impl CocoEval {
         self.precision.get(&[t, r, k, a, m])
     }
 
+    /// The precision–recall curve: the interpolated precision at each recall threshold
+    /// (`precision[t, :, k, a, m]`, 101 points by default) at area range `all` and the most
+    /// detections, averaged over the IoU thresholds (`iou`: the one equal to it, `None`: all)
+    /// and over `category` (an index into `params.cat_ids`; `None`: every category with ground
+    /// truth). Its mean is the matching AP. `None` when nothing selected has ground truth.
+    pub fn precision_curve(&self, category: Option<usize>, iou: Option<f64>) -> Option<Vec<f64>> {
+        let p = &self.params;
+        let a = p.area_ranges.iter().position(|r| r.label == "all")?;
+        let m = p.max_dets.len().checked_sub(1)?;
+        let ts: Vec<usize> = (0..p.iou_thrs.len())
+            .filter(|&t| iou.is_none_or(|thr| thr == p.iou_thrs[t]))
+            .collect();
+        let ks: Vec<usize> = match category {
+            Some(k) => vec![k],
+            None => (0..self.recall.shape.get(1).copied().unwrap_or(0)).collect(),
+        };
+        let curve: Option<Vec<f64>> = (0..p.rec_thrs.len())
+            .map(|r| {
+                let mut values = Vec::new();
+                for &t in &ts {
+                    for &k in &ks {
+                        values.extend(self.precision.get(&[t, r, k, a, m]).filter(|&v| v > -1.0));
+                    }
+                }
+                numpy::mean(&values)
+            })
+            .collect();
+        curve.filter(|c| !c.is_empty())
+    }
+
     /// `recall[t, k, a, m]`.
     pub fn recall_at(&self, t: usize, k: usize, a: usize, m: usize) -> Option<f64> {
         self.recall.get(&[t, k, a, m])
