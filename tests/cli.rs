@@ -417,6 +417,107 @@ fn train_then_evaluate_through_the_command_line() {
     // The end of training drew the last validation's pictures into the run folder.
     assert!(run.join("PR_curve_bbox.png").is_file());
 
+    // Export to ONNX: the trained model, evaluated by another runtime (tract), gives mustard's
+    // outputs on 20 reference images, for every head.
+    let onnx_file = dir.join("tiny.onnx");
+    let out = mustard(&[
+        "export",
+        "--checkpoint",
+        s(&run),
+        "--out",
+        s(&onnx_file),
+        "--dynamic-batch",
+        "--reference",
+        "20",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with(&format!("wrote {} (", onnx_file.display()))
+            && lines[0].ends_with(" nodes, opset 17): input images batchx3x64x64"),
+        "{stdout}"
+    );
+    assert_eq!(lines[1], "  output detection.hm batchx4x16x16");
+    assert_eq!(lines[10], "  output segmentation.logits batchx5x64x64");
+    assert_eq!(lines[12], "  output classification.logits batchx4");
+    let reference = dir.join("tiny.reference.safetensors");
+    let tensors =
+        mustard::core::io::load_safetensors(&reference, &mustard::core::candle_core::Device::Cpu)
+            .unwrap();
+    let images = &tensors["images"];
+    assert_eq!(images.dims(), [20, 3, 64, 64]);
+    {
+        use tract_onnx::prelude::*;
+        let model = onnx()
+            .model_for_path(&onnx_file)
+            .unwrap()
+            .with_input_fact(0, f32::fact([20, 3, 64, 64]).into())
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap();
+        let input: Tensor = tract_ndarray::Array4::from_shape_vec(
+            (20, 3, 64, 64),
+            images.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        )
+        .unwrap()
+        .into();
+        let results = model.run(tvec!(input.into())).unwrap();
+        let names: Vec<&str> = lines[1..13]
+            .iter()
+            .map(|l| l.split_whitespace().nth(1).unwrap())
+            .collect();
+        assert_eq!(results.len(), names.len());
+        for (name, got) in names.iter().zip(results.iter()) {
+            let got = got.clone().into_tensor();
+            let got = got.to_plain_array_view::<f32>().unwrap();
+            let want = tensors[*name]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst <= 1e-4 * scale, "{name}: max |Δ| {worst:e}");
+        }
+    }
+    let meta = std::fs::read(&onnx_file).unwrap();
+    let has = |needle: &str| meta.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(
+        has("mustard.preprocessing") && has("\"mean\":[0.485"),
+        "the metadata"
+    );
+    for (flag, value, message) in [
+        (
+            "--input-size",
+            "100",
+            "error: input_size: 100 must be a positive multiple of 32",
+        ),
+        (
+            "--opset",
+            "11",
+            "error: opset: 11 is not supported: choose 13 to 21",
+        ),
+    ] {
+        let out = mustard(&[
+            "export",
+            "--checkpoint",
+            s(&run),
+            "--out",
+            s(&onnx_file),
+            flag,
+            value,
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(text(&out.stderr).trim_end(), message);
+    }
+
     // Prediction on a folder of images: JSON and pictures.
     let pictures = dir.join("pred");
     let out = mustard(&[

@@ -14,7 +14,10 @@ commands:
   deps       check only the dependency direction between our crates
   fixtures   regenerate the golden fixtures with PyTorch/pycocotools in a virtual environment
   bench      run the criterion benchmarks, then the comparisons with PyTorch and pycocotools
-             (`cargo xtask bench --help` for the options)";
+             (`cargo xtask bench --help` for the options)
+  onnx-check --checkpoint RUN [export options…]
+             export RUN to ONNX with 20 reference images, then check the file with the ONNX
+             checker and ONNX Runtime from PyPI (in $MUSTARD_VENV or ~/.cache/mustard/venv)";
 
 /// For each crate, the crates of ours it may depend on, directly or not. Everything else is a
 /// layering violation: heads never depend on backbone, data never on heads, eval on nothing
@@ -66,6 +69,7 @@ fn main() -> Result<()> {
         Some("deps") => deps(),
         Some("fixtures") => fixtures(),
         Some("bench") => bench(&args[1..]),
+        Some("onnx-check") => onnx_check(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             bail!("unknown or missing command")
@@ -207,6 +211,61 @@ fn fixtures() -> Result<()> {
         run(py, &[script.to_str().context("script path is not UTF-8")?])?;
     }
     Ok(())
+}
+
+/// `mustard export` of a run with reference outputs, then `bench/onnx_check.py` with ONNX
+/// Runtime from PyPI (installed into the virtual environment when missing).
+fn onnx_check(args: &[String]) -> Result<()> {
+    let Some(at) = args.iter().position(|a| a == "--checkpoint") else {
+        bail!("usage: cargo xtask onnx-check --checkpoint RUN [--input-size N] [--dynamic-batch] [--opset K]");
+    };
+    args.get(at + 1)
+        .context("--checkpoint needs a run folder or file")?;
+    let out = std::env::temp_dir().join(format!("mustard-onnx-check-{}.onnx", std::process::id()));
+    let out_arg = out.to_str().context("temporary path is not UTF-8")?;
+    let mut export: Vec<&str> = vec!["run", "--release", "-p", "mustard-cli", "--", "export"];
+    export.extend(args.iter().map(String::as_str));
+    export.extend(["--out", out_arg, "--reference", "20"]);
+    run("cargo", &export)?;
+    let (dir, python) = venv_python()?;
+    if !python_has(&python, "onnxruntime") || !python_has(&python, "onnx") {
+        if !python.exists() {
+            run(
+                "python3",
+                &[
+                    "-m",
+                    "venv",
+                    dir.to_str().context("venv path is not UTF-8")?,
+                ],
+            )?;
+        }
+        let py = python.to_str().context("venv path is not UTF-8")?;
+        run(
+            py,
+            &[
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "onnx",
+                "onnxruntime",
+                "numpy",
+            ],
+        )?;
+    }
+    let py = python.to_str().context("venv path is not UTF-8")?;
+    let reference = out.with_extension("reference.safetensors");
+    let result = run(
+        py,
+        &[
+            "bench/onnx_check.py",
+            out_arg,
+            reference.to_str().context("temporary path is not UTF-8")?,
+        ],
+    );
+    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(&reference);
+    result
 }
 
 /// The Python of `$MUSTARD_VENV` or `~/.cache/mustard/venv` (which may not exist).

@@ -5,6 +5,8 @@ use mustard_core::nn::{
 };
 use mustard_core::ops::{relu, upsample_bilinear2d, upsample_nearest2d};
 
+use mustard_core::onnx::Graph;
+
 use crate::resnet::ConvBn;
 use crate::{Error, FeatureMaps, Result};
 
@@ -150,6 +152,51 @@ impl Fpn {
         })
     }
 
+    /// Appends the evaluation-mode neck to `g`, reading C2..C5, with its variables under
+    /// `prefix`; returns P2 (without fusion) or the fused stride-4 map, the map the heads
+    /// read.
+    pub fn onnx(&self, g: &mut Graph, c: &[String; 4], prefix: &str) -> Result<String> {
+        let mut inner = self.lateral[3].onnx(g, &c[3], &format!("{prefix}.lateral.3"))?;
+        let mut outs = vec![(3, inner.clone())];
+        for i in (0..3).rev() {
+            let lateral = self.lateral[i].onnx(g, &c[i], &format!("{prefix}.lateral.{i}"))?;
+            let up = g.upsample(&inner, 2, false, &format!("{prefix}.top_down.{i}"));
+            inner = g.add(&lateral, &up, &format!("{prefix}.inner.{i}"));
+            outs.push((i, inner.clone()));
+        }
+        // Only the outputs the heads read: P2, or every level when they are fused.
+        let levels: Vec<usize> = if self.fuse.is_some() {
+            vec![0, 1, 2, 3]
+        } else {
+            vec![0]
+        };
+        let mut p = vec![String::new(); 4];
+        for (i, inner) in outs {
+            if levels.contains(&i) {
+                p[i] = self.output[i].onnx(g, &inner, &format!("{prefix}.output.{i}"))?;
+            }
+        }
+        let Some(levels) = &self.fuse else {
+            return Ok(p[0].clone());
+        };
+        let mut sum: Option<String> = None;
+        for (level, stages) in levels.iter().enumerate() {
+            let mut x = p[level].clone();
+            for (s, stage) in stages.iter().enumerate() {
+                let name = format!("{prefix}.fuse.{level}.{s}");
+                x = stage.onnx(g, &x, &format!("{name}.conv"), &format!("{name}.bn"), true)?;
+                if level > 0 {
+                    x = g.upsample(&x, 2, true, &format!("{name}.up"));
+                }
+            }
+            sum = Some(match sum {
+                None => x,
+                Some(s) => g.add(&s, &x, &format!("{prefix}.fused.{level}")),
+            });
+        }
+        Ok(sum.expect("four levels"))
+    }
+
     /// Convolution FLOPs at an input of `h` x `w` pixels (the backbone's input).
     pub fn flops(&self, h: usize, w: usize) -> u64 {
         let mut total = 0;
@@ -226,6 +273,18 @@ impl DeconvNeck {
         let mut x = c5.clone();
         for (deconv, bn) in &self.stages {
             x = relu(&bn.forward_t(&deconv.forward(&x)?, train)?)?;
+        }
+        Ok(x)
+    }
+
+    /// Appends the evaluation-mode neck to `g`, reading C5, with its variables under `prefix`.
+    pub fn onnx(&self, g: &mut Graph, c5: &str, prefix: &str) -> Result<String> {
+        let mut x = c5.to_string();
+        for (i, (deconv, bn)) in self.stages.iter().enumerate() {
+            x = deconv.onnx(g, &x, &format!("{prefix}.deconv_layers.{}", 3 * i))?;
+            let name = format!("{prefix}.deconv_layers.{}", 3 * i + 1);
+            x = bn.onnx(g, &x, &name)?;
+            x = g.relu(&x, &format!("{name}.relu"));
         }
         Ok(x)
     }

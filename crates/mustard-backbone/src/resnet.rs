@@ -1,6 +1,7 @@
 use mustard_core::candle_core::{Module, ModuleT, Tensor};
 use mustard_core::candle_nn::VarBuilder;
 use mustard_core::nn::{BatchNorm2d, BatchNorm2dConfig, Conv2d, Conv2dConfig, Linear};
+use mustard_core::onnx::Graph;
 use mustard_core::ops::{max_pool2d, relu as relu_op, MaxPool2dConfig};
 
 use crate::{Error, Result};
@@ -185,6 +186,18 @@ impl ConvBn {
         self.bn.freeze();
     }
 
+    /// Appends the evaluation-mode layer to `g`: `Conv`, `BatchNormalization` (named
+    /// `{conv}` and `{bn}`, the variables' prefixes) and with `relu` a `Relu`.
+    pub fn onnx(&self, g: &mut Graph, x: &str, conv: &str, bn: &str, relu: bool) -> Result<String> {
+        let y = self.conv.onnx(g, x, conv)?;
+        let y = self.bn.onnx(g, &y, bn)?;
+        Ok(if relu {
+            g.relu(&y, &format!("{bn}.relu"))
+        } else {
+            y
+        })
+    }
+
     pub fn freeze_bn(&mut self) {
         self.bn.freeze();
     }
@@ -246,6 +259,33 @@ impl Block {
             None
         };
         Ok(Self { convs, downsample })
+    }
+
+    fn onnx(&self, g: &mut Graph, x: &str, prefix: &str) -> Result<String> {
+        let mut y = x.to_string();
+        let last = self.convs.len() - 1;
+        for (i, conv) in self.convs.iter().enumerate() {
+            let n = i + 1;
+            y = conv.onnx(
+                g,
+                &y,
+                &format!("{prefix}.conv{n}"),
+                &format!("{prefix}.bn{n}"),
+                i < last,
+            )?;
+        }
+        let shortcut = match &self.downsample {
+            Some(d) => d.onnx(
+                g,
+                x,
+                &format!("{prefix}.downsample.0"),
+                &format!("{prefix}.downsample.1"),
+                false,
+            )?,
+            None => x.to_string(),
+        };
+        let sum = g.add(&y, &shortcut, &format!("{prefix}.add"));
+        Ok(g.relu(&sum, &format!("{prefix}.relu")))
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -408,6 +448,34 @@ impl ResNet {
         }
         let [c2, c3, c4, c5]: [Tensor; 4] = maps.try_into().expect("four stages");
         Ok(FeatureMaps { c2, c3, c4, c5 })
+    }
+
+    /// Appends the evaluation-mode network to `g`, reading `x`, with every variable under
+    /// `prefix` as in the checkpoint; returns the names of C2, C3, C4 and C5.
+    pub fn onnx(&self, g: &mut Graph, x: &str, prefix: &str) -> Result<[String; 4]> {
+        let stem = self.stem.onnx(
+            g,
+            x,
+            &format!("{prefix}.conv1"),
+            &format!("{prefix}.bn1"),
+            true,
+        )?;
+        let mp = MaxPool2dConfig::resnet_stem();
+        let mut x = g.max_pool(
+            &stem,
+            mp.kernel,
+            mp.stride,
+            mp.padding,
+            &format!("{prefix}.maxpool"),
+        );
+        let mut maps = Vec::with_capacity(4);
+        for (s, stage) in self.stages.iter().enumerate() {
+            for (b, block) in stage.iter().enumerate() {
+                x = block.onnx(g, &x, &format!("{prefix}.layer{}.{b}", s + 1))?;
+            }
+            maps.push(x.clone());
+        }
+        Ok(maps.try_into().expect("four stages"))
     }
 
     /// Class logits from C5 (global average pool → `fc`), when a classifier was built.

@@ -46,6 +46,9 @@ pub enum Command {
     Must(MustArgs),
     /// Time a model: preprocess / inference / postprocess ms per image, images/s, memory.
     Bench(BenchArgs),
+    /// Write a trained model as one ONNX file (every head's raw outputs, the preprocessing and
+    /// decoding parameters in its metadata).
+    Export(ExportArgs),
     /// The MultiTask-CenterNet study: single-task models against one joint model.
     Mcn {
         /// Model and data size.
@@ -314,6 +317,39 @@ pub struct EvalArgs {
     /// Folder of the runs (for the synthetic validation set).
     #[arg(long, default_value = "runs")]
     pub runs: PathBuf,
+}
+
+/// The formats `mustard export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// ONNX (<https://onnx.ai>).
+    Onnx,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A checkpoint file (runs/<name>/weights/*.safetensors) or a run folder.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The format.
+    #[arg(long, value_enum, default_value = "onnx")]
+    pub format: ExportFormat,
+    /// The file to write (default: model.onnx in the checkpoint's run folder).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Input side in pixels, a multiple of 32 (default: the run's input size).
+    #[arg(long)]
+    pub input_size: Option<u32>,
+    /// A symbolic batch dimension instead of 1.
+    #[arg(long)]
+    pub dynamic_batch: bool,
+    /// ONNX opset, 13 to 21.
+    #[arg(long, default_value_t = 17)]
+    pub opset: i64,
+    /// Also write N reference images and mustard's outputs for them beside the file
+    /// (<out>.reference.safetensors), to check another runtime against.
+    #[arg(long, value_name = "N")]
+    pub reference: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -20,7 +20,7 @@ use mustard::train::{TrainOptions, TrainSummary};
 use mustard::Preset;
 
 use args::{BenchArgs, Cli, Command, DataCommand, EvalArgs, MustArgs, PredictArgs, PseudoArgs};
-use args::{SynthArgs, TrainArgs};
+use args::{ExportArgs, ExportFormat, SynthArgs, TrainArgs};
 
 fn synth(args: SynthArgs) -> Result<ExitCode> {
     let config = SynthConfig {
@@ -198,6 +198,45 @@ fn print_plots(files: &[PathBuf]) {
     for f in files {
         println!("wrote {}", f.display());
     }
+}
+
+fn export(args: ExportArgs) -> Result<ExitCode> {
+    let ExportFormat::Onnx = args.format;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| mustard::checkpoint::run_folder(&args.checkpoint).join("model.onnx"));
+    let options = mustard::export::ExportOptions {
+        input_size: args.input_size,
+        dynamic_batch: args.dynamic_batch,
+        opset: args.opset,
+        reference: args.reference,
+    };
+    let e = mustard::export::export_onnx(&args.checkpoint, &out, &options)?;
+    let dims = |shape: &[Option<usize>]| {
+        shape
+            .iter()
+            .map(|d| d.map_or("batch".to_string(), |d| d.to_string()))
+            .collect::<Vec<_>>()
+            .join("x")
+    };
+    let batch = if args.dynamic_batch { "batch" } else { "1" };
+    println!(
+        "wrote {} ({:.1} MiB, {} nodes, opset {}): input {} {batch}x3x{s}x{s}",
+        e.path.display(),
+        e.bytes as f64 / (1024.0 * 1024.0),
+        e.nodes,
+        args.opset,
+        mustard::export::INPUT,
+        s = e.input_size,
+    );
+    for (name, shape) in &e.outputs {
+        println!("  output {name} {}", dims(shape));
+    }
+    if let Some(r) = &e.reference {
+        println!("wrote {} (inputs and mustard's outputs)", r.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn predict(args: PredictArgs) -> Result<ExitCode> {
@@ -495,6 +534,7 @@ fn main() -> ExitCode {
         Command::PseudoLabel(args) => pseudo_label(args),
         Command::Must(args) => must(args),
         Command::Bench(args) => bench(args),
+        Command::Export(args) => export(args),
         Command::Mcn {
             preset,
             runs,

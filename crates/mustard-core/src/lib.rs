@@ -24,6 +24,7 @@ pub mod io;
 pub mod loss;
 pub mod memory;
 pub mod nn;
+pub mod onnx;
 pub mod ops;
 pub mod optim;
 pub mod rng;

@@ -85,6 +85,13 @@ impl HeadBlock {
     pub fn flops(&self, h: usize, w: usize) -> u64 {
         self.conv.flops((h, w)).0 + self.out.flops((h, w)).0
     }
+
+    /// Appends the block to `g` (variables `{prefix}.0.*`, `{prefix}.2.*`); returns its output.
+    pub fn onnx(&self, g: &mut mustard_core::onnx::Graph, x: &str, prefix: &str) -> Result<String> {
+        let hidden = self.conv.onnx(g, x, &format!("{prefix}.0"))?;
+        let hidden = g.relu(&hidden, &format!("{prefix}.1"));
+        self.out.onnx(g, &hidden, &format!("{prefix}.2"))
+    }
 }
 
 /// Values of a dense map at flat positions: `pred (B, C, H, W)`, `ind (B, K)` → `(B, K, C)`.

@@ -99,6 +99,17 @@ impl ClassificationHead {
         Ok(self.fc.forward(&c5.mean((2, 3))?)?)
     }
 
+    /// Appends the head to `g` under `prefix`, reading C5: logits `(N, classes)`.
+    pub fn onnx(
+        &self,
+        g: &mut mustard_core::onnx::Graph,
+        c5: &str,
+        prefix: &str,
+    ) -> Result<String> {
+        let pooled = g.spatial_mean(c5, &format!("{prefix}.pool"));
+        self.fc.onnx(g, &pooled, &format!("{prefix}.fc"))
+    }
+
     /// Soft-target cross-entropy (equal to cross-entropy for one-hot rows) over labelled images.
     pub fn loss(&self, logits: &Tensor, t: &ClassificationBatch) -> Result<Tensor> {
         let present: Vec<u32> = t

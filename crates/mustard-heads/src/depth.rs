@@ -110,6 +110,12 @@ impl DepthHead {
         upsample_bilinear2d(&y, h * STRIDE, w * STRIDE)
     }
 
+    /// Appends the head to `g` under `prefix`: log-depth at the input resolution.
+    pub fn onnx(&self, g: &mut mustard_core::onnx::Graph, x: &str, prefix: &str) -> Result<String> {
+        let y = self.block.onnx(g, x, &format!("{prefix}.depth"))?;
+        Ok(g.upsample(&y, STRIDE, true, &format!("{prefix}.up")))
+    }
+
     /// L1 on log-depth over valid pixels, or the scale-and-shift-invariant L1 when relative.
     pub fn loss(&self, pred: &Tensor, t: &DepthBatch) -> Result<Tensor> {
         let count = (t.valid.sum_all()? + 1e-6)?;

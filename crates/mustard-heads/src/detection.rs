@@ -287,6 +287,20 @@ impl DetectionHead {
         })
     }
 
+    /// Appends the head to `g` under `prefix`; returns the raw `hm`, `wh` and `reg` maps.
+    pub fn onnx(
+        &self,
+        g: &mut mustard_core::onnx::Graph,
+        x: &str,
+        prefix: &str,
+    ) -> Result<[String; 3]> {
+        Ok([
+            self.hm.onnx(g, x, &format!("{prefix}.hm"))?,
+            self.wh.onnx(g, x, &format!("{prefix}.wh"))?,
+            self.reg.onnx(g, x, &format!("{prefix}.reg"))?,
+        ])
+    }
+
     /// Focal + `wh_weight`·L1(wh) + `off_weight`·L1(reg), over the images marked present.
     pub fn loss(&self, out: &DetectionOutput, t: &DetectionBatch) -> Result<DetectionLoss> {
         let hm = focal_loss(&out.hm, &t.hm, Some(&t.presence))?;

@@ -294,6 +294,25 @@ impl PoseHead {
         })
     }
 
+    /// Appends the head to `g` under `prefix`; returns the raw `hm`, `wh`, `reg`, `hps`,
+    /// `hm_hp` and `hp_offset` maps.
+    pub fn onnx(
+        &self,
+        g: &mut mustard_core::onnx::Graph,
+        x: &str,
+        prefix: &str,
+    ) -> Result<[String; 6]> {
+        let [hm, wh, reg] = self.detect.onnx(g, x, prefix)?;
+        Ok([
+            hm,
+            wh,
+            reg,
+            self.hps.onnx(g, x, &format!("{prefix}.hps"))?,
+            self.hm_hp.onnx(g, x, &format!("{prefix}.hm_hp"))?,
+            self.hp_offset.onnx(g, x, &format!("{prefix}.hp_offset"))?,
+        ])
+    }
+
     /// Detection losses + L1(hps) + focal(hm_hp) + L1(hp_offset), over the images marked present.
     pub fn loss(&self, out: &PoseOutput, t: &PoseBatch) -> Result<PoseLoss> {
         let presence = &t.det.presence;

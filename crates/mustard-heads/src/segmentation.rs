@@ -103,6 +103,12 @@ impl SegmentationHead {
         upsample_bilinear2d(&logits, h * STRIDE, w * STRIDE)
     }
 
+    /// Appends the head to `g` under `prefix`: logits at the input resolution.
+    pub fn onnx(&self, g: &mut mustard_core::onnx::Graph, x: &str, prefix: &str) -> Result<String> {
+        let logits = self.block.onnx(g, x, &format!("{prefix}.seg"))?;
+        Ok(g.upsample(&logits, STRIDE, true, &format!("{prefix}.up")))
+    }
+
     /// Pixel cross-entropy, ignoring label 255.
     pub fn loss(&self, logits: &Tensor, t: &SegmentationBatch) -> Result<Tensor> {
         cross_entropy(logits, &t.labels, IGNORE as u32)

@@ -18,6 +18,7 @@ pub mod datasets;
 pub mod draw;
 mod error;
 pub mod evaluate;
+pub mod export;
 pub mod init;
 pub mod log;
 pub mod mcn;

@@ -144,6 +144,29 @@ impl MultiTaskModel {
             .with_map(SourceMap::new(&self.config.classes, source))
     }
 
+    /// Appends the evaluation-mode network to `g`, reading the normalised image batch `x`
+    /// (variables named as in the checkpoint); returns every head's raw outputs as
+    /// `(task.name, value)` in task order.
+    pub fn onnx(
+        &self,
+        g: &mut mustard_core::onnx::Graph,
+        x: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let c = self.backbone.onnx(g, x, BACKBONE)?;
+        let dense = match &self.neck {
+            Neck::Fpn(f) => f.onnx(g, &c, NECK)?,
+            Neck::Deconv(d) => d.onnx(g, &c[3], NECK)?,
+        };
+        let mut outputs = Vec::new();
+        for (task, head) in self.heads.0.iter() {
+            let prefix = format!("{HEADS}.{}", task.name());
+            for (name, value) in head.onnx(g, &dense, &c[3], &prefix)? {
+                outputs.push((format!("{}.{name}", task.name()), value));
+            }
+        }
+        Ok(outputs)
+    }
+
     /// Runs every head; `train` selects BatchNorm batch statistics.
     ///
     /// # Shapes

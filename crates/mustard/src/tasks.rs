@@ -366,6 +366,38 @@ impl Head {
         })
     }
 
+    /// Appends the head to `g` (variables under `prefix`, `heads.<task>`), reading the neck's
+    /// `dense` map and the backbone's `c5`; returns each raw output as `(name, value)`, named
+    /// as [`Output::named`] names them.
+    pub fn onnx(
+        &self,
+        g: &mut mustard_core::onnx::Graph,
+        dense: &str,
+        c5: &str,
+        prefix: &str,
+    ) -> Result<Vec<(&'static str, String)>> {
+        Ok(match self {
+            Head::Detection(h) => {
+                let [hm, wh, reg] = h.onnx(g, dense, prefix)?;
+                vec![("hm", hm), ("wh", wh), ("reg", reg)]
+            }
+            Head::Pose(h) => {
+                let [hm, wh, reg, hps, hm_hp, hp_offset] = h.onnx(g, dense, prefix)?;
+                vec![
+                    ("hm", hm),
+                    ("wh", wh),
+                    ("reg", reg),
+                    ("hps", hps),
+                    ("hm_hp", hm_hp),
+                    ("hp_offset", hp_offset),
+                ]
+            }
+            Head::Segmentation(h) => vec![("logits", h.onnx(g, dense, prefix)?)],
+            Head::Depth(h) => vec![("log_depth", h.onnx(g, dense, prefix)?)],
+            Head::Classification(h) => vec![("logits", h.onnx(g, c5, prefix)?)],
+        })
+    }
+
     /// The task's (unweighted) loss of `out` against `targets`.
     pub fn loss(&self, out: &Output, targets: &Targets) -> Result<Tensor> {
         Ok(match (self, out, targets) {
@@ -398,6 +430,26 @@ impl Head {
             Head::Segmentation(x) => x.flops(h, w),
             Head::Depth(x) => x.flops(h, w),
             Head::Classification(_) => 0,
+        }
+    }
+}
+
+impl Output {
+    /// Every map of the output with its name (as in an exported graph, after the task's name
+    /// and a dot).
+    pub fn named(&self) -> Vec<(&'static str, &Tensor)> {
+        match self {
+            Output::Detection(o) => vec![("hm", &o.hm), ("wh", &o.wh), ("reg", &o.reg)],
+            Output::Pose(o) => vec![
+                ("hm", &o.det.hm),
+                ("wh", &o.det.wh),
+                ("reg", &o.det.reg),
+                ("hps", &o.hps),
+                ("hm_hp", &o.hm_hp),
+                ("hp_offset", &o.hp_offset),
+            ],
+            Output::Segmentation(t) | Output::Classification(t) => vec![("logits", t)],
+            Output::Depth(t) => vec![("log_depth", t)],
         }
     }
 }

@@ -90,6 +90,24 @@ impl BatchNorm2d {
         Ok((scale, shift))
     }
 
+    /// Appends this layer in evaluation mode to `g` as a `BatchNormalization` node reading
+    /// `x`; returns its output.
+    pub fn onnx(&self, g: &mut crate::onnx::Graph, x: &str, name: &str) -> Result<String> {
+        let scale = g.weight(&format!("{name}.weight"), &self.weight)?;
+        let bias = g.weight(&format!("{name}.bias"), &self.bias)?;
+        let mean = g.weight(
+            &format!("{name}.running_mean"),
+            self.running_mean.as_tensor(),
+        )?;
+        let var = g.weight(&format!("{name}.running_var"), self.running_var.as_tensor())?;
+        Ok(g.node(
+            "BatchNormalization",
+            name,
+            &[x, &scale, &bias, &mean, &var],
+            vec![("epsilon", crate::onnx::Attr::Float(self.config.eps as f32))],
+        ))
+    }
+
     fn forward_impl(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (n, c, h, w) = x
             .dims4()

@@ -2,6 +2,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::{default_init, BatchNorm2d};
+use crate::onnx::{Attr, Graph};
 use crate::ops::{self, ConvParams};
 use crate::{Error, Result};
 
@@ -170,6 +171,34 @@ impl Conv2d {
         })
     }
 
+    /// Appends this convolution to `g` as a `Conv` node reading `x`; returns its output.
+    pub fn onnx(&self, g: &mut Graph, x: &str, name: &str) -> Result<String> {
+        let weight = g.weight(&format!("{name}.weight"), &self.weight)?;
+        let bias = match &self.bias {
+            Some(b) => g.weight(&format!("{name}.bias"), b)?,
+            None => String::new(),
+        };
+        let k = self.weight.dim(2)? as i64;
+        let c = &self.config;
+        let p = c.padding as i64;
+        let mut inputs = vec![x, weight.as_str()];
+        if !bias.is_empty() {
+            inputs.push(&bias);
+        }
+        Ok(g.node(
+            "Conv",
+            name,
+            &inputs,
+            vec![
+                ("kernel_shape", Attr::Ints(vec![k, k])),
+                ("pads", Attr::Ints(vec![p, p, p, p])),
+                ("strides", Attr::Ints(vec![c.stride as i64; 2])),
+                ("dilations", Attr::Ints(vec![c.dilation as i64; 2])),
+                ("group", Attr::Int(c.groups as i64)),
+            ],
+        ))
+    }
+
     fn params(&self) -> ConvParams {
         let c = &self.config;
         ConvParams {
@@ -276,6 +305,37 @@ impl ConvTranspose2d {
     pub fn freeze(&mut self) {
         self.weight = self.weight.detach();
         self.bias = self.bias.as_ref().map(Tensor::detach);
+    }
+
+    /// Appends this layer to `g` as a `ConvTranspose` node reading `x`; returns its output.
+    pub fn onnx(&self, g: &mut Graph, x: &str, name: &str) -> Result<String> {
+        let weight = g.weight(&format!("{name}.weight"), &self.weight)?;
+        let bias = match &self.bias {
+            Some(b) => g.weight(&format!("{name}.bias"), b)?,
+            None => String::new(),
+        };
+        let k = self.weight.dim(2)? as i64;
+        let c = &self.config;
+        let p = c.padding as i64;
+        let mut inputs = vec![x, weight.as_str()];
+        if !bias.is_empty() {
+            inputs.push(&bias);
+        }
+        Ok(g.node(
+            "ConvTranspose",
+            name,
+            &inputs,
+            vec![
+                ("kernel_shape", Attr::Ints(vec![k, k])),
+                ("pads", Attr::Ints(vec![p, p, p, p])),
+                ("strides", Attr::Ints(vec![c.stride as i64; 2])),
+                ("dilations", Attr::Ints(vec![c.dilation as i64; 2])),
+                (
+                    "output_padding",
+                    Attr::Ints(vec![c.output_padding as i64; 2]),
+                ),
+            ],
+        ))
     }
 
     /// Multiply-accumulate operations × 2 for an `in_h` x `in_w` input, and the output size.

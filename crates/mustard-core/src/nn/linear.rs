@@ -25,6 +25,26 @@ impl Linear {
     pub fn weight(&self) -> &Tensor {
         self.inner.weight()
     }
+
+    /// Appends this layer to `g` as a `Gemm` node reading a `(N, in)` value `x`; returns its
+    /// output.
+    pub fn onnx(&self, g: &mut crate::onnx::Graph, x: &str, name: &str) -> Result<String> {
+        let weight = g.weight(&format!("{name}.weight"), self.inner.weight())?;
+        let bias = match self.inner.bias() {
+            Some(b) => g.weight(&format!("{name}.bias"), b)?,
+            None => String::new(),
+        };
+        let inputs: Vec<&str> = [x, weight.as_str(), bias.as_str()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect();
+        Ok(g.node(
+            "Gemm",
+            name,
+            &inputs,
+            vec![("transB", crate::onnx::Attr::Int(1))],
+        ))
+    }
 }
 
 impl Module for Linear {
