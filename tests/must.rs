@@ -202,8 +202,8 @@ fn the_label_store_survives_kill_corruption_and_parallel_workers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The rows of the report's main table: (task, teacher, student, initialisation).
-fn table(report: &str) -> Vec<(String, f64, f64, f64)> {
+/// The rows of the report's main table: (task, teacher, student, initialisation, constant).
+fn table(report: &str) -> Vec<(String, f64, f64, f64, f64)> {
     report
         .lines()
         .skip_while(|l| !l.starts_with("| task | metric | teacher | student |"))
@@ -216,6 +216,7 @@ fn table(report: &str) -> Vec<(String, f64, f64, f64)> {
                 cells[2].parse().unwrap(),
                 cells[3].parse().unwrap(),
                 cells[5].parse().unwrap(),
+                cells[6].parse().unwrap(),
             )
         })
         .collect()
@@ -273,7 +274,7 @@ fn must_runs_end_to_end_and_a_rerun_reuses_every_stage() {
     assert!(
         report.contains(
             "| initialisation | segmentation mIoU |\n| --- | --- |\n| student backbone + neck | "
-        ),
+        ) && report.contains("\n| constant prediction (no training) | 0."),
         "{report}"
     );
     // One seed: the claim's sentence says it is not tested.
@@ -326,6 +327,13 @@ fn must_runs_end_to_end_and_a_rerun_reuses_every_stage() {
         let (student, initial) = (value("student"), value("initial"));
         // The table rounds to three decimals (0.4375 prints as 0.438).
         assert!((student - row.2).abs() <= 5e-4 + 1e-9, "{r}");
+        // The constant prediction: AP 0 without a box; a share of the test set otherwise.
+        let constant = value("constant_baseline");
+        assert!((constant - row.4).abs() <= 5e-4 + 1e-9, "{r}");
+        match row.0.as_str() {
+            "detection" | "pose" => assert_eq!(constant, 0.0),
+            _ => assert!(constant > 0.0 && constant < 1.0, "{r}"),
+        }
         // Better on the task's metric; where a tiny budget leaves the metric at its floor for
         // both (keypoint AP at 64 px), closer to the real labels.
         let improved = student > initial

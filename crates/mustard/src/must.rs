@@ -19,6 +19,7 @@ use mustard_data::{Dataset, Task, TaskMap};
 use mustard_pseudo::{PseudoSource, Stats, Thresholds};
 use serde::{Deserialize, Serialize};
 
+use crate::baseline::constant_baseline;
 use crate::checkpoint::{load_model, RunPaths};
 use crate::config::{read_toml, write_toml, Config};
 use crate::datasets::{classes_of, open_dataset};
@@ -248,6 +249,9 @@ pub struct TaskResult {
     pub initial_loss: f64,
     /// The same after training.
     pub student_loss: f64,
+    /// The constant prediction fitted on the teacher's labelled set ([`constant_baseline`]);
+    /// NaN when the teacher was given without its labelled set.
+    pub baseline: f64,
 }
 
 /// The transfer test's outcome: MuST's table, rows are initialisations, columns downstream
@@ -301,6 +305,7 @@ impl MustReport {
                     "initial": r.initial,
                     "initial_loss": r.initial_loss,
                     "student_loss": r.student_loss,
+                    "constant_baseline": r.baseline,
                 })).collect::<Vec<_>>(),
                 "transfer": r.transfer.as_ref().map(|t| serde_json::json!({
                     "tasks": t.tasks.iter().map(|t| t.name()).collect::<Vec<_>>(),
@@ -323,6 +328,9 @@ impl MustReport {
 fn one() -> usize {
     1
 }
+
+/// The transfer table's row of the constant prediction (no model).
+pub const CONSTANT_ROW: &str = "constant prediction (no training)";
 
 /// The headline metric's name per task.
 pub fn metric_name(task: Task) -> &'static str {
@@ -485,7 +493,7 @@ impl Pipeline<'_> {
         let initial = self.initial_student(&student, test)?;
         let seconds = train_unless_done(&student, &self.paths.root, self.progress)?;
         self.timings.push(("student".to_string(), seconds));
-        let tasks = self.evaluate_all(&teachers, &initial, test)?;
+        let tasks = self.evaluate_all(files, &teachers, &initial, test)?;
         let transfer = self.transfer(files, &student, &teachers)?;
         Ok(SeedRun {
             seed: self.config.base.seed,
@@ -675,6 +683,7 @@ impl Pipeline<'_> {
     /// Step 5: teachers and student on the held-out set.
     fn evaluate_all(
         &mut self,
+        files: &Files,
         teachers: &[(Task, PathBuf)],
         initial: &Initial,
         test: &TestSets,
@@ -688,7 +697,15 @@ impl Pipeline<'_> {
         for (task, weights) in teachers {
             let (c, _, model) = load_model(weights)?;
             let report = evaluate_on(&model, &c, test.of(*task)?)?;
+            let baseline = match files.labelled.get(*task) {
+                Some(path) => {
+                    let train = open_dataset(path, None, self.config.base.data.skip_bad)?;
+                    constant_baseline(*task, &train, test.of(*task)?)?.unwrap_or(f64::NAN)
+                }
+                None => f64::NAN,
+            };
             rows.push(TaskResult {
+                baseline,
                 task: *task,
                 teacher: report.headline_of(*task),
                 student: student.get(*task).copied().unwrap_or(f64::NAN),
@@ -734,6 +751,7 @@ impl Pipeline<'_> {
             .iter()
             .map(|(_, l, _)| (l.clone(), Vec::new()))
             .collect();
+        let mut constant = (CONSTANT_ROW.to_string(), Vec::new());
         for &task in &t.tasks {
             let down = files.downstream.get(task).ok_or_else(|| {
                 Error::config(
@@ -742,6 +760,10 @@ impl Pipeline<'_> {
                 )
             })?;
             let test = Arc::new(open_dataset(&down.test, None, false)?);
+            let train = open_dataset(&down.train, None, false)?;
+            constant
+                .1
+                .push(constant_baseline(task, &train, &test)?.unwrap_or(f64::NAN));
             for ((name, label, init), row) in inits.iter().zip(rows.iter_mut()) {
                 let mut c = student.clone();
                 c.name = format!("transfer-{task}-{name}");
@@ -760,6 +782,7 @@ impl Pipeline<'_> {
                     .push(evaluate_on(&model, &c, &test)?.headline_of(task));
             }
         }
+        rows.push(constant);
         Ok(Some(TransferResult {
             tasks: t.tasks.clone(),
             rows,
@@ -1066,7 +1089,8 @@ fn must_charts(report: &MustReport) -> Vec<crate::charts::Bars> {
             .over(value)
             .map_or((f64::NAN, f64::NAN), |m| (m.mean, m.std))
     };
-    let fields: [fn(&TaskResult) -> f64; 3] = [|r| r.teacher, |r| r.student, |r| r.initial];
+    let fields: [fn(&TaskResult) -> f64; 4] =
+        [|r| r.teacher, |r| r.student, |r| r.initial, |r| r.baseline];
     let mut groups = Vec::new();
     let mut errors = Vec::new();
     for (k, r) in report.seeds[0].tasks.iter().enumerate() {
@@ -1087,6 +1111,7 @@ fn must_charts(report: &MustReport) -> Vec<crate::charts::Bars> {
             "teacher".into(),
             "student".into(),
             "student at initialisation".into(),
+            "constant prediction".into(),
         ],
         groups,
         errors: (seeds > 1).then_some(errors),
@@ -1186,9 +1211,9 @@ pub fn render(r: &MustReport, config: &MustConfig) -> String {
     );
     let _ = writeln!(
         s,
-        "| task | metric | teacher | student | student / teacher | student at initialisation | test loss, initialisation → student |"
+        "| task | metric | teacher | student | student / teacher | student at initialisation | constant prediction | test loss, initialisation → student |"
     );
-    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- |");
     for (k, row) in r.seeds[0].tasks.iter().enumerate() {
         let cell = |f: fn(&TaskResult) -> f64| {
             r.over(|s| s.tasks.get(k).map(f))
@@ -1203,23 +1228,33 @@ pub fn render(r: &MustReport, config: &MustConfig) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {teacher} | {student} | {ratio} | {} | {:.3} → {:.3} |",
+            "| {} | {} | {teacher} | {student} | {ratio} | {} | {} | {:.3} → {:.3} |",
             row.task,
             metric_name(row.task),
             cell(|t| t.initial),
+            baseline_cell(row.baseline),
             cell(|t| t.initial_loss).mean,
             cell(|t| t.student_loss).mean
         );
     }
     let _ = writeln!(
         s,
-        "\nThe test loss is each task's training loss against the test set's real labels (the student's depth loss is scale-and-shift invariant)."
+        "\nThe constant prediction ignores the image: no box or person (AP 0), the teacher's training set's majority class (mIoU, top-1) or median depth (δ<1.25), scored like the models; it is the floor to read each number against. The test loss is each task's training loss against the test set's real labels (the student's depth loss is scale-and-shift invariant)."
     );
     render_pseudo(&mut s, r, config);
     render_transfer(&mut s, r, config);
     render_timings(&mut s, r);
     let _ = writeln!(s, "\nWall time of this call: {:.0} s.", r.seconds);
     s
+}
+
+/// A constant baseline's cell (the same for every seed: it involves no training).
+fn baseline_cell(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.3}")
+    } else {
+        "–".into()
+    }
 }
 
 fn render_pseudo(s: &mut String, r: &MustReport, config: &MustConfig) {
@@ -1290,7 +1325,9 @@ fn render_transfer(s: &mut String, r: &MustReport, config: &MustConfig) {
         };
         let other = find(&|n| n.contains("teacher")).or_else(|| find(&|n| n == "from scratch"));
         let Some((other, o)) = other else { continue };
-        let baseline = (*task == Task::Detection).then_some(0.0);
+        let baseline = find(&|n| n == CONSTANT_ROW)
+            .map(|(_, m)| m.mean)
+            .filter(|m| m.is_finite());
         let (_, sentence) = claim_above(student, o, baseline);
         let against = if other == "from scratch" {
             "training from scratch (no teacher backbone was fine-tuned; --transfer-from-teachers)"

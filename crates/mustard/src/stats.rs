@@ -76,7 +76,7 @@ pub fn claim_above(a: MeanStd, b: MeanStd, baseline: Option<f64>) -> (Verdict, S
             let d = a.mean - b.mean;
             return (
                 Verdict::AtFloor,
-                format!("difference {d:+.3}; both are within {FLOOR_MARGIN} of the trivial baseline ({floor}), so this budget cannot test the claim"),
+                format!("difference {d:+.3}; both are within {FLOOR_MARGIN} of the trivial baseline ({floor:.3}), so this budget cannot test the claim"),
             );
         }
     }
