@@ -229,7 +229,7 @@ pub fn study(config: &McnConfig, runs: &Path, progress: bool) -> Result<Study> {
     let report = root.join("report.md");
     let text = render(&out, config, started.elapsed().as_secs_f64());
     mustard_core::io::write_bytes(&report, text.as_bytes())?;
-    crate::charts::write_bars(&root.join("mcn.png"), &[chart(&out, config.seeds)])?;
+    crate::charts::write_bars(&root.join("mcn.png"), &charts(&out, config.seeds))?;
     Ok(Study {
         variants: out,
         report,
@@ -237,46 +237,35 @@ pub fn study(config: &McnConfig, runs: &Path, progress: bool) -> Result<Study> {
     })
 }
 
-/// `mcn.png`: one group per task, one bar per model that has it (mean over seeds, whisker one
-/// standard deviation).
-fn chart(variants: &[Variant], seeds: usize) -> crate::charts::Bars {
-    let tasks: Vec<Task> = Task::ALL
+/// `mcn.png`: one panel per task (each on its own scale: keypoint AP is far below mIoU), one
+/// bar per model that has the task (mean over seeds, whisker one standard deviation).
+fn charts(variants: &[Variant], seeds: usize) -> Vec<crate::charts::Bars> {
+    let over = if seeds > 1 {
+        format!(", mean of {seeds} seeds ± sd")
+    } else {
+        String::new()
+    };
+    Task::ALL
         .into_iter()
         .filter(|t| variants.iter().any(|v| v.tasks.contains(t)))
-        .collect();
-    let cells =
-        |task: Task| -> Vec<Option<MeanStd>> { variants.iter().map(|v| v.metric(task)).collect() };
-    crate::charts::Bars {
-        title: if seeds > 1 {
-            format!("MultiTask-CenterNet: each task in every model that has it, mean of {seeds} seeds ± sd")
-        } else {
-            "MultiTask-CenterNet: each task in every model that has it".into()
-        },
-        y_label: "validation metric (higher is better)".into(),
-        legend: variants.iter().map(|v| v.name.clone()).collect(),
-        groups: tasks
-            .iter()
-            .map(|&t| {
-                let values = cells(t)
-                    .iter()
-                    .map(|c| c.map_or(f64::NAN, |m| m.mean))
-                    .collect();
-                (format!("{t} {}", crate::must::metric_name(t)), values)
-            })
-            .collect(),
-        errors: (seeds > 1).then(|| {
-            tasks
+        .map(|task| {
+            let cells: Vec<(String, MeanStd)> = variants
                 .iter()
-                .map(|&t| {
-                    cells(t)
-                        .iter()
-                        .map(|c| c.map_or(f64::NAN, |m| m.std))
-                        .collect()
-                })
-                .collect()
-        }),
-        empty: "no model".into(),
-    }
+                .filter_map(|v| Some((v.name.clone(), v.metric(task)?)))
+                .collect();
+            crate::charts::Bars {
+                title: format!(
+                    "MultiTask-CenterNet: {task} {} in every model that has it{over}",
+                    crate::must::metric_name(task)
+                ),
+                y_label: format!("validation {}", crate::must::metric_name(task)),
+                legend: vec![format!("{task}")],
+                groups: cells.iter().map(|(n, m)| (n.clone(), vec![m.mean])).collect(),
+                errors: (seeds > 1).then(|| cells.iter().map(|(_, m)| vec![m.std]).collect()),
+                empty: "no model".into(),
+            }
+        })
+        .collect()
 }
 
 /// A trained model on the validation set: its metrics, and with `size` its parameters and
