@@ -594,7 +594,14 @@ pub fn write_confusion(path: &Path, title: &str, classes: &[String], counts: &[u
                 } else {
                     *i
                 };
-                names.get(i as usize).cloned().unwrap_or_default()
+                let name = names.get(i as usize).cloned().unwrap_or_default();
+                if rotated && !flip {
+                    // plotters centres a rotated label on its tick: as many spaces before
+                    // the name (the font is monospaced) put the name below the axis.
+                    format!("{}{name}", " ".repeat(name.chars().count()))
+                } else {
+                    name
+                }
             }
             SegmentValue::Last => String::new(),
         };
@@ -789,6 +796,28 @@ mod tests {
         assert!(img.pixels().any(|p| p.0 == [52, 106, 205]));
         if std::env::var_os("MUSTARD_KEEP_CHARTS").is_none() {
             let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        }
+    }
+}
+
+#[cfg(test)]
+mod wide {
+    use super::*;
+
+    #[test]
+    fn many_classes_get_rotated_labels_and_no_cell_text() {
+        let dir = std::env::temp_dir().join(format!("mustard-charts-wide-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("confusion.png");
+        let names: Vec<String> = (0..20).map(|i| format!("class number {i}")).collect();
+        let counts: Vec<u64> = (0..400)
+            .map(|i| if i % 21 == 0 { 9 } else { (i % 3) as u64 })
+            .collect();
+        write_confusion(&path, "confusion of twenty classes", &names, &counts).unwrap();
+        let (w, h) = image::image_dimensions(&path).unwrap();
+        assert_eq!((w, h), (894, 924));
+        if std::env::var_os("MUSTARD_KEEP_CHARTS").is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
         }
     }
 }

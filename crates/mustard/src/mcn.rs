@@ -260,7 +260,10 @@ fn charts(variants: &[Variant], seeds: usize) -> Vec<crate::charts::Bars> {
                 ),
                 y_label: format!("validation {}", crate::must::metric_name(task)),
                 legend: vec![format!("{task}")],
-                groups: cells.iter().map(|(n, m)| (n.clone(), vec![m.mean])).collect(),
+                groups: cells
+                    .iter()
+                    .map(|(n, m)| (n.clone(), vec![m.mean]))
+                    .collect(),
                 errors: (seeds > 1).then(|| cells.iter().map(|(_, m)| vec![m.std]).collect()),
                 empty: "no model".into(),
             }
