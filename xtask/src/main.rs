@@ -166,35 +166,20 @@ fn deps() -> Result<()> {
 
 /// The Python used for fixtures: `$MUSTARD_VENV` or `~/.cache/mustard/venv`, created on demand.
 fn venv() -> Result<PathBuf> {
+    venv_with(&["torch", "timm", "safetensors", "numpy", "pycocotools"])
+}
+
+/// The virtual environment's Python (created when missing) with `packages` installed.
+fn venv_with(packages: &[&str]) -> Result<PathBuf> {
     let (dir, python) = venv_python()?;
     if !python.exists() {
-        run(
-            "python3",
-            &[
-                "-m",
-                "venv",
-                dir.to_str().context("venv path is not UTF-8")?,
-            ],
-        )?;
+        let dir = dir.to_str().context("venv path is not UTF-8")?;
+        run("python3", &["-m", "venv", dir])?;
     }
-    let py = python
-        .to_str()
-        .context("venv path is not UTF-8")?
-        .to_string();
-    run(
-        &py,
-        &[
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "torch",
-            "timm",
-            "safetensors",
-            "numpy",
-            "pycocotools",
-        ],
-    )?;
+    let py = python.to_str().context("venv path is not UTF-8")?;
+    let mut args = vec!["-m", "pip", "install", "--quiet"];
+    args.extend(packages);
+    run(py, &args)?;
     Ok(python)
 }
 
@@ -227,31 +212,9 @@ fn onnx_check(args: &[String]) -> Result<()> {
     export.extend(args.iter().map(String::as_str));
     export.extend(["--out", out_arg, "--reference", "20"]);
     run("cargo", &export)?;
-    let (dir, python) = venv_python()?;
+    let (_, mut python) = venv_python()?;
     if !python_has(&python, "onnxruntime") || !python_has(&python, "onnx") {
-        if !python.exists() {
-            run(
-                "python3",
-                &[
-                    "-m",
-                    "venv",
-                    dir.to_str().context("venv path is not UTF-8")?,
-                ],
-            )?;
-        }
-        let py = python.to_str().context("venv path is not UTF-8")?;
-        run(
-            py,
-            &[
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "onnx",
-                "onnxruntime",
-                "numpy",
-            ],
-        )?;
+        python = venv_with(&["onnx", "onnxruntime", "numpy"])?;
     }
     let py = python.to_str().context("venv path is not UTF-8")?;
     let reference = out.with_extension("reference.safetensors");

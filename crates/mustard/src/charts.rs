@@ -439,6 +439,16 @@ fn bar_panel(area: &Area<'_>, panel: &Bars) -> std::result::Result<(), String> {
                 Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour(i).filled())
             });
     }
+    legend(&mut chart)
+}
+
+/// The legend of the series labelled so far, in the upper right corner.
+fn legend<'a, 'b, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, BitMapBackend<'b>, Cartesian2d<X, Y>>,
+) -> std::result::Result<(), String>
+where
+    'b: 'a,
+{
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
@@ -446,8 +456,7 @@ fn bar_panel(area: &Area<'_>, panel: &Bars) -> std::result::Result<(), String> {
         .background_style(WHITE.mix(0.9))
         .border_style(LIGHT)
         .draw()
-        .map_err(err)?;
-    Ok(())
+        .map_err(err)
 }
 
 /// One precision–recall panel: the 101-point interpolated precision per class and over all
@@ -541,14 +550,7 @@ pub fn write_pr_curves(path: &Path, caption: &str, panels: &[PrPanel]) -> Result
                 .legend(|(x, y)| {
                     PathElement::new(vec![(x, y), (x + 14, y)], BLACK.stroke_width(3))
                 });
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font(text(12.0))
-                .background_style(WHITE.mix(0.9))
-                .border_style(LIGHT)
-                .draw()
-                .map_err(err)?;
+            legend(&mut chart)?;
         }
         Ok(())
     })

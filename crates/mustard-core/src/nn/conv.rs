@@ -173,30 +173,18 @@ impl Conv2d {
 
     /// Appends this convolution to `g` as a `Conv` node reading `x`; returns its output.
     pub fn onnx(&self, g: &mut Graph, x: &str, name: &str) -> Result<String> {
-        let weight = g.weight(&format!("{name}.weight"), &self.weight)?;
-        let bias = match &self.bias {
-            Some(b) => g.weight(&format!("{name}.bias"), b)?,
-            None => String::new(),
-        };
-        let k = self.weight.dim(2)? as i64;
         let c = &self.config;
-        let p = c.padding as i64;
-        let mut inputs = vec![x, weight.as_str()];
-        if !bias.is_empty() {
-            inputs.push(&bias);
-        }
-        Ok(g.node(
+        let geometry = (c.padding, c.stride, c.dilation);
+        let group = ("group", Attr::Int(c.groups as i64));
+        conv_node(
+            g,
             "Conv",
+            x,
             name,
-            &inputs,
-            vec![
-                ("kernel_shape", Attr::Ints(vec![k, k])),
-                ("pads", Attr::Ints(vec![p, p, p, p])),
-                ("strides", Attr::Ints(vec![c.stride as i64; 2])),
-                ("dilations", Attr::Ints(vec![c.dilation as i64; 2])),
-                ("group", Attr::Int(c.groups as i64)),
-            ],
-        ))
+            (&self.weight, self.bias.as_ref()),
+            geometry,
+            group,
+        )
     }
 
     fn params(&self) -> ConvParams {
@@ -208,6 +196,40 @@ impl Conv2d {
             groups: c.groups,
         }
     }
+}
+
+/// A `Conv` or `ConvTranspose` node with square `k` x `k` kernels: the weight and bias as
+/// initialisers named `{name}.weight` / `{name}.bias`, `(padding, stride, dilation)` on both
+/// axes, and one more attribute of the op.
+fn conv_node(
+    g: &mut Graph,
+    op: &str,
+    x: &str,
+    name: &str,
+    (weight, bias): (&Tensor, Option<&Tensor>),
+    (padding, stride, dilation): (usize, usize, usize),
+    extra: (&str, Attr),
+) -> Result<String> {
+    let k = weight.dim(2)? as i64;
+    let weight = g.weight(&format!("{name}.weight"), weight)?;
+    let bias = bias
+        .map(|b| g.weight(&format!("{name}.bias"), b))
+        .transpose()?;
+    let mut inputs = vec![x, weight.as_str()];
+    inputs.extend(bias.as_deref());
+    let p = padding as i64;
+    Ok(g.node(
+        op,
+        name,
+        &inputs,
+        vec![
+            ("kernel_shape", Attr::Ints(vec![k, k])),
+            ("pads", Attr::Ints(vec![p, p, p, p])),
+            ("strides", Attr::Ints(vec![stride as i64; 2])),
+            ("dilations", Attr::Ints(vec![dilation as i64; 2])),
+            extra,
+        ],
+    ))
 }
 
 /// Keeps the message of a mustard error inside a candle error.
@@ -309,33 +331,21 @@ impl ConvTranspose2d {
 
     /// Appends this layer to `g` as a `ConvTranspose` node reading `x`; returns its output.
     pub fn onnx(&self, g: &mut Graph, x: &str, name: &str) -> Result<String> {
-        let weight = g.weight(&format!("{name}.weight"), &self.weight)?;
-        let bias = match &self.bias {
-            Some(b) => g.weight(&format!("{name}.bias"), b)?,
-            None => String::new(),
-        };
-        let k = self.weight.dim(2)? as i64;
         let c = &self.config;
-        let p = c.padding as i64;
-        let mut inputs = vec![x, weight.as_str()];
-        if !bias.is_empty() {
-            inputs.push(&bias);
-        }
-        Ok(g.node(
+        let geometry = (c.padding, c.stride, c.dilation);
+        let extra = (
+            "output_padding",
+            Attr::Ints(vec![c.output_padding as i64; 2]),
+        );
+        conv_node(
+            g,
             "ConvTranspose",
+            x,
             name,
-            &inputs,
-            vec![
-                ("kernel_shape", Attr::Ints(vec![k, k])),
-                ("pads", Attr::Ints(vec![p, p, p, p])),
-                ("strides", Attr::Ints(vec![c.stride as i64; 2])),
-                ("dilations", Attr::Ints(vec![c.dilation as i64; 2])),
-                (
-                    "output_padding",
-                    Attr::Ints(vec![c.output_padding as i64; 2]),
-                ),
-            ],
-        ))
+            (&self.weight, self.bias.as_ref()),
+            geometry,
+            extra,
+        )
     }
 
     /// Multiply-accumulate operations × 2 for an `in_h` x `in_w` input, and the output size.
