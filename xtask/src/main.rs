@@ -259,6 +259,7 @@ enum Compare {
     All,
     Mcn,
     Eval,
+    Onnx,
 }
 
 /// The options of `cargo xtask bench`; anything else goes to `cargo bench`.
@@ -274,12 +275,13 @@ struct BenchArgs {
 }
 
 const BENCH_USAGE: &str =
-    "usage: cargo xtask bench [--compare-only] [--compare all|mcn|eval] [--threads N] [--rounds R]
+    "usage: cargo xtask bench [--compare-only] [--compare all|mcn|eval|onnx] [--threads N] [--rounds R]
                          [--forward-iterations K] [--train-iterations K] [cargo bench args…]
 
   --compare-only          skip the criterion benches, run only the comparisons with Python
   --compare WHICH         mcn: the MCN network against PyTorch eager; eval: COCO evaluation
-                          against pycocotools; all (default)
+                          against pycocotools; onnx: mustard's forward against ONNX Runtime on
+                          the exported network (full preset, 512 px); all (default)
   --threads N             threads of both sides of the MCN comparison (default: all cores)
   --rounds R              alternating mustard/PyTorch runs of each MCN case (default 2)
   --forward-iterations K  timed forward passes per run, after one warm-up (default 5)
@@ -313,7 +315,10 @@ fn parse_bench_args(extra: &[String]) -> Result<BenchArgs> {
                     Some("all") => Compare::All,
                     Some("mcn") => Compare::Mcn,
                     Some("eval") => Compare::Eval,
-                    other => bail!("--compare {other:?}: expected all, mcn or eval\n{BENCH_USAGE}"),
+                    Some("onnx") => Compare::Onnx,
+                    other => {
+                        bail!("--compare {other:?}: expected all, mcn, eval or onnx\n{BENCH_USAGE}")
+                    }
                 }
             }
             "--threads" => args.threads = number(a)?,
@@ -358,6 +363,17 @@ fn bench(extra: &[String]) -> Result<()> {
             );
         }
     }
+    if matches!(args.compare, Compare::All | Compare::Onnx) {
+        if python_has(&python, "onnxruntime") {
+            onnx_compare(&python, &args)?;
+        } else {
+            eprintln!(
+                "bench: no Python with onnxruntime at {} (`cargo xtask onnx-check` installs it); \
+                 skipping the ONNX Runtime comparison",
+                dir.display()
+            );
+        }
+    }
     if matches!(args.compare, Compare::All | Compare::Eval) {
         if python_has(&python, "pycocotools") {
             eval_compare(&python)?;
@@ -368,6 +384,91 @@ fn bench(extra: &[String]) -> Result<()> {
                 dir.display()
             );
         }
+    }
+    Ok(())
+}
+
+/// mustard's forward pass against ONNX Runtime on the same network and weights: the full
+/// preset's model (one training step on synthetic images, so that the weights are not the
+/// initial ones) exported at 512 px, then `--rounds` alternating runs of `mustard bench` and
+/// `bench/onnx_speed.py` at `--threads` threads.
+fn onnx_compare(python: &Path, args: &BenchArgs) -> Result<()> {
+    let dir = std::env::temp_dir().join("mustard-onnx-speed");
+    let runs = dir.to_str().context("temp path is not UTF-8")?;
+    let model = dir.join("full512.onnx");
+    let model = model.to_str().context("temp path is not UTF-8")?;
+    let run_dir = dir.join("full");
+    let run_dir = run_dir.to_str().context("temp path is not UTF-8")?;
+    let mustard = ["run", "--release", "-q", "-p", "mustard-cli", "--"];
+    if !dir.join("full/weights/last.safetensors").is_file() {
+        let mut a = mustard.to_vec();
+        a.extend([
+            "train",
+            "--preset",
+            "full",
+            "--runs",
+            runs,
+            "--name",
+            "full",
+            "--synth-images",
+            "8",
+            "--max-steps",
+            "1",
+            "--input-size",
+            "64",
+            "--no-val",
+        ]);
+        run("cargo", &a)?;
+    }
+    let mut a = mustard.to_vec();
+    a.extend([
+        "export",
+        "--checkpoint",
+        run_dir,
+        "--input-size",
+        "512",
+        "--out",
+        model,
+    ]);
+    run("cargo", &a)?;
+    let threads = args.threads.to_string();
+    let iterations = args.forward_iterations.to_string();
+    let py = python.to_str().context("venv path is not UTF-8")?;
+    for round in 0..args.rounds {
+        eprintln!(
+            "bench: ONNX Runtime comparison, round {} of {}",
+            round + 1,
+            args.rounds
+        );
+        let status = Command::new("cargo")
+            .args(mustard)
+            .args([
+                "bench",
+                "--checkpoint",
+                run_dir,
+                "--input-size",
+                "512",
+                "--iterations",
+                &iterations,
+            ])
+            .env("RAYON_NUM_THREADS", &threads)
+            .current_dir(root())
+            .status()
+            .context("could not start cargo")?;
+        if !status.success() {
+            bail!("mustard bench failed ({status})");
+        }
+        run(
+            py,
+            &[
+                "bench/onnx_speed.py",
+                model,
+                "--threads",
+                &threads,
+                "--iterations",
+                &iterations,
+            ],
+        )?;
     }
     Ok(())
 }
