@@ -139,7 +139,14 @@ mod tests {
         let (low, lower) = (MeanStd::of(&[0.003, 0.004]), MeanStd::of(&[0.001, 0.002]));
         let (v, s) = claim_above(low, lower, Some(0.0));
         assert_eq!(v, Verdict::AtFloor);
-        assert_eq!(s, "difference +0.002; both are within 0.01 of the trivial baseline (0), so this budget cannot test the claim");
+        assert_eq!(s, "difference +0.002; both are within 0.01 of the trivial baseline (0.000), so this budget cannot test the claim");
+        let (v, s) = claim_above(
+            MeanStd::of(&[0.40, 0.41]),
+            MeanStd::of(&[0.395]),
+            Some(0.396),
+        );
+        assert_eq!(v, Verdict::AtFloor);
+        assert_eq!(s, "difference +0.010; both are within 0.01 of the trivial baseline (0.396), so this budget cannot test the claim");
         assert_eq!(claim_above(a, b, Some(0.0)).0, Verdict::Holds);
         assert_eq!(claim_above(low, lower, None).0, Verdict::Holds);
     }
