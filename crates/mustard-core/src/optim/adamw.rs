@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
@@ -119,44 +120,48 @@ fn fused_cpu_f32(
         return Ok(None);
     };
     let n = slices[0].len();
-    let (mut p_new, mut m_new, mut v_new) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
     let f = |x: f64| x as f32;
-    let (decay, b1, c1, b2, c2) = (
-        k.decay.map(f),
-        f(k.beta1),
-        f(1.0 - k.beta1),
-        f(k.beta2),
-        f(1.0 - k.beta2),
+    let k = Lanes {
+        decay: k.decay.map(f),
+        b1: f(k.beta1),
+        c1: f(1.0 - k.beta1),
+        b2: f(k.beta2),
+        c2: f(1.0 - k.beta2),
+        inv_bc2: f(k.inv_bc2_sqrt),
+        eps: f(k.eps),
+        step: f(k.step_size),
+    };
+    // Written in full below, so never zeroed first.
+    let (mut p_new, mut m_new, mut v_new) = (
+        Vec::<f32>::with_capacity(n),
+        Vec::<f32>::with_capacity(n),
+        Vec::<f32>::with_capacity(n),
     );
-    let (inv_bc2, eps, step) = (f(k.inv_bc2_sqrt), f(k.eps), f(k.step_size));
     const CHUNK: usize = 1 << 14;
-    p_new
-        .par_chunks_mut(CHUNK)
-        .zip(m_new.par_chunks_mut(CHUNK))
-        .zip(v_new.par_chunks_mut(CHUNK))
+    let (po, mo, vo) = (
+        &mut p_new.spare_capacity_mut()[..n],
+        &mut m_new.spare_capacity_mut()[..n],
+        &mut v_new.spare_capacity_mut()[..n],
+    );
+    po.par_chunks_mut(CHUNK)
+        .zip(mo.par_chunks_mut(CHUNK))
+        .zip(vo.par_chunks_mut(CHUNK))
         .enumerate()
         .for_each(|(ci, ((po, mo), vo))| {
-            let base = ci * CHUNK;
-            for i in 0..po.len() {
-                let j = base + i;
-                let (p, g) = (slices[0][j], slices[1][j]);
-                let (m, v) = if slices.len() == 4 {
-                    (slices[2][j], slices[3][j])
-                } else {
-                    (0.0, 0.0)
-                };
-                let p = match decay {
-                    Some(d) => p * d,
-                    None => p,
-                };
-                let m = m * b1 + g * c1;
-                let v = v * b2 + (g * g) * c2;
-                let denom = v.sqrt() * inv_bc2 + eps;
-                po[i] = p - (m / denom) * step;
-                mo[i] = m;
-                vo[i] = v;
+            let r = ci * CHUNK..ci * CHUNK + po.len();
+            let (p, g) = (&slices[0][r.clone()], &slices[1][r.clone()]);
+            if slices.len() == 4 {
+                update::<true>(p, g, &slices[2][r.clone()], &slices[3][r], po, mo, vo, &k);
+            } else {
+                update::<false>(p, g, &[], &[], po, mo, vo, &k);
             }
         });
+    // SAFETY: `update` wrote every one of the n elements of each (the chunks cover 0..n).
+    unsafe {
+        p_new.set_len(n);
+        m_new.set_len(n);
+        v_new.set_len(n);
+    }
     drop(guards);
     let shape = p.shape();
     let dev = p.device();
@@ -165,6 +170,51 @@ fn fused_cpu_f32(
         Tensor::from_vec(m_new, shape, dev)?,
         Tensor::from_vec(v_new, shape, dev)?,
     )))
+}
+
+/// The f32 scalars of [`Coefficients`].
+struct Lanes {
+    decay: Option<f32>,
+    b1: f32,
+    c1: f32,
+    b2: f32,
+    c2: f32,
+    inv_bc2: f32,
+    eps: f32,
+    step: f32,
+}
+
+/// One chunk of [`fused_cpu_f32`]: `po`, `mo`, `vo` from `p`, `g` and (with `MV`) `m`, `v`, all
+/// `po.len()` long. Separate slice parameters, so that LLVM knows the outputs alias no input
+/// and vectorises the loop (square root and division included).
+#[inline(never)]
+fn update<const MV: bool>(
+    p: &[f32],
+    g: &[f32],
+    m: &[f32],
+    v: &[f32],
+    po: &mut [MaybeUninit<f32>],
+    mo: &mut [MaybeUninit<f32>],
+    vo: &mut [MaybeUninit<f32>],
+    k: &Lanes,
+) {
+    let n = po.len();
+    let (p, g, mo, vo) = (&p[..n], &g[..n], &mut mo[..n], &mut vo[..n]);
+    let (m, v) = if MV { (&m[..n], &v[..n]) } else { (m, v) };
+    for i in 0..n {
+        let (mi, vi) = if MV { (m[i], v[i]) } else { (0.0, 0.0) };
+        let pi = match k.decay {
+            Some(d) => p[i] * d,
+            None => p[i],
+        };
+        let gi = g[i];
+        let mi = mi * k.b1 + gi * k.c1;
+        let vi = vi * k.b2 + (gi * gi) * k.c2;
+        let denom = vi.sqrt() * k.inv_bc2 + k.eps;
+        po[i].write(pi - (mi / denom) * k.step);
+        mo[i].write(mi);
+        vo[i].write(vi);
+    }
 }
 
 impl Optimizer for AdamW {
