@@ -25,6 +25,11 @@ Each case runs in its own process so that the peak resident memory (`ru_maxrss`)
 Prints one JSON line per case.
 
     python bench/mcn_speed.py --case forward --threads 2 --iterations 5
+
+`--batch N` and `--size S` change the input (defaults: 1x512 forward, 8x256 training step);
+`--device cuda` runs on the GPU: every phase then waits for the device
+(`torch.cuda.synchronize`) before its timer is read, and `device_memory_mib` is
+`torch.cuda.max_memory_allocated`.
 """
 import argparse
 import json
@@ -174,7 +179,8 @@ class Mcn(nn.Module):
 
 def focal_loss(logits, target):
     """SPEC §4, computed as mustard_core::loss::focal_loss does."""
-    lo, hi = torch.log(torch.tensor(1e-4)), torch.log(torch.tensor(1 - 1e-4))
+    # The f32 logarithms as Python numbers (exact in f32), usable on any device.
+    lo, hi = float(torch.log(torch.tensor(1e-4))), float(torch.log(torch.tensor(1 - 1e-4)))
     log_p = F.logsigmoid(logits).clamp(lo, hi)
     log_1mp = F.logsigmoid(-logits).clamp(lo, hi)
     p = log_p.exp()
@@ -265,33 +271,46 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--size", type=int)
     args = ap.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+
+    def now():
+        if cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    model = Mcn()
+    model = Mcn().to(device)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result = {
         "impl": "pytorch",
         "version": torch.__version__,
         "case": args.case,
         "threads": torch.get_num_threads(),
+        "device": str(device),
         "parameters": params,
     }
     times = []
     if args.case == "forward":
-        result["shape"] = [1, 3, 512, 512]
+        b, size = args.batch or 1, args.size or 512
+        result["shape"] = [b, 3, size, size]
         model.eval()
-        x = torch.randn(1, 3, 512, 512, generator=gen)
+        x = torch.randn(b, 3, size, size, generator=gen).to(device)
         with torch.no_grad():
             for it in range(args.warmup + args.iterations):
-                t0 = time.perf_counter()
+                t0 = now()
                 det, pose, seg = model(x)
-                dt = time.perf_counter() - t0
+                dt = now() - t0
                 if it >= args.warmup:
                     times.append(dt)
     elif args.case == "train":
-        b, size = 8, 256
+        b, size = args.batch or 8, args.size or 256
         result["shape"] = [b, 3, size, size]
         model.train()
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.endswith(".bias")]
@@ -300,23 +319,26 @@ def main():
             [{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}],
             lr=5e-4,
         )
-        x = torch.randn(b, 3, size, size, generator=gen)
-        targets = random_targets(b, size, gen)
+        x = torch.randn(b, 3, size, size, generator=gen).to(device)
+        targets = {
+            k: tuple(t.to(device) for t in v) if isinstance(v, tuple) else v.to(device)
+            for k, v in random_targets(b, size, gen).items()
+        }
         names = ["forward", "loss", "backward", "optimizer"]
         phases = {n: [] for n in names}
         for it in range(args.warmup + args.iterations):
-            t0 = time.perf_counter()
+            t0 = now()
             opt.zero_grad(set_to_none=True)
             out = model(x)
-            t1 = time.perf_counter()
+            t1 = now()
             total, per_task = losses(out, targets)
             values = {k: float(v.detach()) for k, v in per_task.items()}
-            t2 = time.perf_counter()
+            t2 = now()
             total.backward()
-            t3 = time.perf_counter()
+            t3 = now()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             opt.step()
-            t4 = time.perf_counter()
+            t4 = now()
             if it >= args.warmup:
                 times.append(t4 - t0)
                 for n, (a, z) in zip(names, [(t0, t1), (t1, t2), (t2, t3), (t3, t4)]):
@@ -326,8 +348,10 @@ def main():
     if times:
         result["median_ms"] = median_ms(times)
         result["times_ms"] = [t * 1e3 for t in times]
+        result["images_per_s"] = result["shape"][0] / (result["median_ms"] / 1e3)
     # Linux reports ru_maxrss in KiB.
     result["peak_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["device_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
     print(json.dumps(result), flush=True)
 
 

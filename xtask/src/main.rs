@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask ci | deps | fixtures | bench`.
+//! Project automation: `cargo xtask ci | deps | fixtures | bench | onnx-check | cuda-build`.
 
 #![forbid(unsafe_code)]
 
@@ -7,17 +7,23 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod cuda;
+
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  ci         fmt --check, clippy -D warnings, dependency direction, tests (the CI gate)
+  ci         fmt --check, clippy -D warnings, dependency direction, `cuda-build --check`,
+             tests (the CI gate)
   deps       check only the dependency direction between our crates
   fixtures   regenerate the golden fixtures with PyTorch/pycocotools in a virtual environment
   bench      run the criterion benchmarks, then the comparisons with PyTorch and pycocotools
              (`cargo xtask bench --help` for the options)
   onnx-check --checkpoint RUN [export options…]
              export RUN to ONNX with 20 reference images, then check the file with the ONNX
-             checker and ONNX Runtime from PyPI (in $MUSTARD_VENV or ~/.cache/mustard/venv)";
+             checker and ONNX Runtime from PyPI (in $MUSTARD_VENV or ~/.cache/mustard/venv)
+  cuda-build [--check] [--compute-cap N] [--toolkit DIR]
+             build with --features cuda without a GPU or CUDA install (nvcc from PyPI) and
+             bundle the binaries and bench/gpu_check.sh into target/gpu-check";
 
 /// For each crate, the crates of ours it may depend on, directly or not. Everything else is a
 /// layering violation: heads never depend on backbone, data never on heads, eval on nothing
@@ -70,6 +76,7 @@ fn main() -> Result<()> {
         Some("fixtures") => fixtures(),
         Some("bench") => bench(&args[1..]),
         Some("onnx-check") => onnx_check(&args[1..]),
+        Some("cuda-build") => cuda::cuda_build(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             bail!("unknown or missing command")
@@ -111,6 +118,7 @@ fn ci() -> Result<()> {
         ],
     )?;
     deps()?;
+    cuda::cuda_build(&["--check".to_string()])?;
     run("cargo", &["test", "--workspace"])?;
     eprintln!("ci: all checks passed");
     Ok(())

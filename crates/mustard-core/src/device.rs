@@ -28,6 +28,13 @@ impl DeviceSpec {
             DeviceSpec::Cpu => Ok(Device::Cpu),
             DeviceSpec::Cuda(ordinal) => {
                 if cfg!(feature = "cuda") {
+                    let missing = missing_cuda_libraries();
+                    if !missing.is_empty() {
+                        return Err(Error::GpuLibrariesMissing {
+                            device: self.to_string(),
+                            missing,
+                        });
+                    }
                     Ok(Device::new_cuda(ordinal)?)
                 } else {
                     Err(Error::BackendUnavailable {
@@ -48,6 +55,54 @@ impl DeviceSpec {
             }
         }
     }
+}
+
+/// Memory in use on `device`, in MiB, as the CUDA driver reports it (total − free: this
+/// process's tensors and context, and any other process's); `None` on the CPU and Metal.
+pub fn device_memory_in_use_mib(device: &Device) -> Result<Option<f64>> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        let (free, total) = cuda
+            .cuda_stream()
+            .context()
+            .mem_get_info()
+            .map_err(candle_core::Error::wrap)?;
+        return Ok(Some((total - free) as f64 / (1024.0 * 1024.0)));
+    }
+    let _ = device;
+    Ok(None)
+}
+
+/// The CUDA libraries that opening a device loads and that cannot be found (the CUDA libraries
+/// are loaded at run time, and the loader panics on a missing one).
+#[cfg(feature = "cuda")]
+fn missing_cuda_libraries() -> Vec<&'static str> {
+    use candle_core::cuda::cudarc;
+    let mut missing = Vec::new();
+    // SAFETY: each check only opens the library by name and closes it again; no symbol of it
+    // is called.
+    let found = unsafe {
+        [
+            (
+                cudarc::driver::sys::is_culib_present(),
+                "libcuda (the NVIDIA driver)",
+            ),
+            (cudarc::cublas::sys::is_culib_present(), "libcublas"),
+            (cudarc::cublaslt::sys::is_culib_present(), "libcublasLt"),
+            (cudarc::curand::sys::is_culib_present(), "libcurand"),
+        ]
+    };
+    for (present, name) in found {
+        if !present {
+            missing.push(name);
+        }
+    }
+    missing
+}
+
+#[cfg(not(feature = "cuda"))]
+fn missing_cuda_libraries() -> Vec<&'static str> {
+    Vec::new()
 }
 
 impl fmt::Display for DeviceSpec {

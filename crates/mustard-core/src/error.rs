@@ -79,6 +79,15 @@ pub enum Error {
         feature: &'static str,
     },
 
+    /// A GPU build could not find the libraries it loads when a device opens.
+    #[error("device `{device}` cannot be opened: {} not found; put the folders holding them on LD_LIBRARY_PATH (a PyTorch install has them under site-packages/nvidia/*/lib)", missing.join(", "))]
+    GpuLibrariesMissing {
+        /// The requested device.
+        device: String,
+        /// The libraries not found.
+        missing: Vec<&'static str>,
+    },
+
     /// A tensor holds NaN or infinite values where finite ones are required.
     #[error("{what} is not finite ({value})")]
     NonFinite {

@@ -29,7 +29,7 @@ pub mod ops;
 pub mod optim;
 pub mod rng;
 
-pub use device::DeviceSpec;
+pub use device::{device_memory_in_use_mib, DeviceSpec};
 pub use error::{chain as error_chain, Error, Result};
 
 /// Re-exported so that dependent crates use the same candle as the core.

@@ -6,7 +6,16 @@
 //! - `--case train`: one training step at 8x3x256x256 as the training loop takes it: forward,
 //!   losses (on 8 encoded synthetic scenes), reading the per-task values, backward,
 //!   `clip_grad_norm(10)`, AdamW (lr 5e-4, weight decay 1e-4 except biases and 1-D parameters);
-//! - `--case params`: only the parameter count.
+//! - `--case params`: only the parameter count;
+//! - `--case steps --device D`: `--iterations` training steps (default batch 16 at 256 px) of the
+//!   network with all five heads, on the CPU and on `D`, from the same initial weights on the
+//!   same batches (four fixed batches of synthetic scenes, in turn); prints both loss curves and
+//!   the largest relative difference between them.
+//!
+//! `--batch N` and `--size S` change the input (defaults: 1x512 forward, 8x256 training step);
+//! `--device cuda[:N]` runs on a GPU (a `--features cuda` build): every phase then waits for the
+//! device before its timer is read, and the largest device memory in use after a phase is
+//! reported beside the CPU's peak resident memory.
 //!
 //! One case per process, so that the peak resident memory (`VmHWM`) is that case's. The thread
 //! count is candle's and rayon's (`RAYON_NUM_THREADS`). Prints one JSON line.
@@ -19,9 +28,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use mustard::core::candle_core::{DType, Device, Tensor};
+use mustard::core::candle_nn::VarMap;
 use mustard::core::optim::{
     clip_grad_norm, param_groups, trainable_vars, AdamW, AdamWConfig, Optimizer,
 };
+use mustard::core::DeviceSpec;
 use mustard::data::augment::Affine;
 use mustard::data::synth::{self, SynthConfig};
 use mustard::data::{BatchEncoder, Sample, Task, TaskSet};
@@ -34,6 +45,9 @@ struct Args {
     iterations: usize,
     warmup: usize,
     default_malloc: bool,
+    device: DeviceSpec,
+    batch: Option<usize>,
+    size: Option<usize>,
 }
 
 fn parse() -> Result<Args> {
@@ -42,6 +56,9 @@ fn parse() -> Result<Args> {
         iterations: 5,
         warmup: 1,
         default_malloc: false,
+        device: DeviceSpec::Cpu,
+        batch: None,
+        size: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -50,12 +67,15 @@ fn parse() -> Result<Args> {
             "--case" => args.case = value()?,
             "--iterations" => args.iterations = value()?.parse()?,
             "--warmup" => args.warmup = value()?.parse()?,
+            "--device" => args.device = value()?.parse()?,
+            "--batch" => args.batch = Some(value()?.parse()?),
+            "--size" => args.size = Some(value()?.parse()?),
             // The im2col kernel for every convolution, to compare with the Winograd kernel.
             "--no-winograd" => mustard_core::ops::set_winograd(false),
             // The allocator's default behaviour (freed activations go back to the kernel).
             "--default-malloc" => args.default_malloc = true,
             _ => bail!(
-                "unknown argument {a} (--case forward|train|params, --iterations K, --warmup W, --no-winograd, --default-malloc)"
+                "unknown argument {a} (--case forward|train|params, --iterations K, --warmup W, --device D, --batch N, --size S, --no-winograd, --default-malloc)"
             ),
         }
     }
@@ -102,12 +122,55 @@ fn scene_sample(size: u32, index: u64) -> Result<Sample> {
     })
 }
 
-fn batch(model: &MultiTaskModel, b: usize, size: u32) -> Result<Batch> {
+/// Scenes `first..first + b` encoded for `model`.
+fn batch(model: &MultiTaskModel, first: u64, b: usize, size: u32) -> Result<Batch> {
     let encoder = model.encoder(size);
-    let items = (0..b as u64)
+    let items = (first..first + b as u64)
         .map(|i| Ok(encoder.encode(scene_sample(size, i)?)?))
         .collect::<Result<Vec<_>>>()?;
     Ok(encoder.collate(items)?)
+}
+
+/// The total loss of each of `steps` training steps of `config`'s untrained model on `device`
+/// (clipping at 10 and AdamW at the preset's constant lr), on four fixed batches in turn.
+fn loss_curve(
+    config: &Config,
+    device: DeviceSpec,
+    steps: usize,
+    b: usize,
+    size: usize,
+) -> Result<Vec<f32>> {
+    let mut config = config.clone();
+    config.device = device;
+    let (varmap, model) = mustard::bench::untrained(&config)?;
+    let vars = trainable_vars(&varmap);
+    let batches = (0..4)
+        .map(|k| Ok(batch(&model, (k * b) as u64, b, size as u32)?.to_device(model.device())?))
+        .collect::<Result<Vec<_>>>()?;
+    let mut optimizer = adamw(&varmap, &config)?;
+    let mut curve = Vec::with_capacity(steps);
+    for step in 0..steps {
+        let batch = &batches[step % batches.len()];
+        let out = model.forward_t(&batch.images, true)?;
+        let losses = model.loss(&out, batch)?;
+        curve.push(losses.total.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+        let mut grads = losses.total.backward()?;
+        clip_grad_norm(&mut grads, &vars, 10.0)?;
+        optimizer.step(&grads)?;
+    }
+    Ok(curve)
+}
+
+/// AdamW as the training loop sets it up: the preset's lr, weight decay except on biases and
+/// 1-D parameters.
+fn adamw(varmap: &VarMap, config: &Config) -> Result<AdamW> {
+    Ok(AdamW::new(
+        param_groups(varmap, config.train.weight_decay),
+        AdamWConfig {
+            lr: config.train.lr,
+            ..Default::default()
+        },
+    )?)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -123,6 +186,18 @@ fn main() -> Result<()> {
     }
     let mut config = Config::preset(Preset::Full, "mcn-speed");
     config.model.tasks = vec![Task::Detection, Task::Segmentation, Task::Pose];
+    config.device = args.device;
+    let device = args.device.device()?;
+    // The timer of a phase is read once the device has finished it; the largest memory in use
+    // on the device after a phase is kept.
+    let mut device_peak = None::<f64>;
+    let mut wait = |device: &Device| -> Result<Instant> {
+        device.synchronize()?;
+        if let Some(mib) = mustard::core::device_memory_in_use_mib(device)? {
+            device_peak = Some(device_peak.map_or(mib, |p| p.max(mib)));
+        }
+        Ok(Instant::now())
+    };
     let (varmap, model) = mustard::bench::untrained(&config)?;
     let vars = trainable_vars(&varmap);
     let parameters: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
@@ -131,18 +206,20 @@ fn main() -> Result<()> {
         "version": env!("CARGO_PKG_VERSION"),
         "case": args.case,
         "threads": mustard::core::candle_core::utils::get_num_threads(),
+        "device": args.device.to_string(),
         "parameters": parameters,
     });
     let mut times = Vec::new();
     match args.case.as_str() {
         "params" => {}
         "forward" => {
-            result["shape"] = serde_json::json!([1, 3, 512, 512]);
-            let x = Tensor::randn(0f32, 1.0, (1, 3, 512, 512), &Device::Cpu)?;
+            let (b, size) = (args.batch.unwrap_or(1), args.size.unwrap_or(512));
+            result["shape"] = serde_json::json!([b, 3, size, size]);
+            let x = Tensor::randn(0f32, 1.0, (b, 3, size, size), &device)?;
             for it in 0..args.warmup + args.iterations {
-                let t0 = Instant::now();
+                let t0 = wait(&device)?;
                 let out = model.forward_t(&x, false)?;
-                let dt = t0.elapsed().as_secs_f64();
+                let dt = (wait(&device)? - t0).as_secs_f64();
                 std::hint::black_box(out);
                 if it >= args.warmup {
                     times.push(dt);
@@ -150,34 +227,28 @@ fn main() -> Result<()> {
             }
         }
         "train" => {
-            let (b, size) = (8, 256);
+            let (b, size) = (args.batch.unwrap_or(8), args.size.unwrap_or(256));
             result["shape"] = serde_json::json!([b, 3, size, size]);
-            let batch = batch(&model, b, size)?;
-            let mut optimizer = AdamW::new(
-                param_groups(&varmap, config.train.weight_decay),
-                AdamWConfig {
-                    lr: config.train.lr,
-                    ..Default::default()
-                },
-            )?;
+            let batch = batch(&model, 0, b, size as u32)?.to_device(&device)?;
+            let mut optimizer = adamw(&varmap, &config)?;
             let mut values = serde_json::Map::new();
             // forward, losses, backward, clipping + AdamW
             let mut phases = [(); 4].map(|_| Vec::new());
             for it in 0..args.warmup + args.iterations {
-                let t0 = Instant::now();
+                let t0 = wait(&device)?;
                 let out = model.forward_t(&batch.images, true)?;
-                let t1 = Instant::now();
+                let t1 = wait(&device)?;
                 let losses = model.loss(&out, &batch)?;
                 for (task, loss) in &losses.per_task {
                     let v = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
                     values.insert(task.to_string(), v.into());
                 }
-                let t2 = Instant::now();
+                let t2 = wait(&device)?;
                 let mut grads = losses.total.backward()?;
-                let t3 = Instant::now();
+                let t3 = wait(&device)?;
                 clip_grad_norm(&mut grads, &vars, 10.0)?;
                 optimizer.step(&grads)?;
-                let t4 = Instant::now();
+                let t4 = wait(&device)?;
                 if it >= args.warmup {
                     times.push((t4 - t0).as_secs_f64());
                     for (p, (a, z)) in
@@ -198,13 +269,31 @@ fn main() -> Result<()> {
                 .collect::<serde_json::Map<_, _>>()
                 .into();
         }
-        other => bail!("unknown case {other} (forward, train or params)"),
+        "steps" => {
+            let (b, size) = (args.batch.unwrap_or(16), args.size.unwrap_or(256));
+            result["shape"] = serde_json::json!([b, 3, size, size]);
+            config.model.tasks = Task::ALL.to_vec();
+            let cpu = loss_curve(&config, DeviceSpec::Cpu, args.iterations, b, size)?;
+            let other = loss_curve(&config, args.device, args.iterations, b, size)?;
+            let worst = cpu
+                .iter()
+                .zip(&other)
+                .map(|(a, z)| ((a - z).abs() / a.abs().max(1e-12)) as f64)
+                .fold(0.0, f64::max);
+            result["cpu_loss"] = cpu.into();
+            result["device_loss"] = other.into();
+            result["largest_relative_difference"] = worst.into();
+        }
+        other => bail!("unknown case {other} (forward, train, steps or params)"),
     }
     if !times.is_empty() {
         result["times_ms"] = times.iter().map(|t| t * 1e3).collect::<Vec<_>>().into();
-        result["median_ms"] = (median(times) * 1e3).into();
+        let m = median(times);
+        result["median_ms"] = (m * 1e3).into();
+        result["images_per_s"] = (result["shape"][0].as_f64().unwrap_or(1.0) / m).into();
     }
     result["peak_memory_mib"] = mustard::bench::peak_memory_mib().into();
+    result["device_memory_mib"] = device_peak.into();
     println!("{result}");
     Ok(())
 }

@@ -64,8 +64,9 @@ impl MaxPool2dConfig {
 /// 2-D max-pooling of an `(N, C, H, W)` tensor with a correct backward pass.
 ///
 /// Like PyTorch, the gradient goes to the first maximum of each window in scan order and a NaN
-/// in a window wins. On non-CPU devices the pool is composed from shifted strided views and
-/// `maximum`, whose candle gradient splits ties evenly.
+/// in a window wins. On CUDA mustard's kernels (`cuda/max_pool.cu`) compute the same values and
+/// gradients; on other devices (and with [`super::Kernels::Portable`]) the pool is composed from
+/// shifted strided views and `maximum`, whose candle gradient splits ties evenly.
 ///
 /// # Shapes
 /// `(N, C, H, W)` → `(N, C, (H + 2p − k) / s + 1, (W + 2p − k) / s + 1)`.
@@ -85,7 +86,7 @@ pub fn max_pool2d(x: &Tensor, cfg: MaxPool2dConfig) -> Result<Tensor> {
             ),
         ));
     }
-    if super::cpu_kernels(x) {
+    if super::cpu_kernels(x) || super::cuda_kernels(x) {
         Ok(x.contiguous()?.apply_op1(MaxPool2d(cfg))?)
     } else {
         composed(x, cfg)
@@ -211,6 +212,21 @@ impl CustomOp1 for MaxPool2d {
         }
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let (oh, ow) = (
+            self.0.out_len(h).unwrap_or(0),
+            self.0.out_len(w).unwrap_or(0),
+        );
+        let y = super::cuda::max_pool((s, l), None, (n * c, h, w, oh, ow), self.0)?;
+        Ok((y, nchw(n, c, oh, ow)))
+    }
+
     fn bwd(
         &self,
         arg: &Tensor,
@@ -275,6 +291,23 @@ impl CustomOp2 for MaxPool2dBackward {
             ),
         };
         Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let (oh, ow) = (
+            self.0.out_len(h).unwrap_or(0),
+            self.0.out_len(w).unwrap_or(0),
+        );
+        let dx = super::cuda::max_pool((s1, l1), Some((s2, l2)), (n * c, h, w, oh, ow), self.0)?;
+        Ok((dx, l1.shape().clone()))
     }
 }
 

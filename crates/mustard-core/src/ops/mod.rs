@@ -4,13 +4,16 @@
 //! upsampling, and its max-pool backward with kernel == stride silently scales every gradient by
 //! 1/k². These ops replace them. Each has a CPU kernel (always built) for f32 and f64; on other
 //! devices the same function falls back to a composition of candle ops whose gradient candle
-//! derives itself.
+//! derives itself, except where mustard has a CUDA kernel of its own (`cuda/*.cu`, built with
+//! the `cuda` feature: max-pooling, forward and backward).
 //!
 //! The convolution engine ([`conv2d`], [`conv_transpose2d`] and their gradients) replaces
 //! candle's CPU convolution, whose input gradient runs a naive direct loop; see [`conv`].
 
 mod batchnorm;
 pub mod conv;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod maxpool;
 mod relu;
 mod upsample;
@@ -79,6 +82,12 @@ impl Kernels {
 /// Whether `x` takes the CPU kernels: on the CPU, unless [`Kernels::Portable`] is set.
 pub(crate) fn cpu_kernels(x: &Tensor) -> bool {
     x.device().is_cpu() && !PORTABLE.load(Ordering::Relaxed)
+}
+
+/// Whether `x` takes mustard's CUDA kernel (for the ops that have one): on a CUDA device in a
+/// `cuda` build, unless [`Kernels::Portable`] is set.
+pub(crate) fn cuda_kernels(x: &Tensor) -> bool {
+    cfg!(feature = "cuda") && x.device().is_cuda() && !PORTABLE.load(Ordering::Relaxed)
 }
 
 /// The float types the CPU kernels run on.

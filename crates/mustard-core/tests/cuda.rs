@@ -1,0 +1,83 @@
+//! Every custom op on a CUDA device against its CPU kernel, forward and backward, in f64 and
+//! in f32 (the training type). Ignored, with the reason printed, in a build without the `cuda`
+//! feature; in a build with it, skipped with the reason printed when no device opens, unless
+//! `MUSTARD_REQUIRE_CUDA=1` (set by the GPU check) makes that a failure.
+
+mod parity;
+
+use candle_core::{DType, Device};
+use mustard_core::DeviceSpec;
+use parity::Other;
+
+/// `cuda:0`, opened as every verb opens it (a missing CUDA library is named, not a panic).
+fn cuda() -> Option<Device> {
+    match DeviceSpec::Cuda(0).device() {
+        Ok(device) => Some(device),
+        Err(e) if std::env::var_os("MUSTARD_REQUIRE_CUDA").is_some() => {
+            panic!("MUSTARD_REQUIRE_CUDA is set but no CUDA device opened: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: no CUDA device opened ({e})");
+            None
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs --features cuda and an NVIDIA GPU"
+)]
+fn every_custom_op_on_cuda_matches_the_cpu_kernel_in_f64() {
+    if let Some(device) = cuda() {
+        parity::every_custom_op(&Other::Device(device), DType::F64, 1.0);
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs --features cuda and an NVIDIA GPU"
+)]
+fn every_custom_op_on_cuda_matches_the_cpu_kernel_in_f32() {
+    if let Some(device) = cuda() {
+        // f32 rounding: 1e-6 for the exact ops, 1e-4 for convolutions, 1e-3 for BatchNorm.
+        parity::every_custom_op(&Other::Device(device), DType::F32, 1e8);
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs --features cuda and an NVIDIA GPU"
+)]
+fn max_pool_on_cuda_breaks_ties_as_the_cpu_kernel_does() {
+    use mustard_core::ops::{self, MaxPool2dConfig};
+    let Some(device) = cuda() else {
+        return;
+    };
+    // Values on a grid of 0.5 (many equal maxima in a window) and ReLU-like zeros.
+    let x = parity::input(&[2, 3, 11, 9], 7, DType::F32)
+        .affine(2.0, 0.0)
+        .unwrap()
+        .round()
+        .unwrap()
+        .affine(0.5, 0.0)
+        .unwrap()
+        .relu()
+        .unwrap();
+    for (kernel, stride, padding) in [(3, 2, 1), (2, 2, 0), (3, 1, 1)] {
+        let config = MaxPool2dConfig {
+            kernel,
+            stride,
+            padding,
+        };
+        parity::check(
+            &format!("max_pool2d with ties k{kernel} s{stride} p{padding}"),
+            &[&x],
+            |t| ops::max_pool2d(&t[0], config).unwrap(),
+            &Other::Device(device.clone()),
+            0.0,
+        );
+    }
+}
