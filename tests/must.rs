@@ -386,6 +386,35 @@ fn must_runs_end_to_end_and_a_rerun_reuses_every_stage() {
             "{stage}: {report2}"
         );
     }
+
+    // A larger test split is written again; its scenes come after the training ones, so every
+    // trained model is kept and only the evaluation is new.
+    let mut larger = args.to_vec();
+    let at = larger.iter().position(|a| *a == "--test-images").unwrap();
+    larger[at + 1] = "48";
+    let third = mustard(&larger);
+    let said = text(&third.stderr);
+    ok(third);
+    let data = root.join("data");
+    assert!(
+        said.contains(&format!(
+            "{} holds other splits (128 labelled per task, 96 unlabelled, 32 test, 64 px, seed 0): \
+             writing the config's; finished models are kept (delete {} to train them again)",
+            data.display(),
+            root.display()
+        )),
+        "{said}"
+    );
+    let test: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("test_detection.json")).unwrap()).unwrap();
+    assert_eq!(test["images"].as_array().unwrap().len(), 48);
+    let report3 = std::fs::read_to_string(root.join("report.md")).unwrap();
+    for stage in ["teacher pose", "student", "transfer-segmentation-student"] {
+        assert!(
+            report3.contains(&format!("\n| {stage} | reused |")),
+            "{stage}: {report3}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&runs);
 }
 

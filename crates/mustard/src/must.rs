@@ -362,6 +362,14 @@ impl Paths {
     }
 }
 
+/// The synthetic splits written to `runs/must/data` (`splits.toml`).
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct WrittenSplits {
+    splits: Splits,
+    size: u32,
+    seed: u64,
+}
+
 /// The pipeline's data, resolved to files.
 struct Files {
     labelled: TaskMap<PathBuf>,
@@ -536,12 +544,30 @@ impl Pipeline<'_> {
             seed,
             max_objects: 6,
         };
-        if !dir.join("test_classification.json").is_file() {
+        // The splits are written again when the config asks for other ones than those on
+        // disk (each split's scenes come after the previous split's, so a larger test split
+        // leaves the training images as they were).
+        let written = WrittenSplits {
+            splits: splits.clone(),
+            size,
+            seed,
+        };
+        let record = dir.join("splits.toml");
+        let on_disk = read_toml::<WrittenSplits>(&record).ok();
+        if on_disk.as_ref() != Some(&written) || !dir.join("test_classification.json").is_file() {
+            if let Some(old) = &on_disk {
+                self.say(|| format!(
+                    "{} holds other splits ({} labelled per task, {} unlabelled, {} test, {} px, seed {}): writing the config's; finished models are kept (delete {} to train them again)",
+                    dir.display(), old.splits.per_task, old.splits.unlabeled, old.splits.test,
+                    old.size, old.seed, self.paths.root.display()
+                ));
+            }
             self.say(|| format!(
                 "writing the synthetic splits ({} labelled images per task, {} unlabelled, {} test) to {}",
                 splits.per_task, splits.unlabeled, splits.test, dir.display()
             ));
             synth::write(&dir, &synth, 0, Some(splits))?;
+            write_toml(&written, &record)?;
         }
         let mut downstream = TaskMap::new();
         if let Some(t) = &self.config.transfer {
