@@ -82,7 +82,11 @@ fn parse(args: &[String]) -> Result<Options> {
 pub fn cuda_build(args: &[String]) -> Result<()> {
     let options = parse(args)?;
     let (toolkit, version) = match &options.toolkit {
-        Some(dir) => (dir.clone(), None),
+        Some(dir) => (
+            dir.canonicalize()
+                .with_context(|| format!("--toolkit {}", dir.display()))?,
+            None,
+        ),
         None => (wheel_toolkit()?, Some(WHEEL_CUDA_VERSION)),
     };
     let nvcc = toolkit.join("bin/nvcc");
