@@ -12,7 +12,8 @@
 #
 #   bash target/gpu-check/gpu_check.sh target/gpu-check [OUT]
 #
-# GPU_CHECK_BUDGET_S (default 450) bounds the whole script; (d) gets what (a)-(c) leave.
+# GPU_CHECK_BUDGET_S (default 450) bounds the whole script: each stage is stopped when it runs
+# out, and (d) gets what (a)-(c) leave.
 set -uo pipefail
 
 BUNDLE=$(cd "${1:?usage: gpu_check.sh BUNDLE [OUT]}" && pwd)
@@ -40,6 +41,12 @@ START=$(date +%s)
 SUMMARY=$OUT/summary.md
 elapsed() { echo $(($(date +%s) - START)); }
 say() { printf '%s\n' "$*" | tee -a "$SUMMARY"; }
+# Runs a command for at most what is left of the budget (and at least 10 s).
+budgeted() {
+    local left=$((BUDGET - $(elapsed)))
+    [ $left -lt 10 ] && left=10
+    timeout "$left" "$@"
+}
 
 : >"$SUMMARY"
 say "# mustard GPU check"
@@ -74,7 +81,7 @@ fi
 # (a) parity of every custom op
 say ""
 say "## (a) Custom ops on CUDA against the CPU kernels"
-MUSTARD_REQUIRE_CUDA=1 "$BIN/cuda_parity" --include-ignored --test-threads 1 --nocapture >a_parity.log 2>&1
+budgeted env MUSTARD_REQUIRE_CUDA=1 "$BIN/cuda_parity" --include-ignored --test-threads 1 --nocapture >a_parity.log 2>&1
 a_status=$?
 say ""
 if [ $a_status -eq 0 ]; then say "Passed ($(elapsed) s)."; else say "**FAILED** (exit $a_status); the end of a_parity.log:"; fi
@@ -85,7 +92,7 @@ printf '```\n' >>"$SUMMARY"
 # (b) 100 training steps, CPU against GPU
 say ""
 say "## (b) 100 training steps on the GPU and on the CPU"
-"$BIN/mcn_speed" --case steps --device cuda --iterations 100 --batch 16 --size 256 >b_steps.json 2>b_steps.err
+budgeted "$BIN/mcn_speed" --case steps --device cuda --iterations 100 --batch 16 --size 256 >b_steps.json 2>b_steps.err
 b_status=$?
 $PY - b_steps.json "$b_status" <<'PYEOF' | tee -a "$SUMMARY"
 import json, sys
@@ -94,7 +101,9 @@ if status != 0:
     print(f"\n**FAILED** (exit {status}); see b_steps.err")
     sys.exit()
 r = json.loads(open(path).read().strip().splitlines()[-1])
-cpu, gpu = r["cpu_loss"], r["device_loss"]
+# A loss that was not finite is written as null.
+cpu = [float("nan") if v is None else v for v in r["cpu_loss"]]
+gpu = [float("nan") if v is None else v for v in r["device_loss"]]
 print(f"\nLargest relative difference of the total loss over {len(cpu)} steps: {r['largest_relative_difference']:.2e}\n")
 print("| step | CPU loss | GPU loss | relative difference |\n| --- | --- | --- | --- |")
 for i, (a, b) in enumerate(zip(cpu, gpu)):
@@ -114,9 +123,9 @@ bench_case() { # case batch size iterations warmup
     for impl in mustard pytorch; do
         local log="c_${case}_${impl}.json"
         if [ $impl = mustard ]; then
-            "$BIN/mcn_speed" --case "$case" --device cuda --batch "$b" --size "$s" --iterations "$n" --warmup "$w" >"$log" 2>"$log.err"
+            budgeted "$BIN/mcn_speed" --case "$case" --device cuda --batch "$b" --size "$s" --iterations "$n" --warmup "$w" >"$log" 2>"$log.err"
         else
-            $PY "$BUNDLE/mcn_speed.py" --case "$case" --device cuda --batch "$b" --size "$s" --iterations "$n" --warmup "$w" --threads "$(nproc)" >"$log" 2>"$log.err"
+            budgeted $PY "$BUNDLE/mcn_speed.py" --case "$case" --device cuda --batch "$b" --size "$s" --iterations "$n" --warmup "$w" --threads "$(nproc)" >"$log" 2>"$log.err"
         fi
         $PY - "$log" "$case ${b}x3x${s}x${s}" "$impl" <<'PYEOF' | tee -a "$SUMMARY"
 import json, sys
@@ -153,7 +162,7 @@ else
     if [ $d_status -eq 0 ]; then
         say "Finished in $took s."
         say '```'
-        head -20 d_must/report.md 2>/dev/null | tee -a "$SUMMARY"
+        head -20 d_must/must/report.md 2>/dev/null | tee -a "$SUMMARY"
         printf '```\n' >>"$SUMMARY"
     elif [ $d_status -eq 124 ]; then
         say "Stopped by the budget after $took s; where it was:"

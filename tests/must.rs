@@ -398,10 +398,9 @@ fn must_runs_end_to_end_and_a_rerun_reuses_every_stage() {
     let data = root.join("data");
     assert!(
         said.contains(&format!(
-            "{} holds other splits (128 labelled per task, 96 unlabelled, 32 test, 64 px, seed 0): \
-             writing the config's; finished models are kept (delete {} to train them again)",
-            data.display(),
-            root.display()
+            "{} holds a test split of 32 images: writing the config's 48 (the training images and \
+             every finished model stay as they are)",
+            data.display()
         )),
         "{said}"
     );
@@ -415,6 +414,21 @@ fn must_runs_end_to_end_and_a_rerun_reuses_every_stage() {
             "{stage}: {report3}"
         );
     }
+    // Other training splits would change what the finished stages were trained on: refused.
+    let at = larger.iter().position(|a| *a == "--per-task").unwrap();
+    larger[at + 1] = "120";
+    let refused = mustard(&larger);
+    assert!(!refused.status.success());
+    assert_eq!(
+        text(&refused.stderr),
+        format!(
+            "error: must.data: {} holds splits of 128 labelled images per task, 96 unlabelled, \
+             64 px, seed 0, and the config asks for 120, 96, 64 px, seed 0: finished teachers \
+             and labels were made from those; delete {} to start over\n",
+            data.display(),
+            root.display()
+        )
+    );
     let _ = std::fs::remove_dir_all(&runs);
 }
 

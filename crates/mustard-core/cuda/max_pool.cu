@@ -35,11 +35,11 @@ __device__ int window_arg(const T* plane, const Pool p, int oy, int ox, T* best_
 }
 
 template <typename T>
-__device__ void max_pool_fwd(const T* x, T* y, long planes, const Pool p) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    long per_plane = (long)p.oh * p.ow;
+__device__ void max_pool_fwd(const T* x, T* y, long long planes, const Pool p) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long per_plane = (long long)p.oh * p.ow;
     if (i >= planes * per_plane) return;
-    long plane = i / per_plane;
+    long long plane = i / per_plane;
     int j = (int)(i % per_plane);
     T best;
     window_arg(x + plane * p.h * p.w, p, j / p.ow, j % p.ow, &best);
@@ -47,15 +47,15 @@ __device__ void max_pool_fwd(const T* x, T* y, long planes, const Pool p) {
 }
 
 template <typename T>
-__device__ void max_pool_bwd(const T* input, const T* g, T* dx, long planes, const Pool p) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    long per_plane = (long)p.h * p.w;
+__device__ void max_pool_bwd(const T* input, const T* g, T* dx, long long planes, const Pool p) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long per_plane = (long long)p.h * p.w;
     if (i >= planes * per_plane) return;
-    long plane = i / per_plane;
+    long long plane = i / per_plane;
     int at = (int)(i % per_plane);
     int y = at / p.w, x = at % p.w;
     const T* xp = input + plane * per_plane;
-    const T* gp = g + plane * (long)p.oh * p.ow;
+    const T* gp = g + plane * (long long)p.oh * p.ow;
     // The windows that contain (y, x): oy·s − p ≤ y < oy·s − p + k.
     int oy0 = max(0, (y + p.padding - p.kernel + p.stride) / p.stride);
     int oy1 = min(p.oh - 1, (y + p.padding) / p.stride);
@@ -76,15 +76,15 @@ __device__ void max_pool_bwd(const T* input, const T* g, T* dx, long planes, con
 #define POOL_ARGS int h, int w, int oh, int ow, int kernel, int stride, int padding
 #define POOL Pool{h, w, oh, ow, kernel, stride, padding}
 
-extern "C" __global__ void mustard_max_pool_f32(const float* x, float* y, long planes, POOL_ARGS) {
+extern "C" __global__ void __launch_bounds__(256) mustard_max_pool_f32(const float* x, float* y, long long planes, POOL_ARGS) {
     max_pool_fwd<float>(x, y, planes, POOL);
 }
-extern "C" __global__ void mustard_max_pool_f64(const double* x, double* y, long planes, POOL_ARGS) {
+extern "C" __global__ void __launch_bounds__(256) mustard_max_pool_f64(const double* x, double* y, long long planes, POOL_ARGS) {
     max_pool_fwd<double>(x, y, planes, POOL);
 }
-extern "C" __global__ void mustard_max_pool_bwd_f32(const float* x, const float* g, float* dx, long planes, POOL_ARGS) {
+extern "C" __global__ void __launch_bounds__(256) mustard_max_pool_bwd_f32(const float* x, const float* g, float* dx, long long planes, POOL_ARGS) {
     max_pool_bwd<float>(x, g, dx, planes, POOL);
 }
-extern "C" __global__ void mustard_max_pool_bwd_f64(const double* x, const double* g, double* dx, long planes, POOL_ARGS) {
+extern "C" __global__ void __launch_bounds__(256) mustard_max_pool_bwd_f64(const double* x, const double* g, double* dx, long long planes, POOL_ARGS) {
     max_pool_bwd<double>(x, g, dx, planes, POOL);
 }

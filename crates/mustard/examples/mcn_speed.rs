@@ -278,7 +278,15 @@ fn main() -> Result<()> {
             let worst = cpu
                 .iter()
                 .zip(&other)
-                .map(|(a, z)| ((a - z).abs() / a.abs().max(1e-12)) as f64)
+                .map(|(a, z)| {
+                    let d = ((a - z).abs() / a.abs().max(1e-12)) as f64;
+                    // A loss that stopped being finite on either side is the largest difference.
+                    if d.is_finite() {
+                        d
+                    } else {
+                        f64::INFINITY
+                    }
+                })
                 .fold(0.0, f64::max);
             result["cpu_loss"] = cpu.into();
             result["device_loss"] = other.into();

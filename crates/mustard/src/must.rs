@@ -430,7 +430,6 @@ pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustRepo
     config.base.numerics.apply();
     let root = runs.join("must");
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-    write_toml(config, &root.join("config.toml"))?;
     let mut p = Pipeline {
         config,
         paths: Paths {
@@ -442,6 +441,8 @@ pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustRepo
     };
     let stage = Instant::now();
     let files = p.data()?;
+    // Saved once the data fits it (a refused config leaves the saved one as it was).
+    write_toml(config, &root.join("config.toml"))?;
     p.timings
         .push(("data".to_string(), stage.elapsed().as_secs_f64()));
     check_labelled(&config.tasks, &files.labelled, &files.teachers, &files.test)?;
@@ -544,9 +545,10 @@ impl Pipeline<'_> {
             seed,
             max_objects: 6,
         };
-        // The splits are written again when the config asks for other ones than those on
-        // disk (each split's scenes come after the previous split's, so a larger test split
-        // leaves the training images as they were).
+        // The splits are written again when the config asks for another test split than the
+        // one on disk: the test scenes come after every training scene, so the training images,
+        // and every model trained on them, stay as they were. Any other difference would
+        // change what finished stages were trained on, and is refused.
         let written = WrittenSplits {
             splits: splits.clone(),
             size,
@@ -554,12 +556,26 @@ impl Pipeline<'_> {
         };
         let record = dir.join("splits.toml");
         let on_disk = read_toml::<WrittenSplits>(&record).ok();
+        if let Some(old) = &on_disk {
+            let training =
+                |w: &WrittenSplits| (w.splits.per_task, w.splits.unlabeled, w.size, w.seed);
+            if training(old) != training(&written) {
+                return Err(Error::config(
+                    "must.data",
+                    format!(
+                        "{} holds splits of {} labelled images per task, {} unlabelled, {} px, seed {}, and the config asks for {}, {}, {} px, seed {}: finished teachers and labels were made from those; delete {} to start over",
+                        dir.display(), old.splits.per_task, old.splits.unlabeled, old.size,
+                        old.seed, splits.per_task, splits.unlabeled, size, seed,
+                        self.paths.root.display()
+                    ),
+                ));
+            }
+        }
         if on_disk.as_ref() != Some(&written) || !dir.join("test_classification.json").is_file() {
             if let Some(old) = &on_disk {
                 self.say(|| format!(
-                    "{} holds other splits ({} labelled per task, {} unlabelled, {} test, {} px, seed {}): writing the config's; finished models are kept (delete {} to train them again)",
-                    dir.display(), old.splits.per_task, old.splits.unlabeled, old.splits.test,
-                    old.size, old.seed, self.paths.root.display()
+                    "{} holds a test split of {} images: writing the config's {} (the training images and every finished model stay as they are)",
+                    dir.display(), old.splits.test, splits.test
                 ));
             }
             self.say(|| format!(

@@ -16,6 +16,19 @@ const MAX_POOL: (&str, &str) = (
     include_str!(concat!(env!("OUT_DIR"), "/max_pool.ptx")),
 );
 
+/// One thread per element, in blocks of 256 (the kernels declare `__launch_bounds__(256)`).
+fn launch_config(len: usize) -> candle_core::Result<LaunchConfig> {
+    const THREADS: u32 = 256;
+    let blocks = u32::try_from(len.div_ceil(THREADS as usize)).map_err(|_| {
+        candle_core::Error::Msg(format!("{len} elements are too many for one launch"))
+    })?;
+    Ok(LaunchConfig {
+        grid_dim: (blocks.max(1), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
 /// Max-pooling of `planes` planes of `h`×`w` into `oh`×`ow`: the pooled maps, or with `grad`
 /// (the gradient of the pooled maps) the gradient of the input.
 pub(crate) fn max_pool(
@@ -26,6 +39,11 @@ pub(crate) fn max_pool(
 ) -> candle_core::Result<CudaStorage> {
     if !xl.is_contiguous() || grad.is_some_and(|(_, l)| !l.is_contiguous()) {
         candle_core::bail!("mustard.max_pool2d (CUDA): the inputs must be contiguous");
+    }
+    if xl.shape().elem_count() != planes * h * w
+        || grad.is_some_and(|(_, l)| l.shape().elem_count() != planes * oh * ow)
+    {
+        candle_core::bail!("mustard.max_pool2d (CUDA): input or gradient of the wrong size");
     }
     let dev = x.device();
     let len = if grad.is_some() {
@@ -49,21 +67,21 @@ pub(crate) fn max_pool(
             };
             let func = dev.get_or_load_custom_func(name, MAX_POOL.0, MAX_POOL.1)?;
             // SAFETY: the kernel writes every one of the `len` elements.
-            let out = unsafe { dev.alloc::<$t>(len)? };
+            let mut out = unsafe { dev.alloc::<$t>(len)? };
             let mut b = func.builder();
             b.arg(&xs);
             if let Some(gs) = &gs {
                 b.arg(gs);
             }
-            b.arg(&out);
+            b.arg(&mut out);
             b.arg(&planes);
             for d in &dims {
                 b.arg(d);
             }
             // SAFETY: the arguments are those of the kernel's signature in cuda/max_pool.cu, in
-            // order and type (pointers, `long`, seven `int`s), and the buffers hold the sizes
-            // the op checked.
-            unsafe { b.launch(LaunchConfig::for_num_elems(len as u32)) }.w()?;
+            // order and type (pointers, `long long`, seven `int`s), and the buffers hold the
+            // sizes checked above.
+            unsafe { b.launch(launch_config(len)?) }.w()?;
             CudaStorage::wrap_cuda_slice(out, dev.clone())
         }};
     }

@@ -33,13 +33,14 @@ use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 
 use crate::{Error, Result};
 
-/// Whether the custom ops take the composed candle path on the CPU too (see [`Kernels`]).
+/// Whether the custom ops take the composed candle path everywhere (see [`Kernels`]).
 static PORTABLE: AtomicBool = AtomicBool::new(false);
 
-/// Which implementation the custom ops run on the CPU: a numerics setting saved in a run's
-/// config. `Portable` takes, on the CPU, the composition of candle ops that every other device
-/// runs (CUDA, Metal), so that the path a GPU takes is tested and compared with the fast one on
-/// any machine.
+/// Which implementation the custom ops run: a numerics setting saved in a run's config.
+/// `Fast` runs mustard's own kernels where an op has one for the device (every op on the CPU;
+/// max-pooling on CUDA) and the composition of candle ops elsewhere. `Portable` takes that
+/// composition on every device, so that the path a GPU takes is tested and compared with the
+/// fast one on any machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kernels {
