@@ -27,6 +27,9 @@ const WHEELS: &[&str] = &[
 /// cudarc's version of the API bound by the build (`CUDARC_CUDA_VERSION`), for the wheels.
 const WHEEL_CUDA_VERSION: &str = "13000";
 
+/// The crates built with the `cuda` feature.
+const PACKAGES: [&str; 6] = ["-p", "mustard-core", "-p", "mustard", "-p", "mustard-cli"];
+
 /// Where the bundle for the GPU machine is written.
 const BUNDLE: &str = "target/gpu-check";
 
@@ -101,11 +104,11 @@ pub fn cuda_build(args: &[String]) -> Result<()> {
         }
         None => toolkit.join("bin").into_os_string(),
     };
-    let cargo = |args: &[&str]| -> Result<Command> {
-        eprintln!("$ cargo {}", args.join(" "));
+    // Every cargo run here sees the toolkit.
+    let cargo = |args: &[&str]| {
         let mut c = Command::new("cargo");
         c.args(args)
-            .current_dir(root())
+            .args(PACKAGES)
             .env("PATH", &path)
             .env("NVCC", &nvcc)
             .env("CUDA_HOME", &toolkit)
@@ -113,85 +116,48 @@ pub fn cuda_build(args: &[String]) -> Result<()> {
         if let Some(v) = version {
             c.env("CUDARC_CUDA_VERSION", v);
         }
-        Ok(c)
-    };
-    let status = |mut c: Command| -> Result<()> {
-        let s = c.status().context("could not start cargo")?;
-        if !s.success() {
-            bail!("cargo failed ({s})");
-        }
-        Ok(())
+        c
     };
     if options.check {
         // clippy rather than check: the CUDA-only code is linted as the rest is.
-        return status(cargo(&[
-            "clippy",
-            "-p",
-            "mustard-core",
-            "-p",
-            "mustard",
-            "-p",
-            "mustard-cli",
-            "--features",
-            "cuda",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ])?);
+        let mut clippy = cargo(&["clippy", "--features", "cuda", "--all-targets"]);
+        clippy.args(["--", "-D", "warnings"]);
+        let args: Vec<_> = clippy.get_args().map(|a| a.to_string_lossy()).collect();
+        eprintln!("$ cargo {}", args.join(" "));
+        let s = clippy
+            .current_dir(root())
+            .status()
+            .context("could not start cargo")?;
+        if !s.success() {
+            bail!("clippy of the CUDA build failed ({s})");
+        }
+        return Ok(());
     }
     // One cargo invocation, so that every artifact shares one feature resolution (dev
     // dependencies included) and candle is compiled once.
-    let mut build = cargo(&[
-        "build",
-        "--release",
-        "--features",
-        "cuda",
-        "-p",
-        "mustard-core",
-        "-p",
-        "mustard",
-        "-p",
-        "mustard-cli",
-        "--bin",
-        "mustard",
-        "--example",
-        "mcn_speed",
-        "--test",
-        "cuda",
-        "--message-format",
-        "json-render-diagnostics",
-    ])?;
-    let out = build
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("could not start cargo")?;
-    if !out.status.success() {
-        bail!("the CUDA build failed ({})", out.status);
-    }
-    let messages = String::from_utf8(out.stdout)?;
+    let messages = crate::cargo_messages(
+        cargo(&[
+            "build",
+            "--release",
+            "--features",
+            "cuda",
+            "--bin",
+            "mustard",
+            "--example",
+            "mcn_speed",
+            "--test",
+            "cuda",
+            "--message-format=json-render-diagnostics",
+        ]),
+        "the CUDA build",
+    )?;
     bundle(&[
-        (executable(&messages, "mustard")?, "mustard"),
-        (executable(&messages, "mcn_speed")?, "mcn_speed"),
-        (executable(&messages, "cuda")?, "cuda_parity"),
+        (crate::executable(&messages, "mustard")?, "mustard"),
+        (crate::executable(&messages, "mcn_speed")?, "mcn_speed"),
+        (crate::executable(&messages, "cuda")?, "cuda_parity"),
         (root().join("bench/gpu_check.sh"), "gpu_check.sh"),
         (root().join("bench/mcn_speed.py"), "mcn_speed.py"),
     ])
-}
-
-/// The executable of the target `name` in cargo's JSON messages.
-fn executable(messages: &str, name: &str) -> Result<PathBuf> {
-    for line in messages.lines() {
-        let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if m["reason"] == "compiler-artifact" && m["target"]["name"] == name {
-            if let Some(exe) = m["executable"].as_str() {
-                return Ok(PathBuf::from(exe));
-            }
-        }
-    }
-    bail!("cargo built no executable named {name}")
 }
 
 /// Copies `files` into the bundle folder, binaries stripped and gzipped (`NAME.gz`: the three

@@ -506,7 +506,8 @@ fn eval_compare(python: &Path) -> Result<()> {
 
 /// Builds the `mcn_speed` example and returns its executable.
 fn build_mcn_example() -> Result<PathBuf> {
-    let args = [
+    let mut cargo = Command::new("cargo");
+    cargo.args([
         "build",
         "--release",
         "-p",
@@ -514,23 +515,35 @@ fn build_mcn_example() -> Result<PathBuf> {
         "--example",
         "mcn_speed",
         "--message-format=json-render-diagnostics",
-    ];
+    ]);
+    let messages = cargo_messages(cargo, "building the mcn_speed example")?;
+    executable(&messages, "mcn_speed")
+}
+
+/// Runs a cargo command given `--message-format=json-render-diagnostics` in the workspace
+/// root (diagnostics to the terminal) and returns its JSON messages.
+fn cargo_messages(mut cargo: Command, what: &str) -> Result<String> {
+    let args: Vec<_> = cargo.get_args().map(|a| a.to_string_lossy()).collect();
     eprintln!("$ cargo {}", args.join(" "));
-    let out = Command::new("cargo")
-        .args(args)
+    let out = cargo
         .current_dir(root())
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("could not start cargo")?;
     if !out.status.success() {
-        bail!("building the mcn_speed example failed ({})", out.status);
+        bail!("{what} failed ({})", out.status);
     }
-    String::from_utf8_lossy(&out.stdout)
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The executable cargo built for the target `name`, from its JSON messages.
+fn executable(messages: &str, name: &str) -> Result<PathBuf> {
+    messages
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "mcn_speed")
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == name)
         .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .context("cargo named no executable for the mcn_speed example")
+        .with_context(|| format!("cargo named no executable for {name}"))
 }
 
 /// One side of the MCN comparison.
