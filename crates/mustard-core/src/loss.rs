@@ -2,6 +2,7 @@
 
 use candle_core::{DType, Tensor, D};
 
+use crate::ops::loss::{CrossEntropySums, FocalSums};
 use crate::{Error, Result};
 
 /// Probability clamp of CenterNet's `_sigmoid`.
@@ -68,20 +69,15 @@ pub fn focal_loss(logits: &Tensor, target: &Tensor, presence: Option<&Tensor>) -
     let b = logits.dim(0)?;
     let target = target.to_dtype(logits.dtype())?;
     let (lo, hi) = (P_MIN.ln(), (1.0 - P_MIN).ln());
-    let log_p = log_sigmoid(logits)?.clamp(lo, hi)?;
-    let log_1mp = log_sigmoid(&logits.neg()?)?.clamp(lo, hi)?;
-    let p = log_p.exp()?;
-    let pos = target.eq(1.0)?.to_dtype(logits.dtype())?;
-    let neg = target.lt(1.0)?.to_dtype(logits.dtype())?;
-    let pos_loss = ((log_p * (1.0 - &p)?.sqr()?)? * &pos)?;
-    let neg_loss = ((log_1mp * p.sqr()?)? * (1.0 - &target)?.powf(4.0)?)?.mul(&neg)?;
-    // Per image sums, so that a presence mask can drop images.
-    let per_image = |t: &Tensor| t.flatten_from(1)?.sum(1);
-    let (mut pos_sum, mut neg_sum, mut num_pos) = (
-        per_image(&pos_loss)?,
-        per_image(&neg_loss)?,
-        per_image(&pos)?,
-    );
+    let (mut pos_sum, mut neg_sum, mut num_pos) = if fused(logits) {
+        let sums = logits
+            .contiguous()?
+            .apply_op2(&target.contiguous()?, FocalSums { bounds: (lo, hi) })?;
+        let column = |i: usize| sums.narrow(1, i, 1)?.squeeze(1);
+        (column(0)?, column(1)?, column(2)?)
+    } else {
+        focal_sums_composed(logits, &target, (lo, hi))?
+    };
     if let Some(presence) = presence {
         let w = presence_weights(OP, presence, b, logits.dtype())?;
         pos_sum = (pos_sum * &w)?;
@@ -93,6 +89,34 @@ pub fn focal_loss(logits: &Tensor, target: &Tensor, presence: Option<&Tensor>) -
     Ok(total
         .neg()?
         .broadcast_div(&num_pos.sum_all()?.maximum(1.0)?)?)
+}
+
+/// Whether the losses of `logits` take the one-pass kernels of `ops::loss`.
+fn fused(logits: &Tensor) -> bool {
+    crate::ops::cpu_kernels(logits) && matches!(logits.dtype(), DType::F32 | DType::F64)
+}
+
+/// Per image, the focal loss's positive and negative sums (with their sign) and the number of
+/// positives, from candle ops (`(B,)` each): the portable form of `ops::loss::FocalSums`.
+fn focal_sums_composed(
+    logits: &Tensor,
+    target: &Tensor,
+    (lo, hi): (f64, f64),
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let log_p = log_sigmoid(logits)?.clamp(lo, hi)?;
+    let log_1mp = log_sigmoid(&logits.neg()?)?.clamp(lo, hi)?;
+    let p = log_p.exp()?;
+    let pos = target.eq(1.0)?.to_dtype(logits.dtype())?;
+    let neg = target.lt(1.0)?.to_dtype(logits.dtype())?;
+    let pos_loss = ((log_p * (1.0 - &p)?.sqr()?)? * &pos)?;
+    let neg_loss = ((log_1mp * p.sqr()?)? * (1.0 - target)?.powf(4.0)?)?.mul(&neg)?;
+    // Per image sums, so that a presence mask can drop images.
+    let per_image = |t: &Tensor| t.flatten_from(1)?.sum(1);
+    Ok((
+        per_image(&pos_loss)?,
+        per_image(&neg_loss)?,
+        per_image(&pos)?,
+    ))
 }
 
 /// L1 regression at object centres: gathers `pred` at the flat positions `ind` and averages
@@ -185,6 +209,13 @@ pub fn cross_entropy(logits: &Tensor, target: &Tensor, ignore_index: u32) -> Res
     if max >= classes {
         return Err(Error::config(OP, format!("target class {max} is not below the {classes} classes of the logits (ignore index {ignore_index})")));
     }
+    if fused(logits) {
+        let sums = logits
+            .contiguous()?
+            .apply_op2(&target.contiguous()?, CrossEntropySums { ignore_index })?;
+        let count = sums.narrow(0, 1, 1)?.maximum(1.0)?;
+        return Ok(sums.narrow(0, 0, 1)?.div(&count)?.squeeze(0)?);
+    }
     let log_probs = candle_nn::ops::log_softmax(logits, 1)?;
     let picked = log_probs
         .gather(&safe.unsqueeze(1)?.contiguous()?, 1)?
@@ -213,7 +244,7 @@ pub fn soft_cross_entropy(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::Device;
+    use candle_core::{Device, Var};
 
     use super::*;
 
@@ -304,6 +335,119 @@ mod tests {
             scalar(cross_entropy(&logits, &all_ignored, 255).unwrap()),
             0.0
         );
+    }
+
+    /// Logits over the whole range (both clamps, near zero, large magnitudes) and targets with
+    /// peaks, Gaussian tails and zeros, `(2, 3, 5, 7)`.
+    fn heatmap_case() -> (Var, Tensor) {
+        let dev = Device::Cpu;
+        let n = 2 * 3 * 5 * 7;
+        let x: Vec<f64> = (0..n)
+            .map(|i| match i % 11 {
+                // Not exactly 0: there the composed form's `min(x, 0)` and `|x|` take
+                // subgradients whose sum is 1, not σ'(0)-based 1/2.
+                0 => 1e-3,
+                1 => 12.0,
+                2 => -12.0,
+                _ => ((i * 37) % 41) as f64 * 0.37 - 7.0,
+            })
+            .collect();
+        let y: Vec<f64> = (0..n)
+            .map(|i| match i % 7 {
+                0 => 1.0,
+                1 | 2 => ((i * 13) % 10) as f64 / 10.0,
+                _ => 0.0,
+            })
+            .collect();
+        let x = Var::from_tensor(&Tensor::from_vec(x, (2, 3, 5, 7), &dev).unwrap()).unwrap();
+        (x, Tensor::from_vec(y, (2, 3, 5, 7), &dev).unwrap())
+    }
+
+    #[test]
+    fn the_one_pass_focal_kernel_equals_the_composed_loss_and_gradient() {
+        let (x, y) = heatmap_case();
+        let bounds = (P_MIN.ln(), (1.0 - P_MIN).ln());
+        let fused = x.as_tensor().apply_op2(&y, FocalSums { bounds }).unwrap();
+        let (p, n, k) = focal_sums_composed(x.as_tensor(), &y, bounds).unwrap();
+        let composed = Tensor::stack(&[p, n, k], 1).unwrap();
+        let (a, b) = (
+            fused.to_vec2::<f64>().unwrap(),
+            composed.to_vec2::<f64>().unwrap(),
+        );
+        for (ra, rb) in a.iter().zip(&b) {
+            for (va, vb) in ra.iter().zip(rb) {
+                assert!(
+                    (va - vb).abs() <= 1e-12 * vb.abs().max(1.0),
+                    "{a:?} vs {b:?}"
+                );
+            }
+        }
+        // A weighting of the three sums that reaches every term of the gradient.
+        let w = Tensor::new(&[[0.7f64, -1.3, 0.4], [2.0, 0.5, -0.2]], &Device::Cpu).unwrap();
+        let grad = |t: Tensor| {
+            let g = (t * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        };
+        let (ga, gb) = (grad(fused), grad(composed));
+        assert!(ga.iter().any(|v| *v != 0.0));
+        for (va, vb) in ga.iter().zip(&gb) {
+            assert!((va - vb).abs() <= 1e-12 * vb.abs().max(1.0), "{va} vs {vb}");
+        }
+        // The clamped logits (±12) get no gradient, as through the composed clamps.
+        assert_eq!((ga[1], ga[2]), (0.0, 0.0));
+    }
+
+    #[test]
+    fn the_one_pass_cross_entropy_equals_the_composed_one() {
+        let dev = Device::Cpu;
+        let v: Vec<f64> = (0..2 * 4 * 3 * 5)
+            .map(|i| ((i * 29) % 31) as f64 * 0.4 - 6.0)
+            .collect();
+        let x = Var::from_tensor(&Tensor::from_vec(v, (2, 4, 3, 5), &dev).unwrap()).unwrap();
+        let t: Vec<u32> = (0..2 * 3 * 5)
+            .map(|i| if i % 6 == 5 { 255 } else { (i * 7 % 4) as u32 })
+            .collect();
+        let t = Tensor::from_vec(t, (2, 3, 5), &dev).unwrap();
+        let fused = cross_entropy(x.as_tensor(), &t, 255).unwrap();
+        let composed = {
+            let log_probs = candle_nn::ops::log_softmax(x.as_tensor(), 1).unwrap();
+            let valid = t.ne(255u32).unwrap();
+            let safe = valid.where_cond(&t, &t.zeros_like().unwrap()).unwrap();
+            let picked = log_probs
+                .gather(&safe.unsqueeze(1).unwrap().contiguous().unwrap(), 1)
+                .unwrap()
+                .squeeze(1)
+                .unwrap();
+            let valid = valid.to_dtype(DType::F64).unwrap();
+            let count = valid.sum_all().unwrap();
+            ((picked * valid).unwrap().sum_all().unwrap().neg().unwrap() / count).unwrap()
+        };
+        assert_eq!(fused.dims(), composed.dims());
+        let (a, b) = (scalar(fused.clone()), scalar(composed.clone()));
+        assert!((a - b).abs() < 1e-12 * b.abs(), "{a} vs {b}");
+        let grad = |t: Tensor| {
+            let g = (t * 1.7).unwrap().backward().unwrap();
+            g.get(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        };
+        let (ga, gb) = (grad(fused), grad(composed));
+        for (va, vb) in ga.iter().zip(&gb) {
+            assert!(
+                (va - vb).abs() <= 1e-12 * vb.abs().max(1e-3),
+                "{va} vs {vb}"
+            );
+        }
+        // Position 5 of image 0 is ignored: no gradient on any of its classes.
+        assert!((0..4).all(|c| ga[c * 15 + 5] == 0.0));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!   same batches (four fixed batches of synthetic scenes, in turn); prints both loss curves and
 //!   the largest relative difference between them.
 //!
-//! `--batch N` and `--size S` change the input (defaults: 1x512 forward, 8x256 training step);
+//! `--model quick` times the quick presets' network instead (the tiny ResNet + FPN(32) with all
+//! five heads, the quick MuST student); `--tasks detection,pose` keeps only those heads. `--batch N` and `--size S` change the input (defaults: 1x512 forward, 8x256 training step);
 //! `--device cuda[:N]` runs on a GPU (a `--features cuda` build): every phase then waits for the
 //! device before its timer is read, and the largest device memory in use after a phase is
 //! reported beside the CPU's peak resident memory.
@@ -48,6 +49,8 @@ struct Args {
     device: DeviceSpec,
     batch: Option<usize>,
     size: Option<usize>,
+    quick: bool,
+    tasks: Option<Vec<Task>>,
 }
 
 fn parse() -> Result<Args> {
@@ -59,6 +62,8 @@ fn parse() -> Result<Args> {
         device: DeviceSpec::Cpu,
         batch: None,
         size: None,
+        quick: false,
+        tasks: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -70,12 +75,25 @@ fn parse() -> Result<Args> {
             "--device" => args.device = value()?.parse()?,
             "--batch" => args.batch = Some(value()?.parse()?),
             "--size" => args.size = Some(value()?.parse()?),
+            "--tasks" => {
+                args.tasks = Some(
+                    value()?
+                        .split(',')
+                        .map(|t| t.parse::<Task>().map_err(anyhow::Error::msg))
+                        .collect::<Result<_>>()?,
+                )
+            }
+            "--model" => match value()?.as_str() {
+                "quick" => args.quick = true,
+                "full" => args.quick = false,
+                other => bail!("unknown model {other} (quick or full)"),
+            },
             // The im2col kernel for every convolution, to compare with the Winograd kernel.
             "--no-winograd" => mustard_core::ops::set_winograd(false),
             // The allocator's default behaviour (freed activations go back to the kernel).
             "--default-malloc" => args.default_malloc = true,
             _ => bail!(
-                "unknown argument {a} (--case forward|train|params, --iterations K, --warmup W, --device D, --batch N, --size S, --no-winograd, --default-malloc)"
+                "unknown argument {a} (--case forward|train|params, --model full|quick, --tasks a,b, --iterations K, --warmup W, --device D, --batch N, --size S, --no-winograd, --default-malloc)"
             ),
         }
     }
@@ -184,8 +202,17 @@ fn main() -> Result<()> {
     if !args.default_malloc {
         mustard_core::memory::retain_freed_memory();
     }
-    let mut config = Config::preset(Preset::Full, "mcn-speed");
-    config.model.tasks = vec![Task::Detection, Task::Segmentation, Task::Pose];
+    let mut config = if args.quick {
+        // The quick MuST student: the tiny network with all five heads.
+        Config::quick("mcn-speed")
+    } else {
+        let mut config = Config::preset(Preset::Full, "mcn-speed");
+        config.model.tasks = vec![Task::Detection, Task::Segmentation, Task::Pose];
+        config
+    };
+    if let Some(tasks) = &args.tasks {
+        config.model.tasks = tasks.clone();
+    }
     config.device = args.device;
     let device = args.device.device()?;
     // The timer of a phase is read once the device has finished it; the largest memory in use

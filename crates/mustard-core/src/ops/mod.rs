@@ -14,6 +14,7 @@ mod batchnorm;
 pub mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
+pub(crate) mod loss;
 mod maxpool;
 mod relu;
 mod upsample;
@@ -45,7 +46,7 @@ static PORTABLE: AtomicBool = AtomicBool::new(false);
 #[serde(rename_all = "snake_case")]
 pub enum Kernels {
     /// The CPU kernels (max-pool, bilinear upsampling, training BatchNorm, ReLU, the
-    /// convolution engine).
+    /// convolution engine, the focal and cross-entropy losses).
     #[default]
     Fast,
     /// The device-generic composed candle ops, as on a GPU.

@@ -48,6 +48,11 @@ const MIN_CHANNELS: usize = 16;
 /// Narrower outputs than this leave the tile transforms' loops (vectorised along a tile row)
 /// mostly remainder.
 const MIN_WIDTH: usize = 16;
+/// Below twice [`MIN_WIDTH`] the transforms still run at part of their vector width, which only
+/// enough channels pay for: at 32 channels, 24x24, batch 8 (the tiny model at 96 px) im2col
+/// took 810 µs where Winograd took 1160 (forward and input gradient alike), while at 32x32 it
+/// was the other way round (1380 against 1040 µs; 2-core Intel Xeon, 2 threads, 2026-12-01).
+const MIN_CHANNELS_NARROW: usize = 64;
 /// Less work than this (tiles · cin · cout over the batch) does not pay for the transforms and
 /// the per-block synchronisation: below it the two kernels take about the same time, and at a
 /// quarter of it (a 32-channel layer at 12x12, batch 8) Winograd is 1.6x slower.
@@ -77,6 +82,7 @@ pub(crate) fn applies(g: &Geometry) -> bool {
         && g.cout >= MIN_CHANNELS
         && g.oh >= M
         && g.ow >= MIN_WIDTH
+        && (g.ow >= 2 * MIN_WIDTH || g.cin.min(g.cout) >= MIN_CHANNELS_NARROW)
         && tiles * g.cin * g.cout >= MIN_WORK
         // The transformed weight (36·cin·cout values) must not outweigh the transformed input
         // (36·cin·tiles): with more channels than 4x the tiles, reading it costs more than the
