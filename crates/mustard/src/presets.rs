@@ -215,7 +215,7 @@ impl MustConfig {
         }
     }
 
-    /// The tiny model on small synthetic splits: about 9 minutes on 2 cores (525 s on the Intel
+    /// The tiny model on small synthetic splits: about 7 minutes on 2 cores (407 s on the Intel
     /// Xeon, 2026-12-01).
     pub fn quick() -> Self {
         let mut base = Config::quick("must");
@@ -279,7 +279,7 @@ impl MustConfig {
 
     /// The quick pipeline at 128 px (where pose is measurable), every model with 3 seeds, the
     /// transfer test on every downstream task from the student, from scratch and from each
-    /// teacher. Estimated at about 22 minutes per seed on 2 cores (not yet measured whole).
+    /// teacher. About 19 minutes per seed on 2 cores (docs/STUDY.md).
     pub fn study() -> Self {
         let mut config = MustConfig::quick();
         config.base.train.input_size = 128;
@@ -288,14 +288,6 @@ impl MustConfig {
             *size = 128;
         }
         config.seeds = 3;
-        // The test split and student recipe docs/STUDY.md was measured with.
-        if let MustData::Synthetic { splits, .. } = &mut config.data {
-            splits.test = 64;
-        }
-        config.student_epochs = 28;
-        if let Some(w) = &mut config.student.loss_weights {
-            w.insert(Task::Classification, 3.0);
-        }
         if let Some(t) = &mut config.transfer {
             // 4 downstream tasks x 7 initialisations per seed: 80 steps each.
             t.tasks = synth::DOWNSTREAM_TASKS.to_vec();
@@ -418,14 +410,15 @@ mod tests {
         );
         assert_eq!(must.student.lr, Some(2e-3));
         must.validate().unwrap();
-        // The study keeps the recipe and test split docs/STUDY.md was measured with.
+        // The study is the quick recipe at 128 px over 3 seeds.
         let study = MustConfig::study();
-        let weights = study.student.loss_weights.as_ref().unwrap();
         assert_eq!(
-            (study.student_epochs, weights.get(Task::Classification)),
-            (28, Some(&3.0))
+            (study.student_epochs, &study.student, study.seeds),
+            (34, &must.student, 3)
         );
-        assert!(matches!(study.data, MustData::Synthetic { ref splits, .. } if splits.test == 64));
+        assert!(
+            matches!(study.data, MustData::Synthetic { ref splits, size, .. } if splits.test == 256 && size == 128)
+        );
         MustConfig::full().validate().unwrap();
     }
 }
