@@ -451,6 +451,22 @@ mod tests {
     }
 
     #[test]
+    fn a_nan_where_no_term_reads_it_still_makes_the_loss_nan() {
+        let dev = Device::Cpu;
+        // Focal: a NaN logit under a target above 1 (neither term), and a NaN target.
+        let logits = Tensor::new(&[[[[f32::NAN, 0.5, 1.0]]]], &dev).unwrap();
+        let target = Tensor::new(&[[[[2.0f32, 1.0, 0.0]]]], &dev).unwrap();
+        assert!(scalar(focal_loss(&logits, &target, None).unwrap()).is_nan());
+        let logits = Tensor::new(&[[[[0.2f32, 0.5, 1.0]]]], &dev).unwrap();
+        let target = Tensor::new(&[[[[f32::NAN, 1.0, 0.0]]]], &dev).unwrap();
+        assert!(scalar(focal_loss(&logits, &target, None).unwrap()).is_nan());
+        // Cross-entropy: a NaN logit at an ignored row.
+        let logits = Tensor::new(&[[1.0f32, 2.0], [f32::NAN, 0.0]], &dev).unwrap();
+        let target = Tensor::new(&[0u32, 255], &dev).unwrap();
+        assert!(scalar(cross_entropy(&logits, &target, 255).unwrap()).is_nan());
+    }
+
+    #[test]
     fn bad_shapes_are_errors_that_name_the_shapes() {
         let dev = Device::Cpu;
         let a = Tensor::zeros((1, 2, 4, 4), DType::F32, &dev).unwrap();

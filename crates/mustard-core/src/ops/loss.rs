@@ -7,9 +7,13 @@
 //! five-head network these chains were a fifth of a training step. Here each loss is one pass
 //! that returns a few per-image sums, and its gradient one more pass; `crate::loss` composes
 //! the final scalar from the sums with small ops, so the presence masks and the normalisation
-//! keep their autograd form. The arithmetic is the composed form's, element by element (so
-//! [`Kernels::Portable`](super::Kernels) gives the same loss to rounding); the sums accumulate
-//! in f64.
+//! keep their autograd form. The arithmetic is the composed form's, element by element, so
+//! [`Kernels::Portable`](super::Kernels) gives the same loss to rounding (the sums here
+//! accumulate in f64), and the same gradient except at exact ties: at a logit of exactly 0 the
+//! composed `min(x, 0)` and `|x|` take candle's subgradients (½ and the sign +1, which add to
+//! d/dx log σ(x) = 1 instead of ½), and at a clamp bound exactly the composed clamp passes half
+//! the gradient; these kernels take the derivative, and 0 at the bound. A NaN anywhere in the
+//! logits or targets makes the loss NaN, as composed.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -51,7 +55,7 @@ struct FocalTerms<T> {
 }
 
 /// `log σ(x) = min(x, 0) − log(1 + e^{−|x|})` and `log σ(−x)`, each clamped to `[lo, hi]`, as
-/// `crate::loss::focal_loss` composes them; `d/dx log σ(x) = 1 − σ(x)`, `d/dx log σ(−x) = −σ(x)`.
+/// `crate::loss::focal_sums_composed` composes them; `d/dx log σ(x) = 1 − σ(x)`, `d/dx log σ(−x) = −σ(x)`.
 #[inline(always)]
 fn focal_terms<T: Float>(x: T, (lo, hi): (T, T)) -> FocalTerms<T> {
     let one = T::from_f64_(1.0);
@@ -120,6 +124,9 @@ impl FocalSums {
                         acc[2] += 1.0;
                     } else if yv < one {
                         acc[1] += (t.log_1mp * (t.p * t.p) * neg_weight(yv)).to_f64();
+                    } else if xv.is_nan_() || yv.is_nan_() {
+                        // Neither term (a target above 1, or NaN): composed, NaN · 0 is NaN.
+                        acc[1] = f64::NAN;
                     }
                 }
                 acc
@@ -309,6 +316,9 @@ impl CrossEntropySums {
                         let picked = xs[tv as usize * s + j] - m[j] - z[j].ln();
                         sum -= picked.to_f64();
                         count += 1.0;
+                    } else if z[j].is_nan_() {
+                        // A NaN logit at an ignored position: composed, NaN · 0 is NaN.
+                        sum = f64::NAN;
                     }
                 }
                 (sum, count)

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Tensor, Var};
+use mustard_core::loss;
 use mustard_core::ops::{self, ConvParams, Kernels, MaxPool2dConfig};
 
 /// What the CPU kernel is compared with.
@@ -183,4 +184,71 @@ pub fn every_custom_op(other: &Other, dtype: DType, tolerance: f64) {
         other,
         tolerance * 1e-12,
     );
+    every_loss(other, dtype, tolerance);
+}
+
+/// The two dense losses, whose fast path is one kernel each (`ops::loss`): the focal loss on
+/// logits reaching both probability clamps, targets at 1, inside (0, 1) and at 0, with and
+/// without a presence mask; the pixel cross-entropy with ignored pixels, and on `(N, C)` logits
+/// with `u32::MAX` ignored. The targets are constants (no gradient).
+fn every_loss(other: &Other, dtype: DType, tolerance: f64) {
+    let logits = (input(&[2, 3, 9, 10], 7, dtype) * 12.0).unwrap();
+    let heat: Vec<f64> = input(&[2, 3, 9, 10], 8, DType::F64)
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+        .into_iter()
+        .map(|v| if v > 0.8 { 1.0 } else { v.max(0.0) })
+        .collect();
+    let heat = Tensor::from_vec(heat, (2, 3, 9, 10), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
+    let presence = Tensor::new(&[1f64, 0.0], &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
+    for with_presence in [false, true] {
+        check(
+            &format!("focal_loss, presence {with_presence}"),
+            &[&logits],
+            |t| {
+                let on = |c: &Tensor| c.to_device(t[0].device()).unwrap();
+                let p = with_presence.then(|| on(&presence));
+                loss::focal_loss(&t[0], &on(&heat), p.as_ref()).unwrap()
+            },
+            other,
+            tolerance * 1e-12,
+        );
+    }
+    // Classes from the inputs' signs and magnitudes; every fifth pixel ignored.
+    let labels = |n: usize, ignore: u32, classes: u32| {
+        let v: Vec<u32> = (0..n as u32)
+            .map(|i| {
+                if i % 5 == 4 {
+                    ignore
+                } else {
+                    (i * 7 + i / 3) % classes
+                }
+            })
+            .collect();
+        v
+    };
+    let pixels = (input(&[2, 4, 9, 10], 9, dtype) * 3.0).unwrap();
+    let pixel_labels = Tensor::from_vec(labels(180, 255, 4), (2, 9, 10), &Device::Cpu).unwrap();
+    let rows = (input(&[6, 5], 10, dtype) * 3.0).unwrap();
+    let row_labels = Tensor::from_vec(labels(6, u32::MAX, 5), 6, &Device::Cpu).unwrap();
+    for (name, x, y, ignore) in [
+        ("cross_entropy (N, C, H, W)", &pixels, &pixel_labels, 255),
+        ("cross_entropy (N, C)", &rows, &row_labels, u32::MAX),
+    ] {
+        check(
+            name,
+            &[x],
+            |t| loss::cross_entropy(&t[0], &y.to_device(t[0].device()).unwrap(), ignore).unwrap(),
+            other,
+            tolerance * 1e-12,
+        );
+    }
 }
