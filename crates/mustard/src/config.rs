@@ -287,7 +287,7 @@ pub enum Preset {
     /// ResNet-18 + FPN at 256 px on a larger synthetic set: a GPU or a long CPU run.
     Full,
     /// The quick model at 128 px, where every task (pose included) is measurable; `mcn` and
-    /// `must` run every model with 3 seeds (about an hour each on 2 CPU cores).
+    /// `must` run every model with 3 seeds (docs/STUDY.md gives their wall times).
     Study,
 }
 

@@ -102,7 +102,8 @@ impl Config {
         let mut config = Config::preset(preset, "mcn");
         match preset {
             Preset::Quick => {
-                // 142–173 s per model on 2 cores: 432 steps of 8 images at 96 px.
+                // 432 steps of 8 images at 96 px per model (142–173 s for the four models on 2
+                // cores before the one-pass loss kernels).
                 config.train.epochs = 18;
                 config.train.batch_size = 8;
                 config.data.synth.train_images = 192;
@@ -241,7 +242,7 @@ impl MustConfig {
             // detection, segmentation, depth and classification teachers' metrics (64 test
             // images); 28 epochs at lr 2e-3 with segmentation and classification weighted 2
             // and 3 kept 97–102% but classification only 90% once scored on 256 test images;
-            // 34 epochs with classification weighted 4 keep 97–101% of all four (Intel Xeon,
+            // 34 epochs with classification weighted 4 keep 95–102% of all four (Intel Xeon,
             // docs in README).
             teacher_epochs: 28,
             student_epochs: 34,
@@ -279,7 +280,8 @@ impl MustConfig {
 
     /// The quick pipeline at 128 px (where pose is measurable), every model with 3 seeds, the
     /// transfer test on every downstream task from the student, from scratch and from each
-    /// teacher. About 19 minutes per seed on 2 cores (docs/STUDY.md).
+    /// teacher. About 15 minutes per seed on 2 cores (50 min for the three on the Intel Xeon,
+    /// docs/STUDY.md).
     pub fn study() -> Self {
         let mut config = MustConfig::quick();
         config.base.train.input_size = 128;

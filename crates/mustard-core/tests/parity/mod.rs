@@ -106,8 +106,9 @@ pub fn check(
     eprintln!("{name}: largest difference {worst:.1e} relative (bound {tolerance:.0e})");
 }
 
-/// Every custom op of `mustard_core::ops` in `dtype`, each bound `tolerance` times the op's
-/// own factor (f64 bounds: 1e-14 for exact ops, up to 1e-11 for reductions).
+/// Every custom op of `mustard_core::ops` and the two dense losses in `dtype`, each bound
+/// `tolerance` times the op's own factor (f64 bounds: 1e-14 for exact ops, up to 1e-11 for
+/// reductions).
 pub fn every_custom_op(other: &Other, dtype: DType, tolerance: f64) {
     let x = input(&[2, 3, 9, 10], 1, dtype);
     check(
