@@ -268,19 +268,6 @@ pub(crate) struct CrossEntropySums {
     pub(crate) ignore_index: u32,
 }
 
-/// The targets of a CPU tensor as a contiguous `u32` slice.
-fn targets<'a>(
-    name: &'static str,
-    s: &'a CpuStorage,
-    l: &Layout,
-) -> candle_core::Result<&'a [u32]> {
-    let data = s.as_slice::<u32>()?;
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{name}: the target must be contiguous"),
-    }
-}
-
 /// Per image of `(C, S)` logits: the maximum and `Σ_c e^{x − max}` of every position.
 #[inline(always)]
 fn max_and_sum<T: Float>(x: &[T], c: usize, s: usize, m: &mut [T], z: &mut [T]) {
@@ -344,7 +331,7 @@ impl CustomOp2 for CrossEntropySums {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let n = l1.shape().dims()[0];
-        let t = targets(self.name(), s2, l2)?;
+        let t = contiguous_slice::<u32>(self.name(), s2, l2)?;
         let shape = Shape::from(2);
         match s1 {
             CpuStorage::F32(_) => {
@@ -428,7 +415,7 @@ impl CustomOp2 for CrossEntropySumsBackward {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let n = l1.shape().dims()[0];
-        let t = targets(self.name(), s2, l2)?;
+        let t = contiguous_slice::<u32>(self.name(), s2, l2)?;
         let shape = l1.shape().clone();
         match s1 {
             CpuStorage::F32(_) => {

@@ -133,7 +133,7 @@ impl Real for f64 {
 }
 
 /// The contiguous data of a CPU tensor, or an error naming the op.
-pub(crate) fn contiguous_slice<'a, T: Real>(
+pub(crate) fn contiguous_slice<'a, T: candle_core::WithDType>(
     op: &'static str,
     storage: &'a CpuStorage,
     layout: &Layout,
