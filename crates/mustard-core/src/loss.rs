@@ -216,6 +216,13 @@ pub fn cross_entropy(logits: &Tensor, target: &Tensor, ignore_index: u32) -> Res
         let count = sums.narrow(0, 1, 1)?.maximum(1.0)?;
         return Ok(sums.narrow(0, 0, 1)?.div(&count)?.squeeze(0)?);
     }
+    cross_entropy_composed(logits, &safe, &valid)
+}
+
+/// The cross-entropy from candle ops, given the targets with ignored elements set to class 0
+/// (`safe`) and the mask of the others (`valid`): the portable form of
+/// `ops::loss::CrossEntropySums`.
+fn cross_entropy_composed(logits: &Tensor, safe: &Tensor, valid: &Tensor) -> Result<Tensor> {
     let log_probs = candle_nn::ops::log_softmax(logits, 1)?;
     let picked = log_probs
         .gather(&safe.unsqueeze(1)?.contiguous()?, 1)?
@@ -337,6 +344,17 @@ mod tests {
         );
     }
 
+    /// The gradient of the scalar `loss` with respect to `x`, flattened.
+    fn gradient(loss: Tensor, x: &Var) -> Vec<f64> {
+        let g = loss.backward().unwrap();
+        g.get(x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+    }
+
     /// Logits over the whole range (both clamps, near zero, large magnitudes) and targets with
     /// peaks, Gaussian tails and zeros, `(2, 3, 5, 7)`.
     fn heatmap_case() -> (Var, Tensor) {
@@ -384,15 +402,7 @@ mod tests {
         }
         // A weighting of the three sums that reaches every term of the gradient.
         let w = Tensor::new(&[[0.7f64, -1.3, 0.4], [2.0, 0.5, -0.2]], &Device::Cpu).unwrap();
-        let grad = |t: Tensor| {
-            let g = (t * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            g.get(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap()
-        };
+        let grad = |t: Tensor| gradient((t * &w).unwrap().sum_all().unwrap(), &x);
         let (ga, gb) = (grad(fused), grad(composed));
         assert!(ga.iter().any(|v| *v != 0.0));
         for (va, vb) in ga.iter().zip(&gb) {
@@ -414,31 +424,13 @@ mod tests {
             .collect();
         let t = Tensor::from_vec(t, (2, 3, 5), &dev).unwrap();
         let fused = cross_entropy(x.as_tensor(), &t, 255).unwrap();
-        let composed = {
-            let log_probs = candle_nn::ops::log_softmax(x.as_tensor(), 1).unwrap();
-            let valid = t.ne(255u32).unwrap();
-            let safe = valid.where_cond(&t, &t.zeros_like().unwrap()).unwrap();
-            let picked = log_probs
-                .gather(&safe.unsqueeze(1).unwrap().contiguous().unwrap(), 1)
-                .unwrap()
-                .squeeze(1)
-                .unwrap();
-            let valid = valid.to_dtype(DType::F64).unwrap();
-            let count = valid.sum_all().unwrap();
-            ((picked * valid).unwrap().sum_all().unwrap().neg().unwrap() / count).unwrap()
-        };
+        let valid = t.ne(255u32).unwrap();
+        let safe = valid.where_cond(&t, &t.zeros_like().unwrap()).unwrap();
+        let composed = cross_entropy_composed(x.as_tensor(), &safe, &valid).unwrap();
         assert_eq!(fused.dims(), composed.dims());
         let (a, b) = (scalar(fused.clone()), scalar(composed.clone()));
         assert!((a - b).abs() < 1e-12 * b.abs(), "{a} vs {b}");
-        let grad = |t: Tensor| {
-            let g = (t * 1.7).unwrap().backward().unwrap();
-            g.get(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap()
-        };
+        let grad = |t: Tensor| gradient((t * 1.7).unwrap(), &x);
         let (ga, gb) = (grad(fused), grad(composed));
         for (va, vb) in ga.iter().zip(&gb) {
             assert!(

@@ -20,6 +20,24 @@ use rayon::prelude::*;
 
 use super::{contiguous_slice, Real};
 
+/// Evaluates `$body` with the type alias `$t` set to the float type of the CPU storage `$s`
+/// (f32 or f64) and wraps the resulting vector back into a storage of that type.
+macro_rules! by_float {
+    ($name:expr, $s:expr, $t:ident => $body:expr) => {
+        match $s {
+            CpuStorage::F32(_) => {
+                type $t = f32;
+                CpuStorage::F32($body)
+            }
+            CpuStorage::F64(_) => {
+                type $t = f64;
+                CpuStorage::F64($body)
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", $name),
+        }
+    };
+}
+
 /// The float operations the loss kernels need beyond [`Real`].
 trait Float: Real + std::ops::Neg<Output = Self> + std::ops::Div<Output = Self> {
     fn exp(self) -> Self;
@@ -138,18 +156,6 @@ impl FocalSums {
     }
 }
 
-/// Two contiguous slices of the same float type, or an error naming the op.
-fn pair<'a, T: Real>(
-    name: &'static str,
-    (s1, l1): (&'a CpuStorage, &Layout),
-    (s2, l2): (&'a CpuStorage, &Layout),
-) -> candle_core::Result<(&'a [T], &'a [T])> {
-    Ok((
-        contiguous_slice::<T>(name, s1, l1)?,
-        contiguous_slice::<T>(name, s2, l2)?,
-    ))
-}
-
 impl CustomOp2 for FocalSums {
     fn name(&self) -> &'static str {
         "mustard.focal_sums"
@@ -163,18 +169,12 @@ impl CustomOp2 for FocalSums {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let b = l1.shape().dims()[0];
-        let shape = Shape::from((b, 3));
-        match s1 {
-            CpuStorage::F32(_) => {
-                let (x, y) = pair::<f32>(self.name(), (s1, l1), (s2, l2))?;
-                Ok((CpuStorage::F32(self.fwd(x, y, b)), shape))
-            }
-            CpuStorage::F64(_) => {
-                let (x, y) = pair::<f64>(self.name(), (s1, l1), (s2, l2))?;
-                Ok((CpuStorage::F64(self.fwd(x, y, b)), shape))
-            }
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
-        }
+        let out = by_float!(self.name(), s1, T => self.fwd(
+            contiguous_slice::<T>(self.name(), s1, l1)?,
+            contiguous_slice::<T>(self.name(), s2, l2)?,
+            b
+        ));
+        Ok((out, Shape::from((b, 3))))
     }
 
     fn bwd(
@@ -247,18 +247,11 @@ impl CustomOp2 for FocalSumsBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let shape = l1.shape().clone();
-        match s1 {
-            CpuStorage::F32(_) => {
-                let (x, y) = pair::<f32>(self.name(), (s1, l1), (s2, l2))?;
-                Ok((CpuStorage::F32(self.bwd(x, y)), shape))
-            }
-            CpuStorage::F64(_) => {
-                let (x, y) = pair::<f64>(self.name(), (s1, l1), (s2, l2))?;
-                Ok((CpuStorage::F64(self.bwd(x, y)), shape))
-            }
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
-        }
+        let out = by_float!(self.name(), s1, T => self.bwd(
+            contiguous_slice::<T>(self.name(), s1, l1)?,
+            contiguous_slice::<T>(self.name(), s2, l2)?
+        ));
+        Ok((out, l1.shape().clone()))
     }
 }
 
@@ -332,18 +325,12 @@ impl CustomOp2 for CrossEntropySums {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let n = l1.shape().dims()[0];
         let t = contiguous_slice::<u32>(self.name(), s2, l2)?;
-        let shape = Shape::from(2);
-        match s1 {
-            CpuStorage::F32(_) => {
-                let x = contiguous_slice::<f32>(self.name(), s1, l1)?;
-                Ok((CpuStorage::F32(self.fwd(x, t, n)), shape))
-            }
-            CpuStorage::F64(_) => {
-                let x = contiguous_slice::<f64>(self.name(), s1, l1)?;
-                Ok((CpuStorage::F64(self.fwd(x, t, n)), shape))
-            }
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
-        }
+        let out = by_float!(self.name(), s1, T => self.fwd(
+            contiguous_slice::<T>(self.name(), s1, l1)?,
+            t,
+            n
+        ));
+        Ok((out, Shape::from(2)))
     }
 
     fn bwd(
@@ -416,17 +403,11 @@ impl CustomOp2 for CrossEntropySumsBackward {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let n = l1.shape().dims()[0];
         let t = contiguous_slice::<u32>(self.name(), s2, l2)?;
-        let shape = l1.shape().clone();
-        match s1 {
-            CpuStorage::F32(_) => {
-                let x = contiguous_slice::<f32>(self.name(), s1, l1)?;
-                Ok((CpuStorage::F32(self.bwd(x, t, n)), shape))
-            }
-            CpuStorage::F64(_) => {
-                let x = contiguous_slice::<f64>(self.name(), s1, l1)?;
-                Ok((CpuStorage::F64(self.bwd(x, t, n)), shape))
-            }
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
-        }
+        let out = by_float!(self.name(), s1, T => self.bwd(
+            contiguous_slice::<T>(self.name(), s1, l1)?,
+            t,
+            n
+        ));
+        Ok((out, l1.shape().clone()))
     }
 }
