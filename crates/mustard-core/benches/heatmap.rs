@@ -4,6 +4,7 @@
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use mustard_core::heatmap::{draw_gaussian, nms, object_radius, topk, topk_peaks};
+use mustard_core::ops::Kernels;
 
 /// Deterministic pseudo-random values in [0, 1).
 fn noise(n: usize) -> Vec<f32> {
@@ -26,6 +27,13 @@ fn decode(c: &mut Criterion) {
     c.bench_function("fused nms3x3 + top100 (topk_peaks), 1x80x128x128", |b| {
         b.iter(|| topk_peaks(&heat, 3, 100).unwrap())
     });
+    // The device path (what a GPU runs: suppression and chunk maxima as tensor ops, then only
+    // the candidate chunks copied), here on the CPU.
+    Kernels::Portable.apply();
+    c.bench_function("topk_peaks, device path on the CPU, 1x80x128x128", |b| {
+        b.iter(|| topk_peaks(&heat, 3, 100).unwrap())
+    });
+    Kernels::Fast.apply();
 }
 
 fn targets(c: &mut Criterion) {

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use crate::ops::{max_pool2d, MaxPool2dConfig};
 use crate::{Error, Result};
 
-/// Keeps only local maxima: `h · (h == maxpool_k×k(h, stride 1, pad k/2))`.
+/// Keeps only local maxima: `h` where `h == maxpool_k×k(h, stride 1, pad k/2)`, else 0.
 ///
 /// # Shapes
 /// `(B, C, H, W)` → `(B, C, H, W)`.
@@ -30,8 +30,9 @@ pub fn nms(heat: &Tensor, kernel: usize) -> Result<Tensor> {
             padding: kernel / 2,
         },
     )?;
-    let keep = hmax.eq(heat)?.to_dtype(heat.dtype())?;
-    Ok((heat * keep)?)
+    // `where` rather than a product: a suppressed value is exactly +0 (a negative one times 0
+    // would be −0, which the top-K's total order ranks below +0).
+    Ok(hmax.eq(heat)?.where_cond(heat, &heat.zeros_like()?)?)
 }
 
 /// The K highest peaks of one image, best first.
@@ -92,7 +93,9 @@ impl PartialOrd for Candidate {
 }
 
 /// Top-K over all classes and positions of each image, without sorting the whole map: a
-/// K-element min-heap rejects almost every value with one comparison.
+/// K-element min-heap rejects almost every value with one comparison. On the CPU the map is
+/// scanned where it is; elsewhere (or with [`crate::ops::Kernels::Portable`]) only chunk maxima
+/// and the chunks that can hold the K best values leave the device. Both give the same peaks.
 ///
 /// # Shapes
 /// `heat`: `(B, C, H, W)`; returns `B` results of `k` peaks each.
@@ -102,7 +105,8 @@ pub fn topk(heat: &Tensor, k: usize) -> Result<Vec<TopK>> {
 
 /// `topk(nms(heat, kernel), k)` fused: the local-maximum test runs only for the few values that
 /// would enter the top-K, so decoding costs about one comparison per value. Suppressed values
-/// count as score 0, exactly as in the two-step form.
+/// count as score 0, exactly as in the two-step form. Off the CPU the suppression runs on the
+/// device and only the chunks that can hold a peak are copied (see [`topk`]).
 ///
 /// # Shapes
 /// `heat`: `(B, C, H, W)`; returns `B` results of `k` peaks each.
@@ -128,6 +132,51 @@ fn is_local_max(plane: &[f32], (h, w): (usize, usize), (y, x): (usize, usize), r
     (y0..y1).all(|yy| plane[yy * w + x0..yy * w + x1].iter().all(|&n| n <= v))
 }
 
+/// The `k` best candidates offered so far (a min-heap: one comparison rejects almost every
+/// value once it is full).
+struct Best {
+    k: usize,
+    heap: BinaryHeap<Reverse<Candidate>>,
+}
+
+impl Best {
+    fn new(k: usize) -> Self {
+        Self {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    /// Whether `cand` would be kept if offered now.
+    fn admits(&self, cand: &Candidate) -> bool {
+        self.heap.len() < self.k || self.heap.peek().is_some_and(|worst| *cand > worst.0)
+    }
+
+    fn offer(&mut self, cand: Candidate) {
+        if self.heap.len() < self.k {
+            self.heap.push(Reverse(cand));
+        } else if let Some(mut worst) = self.heap.peek_mut() {
+            if cand > worst.0 {
+                *worst = Reverse(cand);
+            }
+        }
+    }
+
+    /// The kept candidates, best first, as peaks of a `(C, h, w)` map.
+    fn into_topk(self, (h, w): (usize, usize)) -> TopK {
+        let mut best: Vec<Candidate> = self.heap.into_iter().map(|r| r.0).collect();
+        best.sort_unstable_by(|a, b| b.cmp(a));
+        let mut out = TopK::default();
+        for cand in best {
+            out.scores.push(cand.score);
+            out.classes.push((cand.index / (h * w)) as u32);
+            out.ys.push((cand.index % (h * w) / w) as u32);
+            out.xs.push((cand.index % w) as u32);
+        }
+        out
+    }
+}
+
 fn select(heat: &Tensor, k: usize, nms_radius: Option<usize>) -> Result<Vec<TopK>> {
     let (_, c, h, w) = heat
         .dims4()
@@ -149,6 +198,16 @@ fn select(heat: &Tensor, k: usize, nms_radius: Option<usize>) -> Result<Vec<TopK
             shape: heat.shape().clone(),
         });
     }
+    if crate::ops::cpu_kernels(heat) {
+        select_on_host(heat, k, nms_radius)
+    } else {
+        select_on_device(heat, k, nms_radius)
+    }
+}
+
+/// The whole map copied to the host and scanned once, the local-maximum test fused in.
+fn select_on_host(heat: &Tensor, k: usize, nms_radius: Option<usize>) -> Result<Vec<TopK>> {
+    let (_, _, h, w) = heat.dims4()?;
     let data = heat
         .to_dtype(DType::F32)?
         .flatten_from(1)?
@@ -156,7 +215,7 @@ fn select(heat: &Tensor, k: usize, nms_radius: Option<usize>) -> Result<Vec<TopK
     data.par_iter()
         .enumerate()
         .map(|(image, values)| {
-            let mut heap: BinaryHeap<Reverse<Candidate>> = BinaryHeap::with_capacity(k + 1);
+            let mut best = Best::new(k);
             for (index, &score) in values.iter().enumerate() {
                 if score.is_nan() {
                     return Err(Error::NonFinite {
@@ -170,9 +229,9 @@ fn select(heat: &Tensor, k: usize, nms_radius: Option<usize>) -> Result<Vec<TopK
                     });
                 }
                 let mut cand = Candidate { score, index };
-                // Suppression only lowers a score, so a value that cannot enter the heap as it
-                // is cannot enter it suppressed either.
-                if heap.len() == k && heap.peek().is_some_and(|worst| cand <= worst.0) {
+                // Suppression only lowers a score, so a value that cannot enter as it is cannot
+                // enter suppressed either.
+                if !best.admits(&cand) {
                     continue;
                 }
                 if let Some(r) = nms_radius {
@@ -181,26 +240,98 @@ fn select(heat: &Tensor, k: usize, nms_radius: Option<usize>) -> Result<Vec<TopK
                         cand.score = 0.0;
                     }
                 }
-                if heap.len() < k {
-                    heap.push(Reverse(cand));
-                } else if let Some(mut worst) = heap.peek_mut() {
-                    if cand > worst.0 {
-                        *worst = Reverse(cand);
+                best.offer(cand);
+            }
+            Ok(best.into_topk((h, w)))
+        })
+        .collect()
+}
+
+/// Values per chunk in [`select_on_device`]: the host receives one maximum per chunk, then the
+/// chunks that can hold a peak of the top-K.
+const CHUNK: usize = 256;
+
+/// The top-K with the map left on its device: suppression there (composed candle ops), then
+/// one maximum per chunk of [`CHUNK`] values comes to the host, and only the chunks whose
+/// maximum reaches the K-th largest chunk maximum `m` follow. Exact: at least K values are
+/// `>= m` (one per such chunk), so every value of the top-K is `>= m` and sits in a chunk that
+/// follows. The host then ranks those values as [`select_on_host`] ranks the whole map, so
+/// the result is the same, ties included. For an 80-class 128x128 map and K = 100 that is
+/// 20 KiB of maxima and at most 100 KiB of values (usually) instead of 5 MiB.
+pub(crate) fn select_on_device(
+    heat: &Tensor,
+    k: usize,
+    nms_radius: Option<usize>,
+) -> Result<Vec<TopK>> {
+    let (b, c, h, w) = heat.dims4()?;
+    let heat = heat.to_dtype(DType::F32)?;
+    if k == 0 {
+        return Ok(vec![TopK::default(); b]);
+    }
+    // A NaN would make the chunk maxima meaningless; the host scan names where it is.
+    if heat.ne(&heat)?.flatten_all()?.max(0)?.to_scalar::<u8>()? != 0 {
+        return select_on_host(&heat, k, nms_radius);
+    }
+    let kept = match nms_radius {
+        Some(r) => nms(&heat, 2 * r + 1)?,
+        None => heat,
+    };
+    let n = c * h * w;
+    let chunks = n.div_ceil(CHUNK);
+    let mut flat = kept.flatten_from(1)?;
+    if chunks * CHUNK > n {
+        let pad = Tensor::full(f32::NEG_INFINITY, (b, chunks * CHUNK - n), flat.device())?;
+        flat = Tensor::cat(&[&flat, &pad], 1)?;
+    }
+    let rows = flat.reshape((b * chunks, CHUNK))?;
+    let maxima = rows.max(1)?.reshape((b, chunks))?.to_vec2::<f32>()?;
+    // IEEE comparisons (−0 == +0, as candle's max sees them); no NaN is left.
+    let mut picked: Vec<u32> = Vec::new();
+    let mut spans = Vec::with_capacity(b);
+    for (image, m) in maxima.iter().enumerate() {
+        let bar = if chunks > k {
+            let mut sorted = m.clone();
+            // total_cmp ranks −0 below +0; compared as IEEE below, the two are one value.
+            sorted.select_nth_unstable_by(k - 1, |x, y| y.total_cmp(x));
+            sorted[k - 1]
+        } else {
+            f32::NEG_INFINITY
+        };
+        let start = picked.len();
+        picked.extend(
+            (0..chunks)
+                .filter(|&i| m[i] >= bar)
+                .map(|i| (image * chunks + i) as u32),
+        );
+        spans.push(start..picked.len());
+    }
+    let ids = Tensor::from_slice(&picked, picked.len(), rows.device())?;
+    let values = rows
+        .index_select(&ids, 0)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(spans
+        .into_iter()
+        .enumerate()
+        .map(|(image, span)| {
+            let mut best = Best::new(k);
+            for row in span {
+                let chunk = picked[row] as usize - image * chunks;
+                let scores = &values[row * CHUNK..][..CHUNK];
+                for (j, &score) in scores.iter().enumerate() {
+                    let index = chunk * CHUNK + j;
+                    if index >= n {
+                        break;
+                    }
+                    let cand = Candidate { score, index };
+                    if best.admits(&cand) {
+                        best.offer(cand);
                     }
                 }
             }
-            let mut best: Vec<Candidate> = heap.into_iter().map(|r| r.0).collect();
-            best.sort_unstable_by(|a, b| b.cmp(a));
-            let mut out = TopK::default();
-            for cand in best {
-                out.scores.push(cand.score);
-                out.classes.push((cand.index / (h * w)) as u32);
-                out.ys.push((cand.index % (h * w) / w) as u32);
-                out.xs.push((cand.index % w) as u32);
-            }
-            Ok(out)
+            best.into_topk((h, w))
         })
-        .collect()
+        .collect())
 }
 
 /// The radius of the Gaussian for a box of `height` x `width` output pixels (SPEC §3): the
@@ -381,6 +512,75 @@ mod tests {
         assert_eq!(
             topk_peaks(&heat, 5, 40).unwrap(),
             topk(&nms(&heat, 5).unwrap(), 40).unwrap()
+        );
+    }
+
+    /// Maps with ties, negative values, both zeros and −∞, of sizes below, at and above
+    /// [`CHUNK`], not multiples of it.
+    fn awkward_map(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
+        let mut s = seed;
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                match (s >> 33) % 40 {
+                    0 => -0.0,
+                    1 => 0.0,
+                    2 => f32::NEG_INFINITY,
+                    r => (r as f32 - 12.0) / 8.0,
+                }
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn device_selection_equals_the_host_scan() {
+        let shapes = [
+            (2, 3, 9, 7),
+            (2, 5, 17, 13),
+            (1, 1, 16, 16),
+            (3, 80, 16, 16),
+        ];
+        for (i, &shape) in shapes.iter().enumerate() {
+            let heat = awkward_map(shape, 7 + i as u64);
+            let n = shape.1 * shape.2 * shape.3;
+            for k in [0, 1, 3, 7, 100, n / 2, n] {
+                let k = k.min(n);
+                for radius in [None, Some(1), Some(2)] {
+                    let host = select_on_host(&heat, k, radius).unwrap();
+                    let device = select_on_device(&heat, k, radius).unwrap();
+                    assert_eq!(host.len(), shape.0);
+                    assert!(host.iter().all(|t| t.len() == k));
+                    // Bit for bit: −0 and +0 told apart.
+                    let bits = |t: &[TopK]| -> Vec<Vec<u32>> {
+                        t.iter()
+                            .map(|t| t.scores.iter().map(|s| s.to_bits()).collect())
+                            .collect()
+                    };
+                    assert_eq!(bits(&device), bits(&host), "{shape:?}, k {k}, {radius:?}");
+                    assert_eq!(device, host, "{shape:?}, k {k}, {radius:?}");
+                }
+            }
+        }
+        // The two-step form agrees with both (suppressed values are +0 there too).
+        let heat = awkward_map((2, 5, 17, 13), 3);
+        assert_eq!(
+            topk(&nms(&heat, 3).unwrap(), 50).unwrap(),
+            select_on_device(&heat, 50, Some(1)).unwrap()
+        );
+    }
+
+    #[test]
+    fn device_selection_reports_a_nan_as_the_host_scan_does() {
+        let mut v = vec![0.25f32; 2 * 300];
+        v[300 + 257] = f32::NAN;
+        let heat = Tensor::from_vec(v, (2, 3, 10, 10), &Device::Cpu).unwrap();
+        assert_eq!(
+            select_on_device(&heat, 5, Some(1)).unwrap_err().to_string(),
+            "heatmap value of image 1 at channel 2, y 5, x 7 is not finite (NaN)"
         );
     }
 

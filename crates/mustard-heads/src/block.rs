@@ -135,7 +135,28 @@ pub(crate) fn weighted_l1(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Resu
     Ok(num.broadcast_div(&(mask.sum_all()? + 1e-4)?)?)
 }
 
-/// A dense CPU copy of `(B, C, H, W)` as `[b][c·H·W]`.
-pub(crate) fn planes(t: &Tensor) -> Result<Vec<Vec<f32>>> {
-    Ok(t.to_dtype(DType::F32)?.flatten_from(1)?.to_vec2::<f32>()?)
+/// The values of `t (B, C, H, W)` at flat positions `y·W + x`, the same number for every image,
+/// as `[b][c][i]`: the gathering runs on `t`'s device and only the gathered values are copied.
+pub(crate) fn values_at(t: &Tensor, positions: &[Vec<u32>]) -> Result<Vec<Vec<Vec<f32>>>> {
+    let (b, c, _, _) = t.dims4()?;
+    let k = positions.first().map_or(0, Vec::len);
+    if positions.len() != b || positions.iter().any(|p| p.len() != k) {
+        return Err(Error::UnexpectedShape {
+            op: "values_at",
+            name: "positions",
+            shape: t.shape().clone(),
+            expected: format!("{b} lists of {k} positions, one per image"),
+        });
+    }
+    if k == 0 {
+        return Ok(vec![vec![Vec::new(); c]; b]);
+    }
+    let ind = Tensor::from_vec(positions.concat(), (b, 1, k), t.device())?
+        .broadcast_as((b, c, k))?
+        .contiguous()?;
+    Ok(t.flatten_from(2)?
+        .contiguous()?
+        .gather(&ind, 2)?
+        .to_dtype(DType::F32)?
+        .to_vec3::<f32>()?)
 }

@@ -7,7 +7,7 @@ use mustard_core::heatmap::{draw_gaussian, object_radius, topk_peaks};
 use mustard_core::loss::{focal_loss, reg_l1};
 use mustard_core::{Error, Result};
 
-use crate::block::{mask_absent, planes, HeadBlock, HeadInit};
+use crate::block::{mask_absent, values_at, HeadBlock, HeadInit};
 use crate::{Detection, STRIDE};
 
 /// Hyperparameters of detection.
@@ -328,30 +328,39 @@ pub(crate) struct Peaks {
     pub classes: Vec<u32>,
     pub xs: Vec<f32>,
     pub ys: Vec<f32>,
+    /// Flat positions `y·W + x` on the output map.
+    pub positions: Vec<u32>,
     pub boxes: Vec<[f32; 4]>,
 }
 
+/// The peaks of each image: found on the heatmap's device, with the sizes and offsets gathered
+/// there, so only the peaks' values are copied to the host.
 pub(crate) fn peaks(out: &DetectionOutput, k: usize) -> Result<Vec<Peaks>> {
-    let (_, _, h, w) = out.hm.dims4()?;
+    let (_, _, _, w) = out.hm.dims4()?;
     let k = k.min(out.hm.elem_count() / out.hm.dim(0)?);
     let heat = sigmoid(&out.hm.to_dtype(DType::F32)?)?;
     let top = topk_peaks(&heat, 3, k)?;
-    let (wh, reg) = (planes(&out.wh)?, planes(&out.reg)?);
+    let positions: Vec<Vec<u32>> = top.iter().map(|t| t.positions(w)).collect();
+    let (wh, reg) = (
+        values_at(&out.wh, &positions)?,
+        values_at(&out.reg, &positions)?,
+    );
     Ok(top
         .into_iter()
+        .zip(positions)
         .enumerate()
-        .map(|(b, t)| {
+        .map(|(b, (t, positions))| {
             let mut p = Peaks {
                 scores: t.scores.clone(),
                 classes: t.classes.clone(),
                 xs: vec![],
                 ys: vec![],
+                positions,
                 boxes: vec![],
             };
-            for (&y, &x) in t.ys.iter().zip(&t.xs) {
-                let i = y as usize * w + x as usize;
-                let (rx, ry) = (reg[b][i], reg[b][h * w + i]);
-                let (bw, bh) = (wh[b][i], wh[b][h * w + i]);
+            for (i, (&y, &x)) in t.ys.iter().zip(&t.xs).enumerate() {
+                let (rx, ry) = (reg[b][0][i], reg[b][1][i]);
+                let (bw, bh) = (wh[b][0][i], wh[b][1][i]);
                 let (cx, cy) = (x as f32 + rx, y as f32 + ry);
                 let s = STRIDE as f32;
                 p.xs.push(x as f32);

@@ -9,7 +9,7 @@ use mustard_core::heatmap::{draw_gaussian, topk_peaks};
 use mustard_core::loss::{focal_loss, reg_l1};
 use mustard_core::{Error, Result};
 
-use crate::block::{gather, mask_absent, planes, weighted_l1, HeadBlock, HeadInit};
+use crate::block::{gather, mask_absent, values_at, weighted_l1, HeadBlock, HeadInit};
 use crate::detection::{
     self, centre, DetectionBatch, DetectionConfig, DetectionHead, DetectionLoss, DetectionOutput,
     DetectionTargets,
@@ -361,35 +361,43 @@ pub fn decode(
     let people = detection::peaks(&out.det, k)?;
     let (b, j2, h, w) = out.hps.dims4()?;
     let j = j2 / 2;
-    let hps = planes(&out.hps)?;
-    let off = planes(&out.hp_offset)?;
-    // Joint candidates: per image and joint, the top peaks of that joint's heatmap.
+    // Joint candidates: per image and joint, the top peaks of that joint's heatmap. Only the
+    // regressed joints at the people's centres and the offsets at the candidates leave the
+    // device.
     let heat = sigmoid(&out.hm_hp.to_dtype(DType::F32)?)?.reshape((b * j, 1, h, w))?;
     let kc = k.min(h * w);
     let candidates = topk_peaks(&heat, 3, kc)?;
+    let centres: Vec<Vec<u32>> = people.iter().map(|p| p.positions.clone()).collect();
+    let hps = values_at(&out.hps, &centres)?;
+    let at_candidates: Vec<Vec<u32>> = (0..b)
+        .map(|bi| {
+            candidates[bi * j..(bi + 1) * j]
+                .iter()
+                .flat_map(|c| c.positions(w))
+                .collect()
+        })
+        .collect();
+    let off = values_at(&out.hp_offset, &at_candidates)?;
     let s = STRIDE as f32;
     let mut all = Vec::with_capacity(b);
     for (bi, p) in people.iter().enumerate() {
         let mut dets = Vec::with_capacity(p.scores.len());
         for d in 0..p.scores.len() {
-            let (xi, yi) = (p.xs[d] as usize, p.ys[d] as usize);
-            let pos = yi * w + xi;
             let [l, t, r, btm] = p.boxes[d].map(|v| v / s);
             let limit = (btm - t).max(r - l) * 0.3;
             let mut joints = Vec::with_capacity(j);
             for n in 0..j {
-                let rx = p.xs[d] + hps[bi][2 * n * h * w + pos];
-                let ry = p.ys[d] + hps[bi][(2 * n + 1) * h * w + pos];
+                let rx = p.xs[d] + hps[bi][2 * n][d];
+                let ry = p.ys[d] + hps[bi][2 * n + 1][d];
                 let cand = &candidates[bi * j + n];
                 let mut best: Option<(f32, f32, f32, f32)> = None;
                 for c in 0..cand.len() {
                     let score = cand.scores[c];
                     // Candidates below the threshold sit far away, as in the reference.
                     let (cx, cy) = if score > threshold {
-                        let ci = cand.ys[c] as usize * w + cand.xs[c] as usize;
                         (
-                            cand.xs[c] as f32 + off[bi][ci],
-                            cand.ys[c] as f32 + off[bi][h * w + ci],
+                            cand.xs[c] as f32 + off[bi][0][n * kc + c],
+                            cand.ys[c] as f32 + off[bi][1][n * kc + c],
                         )
                     } else {
                         (-10000.0, -10000.0)
