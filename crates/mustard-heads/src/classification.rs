@@ -1,6 +1,6 @@
 //! Image classification from the pooled C5 map.
 
-use mustard_core::candle_core::{Device, Module, Tensor};
+use mustard_core::candle_core::{DType, Device, Module, Tensor};
 use mustard_core::candle_nn::ops::softmax;
 use mustard_core::candle_nn::VarBuilder;
 use mustard_core::loss::{cross_entropy, soft_cross_entropy};
@@ -35,9 +35,14 @@ pub struct ClassificationBatch {
 impl ClassificationBatch {
     /// The same targets on `device` (a no-op on the device they are on).
     pub fn to_device(&self, device: &Device) -> Result<Self> {
+        self.map(&|t| Ok(t.to_device(device)?))
+    }
+
+    /// Every tensor of the targets passed through `f`.
+    pub fn map(&self, f: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
         Ok(Self {
-            probs: self.probs.to_device(device)?,
-            presence: self.presence.to_device(device)?,
+            probs: f(&self.probs)?,
+            presence: f(&self.presence)?,
         })
     }
 }
@@ -114,6 +119,7 @@ impl ClassificationHead {
     pub fn loss(&self, logits: &Tensor, t: &ClassificationBatch) -> Result<Tensor> {
         let present: Vec<u32> = t
             .presence
+            .to_dtype(DType::F32)?
             .to_vec1::<f32>()?
             .iter()
             .enumerate()
@@ -128,7 +134,12 @@ impl ClassificationHead {
             logits.index_select(&idx, 0)?,
             t.probs.index_select(&idx, 0)?,
         );
-        let hard = p.max(1)?.to_vec1::<f32>()?.iter().all(|&m| m == 1.0);
+        let hard = p
+            .max(1)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|&m| m == 1.0);
         if hard {
             cross_entropy(&x, &p.argmax(1)?, u32::MAX)
         } else {

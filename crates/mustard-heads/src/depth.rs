@@ -33,9 +33,14 @@ pub struct DepthBatch {
 impl DepthBatch {
     /// The same targets on `device` (a no-op on the device they are on).
     pub fn to_device(&self, device: &Device) -> Result<Self> {
+        self.map(&|t| Ok(t.to_device(device)?))
+    }
+
+    /// Every tensor of the targets passed through `f`.
+    pub fn map(&self, f: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
         Ok(Self {
-            log_depth: self.log_depth.to_device(device)?,
-            valid: self.valid.to_device(device)?,
+            log_depth: f(&self.log_depth)?,
+            valid: f(&self.valid)?,
         })
     }
 }

@@ -156,13 +156,18 @@ pub struct DetectionBatch {
 impl DetectionBatch {
     /// The same targets on `device` (a no-op on the device they are on).
     pub fn to_device(&self, device: &Device) -> Result<Self> {
+        self.map(&|t| Ok(t.to_device(device)?))
+    }
+
+    /// Every tensor of the targets passed through `f`.
+    pub fn map(&self, f: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
         Ok(Self {
-            hm: self.hm.to_device(device)?,
-            ind: self.ind.to_device(device)?,
-            mask: self.mask.to_device(device)?,
-            wh: self.wh.to_device(device)?,
-            reg: self.reg.to_device(device)?,
-            presence: self.presence.to_device(device)?,
+            hm: f(&self.hm)?,
+            ind: f(&self.ind)?,
+            mask: f(&self.mask)?,
+            wh: f(&self.wh)?,
+            reg: f(&self.reg)?,
+            presence: f(&self.presence)?,
         })
     }
 }

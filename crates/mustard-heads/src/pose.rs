@@ -177,14 +177,19 @@ pub struct PoseBatch {
 impl PoseBatch {
     /// The same targets on `device` (a no-op on the device they are on).
     pub fn to_device(&self, device: &Device) -> Result<Self> {
+        self.map(&|t| Ok(t.to_device(device)?))
+    }
+
+    /// Every tensor of the targets passed through `f`.
+    pub fn map(&self, f: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
         Ok(Self {
-            hps: self.hps.to_device(device)?,
-            hps_mask: self.hps_mask.to_device(device)?,
-            hm_hp: self.hm_hp.to_device(device)?,
-            hp_offset: self.hp_offset.to_device(device)?,
-            hp_ind: self.hp_ind.to_device(device)?,
-            hp_mask: self.hp_mask.to_device(device)?,
-            det: self.det.to_device(device)?,
+            hps: f(&self.hps)?,
+            hps_mask: f(&self.hps_mask)?,
+            hm_hp: f(&self.hm_hp)?,
+            hp_offset: f(&self.hp_offset)?,
+            hp_ind: f(&self.hp_ind)?,
+            hp_mask: f(&self.hp_mask)?,
+            det: self.det.map(f)?,
         })
     }
 }

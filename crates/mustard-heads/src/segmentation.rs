@@ -31,8 +31,13 @@ pub struct SegmentationBatch {
 impl SegmentationBatch {
     /// The same targets on `device` (a no-op on the device they are on).
     pub fn to_device(&self, device: &Device) -> Result<Self> {
+        self.map(&|t| Ok(t.to_device(device)?))
+    }
+
+    /// Every tensor of the targets passed through `f`.
+    pub fn map(&self, f: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
         Ok(Self {
-            labels: self.labels.to_device(device)?,
+            labels: f(&self.labels)?,
         })
     }
 }

@@ -1,6 +1,6 @@
 //! From augmented samples to batches of network inputs and per-task targets.
 
-use mustard_core::candle_core::{Device, Tensor};
+use mustard_core::candle_core::{DType, Device, Tensor};
 use mustard_data::augment::Affine;
 use mustard_data::{BatchEncoder, Sample, Task, TaskMap, TaskSet};
 
@@ -53,6 +53,16 @@ impl Batch {
         Ok(Batch {
             images: self.images.to_device(device)?,
             targets: self.targets.to_device(device)?,
+            meta: self.meta.clone(),
+        })
+    }
+
+    /// The batch with images and float targets in `dtype` (a model built in that dtype, e.g.
+    /// f64 to compare two computations without f32 rounding).
+    pub fn to_dtype(&self, dtype: DType) -> crate::Result<Batch> {
+        Ok(Batch {
+            images: self.images.to_dtype(dtype)?,
+            targets: self.targets.to_dtype(dtype)?,
             meta: self.meta.clone(),
         })
     }

@@ -6,7 +6,7 @@
 //! A new task touches the heads crate (its module), `Task`/`TaskMap` in mustard-data (one
 //! variant) and one arm in each `match` of this file; `docs/ARCHITECTURE.md` lists the rest.
 
-use mustard_core::candle_core::{Device, Tensor};
+use mustard_core::candle_core::{DType, Device, Tensor};
 use mustard_core::candle_nn::VarBuilder;
 use mustard_data::{Label, Sample, Source, Task, TaskMap};
 use mustard_heads::classification::{
@@ -502,12 +502,27 @@ pub enum Targets {
 impl Targets {
     /// The same targets on `device`.
     pub fn to_device(&self, device: &Device) -> Result<Self> {
+        self.map(&|t| Ok(t.to_device(device)?))
+    }
+
+    /// The same targets with every float tensor in `dtype` (indices stay integers).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        self.map(&|t| {
+            Ok(if t.dtype().is_float() {
+                t.to_dtype(dtype)?
+            } else {
+                t.clone()
+            })
+        })
+    }
+
+    fn map(&self, f: &dyn Fn(&Tensor) -> mustard_core::Result<Tensor>) -> Result<Self> {
         Ok(match self {
-            Targets::Detection(t) => Targets::Detection(t.to_device(device)?),
-            Targets::Pose(t) => Targets::Pose(t.to_device(device)?),
-            Targets::Segmentation(t) => Targets::Segmentation(t.to_device(device)?),
-            Targets::Depth(t) => Targets::Depth(t.to_device(device)?),
-            Targets::Classification(t) => Targets::Classification(t.to_device(device)?),
+            Targets::Detection(t) => Targets::Detection(t.map(f)?),
+            Targets::Pose(t) => Targets::Pose(t.map(f)?),
+            Targets::Segmentation(t) => Targets::Segmentation(t.map(f)?),
+            Targets::Depth(t) => Targets::Depth(t.map(f)?),
+            Targets::Classification(t) => Targets::Classification(t.map(f)?),
         })
     }
 }
@@ -561,6 +576,11 @@ impl BatchTargets {
     /// Every task's targets on `device`.
     pub fn to_device(&self, device: &Device) -> Result<Self> {
         Ok(BatchTargets(self.0.try_map(|_, t| t.to_device(device))?))
+    }
+
+    /// Every task's targets with their float tensors in `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(BatchTargets(self.0.try_map(|_, t| t.to_dtype(dtype))?))
     }
 }
 
