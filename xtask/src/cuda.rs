@@ -33,9 +33,12 @@ const PACKAGES: [&str; 6] = ["-p", "mustard-core", "-p", "mustard", "-p", "musta
 /// Where the bundle for the GPU machine is written.
 const BUNDLE: &str = "target/gpu-check";
 
-const USAGE: &str = "usage: cargo xtask cuda-build [--check] [--compute-cap N] [--toolkit DIR]
+const USAGE: &str = "usage: cargo xtask cuda-build [--check] [--cudnn] [--compute-cap N] [--toolkit DIR]
 
-  --check           only `cargo clippy -D warnings` the crates with --features cuda (what CI runs)
+  --check           only `cargo clippy -D warnings` the crates with --features cudnn, which
+                    includes cuda (what CI runs)
+  --cudnn           build with --features cudnn: candle's convolutions through cuDNN, whose
+                    library (libcudnn 9, in PyTorch's wheels) must then be on the GPU machine
   --compute-cap N   GPU generation the PTX is compiled for (default 80: Ampere, and by the
                     driver's JIT every later GPU)
   --toolkit DIR     a CUDA toolkit (DIR/bin/nvcc) instead of NVIDIA's PyPI wheels in
@@ -46,6 +49,7 @@ CUDA parity tests (mustard-core/tests/cuda.rs), copied with bench/gpu_check.sh a
 
 struct Options {
     check: bool,
+    cudnn: bool,
     compute_cap: String,
     toolkit: Option<PathBuf>,
 }
@@ -53,6 +57,7 @@ struct Options {
 fn parse(args: &[String]) -> Result<Options> {
     let mut options = Options {
         check: false,
+        cudnn: false,
         compute_cap: "80".into(),
         toolkit: None,
     };
@@ -64,6 +69,7 @@ fn parse(args: &[String]) -> Result<Options> {
         };
         match a.as_str() {
             "--check" => options.check = true,
+            "--cudnn" => options.cudnn = true,
             "--compute-cap" => {
                 let cap = value()?;
                 if cap.len() < 2 || !cap.chars().all(|c| c.is_ascii_digit()) {
@@ -120,7 +126,8 @@ pub fn cuda_build(args: &[String]) -> Result<()> {
     };
     if options.check {
         // clippy rather than check: the CUDA-only code is linted as the rest is.
-        let mut clippy = cargo(&["clippy", "--features", "cuda", "--all-targets"]);
+        // cudnn includes cuda: one lint covers the code of both.
+        let mut clippy = cargo(&["clippy", "--features", "cudnn", "--all-targets"]);
         clippy.args(["--", "-D", "warnings"]);
         let args: Vec<_> = clippy.get_args().map(|a| a.to_string_lossy()).collect();
         eprintln!("$ cargo {}", args.join(" "));
@@ -140,7 +147,7 @@ pub fn cuda_build(args: &[String]) -> Result<()> {
             "build",
             "--release",
             "--features",
-            "cuda",
+            if options.cudnn { "cudnn" } else { "cuda" },
             "--bin",
             "mustard",
             "--example",

@@ -92,6 +92,12 @@ fn missing_cuda_libraries() -> Vec<&'static str> {
             (cudarc::curand::sys::is_culib_present(), "libcurand"),
         ]
     };
+    #[cfg(feature = "cudnn")]
+    // SAFETY: as above.
+    let found = found.into_iter().chain([(
+        unsafe { cudarc::cudnn::sys::is_culib_present() },
+        "libcudnn",
+    )]);
     for (present, name) in found {
         if !present {
             missing.push(name);

@@ -21,7 +21,9 @@ pub struct BatchStats {
 /// N, H, W; gradients flow to `x`, `γ` and `β`. Also returns the statistics (no gradient), for
 /// the running averages.
 ///
-/// On CPU (f32, f64) this is one fused op; elsewhere the same formula composed from candle ops.
+/// On the CPU (f32, f64) this is one fused op, and on CUDA mustard's kernels
+/// (`cuda/batch_norm.cu`: the same passes, per-channel sums as block reductions in double);
+/// elsewhere, and with [`super::Kernels::Portable`], the same formula composed from candle ops.
 ///
 /// # Shapes
 /// `x`: `(N, C, H, W)`, `γ`, `β`: `(C,)` → `(N, C, H, W)`.
@@ -50,7 +52,7 @@ pub fn batch_norm_train(
             "more than one value per channel in training",
         ));
     }
-    if !super::cpu_kernels(x) {
+    if !super::cpu_kernels(x) && !super::cuda_kernels(x) {
         let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
         let mean = x.mean_keepdim((0, 2, 3))?;
         let centred = x.broadcast_sub(&mean)?;
@@ -144,6 +146,17 @@ impl CustomOp1 for ChannelStats {
             _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
         }
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let stats = super::cuda::batch_norm_stats((s, l), (n, c, h * w))?;
+        Ok((stats, Shape::from((2, c))))
+    }
 }
 
 /// The normalisation with fixed batch statistics; its backward accounts for their dependence
@@ -219,6 +232,27 @@ impl CustomOp3 for BatchNormTrain {
             }
             _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let y = super::cuda::batch_norm_normalize(
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+            (&self.mean, &self.inv_std),
+            (n, c, h * w),
+        )?;
+        Ok((y, l1.shape().clone()))
     }
 
     fn bwd(
@@ -328,5 +362,23 @@ impl CustomOp2 for BatchNormTrainBackward {
             }
             _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let packed = super::cuda::batch_norm_backward(
+            (s1, l1),
+            (s2, l2),
+            (&self.mean, &self.inv_std, &self.gamma),
+            (n, c, h * w),
+        )?;
+        Ok((packed, Shape::from(n * c * h * w + 2 * c)))
     }
 }

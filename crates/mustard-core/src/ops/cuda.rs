@@ -1,7 +1,9 @@
 //! mustard's own CUDA kernels (`cuda/*.cu`, compiled to PTX by `build.rs` with the `cuda`
-//! feature), launched from the `cuda_fwd` of the custom ops. Each computes what the op's CPU
-//! kernel computes, in the same order where sums are involved; `tests/cuda.rs` compares them on
-//! a GPU.
+//! feature), launched from the `cuda_fwd` of the custom ops: max-pooling and training
+//! BatchNorm, forward and backward. Each computes what the op's CPU kernel computes, in the
+//! same order where it can (BatchNorm's per-channel sums are block reductions in double);
+//! `tests/cuda.rs` compares them on a GPU, `tests/cuda_emulated.rs` runs their source on the
+//! CPU (`cuda/emulate`).
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -89,5 +91,195 @@ pub(crate) fn max_pool(
         CudaStorageSlice::F32(_) => Ok(launch!(f32, "f32")),
         CudaStorageSlice::F64(_) => Ok(launch!(f64, "f64")),
         _ => candle_core::bail!("mustard.max_pool2d (CUDA): only f32 and f64 are supported"),
+    }
+}
+
+/// The training-BatchNorm module (`cuda/batch_norm.cu`).
+const BATCH_NORM: (&str, &str) = (
+    "mustard_batch_norm",
+    include_str!(concat!(env!("OUT_DIR"), "/batch_norm.ptx")),
+);
+
+/// One block of 256 threads per channel (the per-channel sums of `cuda/batch_norm.cu`).
+fn per_channel_config(c: usize) -> candle_core::Result<LaunchConfig> {
+    let blocks = u32::try_from(c).map_err(|_| {
+        candle_core::Error::Msg(format!("{c} channels are too many for one launch"))
+    })?;
+    Ok(LaunchConfig {
+        grid_dim: (blocks.max(1), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// Checks that every input is contiguous and holds `len` values.
+fn check_inputs(op: &str, inputs: &[(&Layout, usize)]) -> candle_core::Result<()> {
+    for (l, len) in inputs {
+        if !l.is_contiguous() {
+            candle_core::bail!("{op} (CUDA): the inputs must be contiguous");
+        }
+        if l.shape().elem_count() != *len {
+            candle_core::bail!(
+                "{op} (CUDA): an input of {} values where {len} were expected",
+                l.shape().elem_count()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Per-channel mean and biased variance of `(n, c, hw)` values: `(2, c)` in the input's type.
+pub(crate) fn batch_norm_stats(
+    (x, xl): (&CudaStorage, &Layout),
+    (n, c, hw): (usize, usize, usize),
+) -> candle_core::Result<CudaStorage> {
+    check_inputs("mustard.batch_stats", &[(xl, n * c * hw)])?;
+    let dev = x.device();
+    let (n32, c32, hw64) = (n as i32, c as i32, hw as i64);
+    macro_rules! launch {
+        ($t:ty, $name:literal) => {{
+            let xs = x.as_cuda_slice::<$t>()?.slice(xl.start_offset()..);
+            let func = dev.get_or_load_custom_func($name, BATCH_NORM.0, BATCH_NORM.1)?;
+            // SAFETY: thread 0 of each of the `c` blocks writes its two values.
+            let mut out = unsafe { dev.alloc::<$t>(2 * c)? };
+            let mut b = func.builder();
+            b.arg(&xs).arg(&mut out).arg(&n32).arg(&c32).arg(&hw64);
+            // SAFETY: the signature of mustard_bn_stats_* (two pointers, int, int, long long);
+            // the input holds n·c·hw values.
+            unsafe { b.launch(per_channel_config(c)?) }.w()?;
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        }};
+    }
+    match &x.slice {
+        CudaStorageSlice::F32(_) => Ok(launch!(f32, "mustard_bn_stats_f32")),
+        CudaStorageSlice::F64(_) => Ok(launch!(f64, "mustard_bn_stats_f64")),
+        _ => candle_core::bail!("mustard.batch_stats (CUDA): only f32 and f64 are supported"),
+    }
+}
+
+/// `x · (γ·inv_std) + (β − mean·γ·inv_std)` per channel, the statistics given in double.
+pub(crate) fn batch_norm_normalize(
+    (x, xl): (&CudaStorage, &Layout),
+    (gamma, gl): (&CudaStorage, &Layout),
+    (beta, bl): (&CudaStorage, &Layout),
+    (mean, inv_std): (&[f64], &[f64]),
+    (n, c, hw): (usize, usize, usize),
+) -> candle_core::Result<CudaStorage> {
+    let len = n * c * hw;
+    check_inputs("mustard.batch_norm_train", &[(xl, len), (gl, c), (bl, c)])?;
+    if mean.len() != c || inv_std.len() != c {
+        candle_core::bail!("mustard.batch_norm_train (CUDA): statistics for {c} channels expected");
+    }
+    let dev = x.device();
+    let (mean, inv_std) = (dev.clone_htod(mean)?, dev.clone_htod(inv_std)?);
+    let (len64, c32, hw64) = (len as i64, c as i32, hw as i64);
+    macro_rules! launch {
+        ($t:ty, $name:literal) => {{
+            let xs = x.as_cuda_slice::<$t>()?.slice(xl.start_offset()..);
+            let gs = gamma.as_cuda_slice::<$t>()?.slice(gl.start_offset()..);
+            let bs = beta.as_cuda_slice::<$t>()?.slice(bl.start_offset()..);
+            let func = dev.get_or_load_custom_func($name, BATCH_NORM.0, BATCH_NORM.1)?;
+            // SAFETY: one thread writes each of the `len` elements.
+            let mut out = unsafe { dev.alloc::<$t>(len)? };
+            let mut b = func.builder();
+            b.arg(&xs)
+                .arg(&gs)
+                .arg(&bs)
+                .arg(&mean)
+                .arg(&inv_std)
+                .arg(&mut out);
+            b.arg(&len64).arg(&c32).arg(&hw64);
+            // SAFETY: the signature of mustard_bn_normalize_* (three T pointers, two double
+            // pointers, the output, long long, int, long long); the sizes are checked above.
+            unsafe { b.launch(launch_config(len)?) }.w()?;
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        }};
+    }
+    match &x.slice {
+        CudaStorageSlice::F32(_) => Ok(launch!(f32, "mustard_bn_normalize_f32")),
+        CudaStorageSlice::F64(_) => Ok(launch!(f64, "mustard_bn_normalize_f64")),
+        _ => candle_core::bail!("mustard.batch_norm_train (CUDA): only f32 and f64 are supported"),
+    }
+}
+
+/// The backward of training BatchNorm, packed as the CPU kernel packs it: `[dx (n·c·hw), dγ (c),
+/// dβ (c)]`; two launches (per-channel sums, then the element-wise input gradient).
+pub(crate) fn batch_norm_backward(
+    (x, xl): (&CudaStorage, &Layout),
+    (dy, dyl): (&CudaStorage, &Layout),
+    (mean, inv_std, gamma): (&[f64], &[f64], &[f64]),
+    (n, c, hw): (usize, usize, usize),
+) -> candle_core::Result<CudaStorage> {
+    let len = n * c * hw;
+    check_inputs(
+        "mustard.batch_norm_train_backward",
+        &[(xl, len), (dyl, len)],
+    )?;
+    if mean.len() != c || inv_std.len() != c || gamma.len() != c {
+        candle_core::bail!(
+            "mustard.batch_norm_train_backward (CUDA): statistics for {c} channels expected"
+        );
+    }
+    let dev = x.device();
+    let (mean, inv_std, gamma) = (
+        dev.clone_htod(mean)?,
+        dev.clone_htod(inv_std)?,
+        dev.clone_htod(gamma)?,
+    );
+    // SAFETY: the first kernel writes both halves of every channel's sums.
+    let mut sums = unsafe { dev.alloc::<f64>(2 * c)? };
+    let (n32, c32, hw64, len64, count64) =
+        (n as i32, c as i32, hw as i64, len as i64, (n * hw) as i64);
+    macro_rules! launch {
+        ($t:ty, $sums:literal, $input:literal) => {{
+            let xs = x.as_cuda_slice::<$t>()?.slice(xl.start_offset()..);
+            let gs = dy.as_cuda_slice::<$t>()?.slice(dyl.start_offset()..);
+            // SAFETY: the first kernel writes the 2·c tail, the second the `len` gradients.
+            let mut out = unsafe { dev.alloc::<$t>(len + 2 * c)? };
+            let func = dev.get_or_load_custom_func($sums, BATCH_NORM.0, BATCH_NORM.1)?;
+            let mut b = func.builder();
+            b.arg(&xs)
+                .arg(&gs)
+                .arg(&mean)
+                .arg(&inv_std)
+                .arg(&mut out)
+                .arg(&mut sums);
+            b.arg(&n32).arg(&c32).arg(&hw64);
+            // SAFETY: the signature of mustard_bn_grad_sums_* (two T pointers, two double
+            // pointers, the packed output, the double sums, int, int, long long).
+            unsafe { b.launch(per_channel_config(c)?) }.w()?;
+            let func = dev.get_or_load_custom_func($input, BATCH_NORM.0, BATCH_NORM.1)?;
+            let mut b = func.builder();
+            b.arg(&xs)
+                .arg(&gs)
+                .arg(&mean)
+                .arg(&inv_std)
+                .arg(&gamma)
+                .arg(&sums);
+            b.arg(&mut out)
+                .arg(&len64)
+                .arg(&c32)
+                .arg(&hw64)
+                .arg(&count64);
+            // SAFETY: the signature of mustard_bn_grad_input_* (two T pointers, four double
+            // pointers, the packed output, long long, int, long long, long long).
+            unsafe { b.launch(launch_config(len)?) }.w()?;
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        }};
+    }
+    match &x.slice {
+        CudaStorageSlice::F32(_) => Ok(launch!(
+            f32,
+            "mustard_bn_grad_sums_f32",
+            "mustard_bn_grad_input_f32"
+        )),
+        CudaStorageSlice::F64(_) => Ok(launch!(
+            f64,
+            "mustard_bn_grad_sums_f64",
+            "mustard_bn_grad_input_f64"
+        )),
+        _ => candle_core::bail!(
+            "mustard.batch_norm_train_backward (CUDA): only f32 and f64 are supported"
+        ),
     }
 }

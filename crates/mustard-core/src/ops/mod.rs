@@ -5,7 +5,7 @@
 //! 1/k². These ops replace them. Each has a CPU kernel (always built) for f32 and f64; on other
 //! devices the same function falls back to a composition of candle ops whose gradient candle
 //! derives itself, except where mustard has a CUDA kernel of its own (`cuda/*.cu`, built with
-//! the `cuda` feature: max-pooling, forward and backward).
+//! the `cuda` feature: max-pooling and training BatchNorm, forward and backward).
 //!
 //! The convolution engine ([`conv2d`], [`conv_transpose2d`] and their gradients) replaces
 //! candle's CPU convolution, whose input gradient runs a naive direct loop; see [`conv`].
@@ -39,7 +39,7 @@ static PORTABLE: AtomicBool = AtomicBool::new(false);
 
 /// Which implementation the custom ops run: a numerics setting saved in a run's config.
 /// `Fast` runs mustard's own kernels where an op has one for the device (every op on the CPU;
-/// max-pooling on CUDA) and the composition of candle ops elsewhere. `Portable` takes that
+/// max-pooling and training BatchNorm on CUDA) and the composition of candle ops elsewhere. `Portable` takes that
 /// composition on every device, so that the path a GPU takes is tested and compared with the
 /// fast one on any machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

@@ -1,0 +1,135 @@
+// Training BatchNorm of (N, C, H, W) maps on CUDA, the arithmetic of the CPU kernels of
+// src/ops/batchnorm.rs: statistics and gradient sums accumulated in double, one block per
+// channel (a tree over the block's 256 partial sums, so the order of those sums differs from the
+// CPU's running sum: results agree to double rounding, not bit for bit); the element-wise passes
+// round as the CPU does, operation by operation (explicit _rn intrinsics: no fused
+// multiply-add).
+
+#define THREADS 256
+
+__device__ inline float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ inline double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ inline float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ inline double add_rn(double a, double b) { return __dadd_rn(a, b); }
+
+// The sum of every thread's `v` in the block, in thread 0's return value (others: undefined).
+__device__ double block_sum(double v, double* shared) {
+    int t = threadIdx.x;
+    shared[t] = v;
+    __syncthreads();
+    for (int s = THREADS / 2; s > 0; s >>= 1) {
+        if (t < s) shared[t] = __dadd_rn(shared[t], shared[t + s]);
+        __syncthreads();
+    }
+    double total = shared[0];
+    __syncthreads();
+    return total;
+}
+
+// Per channel (block) the mean and the biased variance (two passes, as the CPU kernel), written
+// as T to stats[ch] and stats[C + ch].
+template <typename T>
+__device__ void channel_stats(const T* x, T* stats, int n, int c, long long hw) {
+    __shared__ double shared[THREADS];
+    int ch = blockIdx.x;
+    long long count = (long long)n * hw;
+    double sum = 0.0;
+    for (long long i = threadIdx.x; i < count; i += THREADS) {
+        long long img = i / hw, j = i % hw;
+        sum = __dadd_rn(sum, (double)x[(img * c + ch) * hw + j]);
+    }
+    double mean = __ddiv_rn(block_sum(sum, shared), (double)count);
+    double sq = 0.0;
+    for (long long i = threadIdx.x; i < count; i += THREADS) {
+        long long img = i / hw, j = i % hw;
+        double d = __dsub_rn((double)x[(img * c + ch) * hw + j], mean);
+        sq = __dadd_rn(sq, __dmul_rn(d, d));
+    }
+    double var = __ddiv_rn(block_sum(sq, shared), (double)count);
+    if (threadIdx.x == 0) {
+        stats[ch] = (T)mean;
+        stats[c + ch] = (T)var;
+    }
+}
+
+// y = x·scale + shift per channel, scale = γ·inv_std and shift = β − mean·scale formed in
+// double and rounded to T, as the CPU kernel does.
+template <typename T>
+__device__ void normalize(const T* x, const T* gamma, const T* beta, const double* mean,
+                          const double* inv_std, T* y, long long len, int c, long long hw) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    int ch = (int)((i / hw) % c);
+    double scale = __dmul_rn((double)gamma[ch], inv_std[ch]);
+    double shift = __dsub_rn((double)beta[ch], __dmul_rn(mean[ch], scale));
+    y[i] = add_rn(mul_rn(x[i], (T)scale), (T)shift);
+}
+
+// Per channel Σ dy and Σ dy·x̂ (double); dγ = Σ dy·x̂ and dβ = Σ dy rounded to T into the tail of
+// the packed output `out` (len + 2C values), the double sums into `sums` (2C) for the next pass.
+template <typename T>
+__device__ void grad_sums(const T* x, const T* dy, const double* mean, const double* inv_std,
+                          T* out, double* sums, int n, int c, long long hw) {
+    __shared__ double shared[THREADS];
+    int ch = blockIdx.x;
+    long long count = (long long)n * hw;
+    double sdy = 0.0, sdyx = 0.0;
+    for (long long i = threadIdx.x; i < count; i += THREADS) {
+        long long img = i / hw, j = i % hw;
+        long long at = (img * c + ch) * hw + j;
+        double g = (double)dy[at];
+        sdy = __dadd_rn(sdy, g);
+        sdyx = __dadd_rn(sdyx, __dmul_rn(__dmul_rn(g, __dsub_rn((double)x[at], mean[ch])), inv_std[ch]));
+    }
+    sdy = block_sum(sdy, shared);
+    sdyx = block_sum(sdyx, shared);
+    if (threadIdx.x == 0) {
+        long long len = count * c;
+        sums[ch] = sdy;
+        sums[c + ch] = sdyx;
+        out[len + ch] = (T)sdyx;
+        out[len + c + ch] = (T)sdy;
+    }
+}
+
+// dx = γ·inv_std · (dy − Σdy/count − x̂·Σdy·x̂/count), in double, rounded to T.
+template <typename T>
+__device__ void grad_input(const T* x, const T* dy, const double* mean, const double* inv_std,
+                           const double* gamma, const double* sums, T* out, long long len, int c,
+                           long long hw, long long count) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    int ch = (int)((i / hw) % c);
+    double k = __dmul_rn(gamma[ch], inv_std[ch]);
+    double xhat = __dmul_rn(__dsub_rn((double)x[i], mean[ch]), inv_std[ch]);
+    double n = (double)count;
+    double inner = __dsub_rn(__dsub_rn((double)dy[i], __ddiv_rn(sums[ch], n)),
+                             __ddiv_rn(__dmul_rn(xhat, sums[c + ch]), n));
+    out[i] = (T)__dmul_rn(k, inner);
+}
+
+// Launched as src/ops/cuda.rs does: the per-channel kernels with one block of THREADS per
+// channel, the element-wise ones with one thread per element in blocks of THREADS.
+#define ENTRY(SUFFIX, T)                                                                            \
+    extern "C" __global__ void __launch_bounds__(THREADS) mustard_bn_stats_##SUFFIX(                \
+        const T* x, T* stats, int n, int c, long long hw) {                                         \
+        channel_stats<T>(x, stats, n, c, hw);                                                       \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(THREADS) mustard_bn_normalize_##SUFFIX(            \
+        const T* x, const T* gamma, const T* beta, const double* mean, const double* inv_std,       \
+        T* y, long long len, int c, long long hw) {                                                 \
+        normalize<T>(x, gamma, beta, mean, inv_std, y, len, c, hw);                                 \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(THREADS) mustard_bn_grad_sums_##SUFFIX(            \
+        const T* x, const T* dy, const double* mean, const double* inv_std, T* out, double* sums,   \
+        int n, int c, long long hw) {                                                               \
+        grad_sums<T>(x, dy, mean, inv_std, out, sums, n, c, hw);                                    \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(THREADS) mustard_bn_grad_input_##SUFFIX(           \
+        const T* x, const T* dy, const double* mean, const double* inv_std, const double* gamma,    \
+        const double* sums, T* out, long long len, int c, long long hw, long long count) {          \
+        grad_input<T>(x, dy, mean, inv_std, gamma, sums, out, len, c, hw, count);                   \
+    }
+
+ENTRY(f32, float)
+ENTRY(f64, double)

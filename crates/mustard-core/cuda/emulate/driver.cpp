@@ -1,0 +1,169 @@
+// The kernels of ../*.cu behind a command line, for crates/mustard-core/tests/cuda_emulated.rs:
+//
+//   driver KERNEL OUT_FILE OUT_LEN [IN_FILE ...] -- [INT ...]
+//
+// reads each IN_FILE as raw little-endian values of the kernel's float type (`f64:FILE`: as
+// double, for the kernels' double parameters), launches KERNEL as src/ops/cuda.rs does, and
+// writes the OUT_LEN values of its output to OUT_FILE. `bn_backward_*` is the two launches of
+// the BatchNorm backward on one output buffer, as the op runs them. Errors go to stderr with
+// exit status 2.
+#include "emulate.hpp"
+
+#include "../batch_norm.cu"
+#include "../max_pool.cu"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <type_traits>
+
+template <class T>
+static std::vector<T> read_file(const char* path) {
+    std::vector<T> v;
+    FILE* f = std::fopen(path, "rb");
+    if (!f) {
+        std::fprintf(stderr, "cannot open %s\n", path);
+        std::exit(2);
+    }
+    T x;
+    while (std::fread(&x, sizeof(T), 1, f) == 1) v.push_back(x);
+    std::fclose(f);
+    return v;
+}
+
+template <class T>
+static void write_file(const char* path, const std::vector<T>& v) {
+    FILE* f = std::fopen(path, "wb");
+    if (!f || std::fwrite(v.data(), sizeof(T), v.size(), f) != v.size()) {
+        std::fprintf(stderr, "cannot write %s\n", path);
+        std::exit(2);
+    }
+    std::fclose(f);
+}
+
+static unsigned blocks_for(long long len) { return (unsigned)std::max(1LL, (len + 255) / 256); }
+
+template <class T>
+static int max_pool(bool backward, void (*fwd)(const T*, T*, long long, int, int, int, int, int, int, int),
+                    void (*bwd)(const T*, const T*, T*, long long, int, int, int, int, int, int, int),
+                    const char* out_path, long long len, const std::vector<const char*>& inputs,
+                    const std::vector<long long>& ints) {
+    if (ints.size() != 8 || inputs.size() != (backward ? 2u : 1u)) {
+        std::fprintf(stderr, "max_pool: expected %d inputs and 8 integers\n", backward ? 2 : 1);
+        return 2;
+    }
+    long long planes = ints[0];
+    int d[7];
+    for (int i = 0; i < 7; ++i) d[i] = (int)ints[i + 1];
+    std::vector<T> x = read_file<T>(inputs[0]), out(len);
+    if (backward) {
+        std::vector<T> g = read_file<T>(inputs[1]);
+        emulate_launch(blocks_for(len), 256, false, [&] {
+            bwd(x.data(), g.data(), out.data(), planes, d[0], d[1], d[2], d[3], d[4], d[5], d[6]);
+        });
+    } else {
+        emulate_launch(blocks_for(len), 256, false, [&] {
+            fwd(x.data(), out.data(), planes, d[0], d[1], d[2], d[3], d[4], d[5], d[6]);
+        });
+    }
+    write_file(out_path, out);
+    return 0;
+}
+
+template <class T>
+static int batch_norm(const std::string& kernel, const char* out_path, long long len,
+                      const std::vector<const char*>& inputs, const std::vector<long long>& ints) {
+    auto t_in = [&](size_t i) { return read_file<T>(inputs.at(i)); };
+    auto d_in = [&](size_t i) {
+        std::string name = inputs.at(i);
+        if (name.rfind("f64:", 0) != 0) {
+            std::fprintf(stderr, "%s: input %zu must be f64:FILE\n", kernel.c_str(), i);
+            std::exit(2);
+        }
+        return read_file<double>(name.c_str() + 4);
+    };
+    constexpr bool f32 = std::is_same_v<T, float>;
+    std::vector<T> out(len);
+    if (kernel.rfind("mustard_bn_stats_", 0) == 0) {
+        auto x = t_in(0);
+        int n = (int)ints.at(0), c = (int)ints.at(1);
+        long long hw = ints.at(2);
+        emulate_launch(c, 256, true, [&] {
+            (f32 ? (void (*)(const T*, T*, int, int, long long))mustard_bn_stats_f32
+                 : (void (*)(const T*, T*, int, int, long long))mustard_bn_stats_f64)(x.data(), out.data(), n, c, hw);
+        });
+    } else if (kernel.rfind("mustard_bn_normalize_", 0) == 0) {
+        auto x = t_in(0), gamma = t_in(1), beta = t_in(2);
+        auto mean = d_in(3), inv_std = d_in(4);
+        int c = (int)ints.at(1);
+        long long hw = ints.at(2);
+        emulate_launch(blocks_for(len), 256, false, [&] {
+            using F = void (*)(const T*, const T*, const T*, const double*, const double*, T*, long long, int, long long);
+            (f32 ? (F)mustard_bn_normalize_f32 : (F)mustard_bn_normalize_f64)(
+                x.data(), gamma.data(), beta.data(), mean.data(), inv_std.data(), out.data(), ints.at(0), c, hw);
+        });
+    } else if (kernel.rfind("bn_backward_", 0) == 0) {
+        auto x = t_in(0), dy = t_in(1);
+        auto mean = d_in(2), inv_std = d_in(3), gamma = d_in(4);
+        int n = (int)ints.at(0), c = (int)ints.at(1);
+        long long hw = ints.at(2), count = (long long)n * hw, elems = count * c;
+        std::vector<double> sums(2 * (size_t)c);
+        emulate_launch(c, 256, true, [&] {
+            using F = void (*)(const T*, const T*, const double*, const double*, T*, double*, int, int, long long);
+            (f32 ? (F)mustard_bn_grad_sums_f32 : (F)mustard_bn_grad_sums_f64)(
+                x.data(), dy.data(), mean.data(), inv_std.data(), out.data(), sums.data(), n, c, hw);
+        });
+        emulate_launch(blocks_for(elems), 256, false, [&] {
+            using F = void (*)(const T*, const T*, const double*, const double*, const double*, const double*, T*,
+                               long long, int, long long, long long);
+            (f32 ? (F)mustard_bn_grad_input_f32 : (F)mustard_bn_grad_input_f64)(
+                x.data(), dy.data(), mean.data(), inv_std.data(), gamma.data(), sums.data(), out.data(), elems, c, hw,
+                count);
+        });
+    } else {
+        std::fprintf(stderr, "unknown kernel %s\n", kernel.c_str());
+        return 2;
+    }
+    write_file(out_path, out);
+    return 0;
+}
+
+int main(int argc, char** argv) {
+    if (argc < 4) {
+        std::fprintf(stderr, "usage: driver KERNEL OUT_FILE OUT_LEN [IN_FILE ...] -- [INT ...]\n");
+        return 2;
+    }
+    std::string kernel = argv[1];
+    const char* out_path = argv[2];
+    long long len = std::atoll(argv[3]);
+    std::vector<const char*> inputs;
+    std::vector<long long> ints;
+    bool in_ints = false;
+    for (int i = 4; i < argc; ++i) {
+        if (std::strcmp(argv[i], "--") == 0) {
+            in_ints = true;
+        } else if (in_ints) {
+            ints.push_back(std::atoll(argv[i]));
+        } else {
+            inputs.push_back(argv[i]);
+        }
+    }
+    if (kernel == "mustard_max_pool_f32" || kernel == "mustard_max_pool_bwd_f32") {
+        return max_pool<float>(kernel.find("bwd") != std::string::npos, mustard_max_pool_f32,
+                               mustard_max_pool_bwd_f32, out_path, len, inputs, ints);
+    }
+    if (kernel == "mustard_max_pool_f64" || kernel == "mustard_max_pool_bwd_f64") {
+        return max_pool<double>(kernel.find("bwd") != std::string::npos, mustard_max_pool_f64,
+                                mustard_max_pool_bwd_f64, out_path, len, inputs, ints);
+    }
+    bool bn = kernel.rfind("mustard_bn_", 0) == 0 || kernel.rfind("bn_backward_", 0) == 0;
+    if (bn && kernel.size() > 4 && kernel.compare(kernel.size() - 4, 4, "_f32") == 0) {
+        return batch_norm<float>(kernel, out_path, len, inputs, ints);
+    }
+    if (bn && kernel.size() > 4 && kernel.compare(kernel.size() - 4, 4, "_f64") == 0) {
+        return batch_norm<double>(kernel, out_path, len, inputs, ints);
+    }
+    std::fprintf(stderr, "unknown kernel %s\n", kernel.c_str());
+    return 2;
+}
