@@ -89,7 +89,6 @@ fn missing_cuda_libraries() -> Vec<&'static str> {
             ),
             (cudarc::cublas::sys::is_culib_present(), "libcublas"),
             (cudarc::cublaslt::sys::is_culib_present(), "libcublasLt"),
-            (cudarc::curand::sys::is_culib_present(), "libcurand"),
         ]
     };
     #[cfg(feature = "cudnn")]

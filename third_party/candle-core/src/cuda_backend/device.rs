@@ -63,7 +63,9 @@ pub struct CudaDevice {
     custom_modules: Arc<std::sync::RwLock<HashMap<String, Arc<cudarc::driver::CudaModule>>>>,
     stream: Arc<cudarc::driver::CudaStream>,
     pub(crate) blas: Arc<cudarc::cublas::CudaBlas>,
-    curand: Arc<Mutex<CudaRng>>,
+    /// Created at the first random draw (with the seed then set), so that a device opens
+    /// without cuRAND when nothing random is drawn on it.
+    curand: Arc<Mutex<Option<CudaRng>>>,
     seed_value: Arc<RwLock<u64>>,
 }
 
@@ -362,6 +364,17 @@ impl CudaDevice {
 }
 
 impl CudaDevice {
+    /// The random generator, created from the current seed at its first use.
+    fn curand(&self) -> Result<std::sync::MutexGuard<'_, Option<CudaRng>>> {
+        let mut guard = self.curand.lock().unwrap();
+        if guard.is_none() {
+            let seed = *self.seed_value.read().unwrap();
+            let rng = cudarc::curand::CudaRng::new(seed, self.stream.clone()).w()?;
+            *guard = Some(CudaRng(rng));
+        }
+        Ok(guard)
+    }
+
     pub fn new_with_stream(ordinal: usize) -> Result<Self> {
         let context = cudarc::driver::CudaContext::new(ordinal).w()?;
         let stream = context.new_stream().w()?;
@@ -373,7 +386,6 @@ impl CudaDevice {
         stream: Arc<cudarc::driver::CudaStream>,
     ) -> Result<Self> {
         let blas = cudarc::cublas::CudaBlas::new(stream.clone()).w()?;
-        let curand = cudarc::curand::CudaRng::new(299792458, stream.clone()).w()?;
         let module_store = ModuleStore {
             mdls: [const { None }; kernels::ALL_IDS.len()],
         };
@@ -382,7 +394,7 @@ impl CudaDevice {
             context,
             stream,
             blas: Arc::new(blas),
-            curand: Arc::new(Mutex::new(CudaRng(curand))),
+            curand: Arc::new(Mutex::new(None)),
             modules: Arc::new(std::sync::RwLock::new(module_store)),
             custom_modules: Arc::new(std::sync::RwLock::new(HashMap::new())),
             seed_value: Arc::new(RwLock::new(299792458)),
@@ -400,11 +412,12 @@ impl BackendDevice for CudaDevice {
     }
 
     fn set_seed(&self, seed: u64) -> Result<()> {
-        // We do not call set_seed but instead create a new curand object. This ensures that the
-        // state will be identical and the same random numbers will be generated.
+        // We do not call set_seed but instead create a new curand object (at the next draw, from
+        // this seed). This ensures that the state will be identical and the same random numbers
+        // will be generated.
         let mut curand = self.curand.lock().unwrap();
-        curand.0 = cudarc::curand::CudaRng::new(seed, self.stream.clone()).w()?;
         *self.seed_value.write().unwrap() = seed;
+        *curand = None;
         Ok(())
     }
 
@@ -479,7 +492,8 @@ impl BackendDevice for CudaDevice {
 
     fn rand_uniform(&self, shape: &Shape, dtype: DType, lo: f64, up: f64) -> Result<CudaStorage> {
         let elem_count = shape.elem_count();
-        let curand = self.curand.lock().unwrap();
+        let mut guard = self.curand()?;
+        let curand = guard.as_mut().expect("curand() creates the generator");
         let slice = match dtype {
             // TODO: Add support for F16 and BF16 though this is likely to require some upstream
             // cudarc changes.
@@ -529,7 +543,8 @@ impl BackendDevice for CudaDevice {
         // TODO: Add support for F16 and BF16 though this is likely to require some upstream
         // cudarc changes.
         let elem_count = shape.elem_count();
-        let curand = self.curand.lock().unwrap();
+        let mut guard = self.curand()?;
+        let curand = guard.as_mut().expect("curand() creates the generator");
         // curand can only generate an odd number of values.
         // https://github.com/huggingface/candle/issues/734
         let elem_count_round = if elem_count % 2 == 1 {
