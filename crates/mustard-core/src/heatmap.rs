@@ -251,13 +251,94 @@ fn select_on_host(heat: &Tensor, k: usize, nms_radius: Option<usize>) -> Result<
 /// chunks that can hold a peak of the top-K.
 const CHUNK: usize = 256;
 
-/// The top-K with the map left on its device: suppression there (composed candle ops), then
-/// one maximum per chunk of [`CHUNK`] values comes to the host, and only the chunks whose
-/// maximum reaches the K-th largest chunk maximum `m` follow. Exact: at least K values are
-/// `>= m` (one per such chunk), so every value of the top-K is `>= m` and sits in a chunk that
-/// follows. The host then ranks those values as [`select_on_host`] ranks the whole map, so
-/// the result is the same, ties included. For an 80-class 128x128 map and K = 100 that is
-/// 20 KiB of maxima and at most 100 KiB of values (usually) instead of 5 MiB.
+/// The suppressed map as a table of `(B·chunks, CHUNK)` rows on the device (−∞ past the end
+/// of each image's map) and each image's chunk maxima on the host; `None` when the map holds a
+/// NaN.
+fn chunk_table(
+    heat: &Tensor,
+    nms_radius: Option<usize>,
+    chunks: usize,
+) -> Result<Option<(Tensor, Vec<Vec<f32>>)>> {
+    let (b, c, h, w) = heat.dims4()?;
+    let n = c * h * w;
+    #[cfg(feature = "cuda")]
+    if crate::ops::cuda_kernels(heat) {
+        let packed = heat.contiguous()?.apply_op1_no_bwd(&PeakChunks {
+            radius: nms_radius,
+            chunks,
+        })?;
+        let cells = b * chunks * CHUNK;
+        let maxima = packed.narrow(0, cells, b * chunks)?.to_vec1::<f32>()?;
+        if maxima.iter().any(|m| m.is_nan()) {
+            return Ok(None);
+        }
+        let rows = packed.narrow(0, 0, cells)?.reshape((b * chunks, CHUNK))?;
+        return Ok(Some((
+            rows,
+            maxima.chunks(chunks).map(<[f32]>::to_vec).collect(),
+        )));
+    }
+    if heat.ne(heat)?.flatten_all()?.max(0)?.to_scalar::<u8>()? != 0 {
+        return Ok(None);
+    }
+    let kept = match nms_radius {
+        Some(r) => nms(heat, 2 * r + 1)?,
+        None => heat.clone(),
+    };
+    let mut flat = kept.flatten_from(1)?;
+    if chunks * CHUNK > n {
+        let pad = Tensor::full(f32::NEG_INFINITY, (b, chunks * CHUNK - n), flat.device())?;
+        flat = Tensor::cat(&[&flat, &pad], 1)?;
+    }
+    let rows = flat.reshape((b * chunks, CHUNK))?;
+    let maxima = rows.max(1)?.reshape((b, chunks))?.to_vec2::<f32>()?;
+    Ok(Some((rows, maxima)))
+}
+
+/// Suppression and chunk maxima in one CUDA kernel (`cuda/peaks.cu`), f32: the chunk table
+/// (`B·chunks·CHUNK` values) followed by the `B·chunks` maxima, in one buffer. CUDA only: the
+/// CPU scans the map in [`select_on_host`].
+#[cfg(feature = "cuda")]
+struct PeakChunks {
+    radius: Option<usize>,
+    chunks: usize,
+}
+
+#[cfg(feature = "cuda")]
+impl candle_core::CustomOp1 for PeakChunks {
+    fn name(&self) -> &'static str {
+        "mustard.peak_chunks"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        candle_core::bail!("mustard.peak_chunks runs on CUDA only; the CPU scans the map")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        let (b, c, h, w) = l.shape().dims4()?;
+        let out =
+            crate::ops::cuda::peak_chunks((s, l), (b, c * h * w, h, w), self.radius, self.chunks)?;
+        Ok((out, candle_core::Shape::from(b * self.chunks * (CHUNK + 1))))
+    }
+}
+
+/// The top-K with the map left on its device: suppression there, then one maximum per chunk
+/// of [`CHUNK`] values comes to the host, and only the chunks whose maximum reaches the K-th
+/// largest chunk maximum `m` follow. Exact: at least K values are `>= m` (one per such chunk),
+/// so every value of the top-K is `>= m` and sits in a chunk that follows. The host then ranks
+/// those values as [`select_on_host`] ranks the whole map, so the result is the same, ties
+/// included. For an 80-class 128x128 map and K = 100 that is 20 KiB of maxima and at most
+/// 100 KiB of values (usually) instead of 5 MiB. On CUDA one kernel (`cuda/peaks.cu`) does the
+/// suppression and the chunk maxima; elsewhere composed candle ops do.
 pub(crate) fn select_on_device(
     heat: &Tensor,
     k: usize,
@@ -268,23 +349,12 @@ pub(crate) fn select_on_device(
     if k == 0 {
         return Ok(vec![TopK::default(); b]);
     }
-    // A NaN would make the chunk maxima meaningless; the host scan names where it is.
-    if heat.ne(&heat)?.flatten_all()?.max(0)?.to_scalar::<u8>()? != 0 {
-        return select_on_host(&heat, k, nms_radius);
-    }
-    let kept = match nms_radius {
-        Some(r) => nms(&heat, 2 * r + 1)?,
-        None => heat,
-    };
     let n = c * h * w;
     let chunks = n.div_ceil(CHUNK);
-    let mut flat = kept.flatten_from(1)?;
-    if chunks * CHUNK > n {
-        let pad = Tensor::full(f32::NEG_INFINITY, (b, chunks * CHUNK - n), flat.device())?;
-        flat = Tensor::cat(&[&flat, &pad], 1)?;
-    }
-    let rows = flat.reshape((b * chunks, CHUNK))?;
-    let maxima = rows.max(1)?.reshape((b, chunks))?.to_vec2::<f32>()?;
+    let Some((rows, maxima)) = chunk_table(&heat, nms_radius, chunks)? else {
+        // A NaN: the host scan names where it is.
+        return select_on_host(&heat, k, nms_radius);
+    };
     // IEEE comparisons (−0 == +0, as candle's max sees them); no NaN is left.
     let mut picked: Vec<u32> = Vec::new();
     let mut spans = Vec::with_capacity(b);

@@ -81,3 +81,50 @@ fn max_pool_on_cuda_breaks_ties_as_the_cpu_kernel_does() {
         );
     }
 }
+
+#[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "needs --features cuda and an NVIDIA GPU"
+)]
+fn heatmap_peaks_on_cuda_equal_the_cpu_scan() {
+    use mustard_core::heatmap::{topk, topk_peaks};
+    let Some(device) = cuda() else {
+        return;
+    };
+    // Quantised values (ties), sizes below, at and above the 256-value chunk, an 80-class map.
+    for (i, shape) in [[2, 3, 9, 7], [2, 5, 17, 13], [1, 80, 32, 32]]
+        .iter()
+        .enumerate()
+    {
+        let heat = parity::input(shape, 30 + i as u64, DType::F32)
+            .affine(8.0, 0.0)
+            .unwrap()
+            .round()
+            .unwrap();
+        let on_gpu = heat.to_device(&device).unwrap();
+        let n: usize = shape[1..].iter().product();
+        for k in [1, 7, 100.min(n), n] {
+            assert_eq!(
+                topk_peaks(&on_gpu, 3, k).unwrap(),
+                topk_peaks(&heat, 3, k).unwrap(),
+                "{shape:?}, k {k}"
+            );
+            assert_eq!(
+                topk(&on_gpu, k).unwrap(),
+                topk(&heat, k).unwrap(),
+                "{shape:?}, k {k}"
+            );
+        }
+    }
+    // A NaN is named as on the CPU.
+    let mut v = vec![0.25f32; 2 * 300];
+    v[300 + 257] = f32::NAN;
+    let heat = candle_core::Tensor::from_vec(v, (2, 3, 10, 10), &Device::Cpu).unwrap();
+    assert_eq!(
+        topk_peaks(&heat.to_device(&device).unwrap(), 3, 5)
+            .unwrap_err()
+            .to_string(),
+        "heatmap value of image 1 at channel 2, y 5, x 7 is not finite (NaN)"
+    );
+}

@@ -394,3 +394,105 @@ fn emulated_batch_norm_kernels_agree_with_the_cpu_kernel() {
         }
     }
 }
+
+/// Heatmap values with ties, negatives, both zeros and −∞.
+fn awkward_map(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
+    let mut s = seed;
+    let n = shape.0 * shape.1 * shape.2 * shape.3;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            match (s >> 33) % 40 {
+                0 => -0.0,
+                1 => 0.0,
+                2 => f32::NEG_INFINITY,
+                r => (r as f32 - 12.0) / 8.0,
+            }
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()
+}
+
+/// The heatmap-peaks kernel, emulated, against suppression by `heatmap::nms` (max-pooling)
+/// and a maximum per chunk of 256: the chunk table bit for bit, the maxima as values.
+fn peak_chunks_case(driver: &Path, heat: &Tensor, radius: Option<usize>) {
+    let (b, c, h, w) = heat.dims4().unwrap();
+    let n = c * h * w;
+    let chunks = n.div_ceil(256);
+    let kept = match radius {
+        Some(r) => mustard_core::heatmap::nms(heat, 2 * r + 1).unwrap(),
+        None => heat.clone(),
+    };
+    let mut table = kept.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
+    for row in &mut table {
+        row.resize(chunks * 256, f32::NEG_INFINITY);
+    }
+    let cells: Vec<f32> = table.concat();
+    let maxima: Vec<f32> = cells
+        .chunks(256)
+        .map(|c| {
+            c.iter().fold(
+                f32::NEG_INFINITY,
+                |m, &v| if v > m || v.is_nan() { v } else { m },
+            )
+        })
+        .collect();
+    let ints = [
+        b as i64,
+        n as i64,
+        chunks as i64,
+        h as i64,
+        w as i64,
+        radius.map_or(-1, |r| r as i64),
+    ];
+    let out = emulate(
+        driver,
+        "mustard_peak_chunks_f32",
+        &[heat],
+        &ints,
+        b * chunks * 257,
+    );
+    let what = format!("{:?}, radius {radius:?}", heat.dims());
+    let cpu: Vec<u64> = cells.iter().map(|v| v.to_bits() as u64).collect();
+    same_bits(&out[..cells.len()], &cpu, &format!("chunk table, {what}"));
+    let emulated = values(&out[cells.len()..], DType::F32);
+    assert_eq!(emulated.len(), maxima.len());
+    for (i, (e, m)) in emulated.iter().zip(&maxima).enumerate() {
+        assert!(
+            *e == *m as f64 || (e.is_nan() && m.is_nan()),
+            "chunk maxima, {what}: chunk {i}: {e} emulated, {m} expected"
+        );
+    }
+}
+
+#[test]
+fn emulated_peak_kernel_equals_suppression_then_chunk_maxima() {
+    let Some(driver) = driver() else {
+        return;
+    };
+    for (i, shape) in [(2, 3, 9, 7), (2, 5, 17, 13), (1, 4, 16, 16)]
+        .into_iter()
+        .enumerate()
+    {
+        let heat = awkward_map(shape, 21 + i as u64);
+        for radius in [None, Some(1), Some(2)] {
+            peak_chunks_case(driver, &heat, radius);
+        }
+    }
+    // A NaN makes its chunk's maximum NaN, which sends the top-K to the host scan.
+    let mut v = vec![0.25f32; 2 * 300];
+    v[300 + 257] = f32::NAN;
+    let heat = Tensor::from_vec(v, (2, 3, 10, 10), &candle_core::Device::Cpu).unwrap();
+    let out = emulate(
+        driver,
+        "mustard_peak_chunks_f32",
+        &[&heat],
+        &[2, 300, 2, 10, 10, 1],
+        2 * 2 * 257,
+    );
+    let maxima = values(&out[2 * 2 * 256..], DType::F32);
+    assert_eq!(maxima[..3], [0.25, 0.25, 0.25]);
+    assert!(maxima[3].is_nan(), "{maxima:?}");
+}

@@ -11,6 +11,7 @@
 
 #include "../batch_norm.cu"
 #include "../max_pool.cu"
+#include "../peaks.cu"
 
 #include <cstdio>
 #include <cstdlib>
@@ -156,6 +157,23 @@ int main(int argc, char** argv) {
     if (kernel == "mustard_max_pool_f64" || kernel == "mustard_max_pool_bwd_f64") {
         return max_pool<double>(kernel.find("bwd") != std::string::npos, mustard_max_pool_f64,
                                 mustard_max_pool_bwd_f64, out_path, len, inputs, ints);
+    }
+    if (kernel == "mustard_peak_chunks_f32") {
+        // Inputs: the heat map; integers: images, n, chunks, h, w, radius (−1: none).
+        if (inputs.size() != 1 || ints.size() != 6) {
+            std::fprintf(stderr, "%s: expected 1 input and 6 integers\n", kernel.c_str());
+            return 2;
+        }
+        auto heat = read_file<float>(inputs[0]);
+        std::vector<float> out(len);
+        long long images = ints[0], n = ints[1];
+        int chunks = (int)ints[2];
+        emulate_launch((unsigned)(images * chunks), 256, true, [&] {
+            mustard_peak_chunks_f32(heat.data(), out.data(), n, chunks, images, (int)ints[3], (int)ints[4],
+                                    (int)ints[5]);
+        });
+        write_file(out_path, out);
+        return 0;
     }
     bool bn = kernel.rfind("mustard_bn_", 0) == 0 || kernel.rfind("bn_backward_", 0) == 0;
     if (bn && kernel.size() > 4 && kernel.compare(kernel.size() - 4, 4, "_f32") == 0) {

@@ -1,6 +1,7 @@
 //! mustard's own CUDA kernels (`cuda/*.cu`, compiled to PTX by `build.rs` with the `cuda`
 //! feature), launched from the `cuda_fwd` of the custom ops: max-pooling and training
-//! BatchNorm, forward and backward. Each computes what the op's CPU kernel computes, in the
+//! BatchNorm, forward and backward, and the heatmap peaks of the device top-K
+//! (`heatmap::select_on_device`). Each computes what the op's CPU kernel computes, in the
 //! same order where it can (BatchNorm's per-channel sums are block reductions in double);
 //! `tests/cuda.rs` compares them on a GPU, `tests/cuda_emulated.rs` runs their source on the
 //! CPU (`cuda/emulate`).
@@ -282,4 +283,56 @@ pub(crate) fn batch_norm_backward(
             "mustard.batch_norm_train_backward (CUDA): only f32 and f64 are supported"
         ),
     }
+}
+
+/// The heatmap-peaks module (`cuda/peaks.cu`).
+const PEAKS: (&str, &str) = (
+    "mustard_peaks",
+    include_str!(concat!(env!("OUT_DIR"), "/peaks.ptx")),
+);
+
+/// Suppression (a `(2r + 1)²` window, none for `radius: None`) and the maximum of every chunk of
+/// 256 values of each of `images` maps of `n` values (`h`×`w` planes), f32: the chunk table,
+/// then the maxima, in one buffer of `images·chunks·257` values.
+pub(crate) fn peak_chunks(
+    (x, xl): (&CudaStorage, &Layout),
+    (images, n, h, w): (usize, usize, usize, usize),
+    radius: Option<usize>,
+    chunks: usize,
+) -> candle_core::Result<CudaStorage> {
+    check_inputs("mustard.peak_chunks", &[(xl, images * n)])?;
+    if chunks * 256 < n {
+        candle_core::bail!("mustard.peak_chunks (CUDA): {chunks} chunks cannot hold {n} values");
+    }
+    let blocks = u32::try_from(images * chunks)
+        .map_err(|_| candle_core::Error::Msg("too many chunks for one launch".into()))?;
+    let dev = x.device();
+    let xs = match &x.slice {
+        CudaStorageSlice::F32(s) => s.slice(xl.start_offset()..),
+        _ => candle_core::bail!("mustard.peak_chunks (CUDA): only f32 is supported"),
+    };
+    let func = dev.get_or_load_custom_func("mustard_peak_chunks_f32", PEAKS.0, PEAKS.1)?;
+    // SAFETY: every block writes its 256 table cells and its maximum.
+    let mut out = unsafe { dev.alloc::<f32>(images * chunks * 257)? };
+    let (n64, chunks32, images64, h32, w32) =
+        (n as i64, chunks as i32, images as i64, h as i32, w as i32);
+    let radius32 = radius.map_or(-1, |r| r as i32);
+    let mut b = func.builder();
+    b.arg(&xs)
+        .arg(&mut out)
+        .arg(&n64)
+        .arg(&chunks32)
+        .arg(&images64);
+    b.arg(&h32).arg(&w32).arg(&radius32);
+    // SAFETY: the signature of mustard_peak_chunks_f32 (two pointers, long long, int, long long,
+    // int, int, int); the input holds images·n values and the output images·chunks·257.
+    unsafe {
+        b.launch(LaunchConfig {
+            grid_dim: (blocks.max(1), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+    .w()?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }

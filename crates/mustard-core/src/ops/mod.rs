@@ -13,7 +13,7 @@
 mod batchnorm;
 pub mod conv;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub(crate) mod cuda;
 pub(crate) mod loss;
 mod maxpool;
 mod relu;
