@@ -12,7 +12,8 @@ __device__ inline double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 __device__ inline float add_rn(float a, float b) { return __fadd_rn(a, b); }
 __device__ inline double add_rn(double a, double b) { return __dadd_rn(a, b); }
 
-// The sum of every thread's `v` in the block, in thread 0's return value (others: undefined).
+// The sum of every thread's `v` in the block, returned to every thread (the variance pass
+// needs the mean in all of them).
 __device__ double block_sum(double v, double* shared) {
     int t = threadIdx.x;
     shared[t] = v;

@@ -4,7 +4,8 @@
 // the borders; suppressed values become +0, as in `heatmap::nms`), writes the kept value to its
 // row of the chunk table (−∞ past the end of the map), and the block writes the chunk's maximum
 // (a NaN anywhere in the chunk wins, so that the host sees it). Equal to suppression by
-// max-pooling followed by a maximum per chunk, in one pass.
+// max-pooling followed by a maximum per chunk, in one pass, except that a NaN is kept (`nms`
+// turns it into 0): on purpose, the host then reports it as the CPU scan does.
 
 #define CHUNK 256
 

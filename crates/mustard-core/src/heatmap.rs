@@ -198,6 +198,9 @@ fn select(heat: &Tensor, k: usize, nms_radius: Option<usize>) -> Result<Vec<TopK
             shape: heat.shape().clone(),
         });
     }
+    if heat.dim(0)? == 0 {
+        return Ok(Vec::new());
+    }
     if crate::ops::cpu_kernels(heat) {
         select_on_host(heat, k, nms_radius)
     } else {
@@ -229,9 +232,14 @@ fn select_on_host(heat: &Tensor, k: usize, nms_radius: Option<usize>) -> Result<
                     });
                 }
                 let mut cand = Candidate { score, index };
-                // Suppression only lowers a score, so a value that cannot enter as it is cannot
-                // enter suppressed either.
-                if !best.admits(&cand) {
+                // Suppression sets a score to +0: it lowers a score above +0 and raises one below
+                // (−0 included). So a value enters neither way when the higher of the two
+                // cannot enter.
+                let reachable = match nms_radius {
+                    Some(_) if score.total_cmp(&0.0).is_lt() => Candidate { score: 0.0, index },
+                    _ => cand,
+                };
+                if !best.admits(&reachable) {
                     continue;
                 }
                 if let Some(r) = nms_radius {
@@ -318,7 +326,6 @@ impl candle_core::CustomOp1 for PeakChunks {
         candle_core::bail!("mustard.peak_chunks runs on CUDA only; the CPU scans the map")
     }
 
-    #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
         s: &candle_core::CudaStorage,
@@ -336,8 +343,9 @@ impl candle_core::CustomOp1 for PeakChunks {
 /// largest chunk maximum `m` follow. Exact: at least K values are `>= m` (one per such chunk),
 /// so every value of the top-K is `>= m` and sits in a chunk that follows. The host then ranks
 /// those values as [`select_on_host`] ranks the whole map, so the result is the same, ties
-/// included. For an 80-class 128x128 map and K = 100 that is 20 KiB of maxima and at most
-/// 100 KiB of values (usually) instead of 5 MiB. On CUDA one kernel (`cuda/peaks.cu`) does the
+/// included. For an 80-class 128x128 map and K = 100 that is 20 KiB of maxima and usually
+/// about K chunks, 100 KiB, instead of 5 MiB (at least K chunks follow, and every chunk whose
+/// maximum ties the bar: a map with fewer than K peaks above 0 sends most of its chunks). On CUDA one kernel (`cuda/peaks.cu`) does the
 /// suppression and the chunk maxima; elsewhere composed candle ops do.
 pub(crate) fn select_on_device(
     heat: &Tensor,
@@ -641,6 +649,30 @@ mod tests {
             topk(&nms(&heat, 3).unwrap(), 50).unwrap(),
             select_on_device(&heat, 50, Some(1)).unwrap()
         );
+    }
+
+    #[test]
+    fn a_suppressed_negative_value_counts_as_zero_in_every_path() {
+        // −2 is not a local maximum, so suppression raises it to +0, above −1.
+        let heat = Tensor::new(&[[[[-1f32, -2.0]]]], &Device::Cpu).unwrap();
+        let expected = TopK {
+            scores: vec![0.0],
+            classes: vec![0],
+            ys: vec![0],
+            xs: vec![1],
+        };
+        assert_eq!(topk_peaks(&heat, 3, 1).unwrap()[0], expected);
+        assert_eq!(topk(&nms(&heat, 3).unwrap(), 1).unwrap()[0], expected);
+        assert_eq!(select_on_device(&heat, 1, Some(1)).unwrap()[0], expected);
+        // −0 next to a positive value: suppressed to +0, which ranks above −0.
+        let heat = Tensor::new(&[[[[0.5f32, -0.0, -0.0]]]], &Device::Cpu).unwrap();
+        let host = topk_peaks(&heat, 3, 3).unwrap();
+        assert_eq!(host, topk(&nms(&heat, 3).unwrap(), 3).unwrap());
+        assert_eq!(host[0].scores[1].to_bits(), 0f32.to_bits());
+        assert_eq!(host, select_on_device(&heat, 3, Some(1)).unwrap());
+        // No image: no peaks.
+        let none = Tensor::zeros((0, 2, 3, 3), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(topk_peaks(&none, 3, 4).unwrap(), Vec::<TopK>::new());
     }
 
     #[test]

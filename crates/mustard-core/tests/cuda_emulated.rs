@@ -29,20 +29,30 @@ fn driver() -> Option<&'static Path> {
             let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mustard-cuda-emulated");
             let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda/emulate/driver.cpp");
             let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-            let result = Command::new(&cxx)
-                .args([
-                    "-std=c++20",
-                    "-O1",
-                    "-pthread",
-                    "-Wall",
-                    "-Werror",
-                    "-x",
-                    "c++",
-                ])
-                .arg(&source)
-                .arg("-o")
-                .arg(&out)
-                .output();
+            let compile = |extra: &[&str]| {
+                Command::new(&cxx)
+                    .args([
+                        "-std=c++20",
+                        "-O1",
+                        "-pthread",
+                        "-Wall",
+                        "-Werror",
+                        "-x",
+                        "c++",
+                    ])
+                    .args(extra)
+                    .arg(&source)
+                    .arg("-o")
+                    .arg(&out)
+                    .output()
+            };
+            // Out-of-bounds accesses and undefined behaviour fail the run where the compiler
+            // has the sanitizers; without them, the plain build still checks every value.
+            let sanitized = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"];
+            let result = match compile(&sanitized) {
+                Ok(o) if o.status.success() => Ok(o),
+                _ => compile(&[]),
+            };
             match result {
                 Ok(o) if o.status.success() => Some(out),
                 Ok(o) => panic!(

@@ -141,11 +141,12 @@ pub(crate) fn values_at(t: &Tensor, positions: &[Vec<u32>]) -> Result<Vec<Vec<Ve
     let (b, c, _, _) = t.dims4()?;
     let k = positions.first().map_or(0, Vec::len);
     if positions.len() != b || positions.iter().any(|p| p.len() != k) {
-        return Err(Error::UnexpectedShape {
-            op: "values_at",
-            name: "positions",
-            shape: t.shape().clone(),
-            expected: format!("{b} lists of {k} positions, one per image"),
+        let lengths: Vec<usize> = positions.iter().map(Vec::len).collect();
+        return Err(Error::InvalidConfig {
+            what: "values_at",
+            reason: format!(
+                "positions of lengths {lengths:?} for {b} images: one list of {k} per image"
+            ),
         });
     }
     if k == 0 {

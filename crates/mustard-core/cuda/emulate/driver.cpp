@@ -43,6 +43,15 @@ static void write_file(const char* path, const std::vector<T>& v) {
     std::fclose(f);
 }
 
+// An output buffer whose every byte is 0xFF (a NaN in f32 and f64), as uninitialised device
+// memory could be: a cell the kernel fails to write shows up in the comparison.
+template <class T>
+static std::vector<T> unwritten(size_t len) {
+    std::vector<T> v(len);
+    std::memset(static_cast<void*>(v.data()), 0xFF, len * sizeof(T));
+    return v;
+}
+
 static unsigned blocks_for(long long len) { return (unsigned)std::max(1LL, (len + 255) / 256); }
 
 template <class T>
@@ -57,7 +66,8 @@ static int max_pool(bool backward, void (*fwd)(const T*, T*, long long, int, int
     long long planes = ints[0];
     int d[7];
     for (int i = 0; i < 7; ++i) d[i] = (int)ints[i + 1];
-    std::vector<T> x = read_file<T>(inputs[0]), out(len);
+    std::vector<T> x = read_file<T>(inputs[0]);
+    std::vector<T> out = unwritten<T>(len);
     if (backward) {
         std::vector<T> g = read_file<T>(inputs[1]);
         emulate_launch(blocks_for(len), 256, false, [&] {
@@ -85,7 +95,7 @@ static int batch_norm(const std::string& kernel, const char* out_path, long long
         return read_file<double>(name.c_str() + 4);
     };
     constexpr bool f32 = std::is_same_v<T, float>;
-    std::vector<T> out(len);
+    std::vector<T> out = unwritten<T>(len);
     if (kernel.rfind("mustard_bn_stats_", 0) == 0) {
         auto x = t_in(0);
         int n = (int)ints.at(0), c = (int)ints.at(1);
@@ -109,7 +119,7 @@ static int batch_norm(const std::string& kernel, const char* out_path, long long
         auto mean = d_in(2), inv_std = d_in(3), gamma = d_in(4);
         int n = (int)ints.at(0), c = (int)ints.at(1);
         long long hw = ints.at(2), count = (long long)n * hw, elems = count * c;
-        std::vector<double> sums(2 * (size_t)c);
+        std::vector<double> sums = unwritten<double>(2 * (size_t)c);
         emulate_launch(c, 256, true, [&] {
             using F = void (*)(const T*, const T*, const double*, const double*, T*, double*, int, int, long long);
             (f32 ? (F)mustard_bn_grad_sums_f32 : (F)mustard_bn_grad_sums_f64)(
@@ -165,7 +175,7 @@ int main(int argc, char** argv) {
             return 2;
         }
         auto heat = read_file<float>(inputs[0]);
-        std::vector<float> out(len);
+        std::vector<float> out = unwritten<float>(len);
         long long images = ints[0], n = ints[1];
         int chunks = (int)ints[2];
         emulate_launch((unsigned)(images * chunks), 256, true, [&] {

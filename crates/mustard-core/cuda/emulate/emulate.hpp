@@ -71,5 +71,6 @@ void emulate_launch(unsigned grid, unsigned block, bool threads, F kernel) {
             });
         }
         for (auto& th : pool) th.join();
+        emulate_barrier = nullptr;
     }
 }

@@ -19,6 +19,12 @@ const MAX_POOL: (&str, &str) = (
     include_str!(concat!(env!("OUT_DIR"), "/max_pool.ptx")),
 );
 
+/// `v` as a kernel's `int` argument, or an error naming `what`.
+fn int(v: usize, what: &str) -> candle_core::Result<i32> {
+    i32::try_from(v)
+        .map_err(|_| candle_core::Error::Msg(format!("{what} = {v} is too large for a CUDA int")))
+}
+
 /// One thread per element, in blocks of 256 (the kernels declare `__launch_bounds__(256)`).
 fn launch_config(len: usize) -> candle_core::Result<LaunchConfig> {
     const THREADS: u32 = 256;
@@ -54,7 +60,15 @@ pub(crate) fn max_pool(
     } else {
         planes * oh * ow
     };
-    let dims = [h, w, oh, ow, cfg.kernel, cfg.stride, cfg.padding].map(|v| v as i32);
+    let dims = [
+        int(h, "height")?,
+        int(w, "width")?,
+        int(oh, "output height")?,
+        int(ow, "output width")?,
+        int(cfg.kernel, "kernel")?,
+        int(cfg.stride, "stride")?,
+        int(cfg.padding, "padding")?,
+    ];
     let planes = planes as i64;
     macro_rules! launch {
         ($t:ty, $suffix:literal) => {{
@@ -136,7 +150,7 @@ pub(crate) fn batch_norm_stats(
 ) -> candle_core::Result<CudaStorage> {
     check_inputs("mustard.batch_stats", &[(xl, n * c * hw)])?;
     let dev = x.device();
-    let (n32, c32, hw64) = (n as i32, c as i32, hw as i64);
+    let (n32, c32, hw64) = (int(n, "batch")?, int(c, "channels")?, hw as i64);
     macro_rules! launch {
         ($t:ty, $name:literal) => {{
             let xs = x.as_cuda_slice::<$t>()?.slice(xl.start_offset()..);
@@ -173,7 +187,7 @@ pub(crate) fn batch_norm_normalize(
     }
     let dev = x.device();
     let (mean, inv_std) = (dev.clone_htod(mean)?, dev.clone_htod(inv_std)?);
-    let (len64, c32, hw64) = (len as i64, c as i32, hw as i64);
+    let (len64, c32, hw64) = (len as i64, int(c, "channels")?, hw as i64);
     macro_rules! launch {
         ($t:ty, $name:literal) => {{
             let xs = x.as_cuda_slice::<$t>()?.slice(xl.start_offset()..);
@@ -229,8 +243,8 @@ pub(crate) fn batch_norm_backward(
     );
     // SAFETY: the first kernel writes both halves of every channel's sums.
     let mut sums = unsafe { dev.alloc::<f64>(2 * c)? };
-    let (n32, c32, hw64, len64, count64) =
-        (n as i32, c as i32, hw as i64, len as i64, (n * hw) as i64);
+    let (n32, c32) = (int(n, "batch")?, int(c, "channels")?);
+    let (hw64, len64, count64) = (hw as i64, len as i64, (n * hw) as i64);
     macro_rules! launch {
         ($t:ty, $sums:literal, $input:literal) => {{
             let xs = x.as_cuda_slice::<$t>()?.slice(xl.start_offset()..);
@@ -304,9 +318,18 @@ pub(crate) fn peak_chunks(
     if chunks * 256 < n {
         candle_core::bail!("mustard.peak_chunks (CUDA): {chunks} chunks cannot hold {n} values");
     }
+    // A grid holds at most 2³¹ − 1 blocks.
     let blocks = u32::try_from(images * chunks)
-        .map_err(|_| candle_core::Error::Msg("too many chunks for one launch".into()))?;
+        .ok()
+        .filter(|&b| b < 1 << 31)
+        .ok_or_else(|| candle_core::Error::Msg("too many chunks for one launch".into()))?;
     let dev = x.device();
+    if blocks == 0 {
+        return Ok(CudaStorage::wrap_cuda_slice(
+            dev.alloc_zeros::<f32>(0)?,
+            dev.clone(),
+        ));
+    }
     let xs = match &x.slice {
         CudaStorageSlice::F32(s) => s.slice(xl.start_offset()..),
         _ => candle_core::bail!("mustard.peak_chunks (CUDA): only f32 is supported"),
@@ -314,9 +337,9 @@ pub(crate) fn peak_chunks(
     let func = dev.get_or_load_custom_func("mustard_peak_chunks_f32", PEAKS.0, PEAKS.1)?;
     // SAFETY: every block writes its 256 table cells and its maximum.
     let mut out = unsafe { dev.alloc::<f32>(images * chunks * 257)? };
-    let (n64, chunks32, images64, h32, w32) =
-        (n as i64, chunks as i32, images as i64, h as i32, w as i32);
-    let radius32 = radius.map_or(-1, |r| r as i32);
+    let (n64, images64) = (n as i64, images as i64);
+    let (chunks32, h32, w32) = (int(chunks, "chunks")?, int(h, "height")?, int(w, "width")?);
+    let radius32 = radius.map_or(Ok(-1), |r| int(r, "radius"))?;
     let mut b = func.builder();
     b.arg(&xs)
         .arg(&mut out)
@@ -328,7 +351,7 @@ pub(crate) fn peak_chunks(
     // int, int, int); the input holds images·n values and the output images·chunks·257.
     unsafe {
         b.launch(LaunchConfig {
-            grid_dim: (blocks.max(1), 1, 1),
+            grid_dim: (blocks, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         })

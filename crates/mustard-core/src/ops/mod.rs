@@ -38,10 +38,10 @@ use crate::{Error, Result};
 static PORTABLE: AtomicBool = AtomicBool::new(false);
 
 /// Which implementation the custom ops run: a numerics setting saved in a run's config.
-/// `Fast` runs mustard's own kernels where an op has one for the device (every op on the CPU;
-/// max-pooling and training BatchNorm on CUDA) and the composition of candle ops elsewhere. `Portable` takes that
-/// composition on every device, so that the path a GPU takes is tested and compared with the
-/// fast one on any machine.
+/// `Fast` runs mustard's own kernels where an op has one for the device (every op and the
+/// decoding top-K on the CPU; max-pooling, training BatchNorm and the top-K's peaks on CUDA) and
+/// the composition of candle ops elsewhere. `Portable` takes that composition on every device,
+/// so that the path a GPU takes is tested and compared with the fast one on any machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kernels {
