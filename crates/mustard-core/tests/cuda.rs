@@ -56,16 +56,7 @@ fn max_pool_on_cuda_breaks_ties_as_the_cpu_kernel_does() {
     let Some(device) = cuda() else {
         return;
     };
-    // Values on a grid of 0.5 (many equal maxima in a window) and ReLU-like zeros.
-    let x = parity::input(&[2, 3, 11, 9], 7, DType::F32)
-        .affine(2.0, 0.0)
-        .unwrap()
-        .round()
-        .unwrap()
-        .affine(0.5, 0.0)
-        .unwrap()
-        .relu()
-        .unwrap();
+    let x = parity::ties(&[2, 3, 11, 9], 7, DType::F32);
     for (kernel, stride, padding) in [(3, 2, 1), (2, 2, 0), (3, 1, 1)] {
         let config = MaxPool2dConfig {
             kernel,
@@ -113,6 +104,18 @@ fn heatmap_peaks_on_cuda_equal_the_cpu_scan() {
             assert_eq!(
                 topk(&on_gpu, k).unwrap(),
                 topk(&heat, k).unwrap(),
+                "{shape:?}, k {k}"
+            );
+        }
+    }
+    // Negative values, both zeros and −∞.
+    for (i, shape) in [(2, 3, 9, 7), (2, 5, 17, 13)].into_iter().enumerate() {
+        let heat = parity::awkward_map(shape, 40 + i as u64);
+        let on_gpu = heat.to_device(&device).unwrap();
+        for k in [1, 50, shape.1 * shape.2 * shape.3] {
+            assert_eq!(
+                topk_peaks(&on_gpu, 3, k).unwrap(),
+                topk_peaks(&heat, 3, k).unwrap(),
                 "{shape:?}, k {k}"
             );
         }

@@ -237,16 +237,7 @@ fn emulated_max_pool_kernels_equal_the_cpu_kernel_bit_for_bit() {
     };
     for dtype in [DType::F32, DType::F64] {
         let x = parity::input(&[2, 3, 9, 10], 1, dtype);
-        // Values on a grid of 0.5 (many equal maxima in a window) and ReLU-like zeros.
-        let ties = parity::input(&[2, 3, 11, 9], 7, dtype)
-            .affine(2.0, 0.0)
-            .unwrap()
-            .round()
-            .unwrap()
-            .affine(0.5, 0.0)
-            .unwrap()
-            .relu()
-            .unwrap();
+        let ties = parity::ties(&[2, 3, 11, 9], 7, dtype);
         for (kernel, stride, padding) in [(3, 2, 1), (2, 2, 0), (3, 1, 1), (5, 3, 2), (1, 1, 0)] {
             let config = MaxPool2dConfig {
                 kernel,
@@ -405,26 +396,6 @@ fn emulated_batch_norm_kernels_agree_with_the_cpu_kernel() {
     }
 }
 
-/// Heatmap values with ties, negatives, both zeros and −∞.
-fn awkward_map(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
-    let mut s = seed;
-    let n = shape.0 * shape.1 * shape.2 * shape.3;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            match (s >> 33) % 40 {
-                0 => -0.0,
-                1 => 0.0,
-                2 => f32::NEG_INFINITY,
-                r => (r as f32 - 12.0) / 8.0,
-            }
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()
-}
-
 /// The heatmap-peaks kernel, emulated, against suppression by `heatmap::nms` (max-pooling)
 /// and a maximum per chunk of 256: the chunk table bit for bit, the maxima as values.
 fn peak_chunks_case(driver: &Path, heat: &Tensor, radius: Option<usize>) {
@@ -486,7 +457,7 @@ fn emulated_peak_kernel_equals_suppression_then_chunk_maxima() {
         .into_iter()
         .enumerate()
     {
-        let heat = awkward_map(shape, 21 + i as u64);
+        let heat = parity::awkward_map(shape, 21 + i as u64);
         for radius in [None, Some(1), Some(2)] {
             peak_chunks_case(driver, &heat, radius);
         }

@@ -37,6 +37,39 @@ pub fn input(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
         .unwrap()
 }
 
+/// Values on a grid of 0.5 with ReLU-like zeros: many equal maxima in a pooling window.
+pub fn ties(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    input(shape, seed, dtype)
+        .affine(2.0, 0.0)
+        .unwrap()
+        .round()
+        .unwrap()
+        .affine(0.5, 0.0)
+        .unwrap()
+        .relu()
+        .unwrap()
+}
+
+/// f32 heatmap values with ties, negatives, both zeros and −∞ (what a top-K must rank).
+pub fn awkward_map(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
+    let mut s = seed;
+    let n = shape.0 * shape.1 * shape.2 * shape.3;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            match (s >> 33) % 40 {
+                0 => -0.0,
+                1 => 0.0,
+                2 => f32::NEG_INFINITY,
+                r => (r as f32 - 12.0) / 8.0,
+            }
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
 /// Runs `op` on `inputs` (as variables on the run's device) and returns the output and the
 /// gradients of `sum(output · probe)` with respect to every input, as f64 on the CPU.
 fn run(
