@@ -71,11 +71,23 @@ pub fn batch_norm_train(
     let x = x.contiguous()?;
     // Row 0: means, row 1: biased variances.
     let stats = x.apply_op1_no_bwd(&ChannelStats)?;
-    let moments = stats.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
-    let inv_std: Vec<f64> = moments[1].iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    let op = BatchNormTrain {
-        mean: moments[0].clone(),
-        inv_std,
+    let moments = stats.to_dtype(candle_core::DType::F64)?;
+    let op = if super::cuda_kernels(&x) {
+        // On CUDA the moments stay on the device, `[mean; 1/√(var + eps)]` in f64 (the same
+        // IEEE operations as below): no copy to the host and back in every layer.
+        let inv_std = moments.get(1)?.affine(1.0, eps)?.sqrt()?.recip()?;
+        BatchNormTrain {
+            mean: Vec::new(),
+            inv_std: Vec::new(),
+            on_device: Some(Tensor::cat(&[&moments.get(0)?, &inv_std], 0)?.contiguous()?),
+        }
+    } else {
+        let moments = moments.to_vec2::<f64>()?;
+        BatchNormTrain {
+            mean: moments[0].clone(),
+            inv_std: moments[1].iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
+            on_device: None,
+        }
     };
     let gamma = gamma.to_dtype(x.dtype())?.contiguous()?;
     let beta = beta.to_dtype(x.dtype())?.contiguous()?;
@@ -164,6 +176,9 @@ impl CustomOp1 for ChannelStats {
 struct BatchNormTrain {
     mean: Vec<f64>,
     inv_std: Vec<f64>,
+    /// On CUDA: `(2·C,)` f64, the means then the inverse deviations, on the device (the host
+    /// vectors are then empty).
+    on_device: Option<Tensor>,
 }
 
 impl BatchNormTrain {
@@ -245,11 +260,18 @@ impl CustomOp3 for BatchNormTrain {
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
+        let moments = self.on_device.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg(format!("{}: no statistics on the device", self.name()))
+        })?;
+        let (storage, ml) = moments.storage_and_layout();
+        let candle_core::Storage::Cuda(ms) = &*storage else {
+            candle_core::bail!("{}: statistics on another device", self.name())
+        };
         let y = super::cuda::batch_norm_normalize(
             (s1, l1),
             (s2, l2),
             (s3, l3),
-            (&self.mean, &self.inv_std),
+            (ms, ml),
             (n, c, h * w),
         )?;
         Ok((y, l1.shape().clone()))
@@ -269,7 +291,18 @@ impl CustomOp3 for BatchNormTrain {
             &BatchNormTrainBackward {
                 mean: self.mean.clone(),
                 inv_std: self.inv_std.clone(),
-                gamma: gamma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?,
+                gamma: if self.on_device.is_some() {
+                    Vec::new()
+                } else {
+                    gamma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?
+                },
+                on_device: match &self.on_device {
+                    Some(m) => Some((
+                        m.clone(),
+                        gamma.to_dtype(candle_core::DType::F64)?.contiguous()?,
+                    )),
+                    None => None,
+                },
             },
         )?;
         let len = n * c * h * w;
@@ -285,6 +318,10 @@ struct BatchNormTrainBackward {
     mean: Vec<f64>,
     inv_std: Vec<f64>,
     gamma: Vec<f64>,
+    /// On CUDA: the forward's device moments and γ in f64, on the device (the host vectors are
+    /// then empty).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    on_device: Option<(Tensor, Tensor)>,
 }
 
 impl BatchNormTrainBackward {
@@ -373,10 +410,18 @@ impl CustomOp2 for BatchNormTrainBackward {
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
+        let (moments, gamma) = self.on_device.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg(format!("{}: no statistics on the device", self.name()))
+        })?;
+        let (ms, ml) = moments.storage_and_layout();
+        let (gs, gl) = gamma.storage_and_layout();
+        let (candle_core::Storage::Cuda(ms), candle_core::Storage::Cuda(gs)) = (&*ms, &*gs) else {
+            candle_core::bail!("{}: statistics on another device", self.name())
+        };
         let packed = super::cuda::batch_norm_backward(
             (s1, l1),
             (s2, l2),
-            (&self.mean, &self.inv_std, &self.gamma),
+            ((ms, ml), (gs, gl)),
             (n, c, h * w),
         )?;
         Ok((packed, Shape::from(n * c * h * w + 2 * c)))

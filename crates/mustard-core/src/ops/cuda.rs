@@ -7,7 +7,7 @@
 //! CPU (`cuda/emulate`).
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CudaStorage, Layout};
 
@@ -172,21 +172,30 @@ pub(crate) fn batch_norm_stats(
     }
 }
 
-/// `x · (γ·inv_std) + (β − mean·γ·inv_std)` per channel, the statistics given in double.
+/// The means and inverse deviations of `c` channels, `(2·c,)` f64 on the device.
+fn moments_of<'a>(
+    op: &str,
+    (m, ml): (&'a CudaStorage, &Layout),
+    c: usize,
+) -> candle_core::Result<(CudaView<'a, f64>, CudaView<'a, f64>)> {
+    check_inputs(op, &[(ml, 2 * c)])?;
+    let all = m.as_cuda_slice::<f64>()?.slice(ml.start_offset()..);
+    Ok((all.slice(0..c), all.slice(c..2 * c)))
+}
+
+/// `x · (γ·inv_std) + (β − mean·γ·inv_std)` per channel, the statistics given on the device as
+/// `(2·C,)` f64 (means, then inverse deviations).
 pub(crate) fn batch_norm_normalize(
     (x, xl): (&CudaStorage, &Layout),
     (gamma, gl): (&CudaStorage, &Layout),
     (beta, bl): (&CudaStorage, &Layout),
-    (mean, inv_std): (&[f64], &[f64]),
+    moments: (&CudaStorage, &Layout),
     (n, c, hw): (usize, usize, usize),
 ) -> candle_core::Result<CudaStorage> {
     let len = n * c * hw;
     check_inputs("mustard.batch_norm_train", &[(xl, len), (gl, c), (bl, c)])?;
-    if mean.len() != c || inv_std.len() != c {
-        candle_core::bail!("mustard.batch_norm_train (CUDA): statistics for {c} channels expected");
-    }
     let dev = x.device();
-    let (mean, inv_std) = (dev.clone_htod(mean)?, dev.clone_htod(inv_std)?);
+    let (mean, inv_std) = moments_of("mustard.batch_norm_train", moments, c)?;
     let (len64, c32, hw64) = (len as i64, int(c, "channels")?, hw as i64);
     macro_rules! launch {
         ($t:ty, $name:literal) => {{
@@ -222,25 +231,15 @@ pub(crate) fn batch_norm_normalize(
 pub(crate) fn batch_norm_backward(
     (x, xl): (&CudaStorage, &Layout),
     (dy, dyl): (&CudaStorage, &Layout),
-    (mean, inv_std, gamma): (&[f64], &[f64], &[f64]),
+    (moments, (gamma, gl)): ((&CudaStorage, &Layout), (&CudaStorage, &Layout)),
     (n, c, hw): (usize, usize, usize),
 ) -> candle_core::Result<CudaStorage> {
     let len = n * c * hw;
-    check_inputs(
-        "mustard.batch_norm_train_backward",
-        &[(xl, len), (dyl, len)],
-    )?;
-    if mean.len() != c || inv_std.len() != c || gamma.len() != c {
-        candle_core::bail!(
-            "mustard.batch_norm_train_backward (CUDA): statistics for {c} channels expected"
-        );
-    }
+    let op = "mustard.batch_norm_train_backward";
+    check_inputs(op, &[(xl, len), (dyl, len), (gl, c)])?;
     let dev = x.device();
-    let (mean, inv_std, gamma) = (
-        dev.clone_htod(mean)?,
-        dev.clone_htod(inv_std)?,
-        dev.clone_htod(gamma)?,
-    );
+    let (mean, inv_std) = moments_of(op, moments, c)?;
+    let gamma = gamma.as_cuda_slice::<f64>()?.slice(gl.start_offset()..);
     // SAFETY: the first kernel writes both halves of every channel's sums.
     let mut sums = unsafe { dev.alloc::<f64>(2 * c)? };
     let (n32, c32) = (int(n, "batch")?, int(c, "channels")?);
