@@ -260,14 +260,20 @@ pub fn format_tick(v: f64) -> String {
         "0".into()
     } else if !(1e-3..1e5).contains(&a) {
         format!("{v:.0e}")
-    } else if a >= 100.0 || (v.fract() == 0.0 && a >= 1.0) {
+    } else if a >= 100.0 {
         format!("{v:.0}")
-    } else if a >= 1.0 {
-        format!("{v:.1}")
-    } else if a >= 0.1 {
-        format!("{v:.2}")
     } else {
-        format!("{v:.3}")
+        // Without trailing zeros, so that one axis reads 0, 0.25, 0.5, 0.75, 1 rather than
+        // mixing "1" with "0.50".
+        let decimals = if a >= 1.0 {
+            1
+        } else if a >= 0.1 {
+            2
+        } else {
+            3
+        };
+        let text = format!("{v:.decimals$}");
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 
@@ -710,7 +716,13 @@ mod tests {
         spike[5].1 = 12.0;
         let s = smooth(&spike);
         assert!(s[5].1 < 12.0 && s[5].1 > 2.0, "{s:?}");
-        assert_eq!(format_tick(0.5), "0.50");
+        assert_eq!(format_tick(0.5), "0.5");
+        assert_eq!(format_tick(0.25), "0.25");
+        assert_eq!(format_tick(1.0), "1");
+        assert_eq!(format_tick(2.5), "2.5");
+        assert_eq!(format_tick(-0.04), "-0.04");
+        assert_eq!(format_tick(0.0125), "0.013");
+        assert_eq!(format_tick(250.0), "250");
         assert_eq!(format_tick(2e-4), "2e-4");
         assert_eq!(format_tick(3.0), "3");
         assert_eq!(format_value(0.0), "0");
