@@ -80,7 +80,10 @@ pub enum Error {
     },
 
     /// A GPU build could not find the libraries it loads when a device opens.
-    #[error("device `{device}` cannot be opened: {} not found; put the folders holding them on LD_LIBRARY_PATH (a PyTorch install has them under site-packages/nvidia/*/lib)", missing.join(", "))]
+    #[error(
+        "device `{device}` cannot be opened: {}",
+        missing_gpu_libraries(missing)
+    )]
     GpuLibrariesMissing {
         /// The requested device.
         device: String,
@@ -155,8 +158,58 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// What is missing, and where to look: the driver comes with the machine, the CUDA libraries
+/// with a PyTorch install (or a CUDA toolkit).
+fn missing_gpu_libraries(missing: &[&str]) -> String {
+    let (driver, libraries): (Vec<&str>, Vec<&str>) =
+        missing.iter().partition(|m| m.starts_with("libcuda "));
+    let mut parts = Vec::new();
+    if !driver.is_empty() {
+        parts.push(format!(
+            "{} not found (this machine has no NVIDIA driver, or its folder is not on the library path)",
+            driver.join(", ")
+        ));
+    }
+    if !libraries.is_empty() {
+        parts.push(format!(
+            "{} not found; put the folders holding them on LD_LIBRARY_PATH (a PyTorch install has them under site-packages/nvidia/*/lib)",
+            libraries.join(", ")
+        ));
+    }
+    parts.join("; ")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn missing_gpu_libraries_say_where_each_comes_from() {
+        let e = |missing: Vec<&'static str>| {
+            super::Error::GpuLibrariesMissing {
+                device: "cuda:0".into(),
+                missing,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            e(vec!["libcuda (the NVIDIA driver)"]),
+            "device `cuda:0` cannot be opened: libcuda (the NVIDIA driver) not found (this \
+             machine has no NVIDIA driver, or its folder is not on the library path)"
+        );
+        assert_eq!(
+            e(vec!["libcublas", "libcublasLt"]),
+            "device `cuda:0` cannot be opened: libcublas, libcublasLt not found; put the folders \
+             holding them on LD_LIBRARY_PATH (a PyTorch install has them under \
+             site-packages/nvidia/*/lib)"
+        );
+        assert_eq!(
+            e(vec!["libcuda (the NVIDIA driver)", "libcudnn"]),
+            "device `cuda:0` cannot be opened: libcuda (the NVIDIA driver) not found (this \
+             machine has no NVIDIA driver, or its folder is not on the library path); libcudnn \
+             not found; put the folders holding them on LD_LIBRARY_PATH (a PyTorch install has \
+             them under site-packages/nvidia/*/lib)"
+        );
+    }
+
     #[test]
     fn a_chain_lists_every_cause_once() {
         let e = super::Error::Io {
