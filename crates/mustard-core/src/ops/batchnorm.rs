@@ -71,23 +71,12 @@ pub fn batch_norm_train(
     let x = x.contiguous()?;
     // Row 0: means, row 1: biased variances.
     let stats = x.apply_op1_no_bwd(&ChannelStats)?;
+    // `[mean; 1/√(var + eps)]` in f64 on x's device (correctly rounded IEEE operations, the
+    // same numbers everywhere): on CUDA nothing goes to the host and back in every layer.
     let moments = stats.to_dtype(candle_core::DType::F64)?;
-    let op = if super::cuda_kernels(&x) {
-        // On CUDA the moments stay on the device, `[mean; 1/√(var + eps)]` in f64 (the same
-        // IEEE operations as below): no copy to the host and back in every layer.
-        let inv_std = moments.get(1)?.affine(1.0, eps)?.sqrt()?.recip()?;
-        BatchNormTrain {
-            mean: Vec::new(),
-            inv_std: Vec::new(),
-            on_device: Some(Tensor::cat(&[&moments.get(0)?, &inv_std], 0)?.contiguous()?),
-        }
-    } else {
-        let moments = moments.to_vec2::<f64>()?;
-        BatchNormTrain {
-            mean: moments[0].clone(),
-            inv_std: moments[1].iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
-            on_device: None,
-        }
+    let inv_std = moments.get(1)?.affine(1.0, eps)?.sqrt()?.recip()?;
+    let op = BatchNormTrain {
+        moments: Tensor::cat(&[&moments.get(0)?, &inv_std], 0)?.contiguous()?,
     };
     let gamma = gamma.to_dtype(x.dtype())?.contiguous()?;
     let beta = beta.to_dtype(x.dtype())?.contiguous()?;
@@ -174,19 +163,23 @@ impl CustomOp1 for ChannelStats {
 /// The normalisation with fixed batch statistics; its backward accounts for their dependence
 /// on `x`.
 struct BatchNormTrain {
-    mean: Vec<f64>,
-    inv_std: Vec<f64>,
-    /// On CUDA: `(2·C,)` f64, the means then the inverse deviations, on the device (the host
-    /// vectors are then empty).
-    on_device: Option<Tensor>,
+    /// `(2·C,)` f64 on the input's device: the means, then the inverse deviations.
+    moments: Tensor,
+}
+
+/// The means and inverse deviations of `moments` (`(2·C,)` f64), on the host.
+fn host_moments(moments: &Tensor) -> candle_core::Result<(Vec<f64>, Vec<f64>)> {
+    let mut mean = moments.to_vec1::<f64>()?;
+    let inv_std = mean.split_off(mean.len() / 2);
+    Ok((mean, inv_std))
 }
 
 impl BatchNormTrain {
     fn fwd<T: Real>(
-        &self,
         x: &[T],
         gamma: &[T],
         beta: &[T],
+        (mean, inv_std): (&[f64], &[f64]),
         (_, c, h, w): (usize, usize, usize, usize),
     ) -> Vec<T> {
         let hw = h * w;
@@ -196,8 +189,8 @@ impl BatchNormTrain {
             .enumerate()
             .for_each(|(p, (out, plane))| {
                 let ch = p % c;
-                let scale = gamma[ch].to_f64() * self.inv_std[ch];
-                let shift = beta[ch].to_f64() - self.mean[ch] * scale;
+                let scale = gamma[ch].to_f64() * inv_std[ch];
+                let shift = beta[ch].to_f64() - mean[ch] * scale;
                 let (scale, shift) = (T::from_f64_(scale), T::from_f64_(shift));
                 for (o, &v) in out.iter_mut().zip(plane) {
                     *o = v * scale + shift;
@@ -236,14 +229,16 @@ impl CustomOp3 for BatchNormTrain {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = l1.shape().dims4()?;
         let shape = l1.shape().clone();
+        let (mean, inv_std) = host_moments(&self.moments)?;
+        let m = (&mean[..], &inv_std[..]);
         match s1 {
             CpuStorage::F32(_) => {
                 let (x, g, b) = three::<f32>(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
-                Ok((CpuStorage::F32(self.fwd(x, g, b, dims)), shape))
+                Ok((CpuStorage::F32(Self::fwd(x, g, b, m, dims)), shape))
             }
             CpuStorage::F64(_) => {
                 let (x, g, b) = three::<f64>(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
-                Ok((CpuStorage::F64(self.fwd(x, g, b, dims)), shape))
+                Ok((CpuStorage::F64(Self::fwd(x, g, b, m, dims)), shape))
             }
             _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
         }
@@ -260,10 +255,7 @@ impl CustomOp3 for BatchNormTrain {
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
-        let moments = self.on_device.as_ref().ok_or_else(|| {
-            candle_core::Error::Msg(format!("{}: no statistics on the device", self.name()))
-        })?;
-        let (storage, ml) = moments.storage_and_layout();
+        let (storage, ml) = self.moments.storage_and_layout();
         let candle_core::Storage::Cuda(ms) = &*storage else {
             candle_core::bail!("{}: statistics on another device", self.name())
         };
@@ -289,20 +281,8 @@ impl CustomOp3 for BatchNormTrain {
         let packed = x.apply_op2_no_bwd(
             &grad.contiguous()?,
             &BatchNormTrainBackward {
-                mean: self.mean.clone(),
-                inv_std: self.inv_std.clone(),
-                gamma: if self.on_device.is_some() {
-                    Vec::new()
-                } else {
-                    gamma.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?
-                },
-                on_device: match &self.on_device {
-                    Some(m) => Some((
-                        m.clone(),
-                        gamma.to_dtype(candle_core::DType::F64)?.contiguous()?,
-                    )),
-                    None => None,
-                },
+                moments: self.moments.clone(),
+                gamma: gamma.to_dtype(candle_core::DType::F64)?.contiguous()?,
             },
         )?;
         let len = n * c * h * w;
@@ -315,20 +295,17 @@ impl CustomOp3 for BatchNormTrain {
 
 /// Packs `[dx (N·C·H·W), dγ (C), dβ (C)]`.
 struct BatchNormTrainBackward {
-    mean: Vec<f64>,
-    inv_std: Vec<f64>,
-    gamma: Vec<f64>,
-    /// On CUDA: the forward's device moments and γ in f64, on the device (the host vectors are
-    /// then empty).
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    on_device: Option<(Tensor, Tensor)>,
+    /// The forward's [`BatchNormTrain::moments`].
+    moments: Tensor,
+    /// `(C,)` γ in f64, on the same device.
+    gamma: Tensor,
 }
 
 impl BatchNormTrainBackward {
     fn bwd<T: Real>(
-        &self,
         x: &[T],
         dy: &[T],
+        (mean, inv_std, gamma): (&[f64], &[f64], &[f64]),
         (n, c, h, w): (usize, usize, usize, usize),
     ) -> Vec<T> {
         let hw = h * w;
@@ -343,7 +320,7 @@ impl BatchNormTrainBackward {
                     for (&v, &g) in x[range.clone()].iter().zip(&dy[range]) {
                         let g = g.to_f64();
                         sdy += g;
-                        sdyx += g * (v.to_f64() - self.mean[ch]) * self.inv_std[ch];
+                        sdyx += g * (v.to_f64() - mean[ch]) * inv_std[ch];
                     }
                 }
                 (sdy, sdyx)
@@ -357,8 +334,8 @@ impl BatchNormTrainBackward {
             .for_each(|(p, (d, (plane, g)))| {
                 let ch = p % c;
                 let (sdy, sdyx) = sums[ch];
-                let k = self.gamma[ch] * self.inv_std[ch];
-                let (mean, inv_std) = (self.mean[ch], self.inv_std[ch]);
+                let k = gamma[ch] * inv_std[ch];
+                let (mean, inv_std) = (mean[ch], inv_std[ch]);
                 for ((o, &v), &gv) in d.iter_mut().zip(plane).zip(g) {
                     let xhat = (v.to_f64() - mean) * inv_std;
                     *o = T::from_f64_(k * (gv.to_f64() - sdy / count - xhat * sdyx / count));
@@ -386,16 +363,19 @@ impl CustomOp2 for BatchNormTrainBackward {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = l1.shape().dims4()?;
         let len = l1.shape().elem_count() + 2 * dims.1;
+        let (mean, inv_std) = host_moments(&self.moments)?;
+        let gamma = self.gamma.to_vec1::<f64>()?;
+        let m = (&mean[..], &inv_std[..], &gamma[..]);
         match s1 {
             CpuStorage::F32(_) => {
                 let x = contiguous_slice::<f32>(self.name(), s1, l1)?;
                 let g = contiguous_slice::<f32>(self.name(), s2, l2)?;
-                Ok((CpuStorage::F32(self.bwd(x, g, dims)), Shape::from(len)))
+                Ok((CpuStorage::F32(Self::bwd(x, g, m, dims)), Shape::from(len)))
             }
             CpuStorage::F64(_) => {
                 let x = contiguous_slice::<f64>(self.name(), s1, l1)?;
                 let g = contiguous_slice::<f64>(self.name(), s2, l2)?;
-                Ok((CpuStorage::F64(self.bwd(x, g, dims)), Shape::from(len)))
+                Ok((CpuStorage::F64(Self::bwd(x, g, m, dims)), Shape::from(len)))
             }
             _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
         }
@@ -410,11 +390,8 @@ impl CustomOp2 for BatchNormTrainBackward {
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
-        let (moments, gamma) = self.on_device.as_ref().ok_or_else(|| {
-            candle_core::Error::Msg(format!("{}: no statistics on the device", self.name()))
-        })?;
-        let (ms, ml) = moments.storage_and_layout();
-        let (gs, gl) = gamma.storage_and_layout();
+        let (ms, ml) = self.moments.storage_and_layout();
+        let (gs, gl) = self.gamma.storage_and_layout();
         let (candle_core::Storage::Cuda(ms), candle_core::Storage::Cuda(gs)) = (&*ms, &*gs) else {
             candle_core::bail!("{}: statistics on another device", self.name())
         };
