@@ -45,6 +45,16 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// Training was asked of a copy made for inference.
+    #[error(
+        "this {what} is a copy made for inference (for_inference), which cannot train: train \
+         the model it was made from"
+    )]
+    InferenceOnly {
+        /// The network.
+        what: &'static str,
+    },
+
     /// A configuration value is out of range.
     #[error("{what}: {reason}")]
     InvalidConfig {

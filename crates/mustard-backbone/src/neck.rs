@@ -111,6 +111,27 @@ impl Fpn {
         })
     }
 
+    /// A copy for inference, as [`crate::ResNet::for_inference`]: every convolution's weights
+    /// copied with their transforms kept after first use, the fusion stages' BatchNorms folded.
+    pub fn for_inference(&self) -> Result<Self> {
+        let convs = |layers: &[Conv2d]| -> Result<Vec<Conv2d>> {
+            layers
+                .iter()
+                .map(Conv2d::for_inference)
+                .collect::<mustard_core::Result<_>>()
+                .map_err(Into::into)
+        };
+        let mut fuse = self.fuse.clone();
+        for conv in fuse.iter_mut().flatten().flatten() {
+            conv.prepare_inference()?;
+        }
+        Ok(Self {
+            lateral: convs(&self.lateral)?,
+            output: convs(&self.output)?,
+            fuse,
+        })
+    }
+
     /// Runs the neck.
     pub fn forward_t(&self, maps: &FeatureMaps, train: bool) -> Result<Pyramid> {
         let c = maps.levels();
@@ -232,6 +253,8 @@ pub struct DeconvConfig {
 #[derive(Debug, Clone)]
 pub struct DeconvNeck {
     stages: Vec<(ConvTranspose2d, BatchNorm2d)>,
+    /// A copy made for inference ([`DeconvNeck::for_inference`]).
+    inference: bool,
 }
 
 impl DeconvNeck {
@@ -262,7 +285,24 @@ impl DeconvNeck {
             stages.push((deconv, bn));
             in_c = w;
         }
-        Ok(Self { stages })
+        Ok(Self {
+            stages,
+            inference: false,
+        })
+    }
+
+    /// A copy for inference: every weight and BatchNorm statistic copied as it is now; it
+    /// cannot train.
+    pub fn for_inference(&self) -> Result<Self> {
+        let stages = self
+            .stages
+            .iter()
+            .map(|(deconv, bn)| Ok((deconv.for_inference()?, bn.for_inference()?)))
+            .collect::<mustard_core::Result<_>>()?;
+        Ok(Self {
+            stages,
+            inference: true,
+        })
     }
 
     /// Runs the neck on C5.
@@ -270,6 +310,9 @@ impl DeconvNeck {
     /// # Shapes
     /// `(N, C₅, h, w)` → `(N, widths.last(), h · 2ⁿ, w · 2ⁿ)`.
     pub fn forward_t(&self, c5: &Tensor, train: bool) -> Result<Tensor> {
+        if train && self.inference {
+            return Err(Error::InferenceOnly { what: "network" });
+        }
         let mut x = c5.clone();
         for (deconv, bn) in &self.stages {
             x = relu(&bn.forward_t(&deconv.forward(&x)?, train)?)?;

@@ -139,6 +139,9 @@ impl FeatureMaps {
 pub(crate) struct ConvBn {
     conv: Conv2d,
     bn: BatchNorm2d,
+    /// In a copy for inference: the BatchNorm folded into the convolution once, with its
+    /// transforms kept ([`Conv2d::for_inference`]).
+    folded: Option<Conv2d>,
 }
 
 impl ConvBn {
@@ -159,7 +162,15 @@ impl ConvBn {
         Ok(Self {
             conv: Conv2d::new(in_c, out_c, kernel, cfg, conv)?,
             bn: BatchNorm2d::new(out_c, BatchNorm2dConfig::default(), bn)?,
+            folded: None,
         })
+    }
+
+    /// Folds the BatchNorm into the convolution once, as evaluation does on every call, and
+    /// keeps the result: this layer then only evaluates.
+    pub fn prepare_inference(&mut self) -> Result<()> {
+        self.folded = Some(self.conv.fold_batchnorm(&self.bn)?.for_inference()?);
+        Ok(())
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -169,6 +180,16 @@ impl ConvBn {
     /// Convolution, BatchNorm and (with `relu`) ReLU. In evaluation the BatchNorm is folded
     /// into the convolution and the ReLU fused into its epilogue: one pass over the output.
     pub fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if let Some(folded) = &self.folded {
+            if train {
+                return Err(Error::InferenceOnly { what: "network" });
+            }
+            return Ok(if relu {
+                folded.forward_relu(x)?
+            } else {
+                folded.forward(x)?
+            });
+        }
         if !train {
             let folded = self.conv.fold_batchnorm(&self.bn)?;
             return Ok(if relu {
@@ -410,6 +431,21 @@ impl ResNet {
     /// The configuration.
     pub fn config(&self) -> &ResNetConfig {
         &self.config
+    }
+
+    /// A copy for inference: every BatchNorm folded into its convolution once (evaluation
+    /// otherwise folds on every call), the weights copied as they are now, and each
+    /// convolution's transformed weight kept after its first use ([`Conv2d::for_inference`]).
+    /// `forward_t(x, false)` gives the same maps as this network's, bit for bit;
+    /// `forward_t(x, true)` is an error. Make a new copy after the weights change.
+    pub fn for_inference(&self) -> Result<Self> {
+        let mut copy = self.clone();
+        copy.fc = self.fc.as_ref().map(Linear::for_inference).transpose()?;
+        copy.stem.prepare_inference()?;
+        for conv in copy.stages.iter_mut().flatten().flat_map(Block::all_mut) {
+            conv.prepare_inference()?;
+        }
+        Ok(copy)
     }
 
     /// Runs the network; `train` selects batch statistics in BatchNorm.

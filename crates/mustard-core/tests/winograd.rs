@@ -8,8 +8,12 @@ use std::sync::Mutex;
 
 use anyhow::Result;
 use candle_core::{DType, Tensor, Var};
+use std::sync::Arc;
+
+use mustard_core::nn::{Conv2d, Conv2dConfig};
 use mustard_core::ops::{
-    conv2d, conv2d_input_grad, conv2d_relu, conv_transpose2d, set_winograd, ConvParams,
+    conv2d, conv2d_cached, conv2d_input_grad, conv2d_relu, conv_transpose2d, set_winograd,
+    ConvParams, WeightCache,
 };
 
 mod common;
@@ -184,6 +188,66 @@ fn shapes_it_does_not_serve_run_im2col() -> Result<()> {
             0.0,
             "{cin}->{cout} {k}x{k} s{stride} d{dilation}"
         );
+    }
+    Ok(())
+}
+
+/// The bits of every value (f32 or f64 as f64).
+fn bits(t: &Tensor) -> Result<Vec<u64>> {
+    Ok(t.flatten_all()?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?
+        .iter()
+        .map(|v| v.to_bits())
+        .collect())
+}
+
+#[test]
+fn a_kept_transformed_weight_gives_the_same_convolution_bit_for_bit() -> Result<()> {
+    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    set_winograd(true);
+    for dtype in [DType::F32, DType::F64] {
+        // 64 channels at 40x36 with partial tiles: the Winograd kernel (36 · 48 · 64 values of
+        // transformed weight); and a 1x1 convolution, which keeps nothing.
+        let (cin, cout) = (64, 48);
+        let x = tensor(&[2, cin, 40, 36], 11, dtype);
+        let w = (tensor(&[cout, cin, 3, 3], 12, dtype) * 0.1)?;
+        let b = tensor(&[cout], 13, dtype);
+        let cache = Arc::new(WeightCache::new());
+        assert!(cache.is_empty());
+        for relu in [false, true] {
+            let direct = if relu {
+                conv2d_relu(&x, &w, Some(&b), pad(1))?
+            } else {
+                conv2d(&x, &w, Some(&b), pad(1))?
+            };
+            for _ in 0..2 {
+                let kept = conv2d_cached(&x, &w, Some(&b), pad(1), relu, &cache)?;
+                assert!(bits(&kept)? == bits(&direct)?, "{dtype:?}, relu {relu}");
+                assert_eq!(cache.len(), 36 * cout * cin);
+            }
+        }
+        let pointwise = (tensor(&[cout, cin, 1, 1], 14, dtype) * 0.1)?;
+        let cache = Arc::new(WeightCache::new());
+        let kept = conv2d_cached(&x, &pointwise, None, pad(0), false, &cache)?;
+        assert!(bits(&kept)? == bits(&conv2d(&x, &pointwise, None, pad(0))?)?);
+        assert!(cache.is_empty());
+
+        // The layer: its copy for inference keeps the transform after the first call and
+        // gives the layer's output.
+        let layer = Conv2d::from_tensors(
+            w.clone(),
+            Some(b.clone()),
+            Conv2dConfig {
+                padding: 1,
+                ..Default::default()
+            },
+        );
+        let copy = layer.for_inference()?;
+        assert_eq!(copy.cached_values(), 0);
+        assert!(bits(&copy.forward_relu(&x)?)? == bits(&layer.forward_relu(&x)?)?);
+        assert_eq!(copy.cached_values(), 36 * cout * cin);
+        assert_eq!(layer.cached_values(), 0);
     }
     Ok(())
 }

@@ -75,6 +75,15 @@ impl HeadBlock {
         Ok(Self { conv, out })
     }
 
+    /// A copy for inference: both convolutions' weights copied as they are now, with their
+    /// transforms kept after first use ([`Conv2d::for_inference`]); same outputs, bit for bit.
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(Self {
+            conv: self.conv.for_inference()?,
+            out: self.out.for_inference()?,
+        })
+    }
+
     /// # Shapes
     /// `(N, in, h, w)` → `(N, out, h, w)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -98,6 +98,14 @@ impl ClassificationHead {
         })
     }
 
+    /// A copy for inference: the classifier's weights copied as they are now.
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(Self {
+            fc: self.fc.for_inference()?,
+            config: self.config.clone(),
+        })
+    }
+
     /// # Shapes
     /// `(B, C₅, h, w)` → `(B, num_classes)` logits.
     pub fn forward(&self, c5: &Tensor) -> Result<Tensor> {

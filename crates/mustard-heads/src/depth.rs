@@ -105,6 +105,14 @@ impl DepthHead {
         })
     }
 
+    /// A copy for inference ([`HeadBlock::for_inference`]).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(Self {
+            block: self.block.for_inference()?,
+            config: self.config.clone(),
+        })
+    }
+
     /// Log-depth at the input resolution.
     ///
     /// # Shapes

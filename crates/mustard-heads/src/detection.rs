@@ -282,6 +282,16 @@ impl DetectionHead {
         &self.config
     }
 
+    /// A copy for inference ([`HeadBlock::for_inference`] for each block).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(Self {
+            hm: self.hm.for_inference()?,
+            wh: self.wh.for_inference()?,
+            reg: self.reg.for_inference()?,
+            config: self.config.clone(),
+        })
+    }
+
     /// # Shapes
     /// `(B, in, h, w)` stride-4 features → maps of `(B, ·, h, w)`.
     pub fn forward(&self, x: &Tensor) -> Result<DetectionOutput> {

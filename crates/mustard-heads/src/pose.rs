@@ -288,6 +288,17 @@ impl PoseHead {
         &self.config
     }
 
+    /// A copy for inference ([`HeadBlock::for_inference`] for each block).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(Self {
+            detect: self.detect.for_inference()?,
+            hps: self.hps.for_inference()?,
+            hm_hp: self.hm_hp.for_inference()?,
+            hp_offset: self.hp_offset.for_inference()?,
+            config: self.config.clone(),
+        })
+    }
+
     /// # Shapes
     /// `(B, in, h, w)` stride-4 features → maps of `(B, ·, h, w)`.
     pub fn forward(&self, x: &Tensor) -> Result<PoseOutput> {

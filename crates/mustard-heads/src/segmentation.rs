@@ -98,6 +98,14 @@ impl SegmentationHead {
         &self.config
     }
 
+    /// A copy for inference ([`HeadBlock::for_inference`]).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(Self {
+            block: self.block.for_inference()?,
+            config: self.config.clone(),
+        })
+    }
+
     /// Logits at the input resolution.
     ///
     /// # Shapes

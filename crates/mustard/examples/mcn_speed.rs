@@ -2,7 +2,10 @@
 //! stride-4 map) with the detection, segmentation and pose heads) for the side-by-side
 //! comparison with PyTorch eager of `cargo xtask bench` (`bench/mcn_speed.py` is the other side).
 //!
-//! - `--case forward`: `forward_t(x, false)` on a 1x3x512x512 input (evaluation mode);
+//! - `--case forward`: `forward_t(x, false)` on a 1x3x512x512 input, run by the model's
+//!   inference copy (`MultiTaskModel::for_inference`, made before the timed loop) as evaluation
+//!   and prediction run it; `--per-call-fold` times the model itself (BatchNorm folded and
+//!   weights transformed on every call);
 //! - `--case train`: one training step at 8x3x256x256 as the training loop takes it: forward,
 //!   losses (on 8 encoded synthetic scenes), reading the per-task values, backward,
 //!   `clip_grad_norm(10)`, AdamW (lr 5e-4, weight decay 1e-4 except biases and 1-D parameters);
@@ -51,6 +54,7 @@ struct Args {
     size: Option<usize>,
     quick: bool,
     tasks: Option<Vec<Task>>,
+    per_call_fold: bool,
 }
 
 fn parse() -> Result<Args> {
@@ -64,6 +68,7 @@ fn parse() -> Result<Args> {
         size: None,
         quick: false,
         tasks: None,
+        per_call_fold: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -73,6 +78,7 @@ fn parse() -> Result<Args> {
             "--iterations" => args.iterations = value()?.parse()?,
             "--warmup" => args.warmup = value()?.parse()?,
             "--device" => args.device = value()?.parse()?,
+            "--per-call-fold" => args.per_call_fold = true,
             "--batch" => args.batch = Some(value()?.parse()?),
             "--size" => args.size = Some(value()?.parse()?),
             "--tasks" => {
@@ -93,7 +99,7 @@ fn parse() -> Result<Args> {
             // The allocator's default behaviour (freed activations go back to the kernel).
             "--default-malloc" => args.default_malloc = true,
             _ => bail!(
-                "unknown argument {a} (--case forward|train|params, --model full|quick, --tasks a,b, --iterations K, --warmup W, --device D, --batch N, --size S, --no-winograd, --default-malloc)"
+                "unknown argument {a} (--case forward|train|params, --model full|quick, --tasks a,b, --iterations K, --warmup W, --device D, --batch N, --size S, --no-winograd, --default-malloc, --per-call-fold)"
             ),
         }
     }
@@ -243,6 +249,13 @@ fn main() -> Result<()> {
             let (b, size) = (args.batch.unwrap_or(1), args.size.unwrap_or(512));
             result["shape"] = serde_json::json!([b, 3, size, size]);
             let x = Tensor::randn(0f32, 1.0, (b, 3, size, size), &device)?;
+            // What evaluation and prediction run: the inference copy (BatchNorm folded once,
+            // transformed weights kept), made outside the timed loop as they make it once.
+            let model = if args.per_call_fold {
+                model
+            } else {
+                model.for_inference()?
+            };
             for it in 0..args.warmup + args.iterations {
                 let t0 = wait(&device)?;
                 let out = model.forward_t(&x, false)?;

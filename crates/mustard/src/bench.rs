@@ -111,6 +111,7 @@ pub fn bench(
     image: &RgbImage,
     options: &BenchOptions,
 ) -> Result<BenchReport> {
+    let model = &model.for_inference()?;
     let size = options.input_size as usize;
     let b = options.batch.max(1);
     let (w, h) = image.dimensions();

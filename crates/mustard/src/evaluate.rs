@@ -470,6 +470,7 @@ pub fn evaluate_loss(
     size: u32,
     batch_size: usize,
 ) -> Result<TaskMap<f64>> {
+    let model = &model.for_inference()?;
     let encoder = model.encoder_for(dataset.as_ref(), size);
     let loader = Loader::new(
         dataset,
@@ -552,6 +553,7 @@ pub fn evaluate_at(
         threads: workers,
         ..LoaderConfig::eval(batch_size, size)
     };
+    let model = &model.for_inference()?;
     let encoder = model.encoder_for(dataset.as_ref(), size);
     let loader = Loader::new(dataset.clone(), Arc::new(encoder), config)?;
     let mut acc = Accumulator::new(model);

@@ -160,6 +160,7 @@ pub fn every_combination() -> Vec<Vec<Task>> {
 }
 
 fn milliseconds_per_image(model: &crate::MultiTaskModel, size: u32) -> Result<f64> {
+    let model = &model.for_inference()?;
     let x = Tensor::zeros(
         (1, 3, size as usize, size as usize),
         DType::F32,

@@ -108,6 +108,7 @@ pub fn predict(
     options: &PredictOptions,
 ) -> Result<PredictSummary> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let model = &model.for_inference()?;
     let mut records = Records::default();
     let mut timing = Timing::default();
     let mut files = Vec::new();

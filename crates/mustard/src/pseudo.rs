@@ -163,6 +163,7 @@ fn load_teachers(
     let mut teachers: Vec<LoadedTeacher> = Vec::new();
     for path in paths {
         let (config, _, model) = load_model_on(path, device)?;
+        let model = model.for_inference()?;
         for t in &teachers {
             if let Some(task) = t
                 .config

@@ -355,6 +355,18 @@ impl Head {
         })
     }
 
+    /// A copy for inference: the weights copied as they are now, the dense heads'
+    /// convolutions with their transforms kept after first use (`HeadBlock::for_inference`).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(match self {
+            Head::Detection(h) => Head::Detection(h.for_inference()?),
+            Head::Pose(h) => Head::Pose(h.for_inference()?),
+            Head::Segmentation(h) => Head::Segmentation(h.for_inference()?),
+            Head::Depth(h) => Head::Depth(h.for_inference()?),
+            Head::Classification(h) => Head::Classification(h.for_inference()?),
+        })
+    }
+
     /// The raw output on the neck's stride-4 map `dense` (and the backbone's `c5`).
     pub fn forward(&self, dense: &Tensor, c5: &Tensor) -> Result<Output> {
         Ok(match self {

@@ -60,6 +60,20 @@ impl BatchNorm2d {
         })
     }
 
+    /// A copy for inference: γ, β and the running statistics copied as they are now, without
+    /// gradients (later changes of the variables do not reach it).
+    pub fn for_inference(&self) -> Result<Self> {
+        let own = |t: &Tensor| -> Result<Tensor> { Ok(t.copy()?.detach()) };
+        Ok(Self {
+            weight: own(&self.weight)?,
+            bias: own(&self.bias)?,
+            running_mean: Var::from_tensor(&own(self.running_mean.as_tensor())?)?,
+            running_var: Var::from_tensor(&own(self.running_var.as_tensor())?)?,
+            config: self.config,
+            frozen: self.frozen,
+        })
+    }
+
     /// Uses the running statistics in training too and stops γ, β from training.
     pub fn freeze(&mut self) {
         self.frozen = true;

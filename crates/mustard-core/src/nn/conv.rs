@@ -1,9 +1,11 @@
+use std::sync::Arc;
+
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::{default_init, BatchNorm2d};
 use crate::onnx::{Attr, Graph};
-use crate::ops::{self, ConvParams};
+use crate::ops::{self, ConvParams, WeightCache};
 use crate::{Error, Result};
 
 /// Hyperparameters of [`Conv2d`], filled with struct-update syntax.
@@ -43,12 +45,16 @@ impl Default for Conv2dConfig {
 ///
 /// The forward pass and both gradients run the CPU engine of [`crate::ops::conv`] (candle's
 /// convolution on other devices and for `groups > 1`). For inference, [`Conv2d::forward_relu`]
-/// fuses a following ReLU and [`Conv2d::fold_batchnorm`] a following BatchNorm.
+/// fuses a following ReLU, [`Conv2d::fold_batchnorm`] a following BatchNorm, and
+/// [`Conv2d::for_inference`] keeps the engine's transforms of the weight across calls.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     config: Conv2dConfig,
+    /// Transforms of `weight` kept across calls: only in a copy for inference, whose weight is
+    /// its own (see [`Conv2d::for_inference`]).
+    cache: Option<Arc<WeightCache>>,
 }
 
 impl Conv2d {
@@ -84,6 +90,7 @@ impl Conv2d {
             weight,
             bias,
             config,
+            cache: None,
         })
     }
 
@@ -93,7 +100,29 @@ impl Conv2d {
             weight,
             bias,
             config,
+            cache: None,
         }
+    }
+
+    /// A copy of this layer for inference: the weight and bias copied as they are now (later
+    /// changes of the variables, an optimizer step or a loaded checkpoint, do not reach it),
+    /// without gradients, and the engine's transform of the weight made at the first call that
+    /// needs it and then kept (Winograd's `G g Gᵀ`, 4x the weight's size, only for layers
+    /// whose inputs take that kernel). Outputs are the same as this layer's, bit for bit.
+    pub fn for_inference(&self) -> Result<Self> {
+        let own = |t: &Tensor| -> Result<Tensor> { Ok(t.copy()?.detach()) };
+        Ok(Self {
+            weight: own(&self.weight)?,
+            bias: self.bias.as_ref().map(own).transpose()?,
+            config: self.config,
+            cache: Some(Arc::new(WeightCache::new())),
+        })
+    }
+
+    /// Values held by the kept transforms of an inference copy (0 before its first call, and
+    /// for a layer that is not one).
+    pub fn cached_values(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.len())
     }
 
     /// The weight, `(out, in / groups, k, k)`.
@@ -136,7 +165,16 @@ impl Conv2d {
     /// # Shapes
     /// As [`Module::forward`].
     pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
-        ops::conv2d_relu(x, &self.weight, self.bias.as_ref(), self.params())
+        self.run(x, true)
+    }
+
+    fn run(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        let (w, b, p) = (&self.weight, self.bias.as_ref(), self.params());
+        match (&self.cache, relu) {
+            (Some(cache), _) => ops::conv2d_cached(x, w, b, p, relu, cache),
+            (None, true) => ops::conv2d_relu(x, w, b, p),
+            (None, false) => ops::conv2d(x, w, b, p),
+        }
     }
 
     /// This convolution followed by `bn` in evaluation mode, as one convolution: the weight
@@ -168,6 +206,7 @@ impl Conv2d {
                 bias: true,
                 ..self.config
             },
+            cache: None,
         })
     }
 
@@ -246,7 +285,7 @@ impl Module for Conv2d {
     /// # Shapes
     /// `(N, in, H, W)` → `(N, out, (H + 2p − d(k − 1) − 1) / s + 1, …)`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        ops::conv2d(x, &self.weight, self.bias.as_ref(), self.params()).map_err(to_candle)
+        self.run(x, false).map_err(to_candle)
     }
 }
 
@@ -315,6 +354,17 @@ impl ConvTranspose2d {
             weight,
             bias,
             config,
+        })
+    }
+
+    /// A copy for inference: the weight and bias copied as they are now, without gradients
+    /// (later changes of the variables do not reach it).
+    pub fn for_inference(&self) -> Result<Self> {
+        let own = |t: &Tensor| -> Result<Tensor> { Ok(t.copy()?.detach()) };
+        Ok(Self {
+            weight: own(&self.weight)?,
+            bias: self.bias.as_ref().map(own).transpose()?,
+            config: self.config,
         })
     }
 

@@ -21,6 +21,16 @@ impl Linear {
         })
     }
 
+    /// A copy for inference: the weight and bias copied as they are now, without gradients
+    /// (later changes of the variables do not reach it).
+    pub fn for_inference(&self) -> Result<Self> {
+        let weight = self.inner.weight().copy()?.detach();
+        let bias = self.inner.bias().map(|b| b.copy()).transpose()?;
+        Ok(Self {
+            inner: candle_nn::Linear::new(weight, bias.map(|b| b.detach())),
+        })
+    }
+
     /// The weight, `(out, in)`.
     pub fn weight(&self) -> &Tensor {
         self.inner.weight()

@@ -21,8 +21,8 @@ mod upsample;
 
 pub use batchnorm::{batch_norm_train, BatchStats};
 pub use conv::{
-    conv2d, conv2d_input_grad, conv2d_relu, conv2d_weight_grad, conv_transpose2d, set_winograd,
-    winograd_enabled, ConvAlgorithm, ConvParams,
+    conv2d, conv2d_cached, conv2d_input_grad, conv2d_relu, conv2d_weight_grad, conv_transpose2d,
+    set_winograd, winograd_enabled, ConvAlgorithm, ConvParams, WeightCache,
 };
 pub use maxpool::{max_pool2d, MaxPool2dConfig};
 pub use relu::relu;

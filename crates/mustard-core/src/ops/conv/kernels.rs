@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::winograd;
+use super::{winograd, WeightCache};
 use crate::ops::Real;
 
 /// Elements of the im2col block one task works on in the forward pass and the input gradient
@@ -153,6 +153,10 @@ pub(crate) trait Element: Real + 'static {
     /// Runs `f` on a scratch slice of `len` elements (contents unspecified), reusing a buffer
     /// kept per thread so that repeated calls do not fault in fresh pages.
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+
+    /// The Winograd-transformed weight kept in `cache` for this dtype, made by `make` at the
+    /// first call.
+    fn winograd_weight(cache: &WeightCache, make: impl FnOnce() -> Vec<Self>) -> &[Self];
 }
 
 thread_local! {
@@ -184,11 +188,19 @@ impl Element for f32 {
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
         SCRATCH_F32.with(|cell| scratch_from(cell, len, f))
     }
+
+    fn winograd_weight(cache: &WeightCache, make: impl FnOnce() -> Vec<Self>) -> &[Self] {
+        cache.winograd_f32.get_or_init(make)
+    }
 }
 
 impl Element for f64 {
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
         SCRATCH_F64.with(|cell| scratch_from(cell, len, f))
+    }
+
+    fn winograd_weight(cache: &WeightCache, make: impl FnOnce() -> Vec<Self>) -> &[Self] {
+        cache.winograd_f64.get_or_init(make)
     }
 }
 
@@ -388,17 +400,24 @@ unsafe fn epilogue<T: Real>(
     }
 }
 
-/// The convolution: `y[n] = W · im2col(x[n])` (+ bias, ReLU), `(n, cout, oh, ow)`.
+/// The convolution: `y[n] = W · im2col(x[n])` (+ bias, ReLU), `(n, cout, oh, ow)`. A `cache`
+/// holds (or receives) the transformed weight of the Winograd kernel.
 pub(crate) fn forward<T: Element>(
     g: &Geometry,
     x: &[T],
     w: &[T],
     bias: Option<&[T]>,
     relu: bool,
+    cache: Option<&WeightCache>,
 ) -> Vec<T> {
     if super::winograd_enabled() && winograd::applies(g) {
-        let u = winograd::transform_weight(w, (g.cout, g.cin), false);
-        return winograd::forward(g, x, &u, bias, relu);
+        let transform = || winograd::transform_weight(w, (g.cout, g.cin), false);
+        return match cache {
+            Some(cache) => {
+                winograd::forward(g, x, T::winograd_weight(cache, transform), bias, relu)
+            }
+            None => winograd::forward(g, x, &transform(), bias, relu),
+        };
     }
     let (k, p) = (g.k(), g.p());
     let threads = rayon::current_num_threads();

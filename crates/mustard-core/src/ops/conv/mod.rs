@@ -37,8 +37,11 @@
 //! 3x3 stride-1 undilated convolutions with enough channels and tiles (a ResNet's stages up to
 //! 256 channels, FPN outputs, head blocks) run Winograd's F(4x4, 3x3) instead (`winograd.rs`):
 //! a quarter of the multiplications, as 36 GEMMs over transformed 6x6 tiles, for the forward
-//! pass and the input gradient (the flipped, transposed weight); about 2x faster per layer. The
-//! weight gradient stays im2col. [`set_winograd`] (or a run's [`ConvAlgorithm`]) turns it off.
+//! pass and the input gradient (the flipped, transposed weight), and for the weight gradient of
+//! the larger layers; about 2x faster per layer. [`set_winograd`] (or a run's
+//! [`ConvAlgorithm`]) turns it off. The transformed weight is recomputed per call, except in a
+//! layer made for inference ([`conv2d_cached`], [`crate::nn::Conv2d::for_inference`]), which
+//! keeps it.
 //!
 //! A transposed convolution is the input gradient of the convolution with the same weight, and
 //! its gradients are the convolution forward (input) and the weight gradient with the roles of
@@ -61,6 +64,7 @@ mod kernels;
 mod winograd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
@@ -121,6 +125,44 @@ pub fn set_winograd(enabled: bool) {
 /// Whether 3x3 stride-1 convolutions use the Winograd kernel (see [`set_winograd`]).
 pub fn winograd_enabled() -> bool {
     WINOGRAD.load(Ordering::Relaxed)
+}
+
+/// Weights of one convolution in the forms its kernels compute from them, made at the first
+/// call that needs each form and kept: for a layer whose weight no longer changes (an inference
+/// copy, [`crate::nn::Conv2d::for_inference`]), so that its evaluation does not transform the
+/// same weight again on every call.
+///
+/// A cache belongs to one weight tensor: [`conv2d_cached`] must always be given the same
+/// weight values with it, or it computes with a stale transform.
+#[derive(Default)]
+pub struct WeightCache {
+    winograd_f32: OnceLock<Vec<f32>>,
+    winograd_f64: OnceLock<Vec<f64>>,
+}
+
+impl WeightCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Values held, over every form and dtype (0 until a call has needed a transform).
+    pub fn len(&self) -> usize {
+        self.winograd_f32.get().map_or(0, Vec::len) + self.winograd_f64.get().map_or(0, Vec::len)
+    }
+
+    /// Whether nothing has been computed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Debug for WeightCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightCache")
+            .field("values", &self.len())
+            .finish()
+    }
 }
 
 /// Padding, stride, dilation (the same along both axes) and groups of a convolution.
@@ -185,7 +227,7 @@ pub fn conv2d(
     bias: Option<&Tensor>,
     params: ConvParams,
 ) -> Result<Tensor> {
-    conv2d_impl(x, weight, bias, params, false)
+    conv2d_impl(x, weight, bias, params, false, None)
 }
 
 /// `relu(conv2d(x, weight, bias))`, with the ReLU fused into the engine's output loop.
@@ -198,7 +240,24 @@ pub fn conv2d_relu(
     bias: Option<&Tensor>,
     params: ConvParams,
 ) -> Result<Tensor> {
-    conv2d_impl(x, weight, bias, params, true)
+    conv2d_impl(x, weight, bias, params, true, None)
+}
+
+/// [`conv2d`] (with `relu`: [`conv2d_relu`]) of a layer whose weight does not change: the
+/// engine's transforms of `weight` are taken from `cache`, computed by the first call that
+/// needs them. Same results as without the cache, bit for bit.
+///
+/// # Shapes
+/// As [`conv2d`].
+pub fn conv2d_cached(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    params: ConvParams,
+    relu: bool,
+    cache: &Arc<WeightCache>,
+) -> Result<Tensor> {
+    conv2d_impl(x, weight, bias, params, relu, Some(cache))
 }
 
 fn conv2d_impl(
@@ -207,6 +266,7 @@ fn conv2d_impl(
     bias: Option<&Tensor>,
     params: ConvParams,
     relu: bool,
+    cache: Option<&Arc<WeightCache>>,
 ) -> Result<Tensor> {
     const OP: &str = "conv2d";
     params.validate(OP)?;
@@ -256,7 +316,11 @@ fn conv2d_impl(
     if let Some(b) = bias {
         check_bias(OP, b, o, x)?;
     }
-    let op = Conv2dOp { params, relu };
+    let op = Conv2dOp {
+        params,
+        relu,
+        cache: cache.cloned(),
+    };
     if uses_engine(x) && params.groups == 1 {
         let (x, weight) = (x.contiguous()?, weight.contiguous()?);
         return Ok(match bias {
@@ -593,10 +657,12 @@ fn conv_geometry(
 }
 
 /// The convolution `(x, weight[, bias]) → y`, optionally followed by a ReLU.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Conv2dOp {
     params: ConvParams,
     relu: bool,
+    /// Transforms of the weight kept across calls ([`conv2d_cached`]).
+    cache: Option<Arc<WeightCache>>,
 }
 
 impl Conv2dOp {
@@ -678,7 +744,7 @@ impl CustomOp2 for Conv2dOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = self.geometry(l1, l2)?;
         let out = run_typed!("mustard.conv2d", &[(s1, l1), (s2, l2)], |s| {
-            kernels::forward(&g, s[0], s[1], None, self.relu)
+            kernels::forward(&g, s[0], s[1], None, self.relu, self.cache.as_deref())
         });
         Ok((out, Self::output_shape(&g)))
     }
@@ -714,7 +780,7 @@ impl CustomOp3 for Conv2dOp {
             candle_core::bail!("conv2d: bias {:?} for {} channels", l3.shape(), g.cout);
         }
         let out = run_typed!("mustard.conv2d", &[(s1, l1), (s2, l2), (s3, l3)], |s| {
-            kernels::forward(&g, s[0], s[1], Some(s[2]), self.relu)
+            kernels::forward(&g, s[0], s[1], Some(s[2]), self.relu, self.cache.as_deref())
         });
         Ok((out, Self::output_shape(&g)))
     }
@@ -784,6 +850,7 @@ impl CustomOp2 for ConvTranspose2dOp {
             let op = Conv2dOp {
                 params: self.params,
                 relu: false,
+                cache: None,
             };
             Some(grad.apply_op2_no_bwd(w, &op)?)
         } else {
