@@ -135,7 +135,9 @@ fn composed(x: &Tensor, cfg: MaxPool2dConfig) -> Result<Tensor> {
 }
 
 /// Visits every output element with the index of the winning input element of its window
-/// (`None` only for a window entirely in the padding, which a valid config never has).
+/// (`None` only for a window entirely in the padding, which a valid config never has): the
+/// plain scan in PyTorch's order, which the backward pass routes the gradient by and
+/// [`pool_plane`] is tested against.
 fn for_each_window<T: Real>(
     plane: &[T],
     (h, w): (usize, usize),
@@ -174,6 +176,81 @@ fn for_each_window<T: Real>(
     }
 }
 
+/// The maxima of one plane's windows, the values [`for_each_window`] finds, computed a whole
+/// output row at a time so that the comparisons vectorise: for each window row inside the map,
+/// the input row is padded with −∞ and split into `stride` phases (`phase j` holds columns
+/// `j, j + s, j + 2s, …` of the padded row), so that tap `kx` of every window of the output row
+/// is one contiguous slice; the taps are taken in the scan order of [`for_each_window`] and a
+/// value replaces the running maximum when it is larger, or a NaN when the maximum is not one
+/// yet. The first maximum in scan order thus wins, as there: the same value, zero sign and NaN
+/// payload. `buf` is scratch.
+fn pool_plane<T: Real>(
+    plane: &[T],
+    (h, w): (usize, usize),
+    (_, ow): (usize, usize),
+    cfg: MaxPool2dConfig,
+    out: &mut [T],
+    buf: &mut Vec<T>,
+) {
+    let (k, s, p) = (cfg.kernel, cfg.stride, cfg.padding);
+    // Phase length: tap kx of window ox reads element ox + kx / s of phase kx % s.
+    let q = ow + (k - 1) / s;
+    buf.clear();
+    buf.resize(s * q + s * q, T::NEG_INFINITY);
+    let (padded, phases) = buf.split_at_mut(s * q);
+    for (oy, best) in out.chunks_exact_mut(ow).enumerate() {
+        best.fill(T::NEG_INFINITY);
+        let start = (oy * s) as isize - p as isize;
+        let y0 = start.max(0) as usize;
+        let y1 = (start + k as isize).clamp(0, h as isize) as usize;
+        for y in y0..y1 {
+            // Columns −p.. of the map, −∞ outside it (the padded row is at least w + p long
+            // wherever a window reaches past the right edge).
+            let row = &plane[y * w..(y + 1) * w];
+            let len = w.min(s * q - p);
+            padded[p..p + len].copy_from_slice(&row[..len]);
+            split_phases(padded, phases, s, q);
+            for kx in 0..k {
+                let tap = &phases[(kx % s) * q + kx / s..][..ow];
+                update_max(best, tap);
+            }
+        }
+    }
+}
+
+/// `phases[j·q + m] = padded[m·s + j]` for `j < s`, `m < q`: a copy for `s = 1`, pairs split
+/// in one vectorised pass for the common `s = 2`.
+#[inline]
+fn split_phases<T: Real>(padded: &[T], phases: &mut [T], s: usize, q: usize) {
+    match s {
+        1 => phases[..q].copy_from_slice(&padded[..q]),
+        2 => {
+            let (even, odd) = phases[..2 * q].split_at_mut(q);
+            for ((pair, e), o) in padded[..2 * q].chunks_exact(2).zip(even).zip(odd) {
+                *e = pair[0];
+                *o = pair[1];
+            }
+        }
+        _ => {
+            for (j, phase) in phases[..s * q].chunks_exact_mut(q).enumerate() {
+                for (m, v) in phase.iter_mut().enumerate() {
+                    *v = padded[m * s + j];
+                }
+            }
+        }
+    }
+}
+
+/// `best[i] = tap[i]` where `tap[i] > best[i]`, or where `tap[i]` is NaN and `best[i]` is not.
+#[inline]
+fn update_max<T: Real>(best: &mut [T], tap: &[T]) {
+    for (b, &v) in best.iter_mut().zip(tap) {
+        // A select and an unconditional store: a conditional store stays scalar.
+        let take = v > *b || (v.is_nan_() && !b.is_nan_());
+        *b = if take { v } else { *b };
+    }
+}
+
 struct MaxPool2d(MaxPool2dConfig);
 
 impl MaxPool2d {
@@ -185,8 +262,8 @@ impl MaxPool2d {
         let mut out = vec![T::ZERO; n * c * oh * ow];
         out.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * w))
-            .for_each(|(o, plane)| {
-                for_each_window(plane, (h, w), (oh, ow), self.0, |j, _, v| o[j] = v);
+            .for_each_init(Vec::new, |buf, (o, plane)| {
+                pool_plane(plane, (h, w), (oh, ow), self.0, o, buf);
             });
         (out, nchw(n, c, oh, ow))
     }
@@ -363,6 +440,57 @@ mod tests {
             [1.0, 0.0, 0.0, 0.0]
         );
         assert_eq!(g.dims(), &[1, 1, 3, 3]);
+    }
+
+    /// The row-at-a-time forward against the window scan the backward uses, bit for bit, on
+    /// planes full of ties, signed zeros, infinities and NaNs with distinct payloads.
+    #[test]
+    fn the_vectorised_forward_finds_the_first_maximum_of_every_window() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let special = [
+            0.0f32,
+            -0.0,
+            1.0,
+            1.0,
+            2.0,
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+        ];
+        for (h, w) in [(1, 1), (2, 3), (7, 9), (12, 10), (17, 31)] {
+            let plane: Vec<f32> = (0..h * w)
+                .map(|_| match next() % 16 {
+                    0 => f32::from_bits(0x7fc0_0000 | (next() as u32 & 0xffff)),
+                    1 => -f32::from_bits(0x7fc0_0000 | (next() as u32 & 0xffff)),
+                    r => special[r as usize % special.len()],
+                })
+                .collect();
+            for kernel in 1..=4 {
+                for stride in 1..=3 {
+                    for padding in 0..=kernel / 2 {
+                        let cfg = MaxPool2dConfig {
+                            kernel,
+                            stride,
+                            padding,
+                        };
+                        let (Some(oh), Some(ow)) = (cfg.out_len(h), cfg.out_len(w)) else {
+                            continue;
+                        };
+                        let mut scan = vec![0f32; oh * ow];
+                        for_each_window(&plane, (h, w), (oh, ow), cfg, |j, _, v| scan[j] = v);
+                        let mut rows = vec![0f32; oh * ow];
+                        pool_plane(&plane, (h, w), (oh, ow), cfg, &mut rows, &mut Vec::new());
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&rows), bits(&scan), "{h}x{w}, {cfg:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
