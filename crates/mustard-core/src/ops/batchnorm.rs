@@ -90,6 +90,48 @@ pub fn batch_norm_train(
     ))
 }
 
+/// A sum in f64 over eight lanes: value `i` of each slice added goes to lane `i mod 8`, and the
+/// lanes are combined pairwise at the end. A fixed order, the same for any thread count, in
+/// eight independent chains of additions: one running sum waits for each addition before the
+/// next (four cycles each), which made the per-channel sums of BatchNorm about 6% of a training
+/// step of the MCN network.
+#[derive(Default)]
+struct Lanes([f64; 8]);
+
+impl Lanes {
+    #[inline]
+    fn add<T: Copy>(&mut self, values: &[T], f: impl Fn(T) -> f64) {
+        let mut chunks = values.chunks_exact(8);
+        for chunk in &mut chunks {
+            for (lane, &v) in self.0.iter_mut().zip(chunk) {
+                *lane += f(v);
+            }
+        }
+        for (lane, &v) in self.0.iter_mut().zip(chunks.remainder()) {
+            *lane += f(v);
+        }
+    }
+
+    fn total(&self) -> f64 {
+        let l = &self.0;
+        ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+    }
+}
+
+/// `Σ dy · (x − mean) · inv_std` into `lanes`, in [`Lanes::add`]'s order.
+#[inline]
+fn sdy_x<T: Real>(lanes: &mut Lanes, x: &[T], dy: &[T], (mean, inv_std): (f64, f64)) {
+    let (mut xc, mut gc) = (x.chunks_exact(8), dy.chunks_exact(8));
+    for (xs, gs) in (&mut xc).zip(&mut gc) {
+        for ((lane, &v), &g) in lanes.0.iter_mut().zip(xs).zip(gs) {
+            *lane += g.to_f64() * (v.to_f64() - mean) * inv_std;
+        }
+    }
+    for ((lane, &v), &g) in lanes.0.iter_mut().zip(xc.remainder()).zip(gc.remainder()) {
+        *lane += g.to_f64() * (v.to_f64() - mean) * inv_std;
+    }
+}
+
 /// `(2, C)`: per channel the mean and the biased variance (accumulated in f64).
 struct ChannelStats;
 
@@ -100,24 +142,20 @@ impl ChannelStats {
         let per: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let mut sum = 0f64;
+                let plane = |img: usize| &x[(img * c + ch) * hw..(img * c + ch + 1) * hw];
+                let mut sum = Lanes::default();
                 for img in 0..n {
-                    let plane = &x[(img * c + ch) * hw..(img * c + ch + 1) * hw];
-                    sum += plane.iter().map(|v| v.to_f64()).sum::<f64>();
+                    sum.add(plane(img), |v| v.to_f64());
                 }
-                let mean = sum / count;
-                let mut sq = 0f64;
+                let mean = sum.total() / count;
+                let mut sq = Lanes::default();
                 for img in 0..n {
-                    let plane = &x[(img * c + ch) * hw..(img * c + ch + 1) * hw];
-                    sq += plane
-                        .iter()
-                        .map(|v| {
-                            let d = v.to_f64() - mean;
-                            d * d
-                        })
-                        .sum::<f64>();
+                    sq.add(plane(img), |v| {
+                        let d = v.to_f64() - mean;
+                        d * d
+                    });
                 }
-                (mean, sq / count)
+                (mean, sq.total() / count)
             })
             .collect();
         per.iter()
@@ -314,16 +352,15 @@ impl BatchNormTrainBackward {
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (mut sdy, mut sdyx) = (0f64, 0f64);
+                let (mut sdy, mut sdyx) = (Lanes::default(), Lanes::default());
+                let (m, s) = (mean[ch], inv_std[ch]);
                 for img in 0..n {
                     let range = (img * c + ch) * hw..(img * c + ch + 1) * hw;
-                    for (&v, &g) in x[range.clone()].iter().zip(&dy[range]) {
-                        let g = g.to_f64();
-                        sdy += g;
-                        sdyx += g * (v.to_f64() - mean[ch]) * inv_std[ch];
-                    }
+                    let (xs, gs) = (&x[range.clone()], &dy[range]);
+                    sdy.add(gs, |g| g.to_f64());
+                    sdy_x(&mut sdyx, xs, gs, (m, s));
                 }
-                (sdy, sdyx)
+                (sdy.total(), sdyx.total())
             })
             .collect();
         let mut out = vec![T::ZERO; x.len() + 2 * c];
@@ -402,5 +439,25 @@ impl CustomOp2 for BatchNormTrainBackward {
             (n, c, h * w),
         )?;
         Ok((packed, Shape::from(n * c * h * w + 2 * c)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lane_sums_add_every_value_once() {
+        // Integers are exact in f64 whatever the order: 0 + 1 + … + 1002 over uneven slices.
+        let v: Vec<f32> = (0..1003).map(|i| i as f32).collect();
+        let mut lanes = Lanes::default();
+        for part in [&v[..5], &v[5..16], &v[16..1000], &v[1000..]] {
+            lanes.add(part, |x| x as f64);
+        }
+        assert_eq!(lanes.total(), 1002.0 * 1003.0 / 2.0);
+        let mut lanes = Lanes::default();
+        sdy_x(&mut lanes, &v, &v, (1.0, 0.5));
+        let expected: f64 = v.iter().map(|&x| x as f64 * (x as f64 - 1.0) * 0.5).sum();
+        assert_eq!(lanes.total(), expected);
     }
 }
