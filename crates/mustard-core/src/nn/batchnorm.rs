@@ -1,6 +1,7 @@
 use candle_core::{ModuleT, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
+use super::snapshot;
 use crate::{Error, Result};
 
 /// Hyperparameters of [`BatchNorm2d`] (PyTorch defaults).
@@ -63,12 +64,11 @@ impl BatchNorm2d {
     /// A copy for inference: γ, β and the running statistics copied as they are now, without
     /// gradients (later changes of the variables do not reach it).
     pub fn for_inference(&self) -> Result<Self> {
-        let own = |t: &Tensor| -> Result<Tensor> { Ok(t.copy()?.detach()) };
         Ok(Self {
-            weight: own(&self.weight)?,
-            bias: own(&self.bias)?,
-            running_mean: Var::from_tensor(&own(self.running_mean.as_tensor())?)?,
-            running_var: Var::from_tensor(&own(self.running_var.as_tensor())?)?,
+            weight: snapshot(&self.weight)?,
+            bias: snapshot(&self.bias)?,
+            running_mean: Var::from_tensor(&snapshot(self.running_mean.as_tensor())?)?,
+            running_var: Var::from_tensor(&snapshot(self.running_var.as_tensor())?)?,
             config: self.config,
             frozen: self.frozen,
         })

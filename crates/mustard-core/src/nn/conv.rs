@@ -3,7 +3,7 @@ use std::sync::Arc;
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use super::{default_init, BatchNorm2d};
+use super::{default_init, snapshot, BatchNorm2d};
 use crate::onnx::{Attr, Graph};
 use crate::ops::{self, ConvParams, WeightCache};
 use crate::{Error, Result};
@@ -110,10 +110,9 @@ impl Conv2d {
     /// needs it and then kept (Winograd's `G g Gᵀ`, 4x the weight's size, only for layers
     /// whose inputs take that kernel). Outputs are the same as this layer's, bit for bit.
     pub fn for_inference(&self) -> Result<Self> {
-        let own = |t: &Tensor| -> Result<Tensor> { Ok(t.copy()?.detach()) };
         Ok(Self {
-            weight: own(&self.weight)?,
-            bias: self.bias.as_ref().map(own).transpose()?,
+            weight: snapshot(&self.weight)?,
+            bias: self.bias.as_ref().map(snapshot).transpose()?,
             config: self.config,
             cache: Some(Arc::new(WeightCache::new())),
         })
@@ -360,10 +359,9 @@ impl ConvTranspose2d {
     /// A copy for inference: the weight and bias copied as they are now, without gradients
     /// (later changes of the variables do not reach it).
     pub fn for_inference(&self) -> Result<Self> {
-        let own = |t: &Tensor| -> Result<Tensor> { Ok(t.copy()?.detach()) };
         Ok(Self {
-            weight: own(&self.weight)?,
-            bias: self.bias.as_ref().map(own).transpose()?,
+            weight: snapshot(&self.weight)?,
+            bias: self.bias.as_ref().map(snapshot).transpose()?,
             config: self.config,
         })
     }

@@ -1,7 +1,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
-use super::default_init;
+use super::{default_init, snapshot};
 use crate::Result;
 
 /// A fully connected layer with PyTorch's weight layout `(out, in)`.
@@ -24,10 +24,10 @@ impl Linear {
     /// A copy for inference: the weight and bias copied as they are now, without gradients
     /// (later changes of the variables do not reach it).
     pub fn for_inference(&self) -> Result<Self> {
-        let weight = self.inner.weight().copy()?.detach();
-        let bias = self.inner.bias().map(|b| b.copy()).transpose()?;
+        let weight = snapshot(self.inner.weight())?;
+        let bias = self.inner.bias().map(snapshot).transpose()?;
         Ok(Self {
-            inner: candle_nn::Linear::new(weight, bias.map(|b| b.detach())),
+            inner: candle_nn::Linear::new(weight, bias),
         })
     }
 
