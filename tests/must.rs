@@ -278,14 +278,24 @@ fn must_runs_end_to_end_and_a_rerun_reuses_every_stage() {
         ) && report.contains("\n| constant prediction (no training) | 0."),
         "{report}"
     );
-    // One seed: the claim's sentence says it is not tested.
-    assert!(
-        report.contains(
+    // One seed: the claim's sentence says it is not tested, for that reason or because both
+    // scores sit at the trivial baseline (checked first), never that it holds or fails.
+    let claim = report
+        .split(
             "- **MuST's claim on downstream segmentation** — the student's backbone transfers at \
              least as well as training from scratch (no teacher backbone was fine-tuned; \
-             --transfer-from-teachers): "
-        ) && report.contains("one seed gives no noise estimate, so the claim is not tested"),
-        "{report}"
+             --transfer-from-teachers): ",
+        )
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or_else(|| panic!("no transfer claim: {report}"))
+        .trim_end_matches('.');
+    assert!(
+        claim.ends_with(
+            "one seed gives no noise estimate, so the claim is not tested (run with --seeds 3)"
+        ) || claim.contains("of the trivial baseline (0.")
+            && claim.ends_with("so this budget cannot test the claim"),
+        "{claim}"
     );
     for stage in [
         "data",

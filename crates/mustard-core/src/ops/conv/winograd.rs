@@ -190,6 +190,16 @@ pub(crate) fn transform_weight<T: Real>(
     (outs, ins): (usize, usize),
     flip_transpose: bool,
 ) -> Vec<T> {
+    // The flipped, transposed weight read in place takes one tap from each of `ins` rows
+    // `9·outs` apart per output channel (a cache line and, for large layers, a page per value):
+    // first copy it into the forward layout, block by block.
+    let flipped;
+    let w = if flip_transpose {
+        flipped = flip_transposed(w, (outs, ins));
+        &flipped
+    } else {
+        w
+    };
     let mut u = vec![T::ZERO; XI * outs * ins];
     let dst = SharedMut(u.as_mut_ptr());
     // Per output channel, vectorised over the input channels: the nine taps as rows over all
@@ -203,11 +213,7 @@ pub(crate) fn transform_weight<T: Real>(
             let (cols, local) = rest.split_at_mut(3 * A * ins);
             for i in 0..ins {
                 for k in 0..9 {
-                    taps[k * ins + i] = if flip_transpose {
-                        w[(i * outs + o) * 9 + 8 - k]
-                    } else {
-                        w[(o * ins + i) * 9 + k]
-                    };
+                    taps[k * ins + i] = w[(o * ins + i) * 9 + k];
                 }
             }
             // cols[b][r] = (G · g[.., b])[r]; then row r of the 6x3 result times Gᵀ.
@@ -233,6 +239,33 @@ pub(crate) fn transform_weight<T: Real>(
             }
         });
     u
+}
+
+/// `(outs, ins, 3, 3)` from the weight `w` `(ins, outs, 3, 3)`, each kernel turned by 180°:
+/// `out[o][i][k] = w[i][o][8 − k]`.
+fn flip_transposed<T: Real>(w: &[T], (outs, ins): (usize, usize)) -> Vec<T> {
+    /// Output channels per task and input channels per inner block: a block reads 32 runs of
+    /// 32·9 values.
+    const B: usize = 32;
+    let mut out = vec![T::ZERO; w.len()];
+    out.par_chunks_mut(B * ins * 9)
+        .enumerate()
+        .for_each(|(ob, chunk)| {
+            let o0 = ob * B;
+            let o1 = (o0 + B).min(outs);
+            for i0 in (0..ins).step_by(B) {
+                for o in o0..o1 {
+                    for i in i0..(i0 + B).min(ins) {
+                        let src = &w[(i * outs + o) * 9..][..9];
+                        let dst = &mut chunk[((o - o0) * ins + i) * 9..][..9];
+                        for (k, d) in dst.iter_mut().enumerate() {
+                            *d = src[8 - k];
+                        }
+                    }
+                }
+            }
+        });
+    out
 }
 
 /// Row `r` of `out` (six rows of `n = a.len()`) holds `g6(a[i], b[i], c[i])[r]` for every `i`.
@@ -271,27 +304,23 @@ pub(crate) fn forward<T: Element>(
     bias: Option<&[T]>,
     relu: bool,
 ) -> Vec<T> {
-    let (th, tw) = (g.oh.div_ceil(M), g.ow.div_ceil(M));
     let per_tile = XI * (g.cin + g.cout);
-    let rows = (BLOCK_ELEMS / (per_tile * tw))
-        .max(MIN_BLOCK_TILES.div_ceil(tw))
-        .clamp(1, th);
-    let blocks = th.div_ceil(rows);
-    let tasks = g.n * blocks;
+    let blocks = Blocks::new(g, block_tiles(per_tile));
+    let tasks = blocks.count;
     let threads = rayon::current_num_threads();
     let (hw, ohw) = (g.h * g.w, g.oh * g.ow);
     let mut y = vec![T::ZERO; g.n * g.cout * ohw];
     let out = SharedMut(y.as_mut_ptr());
-    let task = |t: usize, inner: bool| {
-        let (img, b) = (t / blocks, t % blocks);
-        let (ty0, ty1) = (b * rows, ((b + 1) * rows).min(th));
-        let tiles = (ty1 - ty0) * tw;
-        let xn = &x[img * g.cin * hw..(img + 1) * g.cin * hw];
+    let task = |b: usize, inner: bool| {
+        let tiles = blocks.tiles(b);
         T::with_scratch(per_tile * tiles, |scratch| {
             let (v, m) = scratch.split_at_mut(XI * g.cin * tiles);
             // V[c][ξ][t]: each input channel owns a contiguous chunk.
             let transform_in = |buf: &mut Vec<T>, (c, vc): (usize, &mut [T])| {
-                input_transform(g, &xn[c * hw..(c + 1) * hw], (ty0, ty1), vc, buf)
+                for (img, ty, t0) in blocks.pieces(b) {
+                    let plane = &x[(img * g.cin + c) * hw..][..hw];
+                    input_transform(g, plane, ty, vc, (t0, tiles), buf)
+                }
             };
             if inner {
                 v.par_chunks_mut(XI * tiles)
@@ -328,19 +357,21 @@ pub(crate) fn forward<T: Element>(
                 (0..XI).for_each(gemm_xi);
             }
             let m = &*m;
-            let (oy0, oy1) = (ty0 * M, (ty1 * M).min(g.oh));
             let transform_out = |buf: &mut Vec<T>, o: usize| {
-                // SAFETY: output rows oy0..oy1 of channel `o` of image `img` are written by
-                // this task and this channel only.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        out.get().add((img * g.cout + o) * ohw + oy0 * g.ow),
-                        (oy1 - oy0) * g.ow,
-                    )
-                };
-                let b = bias.map_or(T::ZERO, |b| b[o]);
+                let bo = bias.map_or(T::ZERO, |b| b[o]);
                 let mo = &m[o * XI * tiles..(o + 1) * XI * tiles];
-                output_transform(g, mo, (ty0, ty1), dst, (b, relu), buf);
+                for (img, (ty0, ty1), t0) in blocks.pieces(b) {
+                    let (oy0, oy1) = (ty0 * M, (ty1 * M).min(g.oh));
+                    // SAFETY: output rows oy0..oy1 of channel `o` of image `img` are written by
+                    // this block and this channel only.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out.get().add((img * g.cout + o) * ohw + oy0 * g.ow),
+                            (oy1 - oy0) * g.ow,
+                        )
+                    };
+                    output_transform(g, mo, (ty0, ty1), (t0, tiles), dst, (bo, relu), buf);
+                }
             };
             if inner {
                 (0..g.cout)
@@ -353,11 +384,69 @@ pub(crate) fn forward<T: Element>(
         });
     };
     if enough_tasks(tasks, threads) {
-        (0..tasks).into_par_iter().for_each(|t| task(t, false));
+        (0..tasks).into_par_iter().for_each(|b| task(b, false));
     } else {
-        (0..tasks).for_each(|t| task(t, true));
+        (0..tasks).for_each(|b| task(b, true));
     }
     y
+}
+
+/// Tiles per block for `per_tile` values of `V` and `M` (or `dM`) per tile.
+fn block_tiles(per_tile: usize) -> usize {
+    (BLOCK_ELEMS / per_tile).max(MIN_BLOCK_TILES)
+}
+
+/// How the tiles of a batch are cut into blocks: runs of consecutive rows of tiles, counted
+/// through the images one after another, as even in length as the rows allow. A block of a
+/// small map takes in several images, so that the GEMMs have enough columns and each `U[ξ]` is
+/// read once for all of them; one of a large map takes part of an image.
+#[derive(Clone, Copy)]
+struct Blocks {
+    /// Rows of tiles per image and tiles per row.
+    th: usize,
+    tw: usize,
+    /// Rows of tiles in the batch, and blocks.
+    total: usize,
+    count: usize,
+}
+
+impl Blocks {
+    /// Blocks of about `tiles` tiles (at least one row of tiles each) for the convolution `g`.
+    fn new(g: &Geometry, tiles: usize) -> Self {
+        let (th, tw) = (g.oh.div_ceil(M), g.ow.div_ceil(M));
+        let total = g.n * th;
+        let count = total.div_ceil((tiles / tw).clamp(1, total));
+        Self {
+            th,
+            tw,
+            total,
+            count,
+        }
+    }
+
+    /// Rows `r0..r1` of the batch in block `b`.
+    fn range(&self, b: usize) -> (usize, usize) {
+        (
+            b * self.total / self.count,
+            (b + 1) * self.total / self.count,
+        )
+    }
+
+    fn tiles(&self, b: usize) -> usize {
+        let (r0, r1) = self.range(b);
+        (r1 - r0) * self.tw
+    }
+
+    /// The part of block `b` in each image it takes in: the image, its rows of tiles
+    /// `ty0..ty1`, and the block's index of the part's first tile.
+    fn pieces(&self, b: usize) -> impl Iterator<Item = (usize, (usize, usize), usize)> {
+        let (r0, r1) = self.range(b);
+        let (th, tw) = (self.th, self.tw);
+        (r0 / th..=(r1 - 1) / th).map(move |img| {
+            let (lo, hi) = (r0.max(img * th), r1.min((img + 1) * th));
+            (img, (lo - img * th, hi - img * th), (lo - r0) * tw)
+        })
+    }
 }
 
 /// The gradient with respect to the weight of the convolution `g` (3x3, stride 1, see
@@ -366,32 +455,30 @@ pub(crate) fn forward<T: Element>(
 /// `dU[ξ] += dM[ξ] · V[ξ]ᵀ` (36 GEMMs, split over threads by `ξ`); finally
 /// `dW = Gᵀ dU G`. `(cout, cin, 3, 3)`.
 pub(crate) fn weight_grad<T: Element>(g: &Geometry, x: &[T], dy: &[T]) -> Vec<T> {
-    let (th, tw) = (g.oh.div_ceil(M), g.ow.div_ceil(M));
     let per_tile = XI * (g.cin + g.cout);
-    let rows = (BLOCK_ELEMS / (per_tile * tw))
-        .max(MIN_BLOCK_TILES.div_ceil(tw))
-        .clamp(1, th);
-    let blocks = th.div_ceil(rows);
+    let blocks = Blocks::new(g, block_tiles(per_tile));
     let (hw, ohw) = (g.h * g.w, g.oh * g.ow);
     let mut du = vec![T::ZERO; XI * g.cout * g.cin];
     let dup = SharedMut(du.as_mut_ptr());
-    for t in 0..g.n * blocks {
-        let (img, b) = (t / blocks, t % blocks);
-        let (ty0, ty1) = (b * rows, ((b + 1) * rows).min(th));
-        let tiles = (ty1 - ty0) * tw;
-        let xn = &x[img * g.cin * hw..(img + 1) * g.cin * hw];
-        let dyn_ = &dy[img * g.cout * ohw..(img + 1) * g.cout * ohw];
+    for b in 0..blocks.count {
+        let tiles = blocks.tiles(b);
         T::with_scratch(per_tile * tiles, |scratch| {
             let (v, dm) = scratch.split_at_mut(XI * g.cin * tiles);
             v.par_chunks_mut(XI * tiles)
                 .enumerate()
                 .for_each_init(Vec::new, |buf, (c, vc)| {
-                    input_transform(g, &xn[c * hw..(c + 1) * hw], (ty0, ty1), vc, buf)
+                    for (img, ty, t0) in blocks.pieces(b) {
+                        let plane = &x[(img * g.cin + c) * hw..][..hw];
+                        input_transform(g, plane, ty, vc, (t0, tiles), buf)
+                    }
                 });
             dm.par_chunks_mut(XI * tiles)
                 .enumerate()
                 .for_each_init(Vec::new, |buf, (o, mo)| {
-                    output_grad_transform(g, &dyn_[o * ohw..(o + 1) * ohw], (ty0, ty1), mo, buf)
+                    for (img, ty, t0) in blocks.pieces(b) {
+                        let plane = &dy[(img * g.cout + o) * ohw..][..ohw];
+                        output_grad_transform(g, plane, ty, mo, (t0, tiles), buf)
+                    }
                 });
             let (v, dm) = (&*v, &*dm);
             (0..XI).into_par_iter().for_each(|xi| {
@@ -403,7 +490,7 @@ pub(crate) fn weight_grad<T: Element>(g: &Geometry, x: &[T], dy: &[T]) -> Vec<T>
                         (g.cout, g.cin, tiles),
                         dup.get().add(xi * g.cout * g.cin),
                         g.cin,
-                        t > 0,
+                        b > 0,
                         Mat::strided(dm[xi * tiles..].as_ptr(), XI * tiles),
                         Mat::transposed(v[xi * tiles..].as_ptr(), XI * tiles),
                         Parallelism::None,
@@ -472,22 +559,24 @@ macro_rules! vectorized {
 vectorized! {
     /// See [`output_grad_transform_body`].
     fn output_grad_transform / output_grad_transform_avx2 => output_grad_transform_body(
-        g: &Geometry, plane: &[T], ty: (usize, usize), mo: &mut [T], buf: &mut Vec<T>
+        g: &Geometry, plane: &[T], ty: (usize, usize), mo: &mut [T], at: (usize, usize),
+        buf: &mut Vec<T>
     )
 }
 
 vectorized! {
     /// See [`input_transform_body`].
     fn input_transform / input_transform_avx2 => input_transform_body(
-        g: &Geometry, plane: &[T], ty: (usize, usize), vc: &mut [T], buf: &mut Vec<T>
+        g: &Geometry, plane: &[T], ty: (usize, usize), vc: &mut [T], at: (usize, usize),
+        buf: &mut Vec<T>
     )
 }
 
 vectorized! {
     /// See [`output_transform_body`].
     fn output_transform / output_transform_avx2 => output_transform_body(
-        g: &Geometry, mo: &[T], ty: (usize, usize), dst: &mut [T], epilogue: (T, bool),
-        buf: &mut Vec<T>
+        g: &Geometry, mo: &[T], ty: (usize, usize), at: (usize, usize), dst: &mut [T],
+        epilogue: (T, bool), buf: &mut Vec<T>
     )
 }
 
@@ -700,10 +789,10 @@ fn output_grad_transform_body<T: Real, const AVX2: bool>(
     plane: &[T],
     (ty0, ty1): (usize, usize),
     mo: &mut [T],
+    (t0, tiles): (usize, usize),
     buf: &mut Vec<T>,
 ) {
     let tw = g.ow.div_ceil(M);
-    let tiles = (ty1 - ty0) * tw;
     let wp = M * tw;
     // One padded row, the four rows of a tile row split into phases, their column transform.
     buf.resize(wp + M * wp + A * wp, T::ZERO);
@@ -724,7 +813,7 @@ fn output_grad_transform_body<T: Real, const AVX2: bool>(
         }
         // A down the columns, then across each tile (its four columns: element tx of the four
         // phases).
-        let row_of_tiles = ((ty - ty0) * tw, tiles, tw);
+        let row_of_tiles = (t0 + (ty - ty0) * tw, tiles, tw);
         columns_then_tiles::<T, M>(de, tr, (wp, tw), mo, row_of_tiles, |v| {
             a6(v, two, four, eight)
         });
@@ -739,10 +828,10 @@ fn input_transform_body<T: Real, const AVX2: bool>(
     plane: &[T],
     (ty0, ty1): (usize, usize),
     vc: &mut [T],
+    (t0, tiles): (usize, usize),
     buf: &mut Vec<T>,
 ) {
     let tw = g.ow.div_ceil(M);
-    let tiles = (ty1 - ty0) * tw;
     // A padded row holds input columns −p..wp − p, with wp = 4·(tw + 1) ≥ ow + 4 = w + 2p + 2
     // (a 3x3 stride-1 convolution has ow = w + 2p − 2): tile tx reads columns 4·tx..4·tx + 6 of
     // it, i.e. element tx of the four phases and element tx + 1 of the first two.
@@ -766,7 +855,7 @@ fn input_transform_body<T: Real, const AVX2: bool>(
             }
         }
         // Bᵀ down the columns, then B across each tile.
-        let row_of_tiles = ((ty - ty0) * tw, tiles, tw);
+        let row_of_tiles = (t0 + (ty - ty0) * tw, tiles, tw);
         columns_then_tiles::<T, A>(de, tr, (wp, q), vc, row_of_tiles, |v| {
             bt6(v, two, four, five)
         });
@@ -781,12 +870,12 @@ fn output_transform_body<T: Real, const AVX2: bool>(
     g: &Geometry,
     mo: &[T],
     (ty0, ty1): (usize, usize),
+    (t_first, tiles): (usize, usize),
     dst: &mut [T],
     (bias, relu): (T, bool),
     buf: &mut Vec<T>,
 ) {
     let tw = g.ow.div_ceil(M);
-    let tiles = (ty1 - ty0) * tw;
     let f = T::from_f64_;
     let (two, four, eight) = (f(2.0), f(4.0), f(8.0));
     let epilogue = |v: T| {
@@ -802,7 +891,7 @@ fn output_transform_body<T: Real, const AVX2: bool>(
     buf.resize(A * M * tw + M * M * tw, T::ZERO);
     let (s, o) = buf.split_at_mut(A * M * tw);
     for ty in ty0..ty1 {
-        let t0 = (ty - ty0) * tw;
+        let t0 = t_first + (ty - ty0) * tw;
         for (r, sr) in s.chunks_exact_mut(M * tw).enumerate() {
             let rows = std::array::from_fn(|c| &mo[(r * A + c) * tiles + t0..][..tw]);
             let (s0, rest) = sr.split_at_mut(tw);
