@@ -1,4 +1,4 @@
-use mustard_core::candle_core::{DType, Module, Tensor};
+use mustard_core::candle_core::{DType, Module, Tensor, TensorId};
 use mustard_core::candle_nn::{Init, VarBuilder};
 use mustard_core::nn::{Conv2d, Conv2dConfig};
 use mustard_core::{Error, Result};
@@ -90,6 +90,22 @@ impl HeadBlock {
         Ok(self.out.forward(&self.conv.forward_relu(x)?)?)
     }
 
+    /// [`HeadBlock::forward`], taking the hidden map from `shared` when it holds this block's.
+    ///
+    /// # Shapes
+    /// As [`HeadBlock::forward`].
+    pub fn forward_shared(&self, x: &Tensor, shared: &SharedHidden) -> Result<Tensor> {
+        match shared.get(self) {
+            Some(hidden) => Ok(self.out.forward(hidden)?),
+            None => self.forward(x),
+        }
+    }
+
+    /// The first convolution (`in → head_conv`, 3x3), whose output ReLU makes the hidden map.
+    pub fn hidden_conv(&self) -> &Conv2d {
+        &self.conv
+    }
+
     /// Convolution FLOPs on an `h` x `w` map.
     pub fn flops(&self, h: usize, w: usize) -> u64 {
         self.conv.flops((h, w)).0 + self.out.flops((h, w)).0
@@ -100,6 +116,58 @@ impl HeadBlock {
         let hidden = self.conv.onnx(g, x, &format!("{prefix}.0"))?;
         let hidden = g.relu(&hidden, &format!("{prefix}.1"));
         self.out.onnx(g, &hidden, &format!("{prefix}.2"))
+    }
+}
+
+/// The hidden maps (3x3 convolution + ReLU) of several head blocks on one input, computed as
+/// one convolution whose output channels are the blocks' in turn ([`Conv2d::concat_out`]):
+/// the input is read and transformed once for all blocks, in the forward pass and in the weight
+/// gradient, and the blocks' input gradients are summed inside one GEMM instead of block by
+/// block. Each block then takes its own channels ([`HeadBlock::forward_shared`]). The outputs
+/// are the blocks' own, bit for bit; the input's gradient is their sum in another order.
+#[derive(Debug, Clone, Default)]
+pub struct SharedHidden {
+    /// Each block's hidden map, by the id of its first convolution's weight.
+    maps: Vec<(TensorId, Tensor)>,
+}
+
+impl SharedHidden {
+    /// The hidden maps of `blocks` on `x`; none (each block then runs alone) when the blocks'
+    /// first convolutions cannot be joined ([`Conv2d::concat_out`]).
+    pub fn new(blocks: &[&HeadBlock], x: &Tensor) -> Result<Self> {
+        let convs: Vec<&Conv2d> = blocks.iter().map(|b| &b.conv).collect();
+        match Conv2d::concat_out(&convs)? {
+            Some(joined) => Self::with_conv(blocks, &joined, x),
+            None => Ok(Self::default()),
+        }
+    }
+
+    /// The hidden maps of `blocks` on `x` through `joined`, their first convolutions
+    /// concatenated as [`Conv2d::concat_out`] makes it (or an inference copy of that).
+    pub fn with_conv(blocks: &[&HeadBlock], joined: &Conv2d, x: &Tensor) -> Result<Self> {
+        let hidden = joined.forward_relu(x)?;
+        let mut start = 0;
+        let mut maps = Vec::with_capacity(blocks.len());
+        for b in blocks {
+            let channels = b.conv.weight().dim(0)?;
+            maps.push((b.conv.weight().id(), hidden.narrow(1, start, channels)?));
+            start += channels;
+        }
+        let total = hidden.dim(1)?;
+        if start != total {
+            return Err(Error::UnexpectedShape {
+                op: "shared hidden maps",
+                name: "joined convolution",
+                shape: joined.weight().shape().clone(),
+                expected: format!("{start} output channels, the blocks' together"),
+            });
+        }
+        Ok(Self { maps })
+    }
+
+    fn get(&self, block: &HeadBlock) -> Option<&Tensor> {
+        let id = block.conv.weight().id();
+        self.maps.iter().find(|(i, _)| *i == id).map(|(_, t)| t)
     }
 }
 

@@ -9,7 +9,7 @@ use mustard_core::candle_nn::VarBuilder;
 use mustard_core::ops::upsample_bilinear2d;
 use mustard_core::{Error, Result};
 
-use crate::block::{HeadBlock, HeadInit};
+use crate::block::{HeadBlock, HeadInit, SharedHidden};
 use crate::STRIDE;
 
 /// Hyperparameters of depth estimation.
@@ -118,9 +118,19 @@ impl DepthHead {
     /// # Shapes
     /// `(B, in, h, w)` → `(B, 1, 4h, 4w)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.block.forward(x)?;
+        self.forward_shared(x, &SharedHidden::default())
+    }
+
+    /// [`Self::forward`] with the hidden map in `shared` ([`SharedHidden`]).
+    pub fn forward_shared(&self, x: &Tensor, shared: &SharedHidden) -> Result<Tensor> {
+        let y = self.block.forward_shared(x, shared)?;
         let (_, _, h, w) = y.dims4()?;
         upsample_bilinear2d(&y, h * STRIDE, w * STRIDE)
+    }
+
+    /// The head's block.
+    pub fn blocks(&self) -> Vec<&HeadBlock> {
+        vec![&self.block]
     }
 
     /// Appends the head to `g` under `prefix`: log-depth at the input resolution.

@@ -7,7 +7,7 @@ use mustard_core::heatmap::{draw_gaussian, object_radius, topk_peaks};
 use mustard_core::loss::{focal_loss, reg_l1};
 use mustard_core::{Error, Result};
 
-use crate::block::{mask_absent, values_at, HeadBlock, HeadInit};
+use crate::block::{mask_absent, values_at, HeadBlock, HeadInit, SharedHidden};
 use crate::{Detection, STRIDE};
 
 /// Hyperparameters of detection.
@@ -295,11 +295,21 @@ impl DetectionHead {
     /// # Shapes
     /// `(B, in, h, w)` stride-4 features → maps of `(B, ·, h, w)`.
     pub fn forward(&self, x: &Tensor) -> Result<DetectionOutput> {
+        self.forward_shared(x, &SharedHidden::new(&self.blocks(), x)?)
+    }
+
+    /// [`DetectionHead::forward`] with the hidden maps in `shared` ([`SharedHidden`]).
+    pub fn forward_shared(&self, x: &Tensor, shared: &SharedHidden) -> Result<DetectionOutput> {
         Ok(DetectionOutput {
-            hm: self.hm.forward(x)?,
-            wh: self.wh.forward(x)?,
-            reg: self.reg.forward(x)?,
+            hm: self.hm.forward_shared(x, shared)?,
+            wh: self.wh.forward_shared(x, shared)?,
+            reg: self.reg.forward_shared(x, shared)?,
         })
+    }
+
+    /// The head's blocks: `hm`, `wh`, `reg`.
+    pub fn blocks(&self) -> Vec<&HeadBlock> {
+        vec![&self.hm, &self.wh, &self.reg]
     }
 
     /// Appends the head to `g` under `prefix`; returns the raw `hm`, `wh` and `reg` maps.

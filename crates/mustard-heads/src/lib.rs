@@ -26,7 +26,7 @@ pub mod pose;
 mod prediction;
 pub mod segmentation;
 
-pub use block::{gather, HeadBlock, HeadInit};
+pub use block::{gather, HeadBlock, HeadInit, SharedHidden};
 pub use detection::BoxLabel;
 pub use pose::PersonLabel;
 pub use prediction::{Detection, Keypoints};

@@ -9,7 +9,9 @@ use mustard_core::heatmap::{draw_gaussian, topk_peaks};
 use mustard_core::loss::{focal_loss, reg_l1};
 use mustard_core::{Error, Result};
 
-use crate::block::{gather, mask_absent, values_at, weighted_l1, HeadBlock, HeadInit};
+use crate::block::{
+    gather, mask_absent, values_at, weighted_l1, HeadBlock, HeadInit, SharedHidden,
+};
 use crate::detection::{
     self, centre, DetectionBatch, DetectionConfig, DetectionHead, DetectionLoss, DetectionOutput,
     DetectionTargets,
@@ -302,12 +304,24 @@ impl PoseHead {
     /// # Shapes
     /// `(B, in, h, w)` stride-4 features → maps of `(B, ·, h, w)`.
     pub fn forward(&self, x: &Tensor) -> Result<PoseOutput> {
+        self.forward_shared(x, &SharedHidden::new(&self.blocks(), x)?)
+    }
+
+    /// [`PoseHead::forward`] with the hidden maps in `shared` ([`SharedHidden`]).
+    pub fn forward_shared(&self, x: &Tensor, shared: &SharedHidden) -> Result<PoseOutput> {
         Ok(PoseOutput {
-            det: self.detect.forward(x)?,
-            hps: self.hps.forward(x)?,
-            hm_hp: self.hm_hp.forward(x)?,
-            hp_offset: self.hp_offset.forward(x)?,
+            det: self.detect.forward_shared(x, shared)?,
+            hps: self.hps.forward_shared(x, shared)?,
+            hm_hp: self.hm_hp.forward_shared(x, shared)?,
+            hp_offset: self.hp_offset.forward_shared(x, shared)?,
         })
+    }
+
+    /// The head's blocks: the person detector's, then `hps`, `hm_hp`, `hp_offset`.
+    pub fn blocks(&self) -> Vec<&HeadBlock> {
+        let mut blocks = self.detect.blocks();
+        blocks.extend([&self.hps, &self.hm_hp, &self.hp_offset]);
+        blocks
     }
 
     /// Appends the head to `g` under `prefix`; returns the raw `hm`, `wh`, `reg`, `hps`,

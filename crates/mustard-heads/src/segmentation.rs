@@ -6,7 +6,7 @@ use mustard_core::loss::cross_entropy;
 use mustard_core::ops::upsample_bilinear2d;
 use mustard_core::{Error, Result};
 
-use crate::block::{HeadBlock, HeadInit};
+use crate::block::{HeadBlock, HeadInit, SharedHidden};
 use crate::STRIDE;
 
 /// The label that no loss or metric counts.
@@ -111,9 +111,19 @@ impl SegmentationHead {
     /// # Shapes
     /// `(B, in, h, w)` → `(B, C, 4h, 4w)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let logits = self.block.forward(x)?;
+        self.forward_shared(x, &SharedHidden::default())
+    }
+
+    /// [`Self::forward`] with the hidden map in `shared` ([`SharedHidden`]).
+    pub fn forward_shared(&self, x: &Tensor, shared: &SharedHidden) -> Result<Tensor> {
+        let logits = self.block.forward_shared(x, shared)?;
         let (_, _, h, w) = logits.dims4()?;
         upsample_bilinear2d(&logits, h * STRIDE, w * STRIDE)
+    }
+
+    /// The head's block.
+    pub fn blocks(&self) -> Vec<&HeadBlock> {
+        vec![&self.block]
     }
 
     /// Appends the head to `g` under `prefix`: logits at the input resolution.

@@ -3,12 +3,14 @@
 use mustard_backbone::{DeconvConfig, DeconvNeck, Fpn, FpnConfig, ResNet, ResNetConfig};
 use mustard_core::candle_core::{DType, Device, Tensor, D};
 use mustard_core::candle_nn::{VarBuilder, VarMap};
+use mustard_core::nn::Conv2d;
 use mustard_data::{Task, TaskMap};
 use mustard_heads::classification::ClassificationHead;
 use mustard_heads::depth::DepthHead;
 use mustard_heads::detection::DetectionHead;
 use mustard_heads::pose::PoseHead;
 use mustard_heads::segmentation::SegmentationHead;
+use mustard_heads::{HeadBlock, SharedHidden};
 
 use crate::config::{loss_weight, ModelConfig, NeckConfig};
 use crate::targets::{Batch, Encoder};
@@ -36,6 +38,9 @@ pub struct MultiTaskModel {
     backbone: ResNet,
     neck: Neck,
     heads: Heads,
+    /// In an inference copy, the heads' first convolutions on the stride-4 map joined into one
+    /// ([`SharedHidden`]) and copied for inference once; otherwise joined at each forward pass.
+    joined_hidden: Option<Conv2d>,
     specs: TaskMap<HeadSpec>,
     config: ModelConfig,
     device: Device,
@@ -116,6 +121,7 @@ impl MultiTaskModel {
             backbone,
             neck,
             heads: Heads(heads),
+            joined_hidden: None,
             specs,
             config: config.clone(),
             device: vb.device().clone(),
@@ -177,17 +183,27 @@ impl MultiTaskModel {
     /// transforms hold 4x the weights of the layers that use them (about 50 MB for the
     /// ResNet-18 MCN network at 512 px).
     pub fn for_inference(&self) -> Result<Self> {
-        Ok(Self {
+        let mut copy = Self {
             backbone: self.backbone.for_inference()?,
             neck: match &self.neck {
                 Neck::Fpn(f) => Neck::Fpn(f.for_inference()?),
                 Neck::Deconv(d) => Neck::Deconv(d.for_inference()?),
             },
             heads: Heads(self.heads.0.try_map(|_, h| h.for_inference())?),
+            joined_hidden: None,
             specs: self.specs.clone(),
             config: self.config.clone(),
             device: self.device.clone(),
-        })
+        };
+        let convs: Vec<&Conv2d> = copy
+            .dense_blocks()
+            .iter()
+            .map(|b| b.hidden_conv())
+            .collect();
+        copy.joined_hidden = Conv2d::concat_out(&convs)?
+            .map(|joined| joined.for_inference())
+            .transpose()?;
+        Ok(copy)
     }
 
     /// Runs every head; `train` selects BatchNorm batch statistics.
@@ -200,8 +216,25 @@ impl MultiTaskModel {
             Neck::Fpn(f) => f.forward_t(&maps, train)?.dense().clone(),
             Neck::Deconv(d) => d.forward_t(&maps.c5, train)?,
         };
-        let outputs = self.heads.0.try_map(|_, h| h.forward(&dense, &maps.c5))?;
+        let blocks = self.dense_blocks();
+        let shared = match &self.joined_hidden {
+            Some(joined) => SharedHidden::with_conv(&blocks, joined, &dense)?,
+            None => SharedHidden::new(&blocks, &dense)?,
+        };
+        let outputs = self
+            .heads
+            .0
+            .try_map(|_, h| h.forward_shared(&dense, &maps.c5, &shared))?;
         Ok(Outputs(outputs))
+    }
+
+    /// Every head's blocks on the neck's stride-4 map, in the order of the tasks.
+    fn dense_blocks(&self) -> Vec<&HeadBlock> {
+        self.heads
+            .0
+            .iter()
+            .flat_map(|(_, h)| h.dense_blocks())
+            .collect()
     }
 
     /// Each task's loss on the images that carry its labels, and their weighted sum.

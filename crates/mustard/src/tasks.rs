@@ -21,6 +21,7 @@ use mustard_heads::pose::{
     self, PersonLabel, PoseBatch, PoseConfig, PoseHead, PoseOutput, PoseTargets,
 };
 use mustard_heads::segmentation::{self, SegmentationBatch, SegmentationConfig, SegmentationHead};
+use mustard_heads::{HeadBlock, SharedHidden};
 
 use crate::config::{Classes, ModelConfig};
 use crate::{Error, Result};
@@ -369,13 +370,36 @@ impl Head {
 
     /// The raw output on the neck's stride-4 map `dense` (and the backbone's `c5`).
     pub fn forward(&self, dense: &Tensor, c5: &Tensor) -> Result<Output> {
+        let shared = SharedHidden::new(&self.dense_blocks(), dense)?;
+        self.forward_shared(dense, c5, &shared)
+    }
+
+    /// [`Head::forward`] with the hidden maps of its blocks on `dense` taken from `shared`.
+    pub fn forward_shared(
+        &self,
+        dense: &Tensor,
+        c5: &Tensor,
+        shared: &SharedHidden,
+    ) -> Result<Output> {
         Ok(match self {
-            Head::Detection(h) => Output::Detection(h.forward(dense)?),
-            Head::Pose(h) => Output::Pose(h.forward(dense)?),
-            Head::Segmentation(h) => Output::Segmentation(h.forward(dense)?),
-            Head::Depth(h) => Output::Depth(h.forward(dense)?),
+            Head::Detection(h) => Output::Detection(h.forward_shared(dense, shared)?),
+            Head::Pose(h) => Output::Pose(h.forward_shared(dense, shared)?),
+            Head::Segmentation(h) => Output::Segmentation(h.forward_shared(dense, shared)?),
+            Head::Depth(h) => Output::Depth(h.forward_shared(dense, shared)?),
             Head::Classification(h) => Output::Classification(h.forward(c5)?),
         })
+    }
+
+    /// The head's blocks that read the neck's stride-4 map (none for classification, which
+    /// reads `c5`).
+    pub fn dense_blocks(&self) -> Vec<&HeadBlock> {
+        match self {
+            Head::Detection(h) => h.blocks(),
+            Head::Pose(h) => h.blocks(),
+            Head::Segmentation(h) => h.blocks(),
+            Head::Depth(h) => h.blocks(),
+            Head::Classification(_) => Vec::new(),
+        }
     }
 
     /// Appends the head to `g` (variables under `prefix`, `heads.<task>`), reading the neck's

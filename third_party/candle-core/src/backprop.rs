@@ -1,7 +1,7 @@
 //! Methods for backpropagation of gradients.
 use crate::op::{BinaryOp, Op, ReduceOp, UnaryOp};
 use crate::{Error, Result, Tensor, TensorId};
-use std::collections::{hash_map::Entry, HashMap};
+use std::collections::{hash_map::Entry, HashMap, HashSet};
 
 // arg has been reduced to node via reduce_dims, expand it back to arg.
 // This has to handle keepdims.
@@ -543,30 +543,8 @@ impl Tensor {
                         let grad = (grad / arg.sqr()?)?;
                         *sum_grad = sum_grad.sub(&grad)?
                     }
-                    &Op::Narrow(ref arg, dim, start_idx, len) => {
-                        let arg_dims = arg.dims();
-                        let left_pad = if start_idx == 0 {
-                            None
-                        } else {
-                            let mut dims = arg_dims.to_vec();
-                            dims[dim] = start_idx;
-                            Some(Tensor::zeros(dims, grad.dtype(), grad.device())?)
-                        };
-                        let right_pad = arg_dims[dim] - start_idx - len;
-                        let right_pad = if right_pad == 0 {
-                            None
-                        } else {
-                            let mut dims = arg_dims.to_vec();
-                            dims[dim] = right_pad;
-                            Some(Tensor::zeros(dims, grad.dtype(), grad.device())?)
-                        };
-                        let arg_grad = match (left_pad, right_pad) {
-                            (None, None) => grad,
-                            (Some(l), None) => Tensor::cat(&[&l, &grad], dim)?,
-                            (None, Some(r)) => Tensor::cat(&[&grad, &r], dim)?,
-                            (Some(l), Some(r)) => Tensor::cat(&[&l, &grad, &r], dim)?,
-                        };
-                        grads.accumulate(arg, &arg_grad)?
+                    &Op::Narrow(ref arg, dim, start_idx, _len) => {
+                        grads.accumulate_narrow(arg, dim, start_idx, &grad)?
                     }
                     Op::Unary(_, UnaryOp::Floor)
                     | Op::Unary(_, UnaryOp::Round)
@@ -687,7 +665,7 @@ impl Tensor {
 
 /// A store for gradients, associating a tensor id to the corresponding gradient tensor, used for back propagation.
 #[derive(Default, Debug)]
-pub struct GradStore(HashMap<TensorId, Tensor>);
+pub struct GradStore(HashMap<TensorId, Tensor>, HashSet<TensorId>);
 
 impl GradStore {
     /// Create a new gradient store
@@ -707,16 +685,19 @@ impl GradStore {
 
     /// Remove the gradient tensor associated with the given tensor, returning it if it exists
     pub fn remove(&mut self, tensor: &Tensor) -> Option<Tensor> {
+        self.1.remove(&tensor.id());
         self.0.remove(&tensor.id())
     }
 
     /// Insert a gradient tensor associated with the given tensor, returning the previous gradient tensor if it existed
     pub fn insert(&mut self, tensor: &Tensor, grad: Tensor) -> Option<Tensor> {
+        self.1.remove(&tensor.id());
         self.0.insert(tensor.id(), grad)
     }
 
     /// Insert a gradient tensor associated with the given tensor id, returning the previous gradient tensor if it existed
     pub fn insert_id(&mut self, id: TensorId, grad: Tensor) -> Option<Tensor> {
+        self.1.remove(&id);
         self.0.insert(id, grad)
     }
 
@@ -725,6 +706,7 @@ impl GradStore {
     /// Adds `grad` to the gradient of `tensor`; the first gradient to arrive is stored as it is
     /// (made contiguous) instead of being added to a fresh tensor of zeros.
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
+        self.1.remove(&tensor.id());
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
                 let sum = entry.get_mut();
@@ -735,6 +717,48 @@ impl GradStore {
             }
         }
         Ok(())
+    }
+
+    /// Adds `grad` to the part of the gradient of `tensor` that starts at `start` along `dim`
+    /// (the adjoint of `narrow`). The part is added in place in a gradient this store made
+    /// itself (tensors in `self.1`), instead of padding `grad` with zeros to the whole size and
+    /// adding that: the heads of a network that share one convolution and narrow its output
+    /// each made and added a tensor of the whole output's size.
+    fn accumulate_narrow(
+        &mut self,
+        tensor: &Tensor,
+        dim: usize,
+        start: usize,
+        grad: &Tensor,
+    ) -> Result<()> {
+        let id = tensor.id();
+        let len = grad.dim(dim)?;
+        let grad = grad.contiguous()?;
+        if !self.1.contains(&id) {
+            // A tensor of its own, which nothing else holds, to write into.
+            let own = match self.0.get(&id) {
+                Some(sum) => {
+                    let copy = sum.copy()?;
+                    if copy.is_contiguous() {
+                        copy
+                    } else {
+                        copy.contiguous()?
+                    }
+                }
+                None => {
+                    let own = Tensor::zeros(tensor.shape(), grad.dtype(), grad.device())?;
+                    own.slice_set(&grad, dim, start)?;
+                    self.0.insert(id, own);
+                    self.1.insert(id);
+                    return Ok(());
+                }
+            };
+            self.0.insert(id, own);
+            self.1.insert(id);
+        }
+        let sum = &self.0[&id];
+        let part = sum.narrow(dim, start, len)?.add(&grad)?;
+        sum.slice_set(&part, dim, start)
     }
 
     fn or_insert(&mut self, tensor: &Tensor) -> Result<&mut Tensor> {

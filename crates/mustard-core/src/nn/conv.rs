@@ -118,6 +118,41 @@ impl Conv2d {
         })
     }
 
+    /// One convolution whose output channels are those of `convs` in turn (their weights and
+    /// biases concatenated; gradients flow back to each), or `None` when there are fewer than
+    /// two or they differ in input channels, kernel, padding, stride, dilation, groups or
+    /// bias. Run on one input, it gives each layer's output as its channels, bit for bit, with
+    /// the input read (and, in the engine, transformed) once for all of them.
+    pub fn concat_out(convs: &[&Conv2d]) -> Result<Option<Conv2d>> {
+        let [first, rest @ ..] = convs else {
+            return Ok(None);
+        };
+        let same = |c: &Conv2d| {
+            let (a, b) = (&c.config, &first.config);
+            c.weight.dims()[1..] == first.weight.dims()[1..]
+                && (a.padding, a.stride, a.dilation, a.groups, a.bias)
+                    == (b.padding, b.stride, b.dilation, b.groups, b.bias)
+                && c.bias.is_some() == first.bias.is_some()
+        };
+        if rest.is_empty() || first.config.groups != 1 || !rest.iter().all(|c| same(c)) {
+            return Ok(None);
+        }
+        let weights: Vec<&Tensor> = convs.iter().map(|c| &c.weight).collect();
+        let bias = match first.bias {
+            Some(_) => {
+                let biases: Vec<&Tensor> = convs.iter().filter_map(|c| c.bias.as_ref()).collect();
+                Some(Tensor::cat(&biases, 0)?)
+            }
+            None => None,
+        };
+        Ok(Some(Self {
+            weight: Tensor::cat(&weights, 0)?,
+            bias,
+            config: first.config,
+            cache: None,
+        }))
+    }
+
     /// Values held by the kept transforms of an inference copy (0 before its first call, and
     /// for a layer that is not one).
     pub fn cached_values(&self) -> usize {
