@@ -221,8 +221,9 @@ impl BatchNormTrain {
         (_, c, h, w): (usize, usize, usize, usize),
     ) -> Vec<T> {
         let hw = h * w;
-        let mut y = vec![T::ZERO; x.len()];
-        y.par_chunks_mut(hw)
+        let mut y = Vec::with_capacity(x.len());
+        y.spare_capacity_mut()
+            .par_chunks_mut(hw)
             .zip(x.par_chunks(hw))
             .enumerate()
             .for_each(|(p, (out, plane))| {
@@ -231,9 +232,11 @@ impl BatchNormTrain {
                 let shift = beta[ch].to_f64() - mean[ch] * scale;
                 let (scale, shift) = (T::from_f64_(scale), T::from_f64_(shift));
                 for (o, &v) in out.iter_mut().zip(plane) {
-                    *o = v * scale + shift;
+                    o.write(v * scale + shift);
                 }
             });
+        // SAFETY: the planes above cover all `x.len()` elements, each written once.
+        unsafe { y.set_len(x.len()) };
         y
     }
 }
@@ -363,8 +366,8 @@ impl BatchNormTrainBackward {
                 (sdy.total(), sdyx.total())
             })
             .collect();
-        let mut out = vec![T::ZERO; x.len() + 2 * c];
-        let (dx, tail) = out.split_at_mut(x.len());
+        let mut out = Vec::with_capacity(x.len() + 2 * c);
+        let (dx, tail) = out.spare_capacity_mut().split_at_mut(x.len());
         dx.par_chunks_mut(hw)
             .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
             .enumerate()
@@ -375,13 +378,18 @@ impl BatchNormTrainBackward {
                 let (mean, inv_std) = (mean[ch], inv_std[ch]);
                 for ((o, &v), &gv) in d.iter_mut().zip(plane).zip(g) {
                     let xhat = (v.to_f64() - mean) * inv_std;
-                    *o = T::from_f64_(k * (gv.to_f64() - sdy / count - xhat * sdyx / count));
+                    o.write(T::from_f64_(
+                        k * (gv.to_f64() - sdy / count - xhat * sdyx / count),
+                    ));
                 }
             });
         for ch in 0..c {
-            tail[ch] = T::from_f64_(sums[ch].1);
-            tail[c + ch] = T::from_f64_(sums[ch].0);
+            tail[ch].write(T::from_f64_(sums[ch].1));
+            tail[c + ch].write(T::from_f64_(sums[ch].0));
         }
+        // SAFETY: the planes of `dx` cover its `x.len()` elements and the loop above the `2c` of
+        // the tail, each written once.
+        unsafe { out.set_len(x.len() + 2 * c) };
         out
     }
 }

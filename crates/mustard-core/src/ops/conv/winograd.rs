@@ -26,6 +26,8 @@
 //! convolution of the output gradient with the flipped, transposed weight and padding `2 − p`,
 //! so the same kernel serves it.
 
+use std::mem::MaybeUninit;
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -309,8 +311,11 @@ pub(crate) fn forward<T: Element>(
     let tasks = blocks.count;
     let threads = rayon::current_num_threads();
     let (hw, ohw) = (g.h * g.w, g.oh * g.ow);
-    let mut y = vec![T::ZERO; g.n * g.cout * ohw];
-    let out = SharedMut(y.as_mut_ptr());
+    // Not zeroed first: the output transforms write every element (each block its rows of
+    // every channel, the blocks covering all rows of all images).
+    let len = g.n * g.cout * ohw;
+    let mut y: Vec<T> = Vec::with_capacity(len);
+    let out = SharedMut(y.spare_capacity_mut().as_mut_ptr());
     let task = |b: usize, inner: bool| {
         let tiles = blocks.tiles(b);
         T::with_scratch(per_tile * tiles, |scratch| {
@@ -362,8 +367,9 @@ pub(crate) fn forward<T: Element>(
                 let mo = &m[o * XI * tiles..(o + 1) * XI * tiles];
                 for (img, (ty0, ty1), t0) in blocks.pieces(b) {
                     let (oy0, oy1) = (ty0 * M, (ty1 * M).min(g.oh));
-                    // SAFETY: output rows oy0..oy1 of channel `o` of image `img` are written by
-                    // this block and this channel only.
+                    // SAFETY: output rows oy0..oy1 of channel `o` of image `img` (inside `y`'s
+                    // capacity, uninitialised until written) are written by this block and this
+                    // channel only.
                     let dst = unsafe {
                         std::slice::from_raw_parts_mut(
                             out.get().add((img * g.cout + o) * ohw + oy0 * g.ow),
@@ -388,6 +394,8 @@ pub(crate) fn forward<T: Element>(
     } else {
         (0..tasks).for_each(|b| task(b, true));
     }
+    // SAFETY: all `len` elements were written above.
+    unsafe { y.set_len(len) };
     y
 }
 
@@ -575,8 +583,8 @@ vectorized! {
 vectorized! {
     /// See [`output_transform_body`].
     fn output_transform / output_transform_avx2 => output_transform_body(
-        g: &Geometry, mo: &[T], ty: (usize, usize), at: (usize, usize), dst: &mut [T],
-        epilogue: (T, bool), buf: &mut Vec<T>
+        g: &Geometry, mo: &[T], ty: (usize, usize), at: (usize, usize),
+        dst: &mut [MaybeUninit<T>], epilogue: (T, bool), buf: &mut Vec<T>
     )
 }
 
@@ -871,7 +879,7 @@ fn output_transform_body<T: Real, const AVX2: bool>(
     mo: &[T],
     (ty0, ty1): (usize, usize),
     (t_first, tiles): (usize, usize),
-    dst: &mut [T],
+    dst: &mut [MaybeUninit<T>],
     (bias, relu): (T, bool),
     buf: &mut Vec<T>,
 ) {
@@ -916,14 +924,14 @@ fn output_transform_body<T: Real, const AVX2: bool>(
             let (c1, rest) = rest.split_at(tw);
             let (c2, c3) = rest.split_at(tw);
             for ((((d, a), b), c), e) in out.chunks_exact_mut(M).zip(c0).zip(c1).zip(c2).zip(c3) {
-                d[0] = *a;
-                d[1] = *b;
-                d[2] = *c;
-                d[3] = *e;
+                d[0].write(*a);
+                d[1].write(*b);
+                d[2].write(*c);
+                d[3].write(*e);
             }
             // A partial last tile.
             for (j, d) in out[full * M..].iter_mut().enumerate() {
-                *d = oi[j * tw + full];
+                d.write(oi[j * tw + full]);
             }
         }
     }
