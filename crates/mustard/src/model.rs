@@ -224,7 +224,7 @@ impl MultiTaskModel {
         let outputs = self
             .heads
             .0
-            .try_map(|_, h| h.forward_shared(&dense, &maps.c5, &shared))?;
+            .try_map(|_, h| h.forward(&dense, &maps.c5, &shared))?;
         Ok(Outputs(outputs))
     }
 

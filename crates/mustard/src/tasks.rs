@@ -368,19 +368,10 @@ impl Head {
         })
     }
 
-    /// The raw output on the neck's stride-4 map `dense` (and the backbone's `c5`).
-    pub fn forward(&self, dense: &Tensor, c5: &Tensor) -> Result<Output> {
-        let shared = SharedHidden::new(&self.dense_blocks(), dense)?;
-        self.forward_shared(dense, c5, &shared)
-    }
-
-    /// [`Head::forward`] with the hidden maps of its blocks on `dense` taken from `shared`.
-    pub fn forward_shared(
-        &self,
-        dense: &Tensor,
-        c5: &Tensor,
-        shared: &SharedHidden,
-    ) -> Result<Output> {
+    /// The raw output on the neck's stride-4 map `dense` (and the backbone's `c5`), the hidden
+    /// maps of its blocks taken from `shared` where it holds them ([`SharedHidden::new`] over
+    /// [`Head::dense_blocks`]; an empty one runs each block alone).
+    pub fn forward(&self, dense: &Tensor, c5: &Tensor, shared: &SharedHidden) -> Result<Output> {
         Ok(match self {
             Head::Detection(h) => Output::Detection(h.forward_shared(dense, shared)?),
             Head::Pose(h) => Output::Pose(h.forward_shared(dense, shared)?),

@@ -370,20 +370,22 @@ fn col2im_add<T: Real>(g: &Geometry, cols: &[T], (oy0, oy1): (usize, usize), dx:
     }
 }
 
-/// The transpose `(cols × rows)` of the row-major `rows × cols` matrix `a`, in blocks that
-/// keep both sides' cache lines in use.
-fn transpose<T: Real>(a: &[T], rows: usize, cols: usize) -> Vec<T> {
+/// The transpose `(cols × rows)` of the row-major `rows × cols` matrix `a` whose elements are
+/// runs of `item` values (kept in their order), in blocks that keep both sides' cache lines in
+/// use.
+pub(super) fn transpose<T: Real>(a: &[T], (rows, cols): (usize, usize), item: usize) -> Vec<T> {
     const B: usize = 16;
-    let mut out = vec![T::ZERO; rows * cols];
-    out.par_chunks_mut(B * rows)
+    let mut out = vec![T::ZERO; a.len()];
+    out.par_chunks_mut(B * rows * item)
         .enumerate()
         .for_each(|(cb, chunk)| {
             let c0 = cb * B;
             for r0 in (0..rows).step_by(B) {
                 for c in c0..(c0 + B).min(cols) {
-                    let dst = &mut chunk[(c - c0) * rows..][..rows];
+                    let dst = &mut chunk[(c - c0) * rows * item..][..rows * item];
                     for r in r0..(r0 + B).min(rows) {
-                        dst[r] = a[r * cols + c];
+                        dst[r * item..][..item]
+                            .copy_from_slice(&a[(r * cols + c) * item..][..item]);
                     }
                 }
             }
@@ -532,7 +534,7 @@ pub(crate) fn input_grad<T: Element>(g: &Geometry, dy: &[T], w: &[T]) -> Vec<T> 
     // GEMM's inner dimension jumps `k` values, and the GEMM does not repack an operand for a
     // block with few columns (a small map): ResNet's 512-channel 8x8 layers took twice their
     // forward's time (39 against 20 ms at batch 8, one thread; 22 ms now).
-    let wt = transpose(w, g.cout, k);
+    let wt = transpose(w, (g.cout, k), 1);
     // One task per image and block of input channels: col2im of different channels writes
     // disjoint planes, so no two tasks touch the same element.
     let cblocks = (2 * threads).div_ceil(g.n).min(g.cin);

@@ -31,7 +31,7 @@ use std::mem::MaybeUninit;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::kernels::{enough_tasks, matmul, Element, Geometry, Mat, SharedMut};
+use super::kernels::{enough_tasks, matmul, transpose, Element, Geometry, Mat, SharedMut};
 use crate::ops::Real;
 
 /// Output tile side.
@@ -195,9 +195,15 @@ pub(crate) fn transform_weight<T: Real>(
     // The flipped, transposed weight read in place takes one tap from each of `ins` rows
     // `9·outs` apart per output channel (a cache line and, for large layers, a page per value):
     // first copy it into the forward layout, block by block.
+    // `out[o][i][k] = w[i][o][8 − k]`: the kernels transposed as 9-value items, then each
+    // turned by 180°.
     let flipped;
     let w = if flip_transpose {
-        flipped = flip_transposed(w, (outs, ins));
+        flipped = {
+            let mut t = transpose(w, (ins, outs), 9);
+            t.chunks_exact_mut(9).for_each(<[T]>::reverse);
+            t
+        };
         &flipped
     } else {
         w
@@ -241,33 +247,6 @@ pub(crate) fn transform_weight<T: Real>(
             }
         });
     u
-}
-
-/// `(outs, ins, 3, 3)` from the weight `w` `(ins, outs, 3, 3)`, each kernel turned by 180°:
-/// `out[o][i][k] = w[i][o][8 − k]`.
-fn flip_transposed<T: Real>(w: &[T], (outs, ins): (usize, usize)) -> Vec<T> {
-    /// Output channels per task and input channels per inner block: a block reads 32 runs of
-    /// 32·9 values.
-    const B: usize = 32;
-    let mut out = vec![T::ZERO; w.len()];
-    out.par_chunks_mut(B * ins * 9)
-        .enumerate()
-        .for_each(|(ob, chunk)| {
-            let o0 = ob * B;
-            let o1 = (o0 + B).min(outs);
-            for i0 in (0..ins).step_by(B) {
-                for o in o0..o1 {
-                    for i in i0..(i0 + B).min(ins) {
-                        let src = &w[(i * outs + o) * 9..][..9];
-                        let dst = &mut chunk[((o - o0) * ins + i) * 9..][..9];
-                        for (k, d) in dst.iter_mut().enumerate() {
-                            *d = src[8 - k];
-                        }
-                    }
-                }
-            }
-        });
-    out
 }
 
 /// Row `r` of `out` (six rows of `n = a.len()`) holds `g6(a[i], b[i], c[i])[r]` for every `i`.
