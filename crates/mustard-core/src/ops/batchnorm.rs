@@ -2,6 +2,8 @@
 //! per-channel statistics, one for the output, and a backward of two passes, instead of the
 //! eight whole-tensor temporaries of the composed form.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -95,11 +97,11 @@ pub fn batch_norm_train(
 /// eight independent chains of additions: one running sum waits for each addition before the
 /// next (four cycles each), which made the per-channel sums of BatchNorm about 6% of a training
 /// step of the MCN network.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Lanes([f64; 8]);
 
 impl Lanes {
-    #[inline]
+    #[inline(always)]
     fn add<T: Copy>(&mut self, values: &[T], f: impl Fn(T) -> f64) {
         let mut chunks = values.chunks_exact(8);
         for chunk in &mut chunks {
@@ -119,7 +121,7 @@ impl Lanes {
 }
 
 /// `Σ dy · (x − mean) · inv_std` into `lanes`, in [`Lanes::add`]'s order.
-#[inline]
+#[inline(always)]
 fn sdy_x<T: Real>(lanes: &mut Lanes, x: &[T], dy: &[T], (mean, inv_std): (f64, f64)) {
     let (mut xc, mut gc) = (x.chunks_exact(8), dy.chunks_exact(8));
     for (xs, gs) in (&mut xc).zip(&mut gc) {
@@ -143,18 +145,11 @@ impl ChannelStats {
             .into_par_iter()
             .map(|ch| {
                 let plane = |img: usize| &x[(img * c + ch) * hw..(img * c + ch + 1) * hw];
-                let mut sum = Lanes::default();
-                for img in 0..n {
-                    sum.add(plane(img), |v| v.to_f64());
-                }
+                let sum = (0..n).fold(Lanes::default(), |l, img| plane_sum(l, plane(img)));
                 let mean = sum.total() / count;
-                let mut sq = Lanes::default();
-                for img in 0..n {
-                    sq.add(plane(img), |v| {
-                        let d = v.to_f64() - mean;
-                        d * d
-                    });
-                }
+                let sq = (0..n).fold(Lanes::default(), |l, img| {
+                    plane_squares(l, plane(img), mean)
+                });
                 (mean, sq.total() / count)
             })
             .collect();
@@ -230,10 +225,7 @@ impl BatchNormTrain {
                 let ch = p % c;
                 let scale = gamma[ch].to_f64() * inv_std[ch];
                 let shift = beta[ch].to_f64() - mean[ch] * scale;
-                let (scale, shift) = (T::from_f64_(scale), T::from_f64_(shift));
-                for (o, &v) in out.iter_mut().zip(plane) {
-                    o.write(v * scale + shift);
-                }
+                normalize_plane(out, plane, T::from_f64_(scale), T::from_f64_(shift));
             });
         // SAFETY: the planes above cover all `x.len()` elements, each written once.
         unsafe { y.set_len(x.len()) };
@@ -334,6 +326,90 @@ impl CustomOp3 for BatchNormTrain {
     }
 }
 
+/// One channel's numbers for its input gradient.
+struct DxConstants {
+    /// γ / √(var + eps).
+    k: f64,
+    mean: f64,
+    inv_std: f64,
+    /// Σ dy / count.
+    sdy_mean: f64,
+    /// Σ dy · x̂.
+    sdyx: f64,
+    /// The values per channel, N·H·W.
+    count: f64,
+    /// `1 / count` where that is exact (a power of two).
+    reciprocal: Option<f64>,
+}
+
+avx2_dispatch! {
+    /// `dx = k · (dy − Σdy / count − x̂ · Σdy·x̂ / count)` over one plane.
+    fn dx_plane<T>(dx: &mut [MaybeUninit<T>], x: &[T], dy: &[T], c: &DxConstants) {
+        let (k, mean, inv_std, sdy_mean, sdyx) = (c.k, c.mean, c.inv_std, c.sdy_mean, c.sdyx);
+        match c.reciprocal {
+            Some(r) => {
+                for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
+                    let xhat = (v.to_f64() - mean) * inv_std;
+                    o.write(T::from_f64_(k * (g.to_f64() - sdy_mean - xhat * sdyx * r)));
+                }
+            }
+            None => {
+                let count = c.count;
+                for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
+                    let xhat = (v.to_f64() - mean) * inv_std;
+                    o.write(T::from_f64_(k * (g.to_f64() - sdy_mean - xhat * sdyx / count)));
+                }
+            }
+        }
+    }
+}
+
+avx2_dispatch! {
+    /// `lanes` plus the values of `plane`.
+    fn plane_sum<T>(lanes: Lanes, plane: &[T]) -> Lanes {
+        let mut lanes = lanes;
+        lanes.add(plane, |v| v.to_f64());
+        lanes
+    }
+}
+
+avx2_dispatch! {
+    /// `lanes` plus the squared deviations from `mean` of the values of `plane`.
+    fn plane_squares<T>(lanes: Lanes, plane: &[T], mean: f64) -> Lanes {
+        let mut lanes = lanes;
+        lanes.add(plane, |v| {
+            let d = v.to_f64() - mean;
+            d * d
+        });
+        lanes
+    }
+}
+
+avx2_dispatch! {
+    /// `out = plane · scale + shift`.
+    fn normalize_plane<T>(out: &mut [MaybeUninit<T>], plane: &[T], scale: T, shift: T) {
+        for (o, &v) in out.iter_mut().zip(plane) {
+            o.write(v * scale + shift);
+        }
+    }
+}
+
+avx2_dispatch! {
+    /// `(Σ dy, Σ dy · x̂)` plus one plane's.
+    fn plane_grad_sums<T>(
+        sums: (Lanes, Lanes),
+        x: &[T],
+        dy: &[T],
+        mean: f64,
+        inv_std: f64,
+    ) -> (Lanes, Lanes) {
+        let (mut sdy, mut sdyx) = sums;
+        sdy.add(dy, |g| g.to_f64());
+        sdy_x(&mut sdyx, x, dy, (mean, inv_std));
+        (sdy, sdyx)
+    }
+}
+
 /// Packs `[dx (N·C·H·W), dγ (C), dβ (C)]`.
 struct BatchNormTrainBackward {
     /// The forward's [`BatchNormTrain::moments`].
@@ -355,34 +431,37 @@ impl BatchNormTrainBackward {
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (mut sdy, mut sdyx) = (Lanes::default(), Lanes::default());
                 let (m, s) = (mean[ch], inv_std[ch]);
-                for img in 0..n {
+                let (sdy, sdyx) = (0..n).fold(Default::default(), |sums, img| {
                     let range = (img * c + ch) * hw..(img * c + ch + 1) * hw;
-                    let (xs, gs) = (&x[range.clone()], &dy[range]);
-                    sdy.add(gs, |g| g.to_f64());
-                    sdy_x(&mut sdyx, xs, gs, (m, s));
-                }
+                    plane_grad_sums(sums, &x[range.clone()], &dy[range], m, s)
+                });
                 (sdy.total(), sdyx.total())
             })
             .collect();
         let mut out = Vec::with_capacity(x.len() + 2 * c);
         let (dx, tail) = out.spare_capacity_mut().split_at_mut(x.len());
-        dx.par_chunks_mut(hw)
+        // `x̂ · Σdy·x̂ / count` divides per value. Divided by a power of two, the result is the
+        // same as multiplied by its exact reciprocal (both round the same real number once), and
+        // a multiplication is several times cheaper.
+        let reciprocal = (n * hw).is_power_of_two().then(|| 1.0 / count);
+        let planes = dx
+            .par_chunks_mut(hw)
             .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
-            .enumerate()
-            .for_each(|(p, (d, (plane, g)))| {
-                let ch = p % c;
-                let (sdy, sdyx) = sums[ch];
-                let k = gamma[ch] * inv_std[ch];
-                let (mean, inv_std) = (mean[ch], inv_std[ch]);
-                for ((o, &v), &gv) in d.iter_mut().zip(plane).zip(g) {
-                    let xhat = (v.to_f64() - mean) * inv_std;
-                    o.write(T::from_f64_(
-                        k * (gv.to_f64() - sdy / count - xhat * sdyx / count),
-                    ));
-                }
-            });
+            .enumerate();
+        planes.for_each(|(p, (d, (x, g)))| {
+            let ch = p % c;
+            let constants = DxConstants {
+                k: gamma[ch] * inv_std[ch],
+                mean: mean[ch],
+                inv_std: inv_std[ch],
+                sdy_mean: sums[ch].0 / count,
+                sdyx: sums[ch].1,
+                count,
+                reciprocal,
+            };
+            dx_plane(d, x, g, &constants)
+        });
         for ch in 0..c {
             tail[ch].write(T::from_f64_(sums[ch].1));
             tail[c + ch].write(T::from_f64_(sums[ch].0));
@@ -467,5 +546,56 @@ mod tests {
         sdy_x(&mut lanes, &v, &v, (1.0, 0.5));
         let expected: f64 = v.iter().map(|&x| x as f64 * (x as f64 - 1.0) * 0.5).sum();
         assert_eq!(lanes.total(), expected);
+    }
+
+    /// Dividing by a power-of-two count and multiplying by its reciprocal give the same bits,
+    /// in f32 and f64, for values spread over many binades.
+    #[test]
+    fn reciprocal_of_a_power_of_two_count_is_the_division_bit_for_bit() {
+        let x: Vec<f64> = (0..4099)
+            .map(|i| {
+                let v = ((i * 7919) % 2003) as f64 / 101.0 - 9.7;
+                v * 2f64.powi((i % 37) - 18)
+            })
+            .collect();
+        let dy: Vec<f64> = (0..x.len())
+            .map(|i| ((i * 104729) % 1009) as f64 / 53.0 - 9.1)
+            .collect();
+        for count in [2.0, 64.0, 8192.0, 2f64.powi(40)] {
+            let constants = |reciprocal| DxConstants {
+                k: 1.7,
+                mean: 0.3,
+                inv_std: 2.9,
+                sdy_mean: 0.01,
+                sdyx: 0.37 * count,
+                count,
+                reciprocal,
+            };
+            let run = |reciprocal: Option<f64>| {
+                let mut out64 = vec![MaybeUninit::uninit(); x.len()];
+                dx_plane(&mut out64, &x, &dy, &constants(reciprocal));
+                let (x32, dy32): (Vec<f32>, Vec<f32>) = x
+                    .iter()
+                    .zip(&dy)
+                    .map(|(&a, &b)| (a as f32, b as f32))
+                    .unzip();
+                let mut out32 = vec![MaybeUninit::uninit(); x.len()];
+                dx_plane(&mut out32, &x32, &dy32, &constants(reciprocal));
+                // SAFETY: dx_plane writes every element.
+                unsafe {
+                    (
+                        out64
+                            .iter()
+                            .map(|v| v.assume_init().to_bits())
+                            .collect::<Vec<_>>(),
+                        out32
+                            .iter()
+                            .map(|v| v.assume_init().to_bits())
+                            .collect::<Vec<_>>(),
+                    )
+                }
+            };
+            assert_eq!(run(Some(1.0 / count)), run(None), "count {count}");
+        }
     }
 }

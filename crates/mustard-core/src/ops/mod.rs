@@ -10,6 +10,33 @@
 //! The convolution engine ([`conv2d`], [`conv_transpose2d`] and their gradients) replaces
 //! candle's CPU convolution, whose input gradient runs a naive direct loop; see [`conv`].
 
+/// Defines `fn $name<T: Real>(…)` whose body runs compiled for AVX2 + FMA when the CPU has them,
+/// else for the baseline x86-64 the crate is built for (SSE2, half as wide). The body is an
+/// `#[inline(always)]` function called from a `#[target_feature]` one, so its slice parameters
+/// keep their no-alias guarantee and its loops vectorise with 256-bit registers. FMA contraction
+/// is never enabled, so both builds give identical results.
+macro_rules! avx2_dispatch {
+    ($(#[$doc:meta])* fn $name:ident<T>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$doc])*
+        fn $name<T: $crate::ops::Real>($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body<T: $crate::ops::Real>($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2<T: $crate::ops::Real>($($arg: $ty),*) $(-> $ret)? {
+                    body::<T>($($arg),*)
+                }
+                if $crate::ops::has_avx2() {
+                    // SAFETY: the CPU supports the enabled features (checked above).
+                    return unsafe { avx2::<T>($($arg),*) };
+                }
+            }
+            body::<T>($($arg),*)
+        }
+    };
+}
+
 mod batchnorm;
 pub mod conv;
 #[cfg(feature = "cuda")]
@@ -31,6 +58,7 @@ pub use upsample::{upsample_bilinear2d, upsample_nearest2d};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 use crate::{Error, Result};
 
@@ -164,4 +192,41 @@ pub(crate) fn check_nchw(op: &'static str, x: &Tensor) -> Result<(usize, usize, 
 
 pub(crate) fn nchw(n: usize, c: usize, h: usize, w: usize) -> Shape {
     Shape::from((n, c, h, w))
+}
+
+/// Values per task of the element-wise maps below.
+const MAP_BLOCK: usize = 1 << 14;
+
+/// `f` of each value of `a` and `b` (the same length), in parallel blocks of plain loops that
+/// LLVM vectorises, written into a new vector's uninitialised capacity. A parallel iterator
+/// collected element by element stays scalar.
+pub(crate) fn zip_map<A: Copy + Sync, B: Copy + Sync, U: Send>(
+    a: &[A],
+    b: &[B],
+    f: impl Fn(A, B) -> U + Sync,
+) -> Vec<U> {
+    assert_eq!(a.len(), b.len(), "zip_map: operand lengths");
+    let mut out = Vec::with_capacity(a.len());
+    out.spare_capacity_mut()[..a.len()]
+        .par_chunks_mut(MAP_BLOCK)
+        .zip(a.par_chunks(MAP_BLOCK).zip(b.par_chunks(MAP_BLOCK)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                o.write(f(a, b));
+            }
+        });
+    // SAFETY: the blocks cover all `a.len()` elements, each written once.
+    unsafe { out.set_len(a.len()) };
+    out
+}
+
+/// `f(a[i])` for each value, as [`zip_map`].
+pub(crate) fn map<A: Copy + Sync, U: Send>(a: &[A], f: impl Fn(A) -> U + Sync) -> Vec<U> {
+    zip_map(a, a, |v, _| f(v))
+}
+
+/// Whether the CPU has AVX2 and FMA, for the kernels' builds that use them.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }

@@ -1,5 +1,4 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::conv::ReluGradOp;
 use super::{contiguous_slice, Real};
@@ -24,10 +23,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 struct Relu;
 
 fn relu_kernel<T: Real>(x: &[T]) -> Vec<T> {
-    x.par_iter()
-        .with_min_len(1 << 14)
-        .map(|&v| if v < T::ZERO { T::ZERO } else { v })
-        .collect()
+    super::map(x, |v| if v < T::ZERO { T::ZERO } else { v })
 }
 
 impl CustomOp1 for Relu {

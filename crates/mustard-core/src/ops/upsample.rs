@@ -52,12 +52,130 @@ pub fn upsample_nearest2d(x: &Tensor, factor: usize) -> Result<Tensor> {
     }
     // Not candle's `upsample_nearest2d`: its backward assigns the gradient of its input instead
     // of adding to it, so every other use of the input (the FPN's output convolution beside the
-    // top-down path) loses its gradient. A broadcast, whose backward sums, gives the same values.
+    // top-down path) loses its gradient. On the CPU, one pass each way; elsewhere a broadcast,
+    // whose backward sums, gives the same values (and the same sums, in the same order).
+    if super::cpu_kernels(x) {
+        return Ok(x.contiguous()?.apply_op1(Nearest { factor })?);
+    }
     let (n, c) = (x.dim(0)?, x.dim(1)?);
     Ok(x.reshape((n, c, h, 1, w, 1))?
         .broadcast_as((n, c, h, factor, w, factor))?
         .contiguous()?
         .reshape((n, c, h * factor, w * factor))?)
+}
+
+/// Nearest-neighbour upsampling by an integer factor, on the CPU.
+struct Nearest {
+    factor: usize,
+}
+
+impl Nearest {
+    fn fwd<T: Real>(&self, x: &[T], (h, w): (usize, usize)) -> Vec<T> {
+        let f = self.factor;
+        let ow = w * f;
+        let mut out = Vec::with_capacity(x.len() * f * f);
+        // One output row from each input row, then copied to the block's other rows.
+        out.spare_capacity_mut()[..x.len() * f * f]
+            .par_chunks_mut(f * ow * h)
+            .zip(x.par_chunks(h * w))
+            .for_each(|(o, plane)| {
+                for (rows, r) in o.chunks_exact_mut(f * ow).zip(plane.chunks_exact(w)) {
+                    let (first, rest) = rows.split_at_mut(ow);
+                    for (block, &v) in first.chunks_exact_mut(f).zip(r) {
+                        block.iter_mut().for_each(|e| {
+                            e.write(v);
+                        });
+                    }
+                    for row in rest.chunks_exact_mut(ow) {
+                        row.copy_from_slice(first);
+                    }
+                }
+            });
+        // SAFETY: every plane's `h` groups of `f` rows of `ow` values are written above.
+        unsafe { out.set_len(x.len() * f * f) };
+        out
+    }
+}
+
+impl CustomOp1 for Nearest {
+    fn name(&self) -> &'static str {
+        "mustard.upsample_nearest2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let out = match s {
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(self.fwd(contiguous_slice::<f32>(self.name(), s, l)?, (h, w)))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(self.fwd(contiguous_slice::<f64>(self.name(), s, l)?, (h, w)))
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
+        };
+        Ok((out, nchw(n, c, h * self.factor, w * self.factor)))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let op = NearestBackward {
+            factor: self.factor,
+        };
+        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+/// The sum of each `factor` x `factor` block of the output gradient, added row by row from
+/// zero, in the order of candle's sum over the broadcast dimensions (so both paths agree bit
+/// for bit).
+struct NearestBackward {
+    factor: usize,
+}
+
+impl NearestBackward {
+    fn bwd<T: Real>(&self, g: &[T], (oh, ow): (usize, usize)) -> Vec<T> {
+        let f = self.factor;
+        let (h, w) = (oh / f, ow / f);
+        let mut dx = vec![T::ZERO; g.len() / (f * f)];
+        dx.par_chunks_mut(h * w)
+            .zip(g.par_chunks(oh * ow))
+            .for_each(|(d, gp)| {
+                for (drow, rows) in d.chunks_exact_mut(w).zip(gp.chunks_exact(f * ow)) {
+                    for row in rows.chunks_exact(ow) {
+                        for (v, block) in drow.iter_mut().zip(row.chunks_exact(f)) {
+                            for &e in block {
+                                *v += e;
+                            }
+                        }
+                    }
+                }
+            });
+        dx
+    }
+}
+
+impl CustomOp1 for NearestBackward {
+    fn name(&self) -> &'static str {
+        "mustard.upsample_nearest2d_backward"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, oh, ow) = l.shape().dims4()?;
+        let out = match s {
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(self.bwd(contiguous_slice::<f32>(self.name(), s, l)?, (oh, ow)))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(self.bwd(contiguous_slice::<f64>(self.name(), s, l)?, (oh, ow)))
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
+        };
+        Ok((out, nchw(n, c, oh / self.factor, ow / self.factor)))
+    }
 }
 
 /// Per output index: the two source indices and their weights.
@@ -319,6 +437,53 @@ mod tests {
             .fwd(&x, 3);
             let bits = |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&expected), "{oh}x{ow}");
+        }
+    }
+
+    /// The nearest kernel against the broadcast path (candle's sum for the gradient), bit for
+    /// bit in f32, where a different order of the block sums would show.
+    #[test]
+    fn nearest_kernel_equals_the_broadcast_path_bit_for_bit() {
+        let (n, c, h, w) = (2, 3, 5, 7);
+        let v: Vec<f32> = (0..n * c * h * w)
+            .map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0)
+            .collect();
+        let x = Tensor::from_vec(v, (n, c, h, w), &Device::Cpu).unwrap();
+        for f in [1, 2, 3] {
+            let (oh, ow) = (h * f, w * f);
+            let g: Vec<f32> = (0..n * c * oh * ow)
+                .map(|i| ((i * 104729) % 2039) as f32 / 113.0 - 9.0)
+                .collect();
+            let g = Tensor::from_vec(g, (n, c, oh, ow), &Device::Cpu).unwrap();
+            let var = Var::from_tensor(&x).unwrap();
+            let kernel = upsample_nearest2d(var.as_tensor(), f).unwrap();
+            let broadcast = var
+                .as_tensor()
+                .reshape((n, c, h, 1, w, 1))
+                .unwrap()
+                .broadcast_as((n, c, h, f, w, f))
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .reshape((n, c, oh, ow))
+                .unwrap();
+            let bits = |t: &Tensor| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&kernel), bits(&broadcast), "factor {f}");
+            let grad = |y: &Tensor| {
+                let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                grads.get(var.as_tensor()).unwrap().clone()
+            };
+            let (gk, gb) = (grad(&kernel), grad(&broadcast));
+            assert_eq!(gk.dims(), [n, c, h, w]);
+            assert_eq!(bits(&gk), bits(&gb), "factor {f} gradient");
         }
     }
 

@@ -32,6 +32,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::kernels::{enough_tasks, matmul, transpose, Element, Geometry, Mat, SharedMut};
+#[cfg(target_arch = "x86_64")]
+use crate::ops::has_avx2;
 use crate::ops::Real;
 
 /// Output tile side.
@@ -200,7 +202,7 @@ pub(crate) fn transform_weight<T: Real>(
     let flipped;
     let w = if flip_transpose {
         flipped = {
-            let mut t = transpose(w, (ins, outs), 9);
+            let mut t = transpose::<T, 9>(w, (ins, outs));
             t.chunks_exact_mut(9).for_each(<[T]>::reverse);
             t
         };
@@ -511,12 +513,6 @@ pub(crate) fn weight_grad<T: Element>(g: &Geometry, x: &[T], dy: &[T]) -> Vec<T>
         },
     );
     dw
-}
-
-/// Whether the CPU runs the AVX2 + FMA builds of the transforms.
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
 /// Defines `$name`, which runs `$body` (an `#[inline(always)]` function) compiled for AVX2 + FMA
