@@ -136,8 +136,8 @@ fn composed(x: &Tensor, cfg: MaxPool2dConfig) -> Result<Tensor> {
 
 /// Visits every output element with the index of the winning input element of its window
 /// (`None` only for a window entirely in the padding, which a valid config never has): the
-/// plain scan in PyTorch's order, which the backward pass routes the gradient by and
-/// [`pool_plane`] is tested against.
+/// plain scan in PyTorch's order, which [`pool_plane`] and [`route_plane`] are tested against.
+#[cfg(test)]
 fn for_each_window<T: Real>(
     plane: &[T],
     (h, w): (usize, usize),
@@ -145,35 +145,47 @@ fn for_each_window<T: Real>(
     cfg: MaxPool2dConfig,
     mut visit: impl FnMut(usize, Option<usize>, T),
 ) {
-    // The window rows/columns that fall inside the map, so the inner loops need no checks.
-    let span = |o: usize, len: usize| {
-        let start = (o * cfg.stride) as isize - cfg.padding as isize;
-        let lo = start.max(0) as usize;
-        let hi = ((start + cfg.kernel as isize).min(len as isize)).max(0) as usize;
-        (lo, hi)
-    };
-    let cols: Vec<(usize, usize)> = (0..ow).map(|ox| span(ox, w)).collect();
     for oy in 0..oh {
-        let (y0, y1) = span(oy, h);
-        for (ox, &(x0, x1)) in cols.iter().enumerate() {
-            let mut best = T::NEG_INFINITY;
-            let mut arg = None;
-            'window: for y in y0..y1 {
-                let row = &plane[y * w..(y + 1) * w];
-                for x in x0..x1 {
-                    let v = row[x];
-                    if arg.is_none() || v > best || v.is_nan_() {
-                        best = v;
-                        arg = Some(y * w + x);
-                        if v.is_nan_() {
-                            break 'window;
-                        }
-                    }
-                }
-            }
+        for ox in 0..ow {
+            let (arg, best) = scan_window(plane, (h, w), cfg, (oy, ox));
             visit(oy * ow + ox, arg, best);
         }
     }
+}
+
+/// The window rows (or columns) of output index `o` that fall inside a map of `len`.
+fn window_span(cfg: MaxPool2dConfig, o: usize, len: usize) -> (usize, usize) {
+    let start = (o * cfg.stride) as isize - cfg.padding as isize;
+    let lo = start.max(0) as usize;
+    let hi = ((start + cfg.kernel as isize).min(len as isize)).max(0) as usize;
+    (lo, hi)
+}
+
+/// The index of the winning element of window `(oy, ox)` and its value: the first element in
+/// row-major scan order that is larger than every one before it, or the first NaN.
+fn scan_window<T: Real>(
+    plane: &[T],
+    (h, w): (usize, usize),
+    cfg: MaxPool2dConfig,
+    (oy, ox): (usize, usize),
+) -> (Option<usize>, T) {
+    let ((y0, y1), (x0, x1)) = (window_span(cfg, oy, h), window_span(cfg, ox, w));
+    let mut best = T::NEG_INFINITY;
+    let mut arg = None;
+    for y in y0..y1 {
+        let row = &plane[y * w..(y + 1) * w];
+        for x in x0..x1 {
+            let v = row[x];
+            if arg.is_none() || v > best || v.is_nan_() {
+                best = v;
+                arg = Some(y * w + x);
+                if v.is_nan_() {
+                    return (arg, best);
+                }
+            }
+        }
+    }
+    (arg, best)
 }
 
 /// The maxima of one plane's windows, the values [`for_each_window`] finds, computed a whole
@@ -213,6 +225,74 @@ fn pool_plane<T: Real>(
             for kx in 0..k {
                 let tap = &phases[(kx % s) * q + kx / s..][..ow];
                 update_max(best, tap);
+            }
+        }
+    }
+}
+
+avx2_dispatch! {
+    /// The input gradient of one plane: each output gradient added to the winning element of its
+    /// window, the one [`scan_window`] finds, found from the forward's maxima `m` a whole output
+    /// row at a time (as [`pool_plane`] reads the taps): the first element in scan order equal to
+    /// its window's maximum, or the first NaN where that is NaN. Ties and signed zeros resolve as
+    /// in the scan, since no element before the winner is larger. A window whose maximum is −∞,
+    /// which the padding's −∞ would match, takes the scan. `buf` and `win` are scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn route_plane<T>(
+        plane: &[T],
+        hw: (usize, usize),
+        out_hw: (usize, usize),
+        cfg: MaxPool2dConfig,
+        maxima_and_grad: (&[T], &[T]),
+        d: &mut [T],
+        buf: &mut Vec<T>,
+        win: &mut Vec<usize>,
+    ) {
+        const NONE: usize = usize::MAX;
+        let ((h, w), (_, ow), (m, g)) = (hw, out_hw, maxima_and_grad);
+        let (k, s, p) = (cfg.kernel, cfg.stride, cfg.padding);
+        let q = ow + (k - 1) / s;
+        buf.clear();
+        buf.resize(s * q + s * q, T::NEG_INFINITY);
+        let (padded, phases) = buf.split_at_mut(s * q);
+        for (oy, (mrow, grow)) in m.chunks_exact(ow).zip(g.chunks_exact(ow)).enumerate() {
+            win.clear();
+            win.resize(ow, NONE);
+            let start = (oy * s) as isize - p as isize;
+            let y0 = start.max(0) as usize;
+            let y1 = (start + k as isize).clamp(0, h as isize) as usize;
+            for y in y0..y1 {
+                let row = &plane[y * w..(y + 1) * w];
+                let len = w.min(s * q - p);
+                padded[p..p + len].copy_from_slice(&row[..len]);
+                split_phases(padded, phases, s, q);
+                for kx in 0..k {
+                    let tap = &phases[(kx % s) * q + kx / s..][..ow];
+                    // Padded column ox·s + kx is map column ox·s + kx − p (a hit is never in the
+                    // padding, where the wrapped index is not used).
+                    let base = (y * w + kx).wrapping_sub(p);
+                    for (ox, ((slot, &v), &best)) in win.iter_mut().zip(tap).zip(mrow).enumerate() {
+                        let hit =
+                            (v == best && best != T::NEG_INFINITY) || (v.is_nan_() && best.is_nan_());
+                        // A select and an unconditional store, which vectorise.
+                        let take = hit && *slot == NONE;
+                        *slot = if take {
+                            base.wrapping_add(ox * s)
+                        } else {
+                            *slot
+                        };
+                    }
+                }
+            }
+            for (ox, (&slot, &gv)) in win.iter().zip(grow).enumerate() {
+                let arg = if slot == NONE {
+                    scan_window(plane, (h, w), cfg, (oy, ox)).0
+                } else {
+                    Some(slot)
+                };
+                if let Some(i) = arg {
+                    d[i] += gv;
+                }
             }
         }
     }
@@ -307,33 +387,47 @@ impl CustomOp1 for MaxPool2d {
     fn bwd(
         &self,
         arg: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let grad = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPool2dBackward(self.0))?;
+        let op = MaxPool2dBackward {
+            cfg: self.0,
+            out: res.contiguous()?,
+        };
+        let grad = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &op)?;
         Ok(Some(grad))
     }
 }
 
 /// Routes each output gradient to the winning input element of its window.
-struct MaxPool2dBackward(MaxPool2dConfig);
+struct MaxPool2dBackward {
+    cfg: MaxPool2dConfig,
+    /// The forward's output (contiguous), whose maxima name the winners on the CPU.
+    out: Tensor,
+}
 
 impl MaxPool2dBackward {
-    fn bwd<T: Real>(&self, x: &[T], g: &[T], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<T> {
-        let (oh, ow) = (
-            self.0.out_len(h).unwrap_or(0),
-            self.0.out_len(w).unwrap_or(0),
-        );
+    fn bwd<T: Real>(
+        &self,
+        x: &[T],
+        (g, m): (&[T], &[T]),
+        (n, c, h, w): (usize, usize, usize, usize),
+    ) -> Vec<T> {
+        let cfg = self.cfg;
+        let (oh, ow) = (cfg.out_len(h).unwrap_or(0), cfg.out_len(w).unwrap_or(0));
         let mut dx = vec![T::ZERO; n * c * h * w];
+        if oh * ow == 0 {
+            return dx;
+        }
         dx.par_chunks_mut(h * w)
-            .zip(x.par_chunks(h * w).zip(g.par_chunks(oh * ow)))
-            .for_each(|(d, (plane, gp))| {
-                for_each_window(plane, (h, w), (oh, ow), self.0, |j, arg, _| {
-                    if let Some(i) = arg {
-                        d[i] += gp[j];
-                    }
-                });
-            });
+            .zip(x.par_chunks(h * w))
+            .zip(g.par_chunks(oh * ow).zip(m.par_chunks(oh * ow)))
+            .for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(buf, win), ((d, plane), (gp, mp))| {
+                    route_plane(plane, (h, w), (oh, ow), cfg, (mp, gp), d, buf, win);
+                },
+            );
         dx
     }
 }
@@ -351,15 +445,25 @@ impl CustomOp2 for MaxPool2dBackward {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = l1.shape().dims4()?;
+        let (s3, l3) = self.out.storage_and_layout();
+        let candle_core::Storage::Cpu(s3) = &*s3 else {
+            candle_core::bail!("{}: the forward output is on another device", self.name())
+        };
         let out = match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(self.bwd(
                 contiguous_slice::<f32>(self.name(), s1, l1)?,
-                contiguous_slice::<f32>(self.name(), s2, l2)?,
+                (
+                    contiguous_slice::<f32>(self.name(), s2, l2)?,
+                    contiguous_slice::<f32>(self.name(), s3, l3)?,
+                ),
                 dims,
             )),
             (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(self.bwd(
                 contiguous_slice::<f64>(self.name(), s1, l1)?,
-                contiguous_slice::<f64>(self.name(), s2, l2)?,
+                (
+                    contiguous_slice::<f64>(self.name(), s2, l2)?,
+                    contiguous_slice::<f64>(self.name(), s3, l3)?,
+                ),
                 dims,
             )),
             _ => candle_core::bail!(
@@ -380,10 +484,10 @@ impl CustomOp2 for MaxPool2dBackward {
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
         let (oh, ow) = (
-            self.0.out_len(h).unwrap_or(0),
-            self.0.out_len(w).unwrap_or(0),
+            self.cfg.out_len(h).unwrap_or(0),
+            self.cfg.out_len(w).unwrap_or(0),
         );
-        let dx = super::cuda::max_pool((s1, l1), Some((s2, l2)), (n * c, h, w, oh, ow), self.0)?;
+        let dx = super::cuda::max_pool((s1, l1), Some((s2, l2)), (n * c, h, w, oh, ow), self.cfg)?;
         Ok((dx, l1.shape().clone()))
     }
 }
@@ -442,10 +546,11 @@ mod tests {
         assert_eq!(g.dims(), &[1, 1, 3, 3]);
     }
 
-    /// The row-at-a-time forward against the window scan the backward uses, bit for bit, on
-    /// planes full of ties, signed zeros, infinities and NaNs with distinct payloads.
+    /// The row-at-a-time forward, and the backward's routing from its maxima, against the
+    /// window scan, bit for bit, on planes full of ties, signed zeros, infinities and NaNs with
+    /// distinct payloads.
     #[test]
-    fn the_vectorised_forward_finds_the_first_maximum_of_every_window() {
+    fn the_vectorised_forward_and_backward_find_the_first_maximum_of_every_window() {
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = || {
             state ^= state << 13;
@@ -487,6 +592,28 @@ mod tests {
                         pool_plane(&plane, (h, w), (oh, ow), cfg, &mut rows, &mut Vec::new());
                         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                         assert_eq!(bits(&rows), bits(&scan), "{h}x{w}, {cfg:?}");
+                        // The backward's routing from these maxima against the scan's winners.
+                        let g: Vec<f32> = (0..oh * ow).map(|j| 1.0 + j as f32 * 0.37).collect();
+                        let mut want = vec![0f32; h * w];
+                        for_each_window(&plane, (h, w), (oh, ow), cfg, |j, arg, _| {
+                            if let Some(i) = arg {
+                                want[i] += g[j];
+                            }
+                        });
+                        let mut got = vec![0f32; h * w];
+                        let (mut buf, mut win) = (Vec::new(), Vec::new());
+                        let mg = (&rows[..], &g[..]);
+                        route_plane(
+                            &plane,
+                            (h, w),
+                            (oh, ow),
+                            cfg,
+                            mg,
+                            &mut got,
+                            &mut buf,
+                            &mut win,
+                        );
+                        assert_eq!(bits(&got), bits(&want), "gradient {h}x{w}, {cfg:?}");
                     }
                 }
             }
