@@ -427,6 +427,11 @@ impl BatchNormTrainBackward {
     ) -> Vec<T> {
         let hw = h * w;
         let count = (n * hw) as f64;
+        assert_eq!(
+            dy.len(),
+            x.len(),
+            "batch_norm backward: gradient and input lengths"
+        );
         // Per channel: Σ dy and Σ dy·x̂.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()

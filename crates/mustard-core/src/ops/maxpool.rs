@@ -188,11 +188,11 @@ fn scan_window<T: Real>(
     (arg, best)
 }
 
-/// The maxima of one plane's windows, the values [`for_each_window`] finds, computed a whole
+/// The maxima of one plane's windows, the values [`scan_window`] finds, computed a whole
 /// output row at a time so that the comparisons vectorise: for each window row inside the map,
 /// the input row is padded with −∞ and split into `stride` phases (`phase j` holds columns
 /// `j, j + s, j + 2s, …` of the padded row), so that tap `kx` of every window of the output row
-/// is one contiguous slice; the taps are taken in the scan order of [`for_each_window`] and a
+/// is one contiguous slice; the taps are taken in the scan order of [`scan_window`] and a
 /// value replaces the running maximum when it is larger, or a NaN when the maximum is not one
 /// yet. The first maximum in scan order thus wins, as there: the same value, zero sign and NaN
 /// payload. `buf` is scratch.

@@ -24,7 +24,7 @@ macro_rules! avx2_dispatch {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
-                fn avx2<T: $crate::ops::Real>($($arg: $ty),*) $(-> $ret)? {
+                unsafe fn avx2<T: $crate::ops::Real>($($arg: $ty),*) $(-> $ret)? {
                     body::<T>($($arg),*)
                 }
                 if $crate::ops::has_avx2() {
@@ -229,4 +229,20 @@ pub(crate) fn map<A: Copy + Sync, U: Send>(a: &[A], f: impl Fn(A) -> U + Sync) -
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every value mapped once, across several blocks and a remainder.
+    #[test]
+    fn maps_cover_every_block_and_the_remainder() {
+        let n = 2 * super::MAP_BLOCK + 37;
+        let a: Vec<u32> = (0..n as u32).collect();
+        let b: Vec<u32> = (0..n as u32).map(|v| 3 * v).collect();
+        let sums = super::zip_map(&a, &b, |x, y| x + y);
+        assert!(sums.iter().enumerate().all(|(i, &v)| v == 4 * i as u32));
+        let doubled = super::map(&a, |x| 2 * x);
+        assert!(doubled.iter().enumerate().all(|(i, &v)| v == 2 * i as u32));
+        assert_eq!((sums.len(), doubled.len()), (n, n));
+    }
 }

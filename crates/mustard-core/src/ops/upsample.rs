@@ -50,6 +50,21 @@ pub fn upsample_nearest2d(x: &Tensor, factor: usize) -> Result<Tensor> {
             "factor must be at least 1",
         ));
     }
+    let too_large = h
+        .checked_mul(factor)
+        .zip(w.checked_mul(factor))
+        .and_then(|(oh, ow)| oh.checked_mul(ow))
+        .and_then(|plane| plane.checked_mul(x.elem_count() / (h * w)))
+        .is_none();
+    if too_large {
+        return Err(Error::config(
+            "upsample_nearest2d",
+            format!(
+                "factor {factor} makes the output of {:?} too large",
+                x.dims()
+            ),
+        ));
+    }
     // Not candle's `upsample_nearest2d`: its backward assigns the gradient of its input instead
     // of adding to it, so every other use of the input (the FPN's output convolution beside the
     // top-down path) loses its gradient. On the CPU, one pass each way; elsewhere a broadcast,
@@ -508,6 +523,11 @@ mod tests {
         assert_eq!(
             upsample_nearest2d(&x, 0).unwrap_err().to_string(),
             "upsample_nearest2d: factor must be at least 1"
+        );
+        let huge = 1usize << 33;
+        assert_eq!(
+            upsample_nearest2d(&x, huge).unwrap_err().to_string(),
+            format!("upsample_nearest2d: factor {huge} makes the output of [1, 1, 2, 2] too large")
         );
         assert_eq!(
             upsample_bilinear2d(&x, 0, 3).unwrap_err().to_string(),

@@ -523,7 +523,7 @@ macro_rules! vectorized {
     ($(#[$doc:meta])* fn $name:ident / $avx2:ident => $body:ident ($($arg:ident: $ty:ty),*)) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
-        fn $avx2<T: Real>($($arg: $ty),*) {
+        unsafe fn $avx2<T: Real>($($arg: $ty),*) {
             $body::<T, true>($($arg),*)
         }
 
@@ -606,8 +606,10 @@ fn deinterleave_scalar<T: Copy>(row: &[T], phases: &mut [T]) {
 /// [`deinterleave`] of 8 groups of four at a time: a 4x8 transpose in registers (LLVM leaves
 /// the stride-4 loads of the scalar loop scalar).
 #[cfg(target_arch = "x86_64")]
+/// # Safety
+/// The CPU must have AVX2.
 #[target_feature(enable = "avx2")]
-fn deinterleave_f32_avx2(row: &[f32], phases: &mut [f32]) {
+unsafe fn deinterleave_f32_avx2(row: &[f32], phases: &mut [f32]) {
     use std::arch::x86_64::*;
     let q = row.len() / M;
     assert!(phases.len() >= M * q && row.len() >= M * q);
