@@ -1,7 +1,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{check_nchw, contiguous_slice, nchw, Real};
+use super::{check_nchw, nchw, Real};
 use crate::{Error, Result};
 
 /// Max-pooling hyperparameters (PyTorch `nn.MaxPool2d` without `ceil_mode` and dilation).
@@ -188,14 +188,53 @@ fn scan_window<T: Real>(
     (arg, best)
 }
 
+/// Scratch for [`for_each_tap`]: a padded input row and its phases, −∞ where no value is
+/// copied.
+fn tap_buffer<T: Real>(buf: &mut Vec<T>, cfg: MaxPool2dConfig, ow: usize) {
+    // Phase length: tap kx of window ox reads element ox + kx / s of phase kx % s.
+    let q = ow + (cfg.kernel - 1) / cfg.stride;
+    buf.clear();
+    buf.resize(2 * cfg.stride * q, T::NEG_INFINITY);
+}
+
+/// Calls `visit(y, kx, tap)` for each window row `y` of output row `oy` inside the map and each
+/// kernel column `kx`, in the scan order of [`scan_window`]: `tap[ox]` is the value window `ox`
+/// reads there, −∞ in the padding. The input row is padded with −∞ and split into `stride`
+/// phases (`phase j` holds columns `j, j + s, j + 2s, …` of the padded row), so that each tap
+/// of a whole output row is one contiguous slice. `buf` comes from [`tap_buffer`].
+#[inline(always)]
+fn for_each_tap<T: Real>(
+    plane: &[T],
+    (h, w): (usize, usize),
+    (oy, ow): (usize, usize),
+    cfg: MaxPool2dConfig,
+    buf: &mut [T],
+    mut visit: impl FnMut(usize, usize, &[T]),
+) {
+    let (k, s, p) = (cfg.kernel, cfg.stride, cfg.padding);
+    let q = buf.len() / (2 * s);
+    let (padded, phases) = buf.split_at_mut(s * q);
+    let start = (oy * s) as isize - p as isize;
+    let y0 = start.max(0) as usize;
+    let y1 = (start + k as isize).clamp(0, h as isize) as usize;
+    for y in y0..y1 {
+        // Columns −p.. of the map, −∞ outside it (the padded row is at least w + p long
+        // wherever a window reaches past the right edge).
+        let row = &plane[y * w..(y + 1) * w];
+        let len = w.min(s * q - p);
+        padded[p..p + len].copy_from_slice(&row[..len]);
+        split_phases(padded, phases, s, q);
+        for kx in 0..k {
+            visit(y, kx, &phases[(kx % s) * q + kx / s..][..ow]);
+        }
+    }
+}
+
 /// The maxima of one plane's windows, the values [`scan_window`] finds, computed a whole
-/// output row at a time so that the comparisons vectorise: for each window row inside the map,
-/// the input row is padded with −∞ and split into `stride` phases (`phase j` holds columns
-/// `j, j + s, j + 2s, …` of the padded row), so that tap `kx` of every window of the output row
-/// is one contiguous slice; the taps are taken in the scan order of [`scan_window`] and a
-/// value replaces the running maximum when it is larger, or a NaN when the maximum is not one
-/// yet. The first maximum in scan order thus wins, as there: the same value, zero sign and NaN
-/// payload. `buf` is scratch.
+/// output row at a time so that the comparisons vectorise ([`for_each_tap`]): a value replaces
+/// the running maximum when it is larger, or a NaN when the maximum is not one yet. The first
+/// maximum in scan order thus wins, as there: the same value, zero sign and NaN payload. `buf`
+/// is scratch.
 fn pool_plane<T: Real>(
     plane: &[T],
     (h, w): (usize, usize),
@@ -204,29 +243,12 @@ fn pool_plane<T: Real>(
     out: &mut [T],
     buf: &mut Vec<T>,
 ) {
-    let (k, s, p) = (cfg.kernel, cfg.stride, cfg.padding);
-    // Phase length: tap kx of window ox reads element ox + kx / s of phase kx % s.
-    let q = ow + (k - 1) / s;
-    buf.clear();
-    buf.resize(s * q + s * q, T::NEG_INFINITY);
-    let (padded, phases) = buf.split_at_mut(s * q);
+    tap_buffer(buf, cfg, ow);
     for (oy, best) in out.chunks_exact_mut(ow).enumerate() {
         best.fill(T::NEG_INFINITY);
-        let start = (oy * s) as isize - p as isize;
-        let y0 = start.max(0) as usize;
-        let y1 = (start + k as isize).clamp(0, h as isize) as usize;
-        for y in y0..y1 {
-            // Columns −p.. of the map, −∞ outside it (the padded row is at least w + p long
-            // wherever a window reaches past the right edge).
-            let row = &plane[y * w..(y + 1) * w];
-            let len = w.min(s * q - p);
-            padded[p..p + len].copy_from_slice(&row[..len]);
-            split_phases(padded, phases, s, q);
-            for kx in 0..k {
-                let tap = &phases[(kx % s) * q + kx / s..][..ow];
-                update_max(best, tap);
-            }
-        }
+        for_each_tap(plane, (h, w), (oy, ow), cfg, buf, |_, _, tap| {
+            update_max(best, tap)
+        });
     }
 }
 
@@ -250,40 +272,23 @@ avx2_dispatch! {
     ) {
         const NONE: usize = usize::MAX;
         let ((h, w), (_, ow), (m, g)) = (hw, out_hw, maxima_and_grad);
-        let (k, s, p) = (cfg.kernel, cfg.stride, cfg.padding);
-        let q = ow + (k - 1) / s;
-        buf.clear();
-        buf.resize(s * q + s * q, T::NEG_INFINITY);
-        let (padded, phases) = buf.split_at_mut(s * q);
+        let (s, p) = (cfg.stride, cfg.padding);
+        tap_buffer(buf, cfg, ow);
         for (oy, (mrow, grow)) in m.chunks_exact(ow).zip(g.chunks_exact(ow)).enumerate() {
             win.clear();
             win.resize(ow, NONE);
-            let start = (oy * s) as isize - p as isize;
-            let y0 = start.max(0) as usize;
-            let y1 = (start + k as isize).clamp(0, h as isize) as usize;
-            for y in y0..y1 {
-                let row = &plane[y * w..(y + 1) * w];
-                let len = w.min(s * q - p);
-                padded[p..p + len].copy_from_slice(&row[..len]);
-                split_phases(padded, phases, s, q);
-                for kx in 0..k {
-                    let tap = &phases[(kx % s) * q + kx / s..][..ow];
-                    // Padded column ox·s + kx is map column ox·s + kx − p (a hit is never in the
-                    // padding, where the wrapped index is not used).
-                    let base = (y * w + kx).wrapping_sub(p);
-                    for (ox, ((slot, &v), &best)) in win.iter_mut().zip(tap).zip(mrow).enumerate() {
-                        let hit =
-                            (v == best && best != T::NEG_INFINITY) || (v.is_nan_() && best.is_nan_());
-                        // A select and an unconditional store, which vectorise.
-                        let take = hit && *slot == NONE;
-                        *slot = if take {
-                            base.wrapping_add(ox * s)
-                        } else {
-                            *slot
-                        };
-                    }
+            for_each_tap(plane, (h, w), (oy, ow), cfg, buf, |y, kx, tap| {
+                // Padded column ox·s + kx is map column ox·s + kx − p (a hit is never in the
+                // padding, where the wrapped index is not used).
+                let base = (y * w + kx).wrapping_sub(p);
+                for (ox, ((slot, &v), &best)) in win.iter_mut().zip(tap).zip(mrow).enumerate() {
+                    let hit =
+                        (v == best && best != T::NEG_INFINITY) || (v.is_nan_() && best.is_nan_());
+                    // A select and an unconditional store, which vectorise.
+                    let take = hit && *slot == NONE;
+                    *slot = if take { base.wrapping_add(ox * s) } else { *slot };
                 }
-            }
+            });
             for (ox, (&slot, &gv)) in win.iter().zip(grow).enumerate() {
                 let arg = if slot == NONE {
                     scan_window(plane, (h, w), cfg, (oy, ox)).0
@@ -334,7 +339,7 @@ fn update_max<T: Real>(best: &mut [T], tap: &[T]) {
 struct MaxPool2d(MaxPool2dConfig);
 
 impl MaxPool2d {
-    fn fwd<T: Real>(&self, x: &[T], (n, c, h, w): (usize, usize, usize, usize)) -> (Vec<T>, Shape) {
+    fn fwd<T: Real>(&self, x: &[T], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<T> {
         let (oh, ow) = (
             self.0.out_len(h).unwrap_or(0),
             self.0.out_len(w).unwrap_or(0),
@@ -345,7 +350,7 @@ impl MaxPool2d {
             .for_each_init(Vec::new, |buf, (o, plane)| {
                 pool_plane(plane, (h, w), (oh, ow), self.0, o, buf);
             });
-        (out, nchw(n, c, oh, ow))
+        out
     }
 }
 
@@ -355,18 +360,13 @@ impl CustomOp1 for MaxPool2d {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = l.shape().dims4()?;
-        match s {
-            CpuStorage::F32(_) => {
-                let (v, shape) = self.fwd(contiguous_slice::<f32>(self.name(), s, l)?, dims);
-                Ok((CpuStorage::F32(v), shape))
-            }
-            CpuStorage::F64(_) => {
-                let (v, shape) = self.fwd(contiguous_slice::<f64>(self.name(), s, l)?, dims);
-                Ok((CpuStorage::F64(v), shape))
-            }
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
-        }
+        let (n, c, h, w) = l.shape().dims4()?;
+        let out_hw = (
+            self.0.out_len(h).unwrap_or(0),
+            self.0.out_len(w).unwrap_or(0),
+        );
+        let out = run_typed!(self.name(), &[(s, l)], |x| self.fwd(x[0], (n, c, h, w)));
+        Ok((out, nchw(n, c, out_hw.0, out_hw.1)))
     }
 
     #[cfg(feature = "cuda")]
@@ -449,28 +449,8 @@ impl CustomOp2 for MaxPool2dBackward {
         let candle_core::Storage::Cpu(s3) = &*s3 else {
             candle_core::bail!("{}: the forward output is on another device", self.name())
         };
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(self.bwd(
-                contiguous_slice::<f32>(self.name(), s1, l1)?,
-                (
-                    contiguous_slice::<f32>(self.name(), s2, l2)?,
-                    contiguous_slice::<f32>(self.name(), s3, l3)?,
-                ),
-                dims,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(self.bwd(
-                contiguous_slice::<f64>(self.name(), s1, l1)?,
-                (
-                    contiguous_slice::<f64>(self.name(), s2, l2)?,
-                    contiguous_slice::<f64>(self.name(), s3, l3)?,
-                ),
-                dims,
-            )),
-            _ => candle_core::bail!(
-                "{}: input and gradient must both be f32 or f64",
-                self.name()
-            ),
-        };
+        let inputs = [(s1, l1), (s2, l2), (s3, l3)];
+        let out = run_typed!(self.name(), &inputs, |a| self.bwd(a[0], (a[1], a[2]), dims));
         Ok((out, l1.shape().clone()))
     }
 

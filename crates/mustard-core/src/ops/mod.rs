@@ -37,6 +37,18 @@ macro_rules! avx2_dispatch {
     };
 }
 
+/// Runs `$body` with `$s` bound to the contiguous slices of the CPU arguments `$inputs` in
+/// their float type (f32 or f64, all the same), and wraps the result's `Vec` in that type's
+/// `CpuStorage`; any other dtype is an error naming `$op`.
+macro_rules! run_typed {
+    ($op:expr, $inputs:expr, |$s:ident| $body:expr) => {
+        match $crate::ops::args($op, $inputs)? {
+            $crate::ops::Args::F32($s) => candle_core::CpuStorage::F32($body),
+            $crate::ops::Args::F64($s) => candle_core::CpuStorage::F64($body),
+        }
+    };
+}
+
 mod batchnorm;
 pub mod conv;
 #[cfg(feature = "cuda")]
@@ -170,6 +182,32 @@ pub(crate) fn contiguous_slice<'a, T: candle_core::WithDType>(
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{op}: the input must be contiguous"),
+    }
+}
+
+/// The contiguous f32 or f64 data of the CPU arguments of an op ([`run_typed!`]).
+pub(crate) enum Args<'a> {
+    F32(Vec<&'a [f32]>),
+    F64(Vec<&'a [f64]>),
+}
+
+pub(crate) fn args<'a>(
+    op: &'static str,
+    inputs: &[(&'a CpuStorage, &Layout)],
+) -> candle_core::Result<Args<'a>> {
+    fn slices<'a, T: Real>(
+        op: &'static str,
+        inputs: &[(&'a CpuStorage, &Layout)],
+    ) -> candle_core::Result<Vec<&'a [T]>> {
+        inputs
+            .iter()
+            .map(|(s, l)| contiguous_slice::<T>(op, s, l))
+            .collect()
+    }
+    match inputs[0].0 {
+        CpuStorage::F32(_) => Ok(Args::F32(slices(op, inputs)?)),
+        CpuStorage::F64(_) => Ok(Args::F64(slices(op, inputs)?)),
+        _ => candle_core::bail!("{op}: only f32 and f64 are supported"),
     }
 }
 

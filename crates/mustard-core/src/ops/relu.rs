@@ -1,7 +1,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use super::conv::ReluGradOp;
-use super::{contiguous_slice, Real};
+use super::Real;
 use crate::Result;
 
 /// `max(x, 0)` with a one-pass backward: the output gradient where the output is positive.
@@ -32,15 +32,7 @@ impl CustomOp1 for Relu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match s {
-            CpuStorage::F32(_) => {
-                CpuStorage::F32(relu_kernel(contiguous_slice::<f32>(self.name(), s, l)?))
-            }
-            CpuStorage::F64(_) => {
-                CpuStorage::F64(relu_kernel(contiguous_slice::<f64>(self.name(), s, l)?))
-            }
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
-        };
+        let out = run_typed!(self.name(), &[(s, l)], |x| relu_kernel(x[0]));
         Ok((out, l.shape().clone()))
     }
 

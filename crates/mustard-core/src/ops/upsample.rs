@@ -1,7 +1,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{check_nchw, contiguous_slice, nchw, Real};
+use super::{check_nchw, nchw, Real};
 use crate::{Error, Result};
 
 /// Bilinear resize of an `(N, C, H, W)` tensor to `(out_h, out_w)` with PyTorch's
@@ -119,15 +119,7 @@ impl CustomOp1 for Nearest {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l.shape().dims4()?;
-        let out = match s {
-            CpuStorage::F32(_) => {
-                CpuStorage::F32(self.fwd(contiguous_slice::<f32>(self.name(), s, l)?, (h, w)))
-            }
-            CpuStorage::F64(_) => {
-                CpuStorage::F64(self.fwd(contiguous_slice::<f64>(self.name(), s, l)?, (h, w)))
-            }
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
-        };
+        let out = run_typed!(self.name(), &[(s, l)], |x| self.fwd(x[0], (h, w)));
         Ok((out, nchw(n, c, h * self.factor, w * self.factor)))
     }
 
@@ -180,15 +172,7 @@ impl CustomOp1 for NearestBackward {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, oh, ow) = l.shape().dims4()?;
-        let out = match s {
-            CpuStorage::F32(_) => {
-                CpuStorage::F32(self.bwd(contiguous_slice::<f32>(self.name(), s, l)?, (oh, ow)))
-            }
-            CpuStorage::F64(_) => {
-                CpuStorage::F64(self.bwd(contiguous_slice::<f64>(self.name(), s, l)?, (oh, ow)))
-            }
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
-        };
+        let out = run_typed!(self.name(), &[(s, l)], |g| self.bwd(g[0], (oh, ow)));
         Ok((out, nchw(n, c, oh / self.factor, ow / self.factor)))
     }
 }
@@ -275,15 +259,7 @@ impl CustomOp1 for Bilinear {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, _, _) = l.shape().dims4()?;
-        let out = match s {
-            CpuStorage::F32(_) => {
-                CpuStorage::F32(self.fwd(contiguous_slice::<f32>(self.name(), s, l)?, n * c))
-            }
-            CpuStorage::F64(_) => {
-                CpuStorage::F64(self.fwd(contiguous_slice::<f64>(self.name(), s, l)?, n * c))
-            }
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
-        };
+        let out = run_typed!(self.name(), &[(s, l)], |x| self.fwd(x[0], n * c));
         Ok((out, nchw(n, c, self.out_hw.0, self.out_hw.1)))
     }
 
@@ -338,15 +314,7 @@ impl CustomOp1 for BilinearBackward {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, _, _) = l.shape().dims4()?;
-        let out = match s {
-            CpuStorage::F32(_) => {
-                CpuStorage::F32(self.bwd(contiguous_slice::<f32>(self.name(), s, l)?, n * c))
-            }
-            CpuStorage::F64(_) => {
-                CpuStorage::F64(self.bwd(contiguous_slice::<f64>(self.name(), s, l)?, n * c))
-            }
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
-        };
+        let out = run_typed!(self.name(), &[(s, l)], |g| self.bwd(g[0], n * c));
         Ok((out, nchw(n, c, self.in_hw.0, self.in_hw.1)))
     }
 }

@@ -68,7 +68,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
-use kernels::{Element, Geometry};
+use kernels::Geometry;
 
 use crate::{Error, Result};
 
@@ -596,42 +596,6 @@ fn check_bias(op: &'static str, b: &Tensor, out: usize, x: &Tensor) -> Result<()
 
 fn uses_engine(x: &Tensor) -> bool {
     super::cpu_kernels(x) && matches!(x.dtype(), DType::F32 | DType::F64)
-}
-
-/// The contiguous f32 or f64 data of the CPU arguments of an op.
-enum Args<'a> {
-    F32(Vec<&'a [f32]>),
-    F64(Vec<&'a [f64]>),
-}
-
-fn args<'a>(
-    op: &'static str,
-    inputs: &[(&'a CpuStorage, &Layout)],
-) -> candle_core::Result<Args<'a>> {
-    fn slices<'a, T: Element>(
-        op: &'static str,
-        inputs: &[(&'a CpuStorage, &Layout)],
-    ) -> candle_core::Result<Vec<&'a [T]>> {
-        inputs
-            .iter()
-            .map(|(s, l)| super::contiguous_slice::<T>(op, s, l))
-            .collect()
-    }
-    match inputs[0].0 {
-        CpuStorage::F32(_) => Ok(Args::F32(slices(op, inputs)?)),
-        CpuStorage::F64(_) => Ok(Args::F64(slices(op, inputs)?)),
-        _ => candle_core::bail!("{op}: only f32 and f64 are supported"),
-    }
-}
-
-/// Runs `f` on the arguments in their float type and wraps the result.
-macro_rules! run_typed {
-    ($op:expr, $inputs:expr, |$s:ident| $body:expr) => {
-        match args($op, $inputs)? {
-            Args::F32($s) => CpuStorage::F32($body),
-            Args::F64($s) => CpuStorage::F64($body),
-        }
-    };
 }
 
 fn conv_geometry(
