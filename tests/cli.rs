@@ -321,13 +321,26 @@ fn train_then_evaluate_through_the_command_line() {
         assert_eq!(w, g, "{name} differs after kill and resume");
     }
 
-    // Training into the same run again is refused; the checkpoint evaluates.
+    // The same command again continues the run (finished: nothing to train); the same name
+    // with another config is refused; the checkpoint evaluates.
     let out = mustard(&args);
-    assert_eq!(out.status.code(), Some(1));
+    assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stderr).contains("already holds a trained run; pass --resume"),
+        text(&out.stderr).contains(&format!("{} holds this run at step ", run.display())),
         "{}",
         text(&out.stderr)
+    );
+    let mut other = args.to_vec();
+    assert_eq!(other[15], "--lr");
+    other[16] = "0.5";
+    let out = mustard(&other);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: name: {} already holds a run of another config; pass --resume to continue it with its own config, or choose another --name\n",
+            run.display()
+        )
     );
     let report = dir.join("report.json");
     let out = mustard(&[
@@ -749,7 +762,7 @@ fn bench_prints_the_speed_line() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines[0],
-        "Tiny backbone, Fpn { channels: 32, fuse: true } neck, tasks detection,segmentation"
+        "tiny ResNet backbone, FPN neck (32 channels, levels fused at stride 4), tasks detection,segmentation"
     );
     assert!(lines[1].starts_with("Speed: "), "{stdout}");
     assert!(
@@ -1026,4 +1039,41 @@ fn training_stops_early_when_validation_stops_improving() {
     );
     assert!(!runs.join("noval").exists());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A build without the `distributed` feature that a launcher started as one of several
+/// processes refuses, naming what it saw, instead of N copies writing one run folder.
+#[cfg(not(feature = "distributed"))]
+#[test]
+fn a_build_without_the_distributed_feature_refuses_to_run_as_several_processes() {
+    for (variable, n) in [
+        ("OMPI_COMM_WORLD_SIZE", "2"),
+        ("PMI_SIZE", "4"),
+        ("SLURM_STEP_NUM_TASKS", "3"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mustard"))
+            .args(["train", "--runs", "/nonexistent/runs"])
+            .env(variable, n)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            text(&out.stderr),
+            format!(
+                "error: this mustard was built without the `distributed` feature, but it was started as one of {n} processes ({variable}={n}); rebuild it with `cargo build --release -p mustard-cli --features distributed`, or start one process\n"
+            )
+        );
+        assert!(out.stdout.is_empty());
+    }
+    // One process under a launcher runs.
+    let out = Command::new(env!("CARGO_BIN_EXE_mustard"))
+        .args(["data", "check", "/nonexistent.json"])
+        .env("OMPI_COMM_WORLD_SIZE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        !text(&out.stderr).contains("distributed"),
+        "{}",
+        text(&out.stderr)
+    );
 }

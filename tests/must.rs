@@ -169,20 +169,28 @@ fn the_label_store_survives_kill_corruption_and_parallel_workers() {
     );
     assert_eq!(contents(&store), want);
 
-    // Two workers at once, each on its slice, fill one store.
+    // Two workers started at once, each on its slice, fill one store (both running before
+    // either is waited for).
     let shared = dir.join("shared");
     let workers: Vec<_> = ["0/2", "1/2"]
         .iter()
         .map(|spec| {
             Command::new(env!("CARGO_BIN_EXE_mustard"))
                 .args(pseudo(&shared, &["--shard", spec]))
-                .output()
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
         })
         .collect();
     for w in workers {
-        ok(w.unwrap());
+        ok(w.wait_with_output().unwrap());
     }
     assert_eq!(contents(&shared), want);
+    assert_eq!(
+        std::fs::read_to_string(shared.join("stats.json")).unwrap(),
+        std::fs::read_to_string(reference.join("stats.json")).unwrap()
+    );
 
     // Settings that differ from the store's are refused, naming the field.
     let out = mustard(
@@ -261,8 +269,9 @@ fn must_runs_end_to_end_and_a_rerun_reuses_every_stage() {
     assert!(stdout.contains(&report), "the report is printed");
     assert!(stdout.ends_with(&format!("report: {}\n", root.join("report.md").display())));
     assert!(
-        report
-            .starts_with("# MuST: multi-task self-training\n\nTeachers: one Tiny model per task, "),
+        report.starts_with(
+            "# MuST: multi-task self-training\n\nTeachers: one tiny ResNet model per task, "
+        ),
         "{report}"
     );
     for section in [
@@ -380,8 +389,22 @@ fn must_runs_end_to_end_and_a_rerun_reuses_every_stage() {
         assert!(root.join(file).is_file(), "{file}");
     }
 
-    // A rerun trains nothing and reproduces the table.
-    let again = ok(mustard(&args));
+    // A rerun trains nothing, says so, and reproduces the table.
+    let rerun = mustard(&args);
+    let said = text(&rerun.stderr);
+    let again = ok(rerun);
+    for line in [
+        "reusing the finished detection teacher",
+        "reusing the finished classification teacher",
+        "reusing the finished student",
+        "reusing the finished transfer run (segmentation, student backbone + neck)",
+    ] {
+        assert!(said.contains(line), "{line}: {said}");
+    }
+    assert!(
+        !said.contains("training the detection teacher on"),
+        "{said}"
+    );
     let report2 = std::fs::read_to_string(root.join("report.md")).unwrap();
     assert!(again.contains(&report2));
     assert_eq!(table(&report2), rows);

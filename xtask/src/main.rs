@@ -13,7 +13,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   ci         fmt --check, clippy -D warnings, dependency direction, `cuda-build --check`,
-             tests, the CUDA kernels emulated on the CPU among them (the CI gate)
+             tests, the CUDA kernels emulated on the CPU among them, and with MPI installed
+             the `distributed` feature's lint and tests under `mpirun` (the CI gate)
   deps       check only the dependency direction between our crates
   fixtures   regenerate the golden fixtures with PyTorch/pycocotools in a virtual environment
   bench      run the criterion benchmarks, then the comparisons with PyTorch and pycocotools
@@ -123,8 +124,47 @@ fn ci() -> Result<()> {
     // that run the CUDA kernels' source through it must not skip here.
     std::env::set_var("MUSTARD_REQUIRE_EMULATION", "1");
     run("cargo", &["test", "--workspace"])?;
+    distributed()?;
     eprintln!("ci: all checks passed");
     Ok(())
+}
+
+/// The `distributed` feature (MPI through rsmpi): linted, and its tests run with real
+/// processes under `mpirun`, when the system's MPI is installed (`.ci/run` installs Open MPI
+/// and sets `MUSTARD_REQUIRE_MPI=1`, which makes a missing MPI an error instead of a skip).
+/// The feature is added to the workspace's feature set, so that only our crates rebuild.
+fn distributed() -> Result<()> {
+    let required = std::env::var("MUSTARD_REQUIRE_MPI").as_deref() == Ok("1");
+    let mpicc = Command::new("mpicc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mpicc {
+        if required {
+            bail!("MUSTARD_REQUIRE_MPI=1 but mpicc is not installed (apt-get install openmpi-bin libopenmpi-dev libclang-dev)");
+        }
+        eprintln!("ci: skipping the `distributed` feature: no MPI here (apt-get install openmpi-bin libopenmpi-dev libclang-dev)");
+        return Ok(());
+    }
+    let feature = ["--features", "mustard-cli/distributed"];
+    run(
+        "cargo",
+        &[
+            &["clippy", "--workspace", "--all-targets"][..],
+            &feature,
+            &["--", "-D", "warnings"],
+        ]
+        .concat(),
+    )?;
+    run(
+        "cargo",
+        &[
+            &["test", "--workspace"][..],
+            &feature,
+            &["--test", "distributed"],
+        ]
+        .concat(),
+    )
 }
 
 /// Our crates that `krate` depends on through normal dependencies, at any depth.

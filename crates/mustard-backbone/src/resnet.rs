@@ -41,6 +41,18 @@ pub enum ResNetPreset {
     R50,
 }
 
+impl std::fmt::Display for ResNetPreset {
+    /// `tiny ResNet`, `ResNet-18`, `ResNet-34`, `ResNet-50`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ResNetPreset::Tiny => "tiny ResNet",
+            ResNetPreset::R18 => "ResNet-18",
+            ResNetPreset::R34 => "ResNet-34",
+            ResNetPreset::R50 => "ResNet-50",
+        })
+    }
+}
+
 /// The shape of a ResNet.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ResNetConfig {

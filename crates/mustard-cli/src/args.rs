@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use mustard::backbone::ResNetPreset;
+use mustard::config::Precision;
 use mustard::core::ops::{ConvAlgorithm, Kernels};
 use mustard::core::DeviceSpec;
 use mustard::data::Task;
@@ -139,6 +140,15 @@ pub struct OptimArgs {
     /// `metal`); saved in the run's config (a resumed run may change it).
     #[arg(long)]
     pub device: Option<DeviceSpec>,
+    /// Float type of the weights and arithmetic: f32, or f64 (several times slower; to check
+    /// computations against each other without f32 rounding); saved in the run's config.
+    #[arg(long)]
+    pub precision: Option<Precision>,
+    /// In data-parallel training (`mpirun`, `srun`), normalise BatchNorm by each process's
+    /// share of the batch instead of by the whole batch (faster; not the run of one process);
+    /// saved in the run's config.
+    #[arg(long)]
+    pub per_process_batch_norm: bool,
 }
 
 impl OptimArgs {
@@ -153,6 +163,8 @@ impl OptimArgs {
         config.numerics.conv = self.conv.unwrap_or(config.numerics.conv);
         config.numerics.kernels = self.kernels.unwrap_or(config.numerics.kernels);
         config.device = self.device.unwrap_or(config.device);
+        config.numerics.precision = self.precision.unwrap_or(config.numerics.precision);
+        config.train.sync_batch_norm &= !self.per_process_batch_norm;
     }
 }
 
@@ -210,7 +222,8 @@ pub struct TrainArgs {
     /// Synthetic validation images (with no --data).
     #[arg(long)]
     pub synth_val_images: Option<usize>,
-    /// Leave bad dataset records out (each is logged) instead of refusing the dataset.
+    /// Leave bad dataset records out, and images that fail to decode mid-run (each is named
+    /// once), instead of refusing the dataset or stopping; with --resume, from now on.
     #[arg(long)]
     pub skip_bad: bool,
     /// Do not validate after each epoch.
@@ -284,7 +297,8 @@ pub struct EvalArgs {
     /// Image folder of --data (default: the run's --root, else the file's folder).
     #[arg(long, requires = "data")]
     pub root: Option<PathBuf>,
-    /// Leave bad records of --data out (each is logged) instead of refusing the dataset.
+    /// Leave bad records of --data out, and images that fail to decode (each is named),
+    /// instead of refusing the dataset or stopping.
     #[arg(long, requires = "data")]
     pub skip_bad: bool,
     /// Score segmentation and depth at the network's input size against the letterboxed
@@ -357,7 +371,7 @@ pub struct PredictArgs {
     /// A checkpoint file (runs/<name>/weights/*.safetensors) or a run folder.
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// An image, or a folder of .jpg/.png images.
+    /// An image, or a folder of images (JPEG, PNG, WebP, BMP, TIFF, GIF; sub-folders included).
     #[arg(long)]
     pub input: PathBuf,
     /// Output folder.
@@ -416,7 +430,7 @@ pub struct PseudoArgs {
     /// A teacher checkpoint (file or run folder); repeat for each task's teacher.
     #[arg(long = "teacher", required = true)]
     pub teachers: Vec<PathBuf>,
-    /// The unlabelled images: a folder of .jpg/.png images or a COCO file.
+    /// The unlabelled images: a folder of images (sub-folders included) or a COCO file.
     #[arg(long)]
     pub images: PathBuf,
     /// Image folder of a COCO file (default: its folder).
@@ -440,6 +454,10 @@ pub struct PseudoArgs {
     /// Run the teachers here (default: their runs' device): cpu, cuda[:N] or metal (a GPU build needs `--features cuda` or `metal`).
     #[arg(long)]
     pub device: Option<DeviceSpec>,
+    /// Leave out images that cannot be read or decoded (each is named once and stored with no
+    /// task labelled) instead of stopping.
+    #[arg(long)]
+    pub skip_bad: bool,
     #[command(flatten)]
     pub thresholds: ThresholdArgs,
 }
@@ -518,7 +536,8 @@ pub struct MustArgs {
     /// says whether the claim holds within the noise (3 with --preset study).
     #[arg(long)]
     pub seeds: Option<usize>,
-    /// Leave bad records of every dataset out (each is logged) instead of refusing it.
+    /// Leave bad records of every dataset out, and images that fail to decode in any stage
+    /// (each is named once), instead of refusing the dataset or stopping.
     #[arg(long)]
     pub skip_bad: bool,
     #[command(flatten)]

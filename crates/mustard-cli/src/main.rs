@@ -20,6 +20,24 @@ use mustard::train::{TrainOptions, TrainSummary};
 use mustard::Preset;
 
 use args::{BenchArgs, Cli, Command, DataCommand, EvalArgs, MustArgs, PredictArgs, PseudoArgs};
+
+/// `println!` on rank 0 only: the processes of a data-parallel run print one report.
+macro_rules! outln {
+    ($($t:tt)*) => {
+        if mustard::core::dist::is_main() {
+            println!($($t)*)
+        }
+    };
+}
+
+/// `print!` on rank 0 only.
+macro_rules! out {
+    ($($t:tt)*) => {
+        if mustard::core::dist::is_main() {
+            print!($($t)*)
+        }
+    };
+}
 use args::{ExportArgs, ExportFormat, SynthArgs, TrainArgs};
 
 fn synth(args: SynthArgs) -> Result<ExitCode> {
@@ -41,12 +59,14 @@ fn synth(args: SynthArgs) -> Result<ExitCode> {
     }
     .with_context(|| format!("writing the synthetic dataset to {}", args.out.display()))?;
     let secs = started.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "wrote {} images of {}x{} in {secs:.1} s",
-        written.images, args.size, args.size
+        written.images,
+        args.size,
+        args.size
     );
     for (name, path) in &written.files {
-        println!("  {name:<20} {}", path.display());
+        outln!("  {name:<20} {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -66,7 +86,7 @@ fn data_check(dataset: PathBuf, root: Option<PathBuf>, deep: bool) -> Result<Exi
     bar.set_message(verb);
     let report = ds.check_with(depth, &|| bar.inc(1));
     bar.finish_and_clear();
-    print!("{report}");
+    out!("{report}");
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
     } else {
@@ -75,15 +95,22 @@ fn data_check(dataset: PathBuf, root: Option<PathBuf>, deep: bool) -> Result<Exi
 }
 
 fn print_summary(summary: &TrainSummary) {
-    println!(
+    outln!(
         "trained {} steps in {:.1} s ({} parameters); run folder {}",
         summary.steps,
         summary.seconds,
         summary.parameters,
         summary.run.display()
     );
+    if !summary.skipped.is_empty() {
+        let n = summary.skipped.len();
+        outln!(
+            "left out {n} training image{} that cannot be read (--skip-bad; named above)",
+            if n == 1 { "" } else { "s" }
+        );
+    }
     if let Some(v) = &summary.validation {
-        print!("{}", v.summary());
+        out!("{}", v.summary());
     }
     if let Some((score, epoch)) = summary.best {
         let stopped = if summary.stopped_early {
@@ -91,7 +118,7 @@ fn print_summary(summary: &TrainSummary) {
         } else {
             ""
         };
-        println!("best validation score {score:.4} after epoch {epoch}{stopped}: best.safetensors");
+        outln!("best validation score {score:.4} after epoch {epoch}{stopped}: best.safetensors");
     }
 }
 
@@ -100,6 +127,7 @@ fn train(args: TrainArgs) -> Result<ExitCode> {
         runs: args.runs.clone(),
         progress: true,
         stop_after: None,
+        skip_bad: args.skip_bad,
     };
     let summary = match (&args.name, args.resume) {
         (Some(name), true) => mustard::train::resume(name, &options)?,
@@ -133,9 +161,9 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
             );
         }
         let report = mustard::eval::evaluate(&gt, &dt, &Params::new(args.iou_type))?;
-        println!("{}", report.summary());
+        outln!("{}", report.summary());
         if report.per_category.len() > 1 {
-            print!("{}", mustard::evaluate::per_category_table(&report));
+            out!("{}", mustard::evaluate::per_category_table(&report));
         }
         write_json(&args.out, &report.to_json())?;
         if let (Some(dir), false) = (&args.plots, args.no_plots) {
@@ -181,8 +209,9 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         t.batch_size,
         t.workers,
         resolution,
+        args.skip_bad,
     )?;
-    print!("{}", report.summary());
+    out!("{}", report.summary());
     write_json(&args.out, &report.to_json())?;
     if !args.no_plots {
         let dir = args
@@ -196,7 +225,7 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
 
 fn print_plots(files: &[PathBuf]) {
     for f in files {
-        println!("wrote {}", f.display());
+        outln!("wrote {}", f.display());
     }
 }
 
@@ -221,7 +250,7 @@ fn export(args: ExportArgs) -> Result<ExitCode> {
             .join("x")
     };
     let batch = if args.dynamic_batch { "batch" } else { "1" };
-    println!(
+    outln!(
         "wrote {} ({:.1} MiB, {} nodes, opset {}): input {} {batch}x3x{s}x{s}",
         e.path.display(),
         e.bytes as f64 / (1024.0 * 1024.0),
@@ -231,10 +260,10 @@ fn export(args: ExportArgs) -> Result<ExitCode> {
         s = e.input_size,
     );
     for (name, shape) in &e.outputs {
-        println!("  output {name} {}", dims(shape));
+        outln!("  output {name} {}", dims(shape));
     }
     if let Some(r) = &e.reference {
-        println!("wrote {} (inputs and mustard's outputs)", r.display());
+        outln!("wrote {} (inputs and mustard's outputs)", r.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -251,14 +280,17 @@ fn predict(args: PredictArgs) -> Result<ExitCode> {
         draw_threshold: args.threshold,
         targets,
     };
-    let summary = mustard::predict::predict(&model, &config, &inputs, &args.out, &options)?;
+    if let Some(line) = inputs.left_out_line(&args.input) {
+        eprintln!("{line}");
+    }
+    let summary = mustard::predict::predict(&model, &config, &inputs.images, &args.out, &options)?;
     let t = summary.timing;
     let s = config.train.input_size;
-    println!(
+    outln!(
         "Speed: {:.1}ms preprocess, {:.1}ms inference, {:.1}ms postprocess per image at shape (1, 3, {s}, {s})",
         t.preprocess, t.inference, t.postprocess
     );
-    println!(
+    outln!(
         "wrote {} files for {} images to {}",
         summary.files.len(),
         summary.images,
@@ -277,17 +309,29 @@ fn pseudo_label(args: PseudoArgs) -> Result<ExitCode> {
     options.thresholds = args.thresholds.over(Default::default());
     options.progress = true;
     options.device = args.device;
+    options.skip_bad = args.skip_bad;
     let s = mustard::pseudo::pseudo_label(&options)?;
-    println!(
+    if !s.left_out.is_empty() {
+        let n = s.left_out.len();
+        outln!(
+            "left out {n} image{} that cannot be read (--skip-bad; stored with no task labelled, named above)",
+            if n == 1 { "" } else { "s" }
+        );
+    }
+    outln!(
         "shard {}: wrote {} shard(s), {} already complete, {} redone, in {:.1} s",
-        options.shard, s.written, s.skipped, s.redone, s.seconds
+        options.shard,
+        s.written,
+        s.skipped,
+        s.redone,
+        s.seconds
     );
     let tasks = mustard::pseudo::store_tasks(&s.store)?;
     if s.complete {
-        println!("store {} is complete:", s.store.display());
-        println!("{}", s.stats.describe(tasks));
+        outln!("store {} is complete:", s.store.display());
+        outln!("{}", s.stats.describe(tasks));
     } else {
-        println!(
+        outln!(
             "store {} is not complete yet: other workers (--shard) still have shards to write",
             s.store.display()
         );
@@ -450,8 +494,8 @@ fn must_config(args: &MustArgs) -> Result<MustConfig> {
 fn must(args: MustArgs) -> Result<ExitCode> {
     let config = must_config(&args)?;
     let report = mustard::must::must(&config, &args.runs, true)?;
-    print!("{}", std::fs::read_to_string(&report.report)?);
-    println!("report: {}", report.report.display());
+    out!("{}", std::fs::read_to_string(&report.report)?);
+    outln!("report: {}", report.report.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -485,13 +529,13 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     let device = config.device.device()?;
     let report = mustard::bench::bench(&model, &varmap, &device, &image, &options)?;
     let tasks: Vec<&str> = config.model.tasks.iter().map(|t| t.name()).collect();
-    println!(
-        "{:?} backbone, {:?} neck, tasks {}",
+    outln!(
+        "{} backbone, {}, tasks {}",
         config.model.backbone,
         config.model.neck,
         tasks.join(",")
     );
-    println!("{report}");
+    outln!("{report}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -509,13 +553,22 @@ fn mcn(
         config.variants = mustard::mcn::every_combination();
     }
     let study = mustard::mcn::study(&config, &runs, true)?;
-    print!("{}", std::fs::read_to_string(&study.report)?);
-    println!("report: {}", study.report.display());
+    out!("{}", std::fs::read_to_string(&study.report)?);
+    outln!("report: {}", study.report.display());
     Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The processes a launcher (`mpirun`, `srun`) started train together; MPI ends when
+    // `launch` is dropped, at the end of main.
+    let launch = match mustard::core::dist::init() {
+        Ok(launch) => launch,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Freed activations stay in the process for the next ones instead of being faulted in anew.
     mustard::core::memory::retain_freed_memory();
     let result = match cli.command {
@@ -548,6 +601,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // The error, then each cause after a `: ` (no message repeats its cause).
             eprintln!("error: {e:#}");
+            // The other processes would wait for this one forever: end them all.
+            let world = launch.world();
+            if world.size() > 1 {
+                world.abort(1);
+            }
             ExitCode::FAILURE
         }
     }

@@ -22,7 +22,7 @@ pub enum DeviceSpec {
 }
 
 impl DeviceSpec {
-    /// Opens the device.
+    /// Opens the device (under a launcher, a CUDA device offset by the process's local rank).
     pub fn device(self) -> Result<Device> {
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
@@ -35,6 +35,14 @@ impl DeviceSpec {
                             missing,
                         });
                     }
+                    // Under a launcher each process of a machine takes its own GPU: process
+                    // `local_rank` opens `cuda:(N + local_rank)`.
+                    let world = crate::dist::world();
+                    let ordinal = if world.size() > 1 {
+                        ordinal + world.local_rank()
+                    } else {
+                        ordinal
+                    };
                     Ok(Device::new_cuda(ordinal)?)
                 } else {
                     Err(Error::BackendUnavailable {

@@ -63,6 +63,26 @@ pub enum Error {
         reason: String,
     },
 
+    /// A collective operation between the processes of a data-parallel run failed.
+    #[error("{op} between the {processes} processes failed: {reason}")]
+    Collective {
+        /// The operation (`all-reduce`, `broadcast`, …).
+        op: &'static str,
+        /// The number of processes.
+        processes: usize,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// A launcher started several processes but this build cannot train together.
+    #[error("this mustard was built without the `distributed` feature, but it was started as one of {processes} processes ({variable}={processes}); rebuild it with `cargo build --release -p mustard-cli --features distributed`, or start one process")]
+    NotDistributed {
+        /// The number of processes the launcher started.
+        processes: usize,
+        /// The environment variable that says so.
+        variable: &'static str,
+    },
+
     /// A device string could not be parsed.
     #[error("invalid device {input:?}: expected `cpu`, `cuda`, `cuda:N` or `metal`")]
     InvalidDevice {

@@ -18,6 +18,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod device;
+pub mod dist;
 mod error;
 pub mod heatmap;
 pub mod io;

@@ -85,10 +85,11 @@ pub fn focal_loss(logits: &Tensor, target: &Tensor, presence: Option<&Tensor>) -
         num_pos = (num_pos * &w)?;
     }
     // pos_sum is 0 when N = 0, so dividing by max(N, 1) is the reference's two cases in one.
+    // N counts the positives of every process of a data-parallel step (crate::dist).
     let total = (pos_sum.sum_all()? + neg_sum.sum_all()?)?;
     Ok(total
         .neg()?
-        .broadcast_div(&num_pos.sum_all()?.maximum(1.0)?)?)
+        .broadcast_div(&crate::dist::global_sum(&num_pos.sum_all()?)?.maximum(1.0)?)?)
 }
 
 /// Whether the losses of `logits` take the one-pass kernels of `ops::loss`.
@@ -171,7 +172,8 @@ pub fn reg_l1(pred: &Tensor, ind: &Tensor, mask: &Tensor, target: &Tensor) -> Re
         .broadcast_as((b, k, c))?;
     let target = target.to_dtype(pred.dtype())?;
     let num = ((gathered - target)?.abs()? * &m)?.sum_all()?;
-    Ok((num / (m.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()? + 1e-4))?)
+    let count = m.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    Ok((num / (crate::dist::global_sum_f64(count)? + 1e-4))?)
 }
 
 /// Cross-entropy over the class dimension 1, averaged over the elements whose target is not
@@ -213,7 +215,7 @@ pub fn cross_entropy(logits: &Tensor, target: &Tensor, ignore_index: u32) -> Res
         let sums = logits
             .contiguous()?
             .apply_op2(&target.contiguous()?, CrossEntropySums { ignore_index })?;
-        let count = sums.narrow(0, 1, 1)?.maximum(1.0)?;
+        let count = crate::dist::global_sum(&sums.narrow(0, 1, 1)?)?.maximum(1.0)?;
         return Ok(sums.narrow(0, 0, 1)?.div(&count)?.squeeze(0)?);
     }
     cross_entropy_composed(logits, &safe, &valid)
@@ -228,7 +230,7 @@ fn cross_entropy_composed(logits: &Tensor, safe: &Tensor, valid: &Tensor) -> Res
         .gather(&safe.unsqueeze(1)?.contiguous()?, 1)?
         .squeeze(1)?;
     let valid = valid.to_dtype(logits.dtype())?;
-    let count = valid.sum_all()?.maximum(1.0)?;
+    let count = crate::dist::global_sum(&valid.sum_all()?)?.maximum(1.0)?;
     Ok((picked * valid)?.sum_all()?.neg()?.broadcast_div(&count)?)
 }
 
@@ -243,10 +245,15 @@ pub fn soft_cross_entropy(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
         return Err(Error::shape(OP, "logits", logits.shape(), "(N, C)"));
     }
     let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    Ok((log_probs * target.to_dtype(logits.dtype())?)?
+    let per_row = (log_probs * target.to_dtype(logits.dtype())?)?
         .sum(1)?
-        .neg()?
-        .mean_all()?)
+        .neg()?;
+    if crate::dist::scope().is_some() {
+        // The mean over the rows of every process of a data-parallel step.
+        let rows = crate::dist::global_sum_f64(per_row.dim(0)? as f64)?;
+        return Ok((per_row.sum_all()? / rows)?);
+    }
+    Ok(per_row.mean_all()?)
 }
 
 #[cfg(test)]

@@ -111,15 +111,13 @@ pub struct Dataset {
     /// Segment id → class per image of a COCO panoptic dataset, whose `seg_file`s are the
     /// RGB-encoded panoptic PNGs.
     panoptic: Option<std::sync::Arc<crate::folders::Panoptic>>,
+    /// The files of an image folder that are not images ([`Dataset::from_images`]).
+    not_images: Vec<PathBuf>,
 }
 
-/// Whether `path` names a JPEG or PNG file (by its extension).
+/// Whether `path` names an image file of a format mustard reads (by its extension).
 fn is_image_file(path: &Path) -> bool {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
-    path.is_file() && matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png"))
+    path.is_file() && imageio::has_image_extension(path)
 }
 
 /// Whether `path` names a classification list: a `.csv` file, or a `.json` file whose top
@@ -142,26 +140,39 @@ fn is_list(path: &Path) -> bool {
     }
 }
 
-/// The JPEG and PNG files under `dir`, sub-folders included, in sorted order.
+/// The image files under `dir` (by extension, [`imageio::IMAGE_EXTENSIONS`]), sub-folders
+/// included, in sorted order.
 pub(crate) fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    Ok(walk_images(dir)?.0)
+}
+
+/// The image files under `dir`, sub-folders included, in sorted order, and the other files
+/// found there (hidden files and folders, whose names start with a dot, are not looked at).
+pub fn walk_images(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    fn walk(dir: &Path, images: &mut Vec<PathBuf>, others: &mut Vec<PathBuf>) -> Result<()> {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| Error::io(dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
             .collect();
         entries.sort();
         for p in entries {
             if p.is_dir() {
-                walk(&p, out)?;
+                walk(&p, images, others)?;
             } else if is_image_file(&p) {
-                out.push(p);
+                images.push(p);
+            } else {
+                others.push(p);
             }
         }
         Ok(())
     }
-    let mut paths = Vec::new();
-    walk(dir, &mut paths)?;
-    Ok(paths)
+    let (mut images, mut others) = (Vec::new(), Vec::new());
+    walk(dir, &mut images, &mut others)?;
+    Ok((images, others))
 }
 
 /// Whether a relative path stays inside its root.
@@ -366,7 +377,8 @@ impl Dataset {
             return Err(Error::Json {
                 path: root.to_path_buf(),
                 reason: format!(
-                    "no .jpg, .jpeg or .png images in its {} class folder(s) (expected root/<class>/<image>)",
+                    "no images ({}) in its {} class folder(s) (expected root/<class>/<image>)",
+                    imageio::image_extensions_list(),
                     classes.len()
                 ),
             });
@@ -374,19 +386,26 @@ impl Dataset {
         Ok(Self::from_file(file, root, root.to_path_buf()))
     }
 
-    /// A folder of unlabelled images (`*.jpg`, `*.jpeg`, `*.png`, sub-folders included, in
-    /// sorted order): no categories and no task labels, as the unlabelled set of MuST.
+    /// A folder of unlabelled images (any of [`imageio::IMAGE_EXTENSIONS`], sub-folders
+    /// included, in sorted order): no categories and no task labels, as the unlabelled set of
+    /// MuST. The other files found there are kept in [`Dataset::not_images`].
     pub fn from_images(root: &Path) -> Result<Self> {
-        let paths = image_files(root)?;
+        let (paths, others) = walk_images(root)?;
         if paths.is_empty() {
             return Err(Error::Json {
                 path: root.to_path_buf(),
-                reason: "no images (*.jpg, *.jpeg, *.png) in this folder".into(),
+                reason: format!(
+                    "no images ({}) in this folder or its sub-folders",
+                    imageio::image_extensions_list()
+                ),
             });
         }
         let mut file = CocoFile::default();
         for image in paths {
-            let (width, height) = imageio::dimensions(&image)?;
+            // A file whose header cannot be read stays in (as 0x0): loading it fails naming the
+            // file, and a run with --skip-bad leaves it out there, so that the images keep
+            // their positions whatever is skipped.
+            let (width, height) = imageio::dimensions(&image).unwrap_or((0, 0));
             let name = image
                 .strip_prefix(root)
                 .unwrap_or(&image)
@@ -406,7 +425,15 @@ impl Dataset {
                 tasks: Some(Vec::new()),
             });
         }
-        Ok(Self::from_file(file, root, root.to_path_buf()))
+        let mut ds = Self::from_file(file, root, root.to_path_buf());
+        ds.not_images = others;
+        Ok(ds)
+    }
+
+    /// The files of the folder [`Dataset::from_images`] opened that are not images (by their
+    /// extension), left out.
+    pub fn not_images(&self) -> &[PathBuf] {
+        &self.not_images
     }
 
     /// A dataset from an already parsed file.
@@ -450,6 +477,7 @@ impl Dataset {
             skipped_annotations: HashSet::new(),
             label_lut: None,
             panoptic: None,
+            not_images: Vec::new(),
         }
     }
 
@@ -1041,7 +1069,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "{}: no .jpg, .jpeg or .png images in its 1 class folder(s) (expected root/<class>/<image>)",
+                "{}: no images (.jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff, .gif) in its 1 class folder(s) (expected root/<class>/<image>)",
                 root.display()
             )
         );

@@ -54,6 +54,14 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A sample's file that passed the header check but cannot be read or decoded when a run
+    /// loads it.
+    #[error("{reason} (pass --skip-bad to leave out images that cannot be read)")]
+    Unreadable {
+        /// The file and what is wrong with it.
+        reason: String,
+    },
+
     /// A configuration value out of range.
     #[error("{what}: {reason}")]
     InvalidConfig {

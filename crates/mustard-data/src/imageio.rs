@@ -27,13 +27,8 @@ fn open(path: &Path) -> Result<DynamicImage> {
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
-    if reader.format() == Some(image::ImageFormat::Jpeg) && !ends_jpeg(path)? {
-        // The decoder would fill the missing rows with grey without a word.
-        return Err(image_err(
-            path,
-            "truncated: the JPEG data ends before its end-of-image marker",
-        ));
-    }
+    // A JPEG decoder would fill the missing rows with grey without a word.
+    check_complete(path, reader.format())?;
     let mut decoder = reader.into_decoder().map_err(|e| image_err(path, e))?;
     let orientation = decoder.orientation().map_err(|e| image_err(path, e))?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| image_err(path, e))?;
@@ -41,21 +36,85 @@ fn open(path: &Path) -> Result<DynamicImage> {
     Ok(img)
 }
 
-/// Whether a JPEG file holds its end-of-image marker (`FF D9`) in its last KiB (files may carry
-/// a little padding after it).
-fn ends_jpeg(path: &Path) -> Result<bool> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let start = len.saturating_sub(1024);
-    f.seek(SeekFrom::Start(start))
-        .map_err(|e| Error::io(path, e))?;
-    let mut tail = Vec::with_capacity((len - start) as usize);
-    f.read_to_end(&mut tail).map_err(|e| Error::io(path, e))?;
-    Ok(tail.windows(2).any(|w| w == [0xFF, 0xD9]))
+/// The extensions of the image files mustard reads (lower case): JPEG, PNG, WebP, BMP, TIFF
+/// (its first page) and GIF (its first frame).
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"];
+
+/// The extensions of [`IMAGE_EXTENSIONS`] as users read them in messages: `.jpg, .jpeg, …`.
+pub fn image_extensions_list() -> String {
+    IMAGE_EXTENSIONS
+        .iter()
+        .map(|e| format!(".{e}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-/// Decodes a JPEG or PNG (8 or 16 bit, grey, RGB or RGBA) into 8-bit RGB, honouring the EXIF
+/// Whether `path`'s extension is one of [`IMAGE_EXTENSIONS`] (any case); the file itself is not
+/// looked at.
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+/// Bytes read from each end of a file by [`check_complete`].
+const TAIL: u64 = 1024;
+
+/// Refuses a file cut short, from its first and last bytes alone (one small read, nothing
+/// decoded): a JPEG must hold its end-of-image marker (`FF D9`) and a PNG its `IEND` chunk in
+/// their last KiB (files may carry a little padding after them), a GIF must end with its
+/// trailer (`3B`, trailing zeros allowed), and a WebP or BMP must be as long as its header
+/// says. A TIFF has no such end: one cut short is found when it is decoded.
+pub fn check_complete(path: &Path, format: Option<image::ImageFormat>) -> Result<()> {
+    use image::ImageFormat::*;
+    use std::io::{Read, Seek, SeekFrom};
+    let Some(format @ (Jpeg | Png | Gif | WebP | Bmp)) = format else {
+        return Ok(());
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let declared = |head: &[u8], at: usize, extra: u64| -> Option<u64> {
+        let b = head.get(at..at + 4)?;
+        Some(u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])) + extra)
+    };
+    let reason = match format {
+        WebP | Bmp => {
+            let mut head = [0u8; 8];
+            let n = f.read(&mut head).map_err(|e| Error::io(path, e))?;
+            // RIFF: the chunk size after the 8-byte header; BMP: the whole file's size (0 when
+            // the writer left it out).
+            let size = match format {
+                WebP => declared(&head[..n], 4, 8),
+                _ => declared(&head[..n], 2, 0).filter(|&s| s > 0),
+            };
+            size.filter(|&s| s > len)
+                .map(|s| format!("truncated: the file is {len} bytes, its header says {s}"))
+        }
+        _ => {
+            let start = len.saturating_sub(TAIL);
+            f.seek(SeekFrom::Start(start))
+                .map_err(|e| Error::io(path, e))?;
+            let mut tail = Vec::with_capacity((len - start) as usize);
+            f.read_to_end(&mut tail).map_err(|e| Error::io(path, e))?;
+            match format {
+                Jpeg => (!tail.windows(2).any(|w| w == [0xFF, 0xD9])).then(|| {
+                    "truncated: the JPEG data ends before its end-of-image marker".to_string()
+                }),
+                Png => (!tail.windows(4).any(|w| w == b"IEND"))
+                    .then(|| "truncated: the PNG data ends before its IEND chunk".to_string()),
+                _ => (tail.iter().rev().find(|&&b| b != 0) != Some(&0x3B))
+                    .then(|| "truncated: the GIF data ends before its trailer".to_string()),
+            }
+        }
+    };
+    match reason {
+        Some(reason) => Err(image_err(path, reason)),
+        None => Ok(()),
+    }
+}
+
+/// Decodes an image of any of [`IMAGE_EXTENSIONS`]' formats (8 or 16 bit, grey, RGB, RGBA or
+/// palette; a TIFF's first page, a GIF's first frame) into 8-bit RGB, honouring the EXIF
 /// orientation.
 pub fn read_rgb(path: &Path) -> Result<RgbImage> {
     Ok(open(path)?.to_rgb8())
@@ -69,7 +128,7 @@ pub fn dimensions(path: &Path) -> Result<(u32, u32)> {
 /// What a file of a record must hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// A picture (JPEG or PNG, 8 or 16 bit, grey, RGB or RGBA).
+    /// A picture (JPEG, PNG, WebP, BMP, TIFF or GIF; 8 or 16 bit, grey, RGB, RGBA or palette).
     Image,
     /// An 8-bit single-channel label map.
     Labels,
@@ -80,7 +139,8 @@ pub enum Kind {
 }
 
 /// The dimensions of a file (after its EXIF orientation) read from its header alone, checking
-/// that its format and colour type are what `kind` needs; nothing is decoded.
+/// that its format and colour type are what `kind` needs and that it is not cut short
+/// ([`check_complete`]); nothing is decoded.
 pub fn header(path: &Path, kind: Kind) -> Result<(u32, u32)> {
     if kind == Kind::LabelValues {
         return label_values_header(path);
@@ -89,6 +149,7 @@ pub fn header(path: &Path, kind: Kind) -> Result<(u32, u32)> {
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
+    check_complete(path, reader.format())?;
     let mut decoder = reader.into_decoder().map_err(|e| image_err(path, e))?;
     let colour = decoder.color_type();
     let wrong = match kind {
@@ -150,6 +211,7 @@ fn label_png(path: &Path) -> Result<png::Reader<std::io::BufReader<std::fs::File
 /// The size of a label-map PNG from its header ([`read_label_values`] reads it whole).
 pub fn label_values_header(path: &Path) -> Result<(u32, u32)> {
     let reader = label_png(path)?;
+    check_complete(path, Some(image::ImageFormat::Png))?;
     let info = reader.info();
     Ok((info.width, info.height))
 }
@@ -250,12 +312,14 @@ pub fn write_depth(path: &Path, depth: &DepthMap, scale: f64) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use image::ImageEncoder;
 
     use super::*;
 
-    /// A JPEG cut short is an error naming the file, not a picture padded with grey; its
-    /// header still reads (only `data check --deep` and loading decode).
+    /// A JPEG cut short is an error naming the file, not a picture padded with grey, and its
+    /// header check finds it without decoding.
     #[test]
     fn a_truncated_jpeg_is_an_error() {
         let dir = std::env::temp_dir().join(format!("mustard-cut-{}", std::process::id()));
@@ -278,7 +342,96 @@ mod tests {
                 cut.display()
             )
         );
-        assert_eq!(header(&cut, Kind::Image).unwrap(), (64, 48));
+        assert_eq!(
+            header(&cut, Kind::Image).unwrap_err().to_string(),
+            format!(
+                "{}: truncated: the JPEG data ends before its end-of-image marker",
+                cut.display()
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// One picture in every format read: the same exact pixels back (WebP lossless, GIF from
+    /// its palette), and each format cut short caught by the header check where it has an
+    /// end or a declared size.
+    #[test]
+    fn every_format_reads_the_same_pixels_and_truncation_is_caught_from_the_header() {
+        let dir = std::env::temp_dir().join(format!("mustard-formats-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = RgbImage::from_fn(5, 3, |x, y| {
+            image::Rgb([(x * 50) as u8, (y * 100) as u8, ((x + y) * 20) as u8])
+        });
+        let write = |name: &str| -> PathBuf {
+            let path = dir.join(name);
+            let mut bytes = Vec::new();
+            let raw = img.as_raw();
+            let rgb = image::ExtendedColorType::Rgb8;
+            match name.rsplit('.').next().unwrap() {
+                "webp" => image::codecs::webp::WebPEncoder::new_lossless(&mut bytes)
+                    .write_image(raw, 5, 3, rgb)
+                    .unwrap(),
+                "bmp" => image::codecs::bmp::BmpEncoder::new(&mut bytes)
+                    .write_image(raw, 5, 3, rgb)
+                    .unwrap(),
+                "tiff" => image::codecs::tiff::TiffEncoder::new(std::io::Cursor::new(&mut bytes))
+                    .write_image(raw, 5, 3, rgb)
+                    .unwrap(),
+                "gif" => {
+                    let rgba = DynamicImage::ImageRgb8(img.clone()).to_rgba8();
+                    image::codecs::gif::GifEncoder::new(&mut bytes)
+                        .encode(rgba.as_raw(), 5, 3, image::ExtendedColorType::Rgba8)
+                        .unwrap()
+                }
+                _ => img.save(&path).unwrap(),
+            }
+            if !bytes.is_empty() {
+                std::fs::write(&path, &bytes).unwrap();
+            }
+            path
+        };
+        for name in ["a.png", "a.jpg", "a.webp", "a.bmp", "a.tiff", "a.gif"] {
+            let path = write(name);
+            assert!(has_image_extension(&path), "{name}");
+            assert_eq!(header(&path, Kind::Image).unwrap(), (5, 3), "{name}");
+            let back = read_rgb(&path).unwrap();
+            assert_eq!(back.dimensions(), (5, 3), "{name}");
+            if name != "a.jpg" {
+                assert_eq!(back.as_raw(), img.as_raw(), "{name}: pixels differ");
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            let cut = dir.join(format!("cut-{name}"));
+            std::fs::write(&cut, &bytes[..bytes.len() * 3 / 4]).unwrap();
+            let reason = match name {
+                "a.png" => Some("truncated: the PNG data ends before its IEND chunk".to_string()),
+                "a.jpg" => {
+                    Some("truncated: the JPEG data ends before its end-of-image marker".to_string())
+                }
+                "a.gif" => Some("truncated: the GIF data ends before its trailer".to_string()),
+                "a.webp" | "a.bmp" => Some(format!(
+                    "truncated: the file is {} bytes, its header says {}",
+                    bytes.len() * 3 / 4,
+                    bytes.len()
+                )),
+                _ => None,
+            };
+            match reason {
+                Some(reason) => {
+                    let expected = format!("{}: {reason}", cut.display());
+                    assert_eq!(header(&cut, Kind::Image).unwrap_err().to_string(), expected);
+                    assert_eq!(read_rgb(&cut).unwrap_err().to_string(), expected);
+                }
+                // A TIFF has no end marker: this one keeps its directory after the pixels, so
+                // its header fails to read, and decoding fails; neither panics.
+                None => {
+                    let err = header(&cut, Kind::Image).unwrap_err().to_string();
+                    assert!(err.starts_with(&format!("{}: ", cut.display())), "{err}");
+                    assert!(read_rgb(&cut).is_err(), "{name}");
+                }
+            }
+        }
+        assert!(has_image_extension(Path::new("x/Y.JPEG")));
+        assert!(!has_image_extension(Path::new("notes.txt")));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -30,9 +30,9 @@ mod source;
 pub mod synth;
 mod task;
 
-pub use dataset::{CheckDepth, CheckReport, Dataset, Problem};
+pub use dataset::{walk_images, CheckDepth, CheckReport, Dataset, Problem};
 pub use error::{Error, Result};
-pub use loader::{BatchEncoder, Epoch, Loader, LoaderConfig};
+pub use loader::{BatchEncoder, Epoch, Loader, LoaderConfig, Share};
 pub use sample::{Label, Object, Sample};
 pub use source::{Source, Subset};
 pub use task::{Task, TaskMap, TaskSet};

@@ -1,5 +1,6 @@
+use std::collections::BTreeMap;
 use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use mustard_core::rng::Rng;
@@ -39,6 +40,44 @@ pub struct LoaderConfig {
     pub threads: Option<usize>,
     /// Augmentation of every sample.
     pub augment: AugmentConfig,
+    /// Leave out a sample whose files cannot be read or decoded (a file broken past its
+    /// header) instead of failing: each is named once ([`Loader::take_skipped`]) and never read
+    /// again by this loader. Without it such a file fails the epoch with an error naming it.
+    #[serde(default)]
+    pub skip_bad: bool,
+    /// This process's share of every batch in data-parallel training: each batch (of
+    /// `batch_size`, the global batch) is split over the processes ([`Share`]), so that every
+    /// sample keeps its place and its augmentation whatever the number of processes.
+    #[serde(skip)]
+    pub share: Share,
+}
+
+/// Which part of each batch a process loads: process `rank` of `processes` takes the
+/// contiguous `rank`-th share, the first `len mod processes` shares one sample larger (8 over
+/// 3: 3, 3, 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// This process, `0..processes`.
+    pub rank: usize,
+    /// The processes.
+    pub processes: usize,
+}
+
+impl Default for Share {
+    /// One process, the whole batch.
+    fn default() -> Self {
+        Share {
+            rank: 0,
+            processes: 1,
+        }
+    }
+}
+
+impl Share {
+    /// The positions of this share in a batch of `len` samples.
+    pub fn of(&self, len: usize) -> std::ops::Range<usize> {
+        mustard_core::dist::share(len, self.rank, self.processes)
+    }
 }
 
 impl LoaderConfig {
@@ -52,6 +91,8 @@ impl LoaderConfig {
             seed,
             threads: None,
             augment: AugmentConfig::train(size),
+            skip_bad: false,
+            share: Share::default(),
         }
     }
 
@@ -65,6 +106,8 @@ impl LoaderConfig {
             seed: 0,
             threads: None,
             augment: AugmentConfig::eval(size),
+            skip_bad: false,
+            share: Share::default(),
         }
     }
 }
@@ -79,6 +122,22 @@ pub struct Loader<E: BatchEncoder> {
     encoder: Arc<E>,
     config: LoaderConfig,
     pool: Option<Arc<rayon::ThreadPool>>,
+    skipped: Arc<Mutex<Skipped>>,
+}
+
+/// The samples a loader left out ([`LoaderConfig::skip_bad`]).
+#[derive(Debug, Default)]
+struct Skipped {
+    /// Sample index → why it cannot be read.
+    known: BTreeMap<usize, String>,
+    /// Indices left out since the last [`Loader::take_skipped`].
+    fresh: Vec<usize>,
+}
+
+/// Whether `e` says that a sample's file cannot be read or decoded (rather than that its
+/// labels or the configuration are wrong).
+fn is_unreadable(e: &Error) -> bool {
+    matches!(e, Error::Image { .. } | Error::Io { .. })
 }
 
 impl<E: BatchEncoder> Loader<E> {
@@ -114,7 +173,25 @@ impl<E: BatchEncoder> Loader<E> {
             encoder,
             config,
             pool,
+            skipped: Arc::default(),
         })
+    }
+
+    /// The samples left out since the last call (each once, in the order met), with the
+    /// reason: `(index, "path: why")`.
+    pub fn take_skipped(&self) -> Vec<(usize, String)> {
+        let mut s = self.skipped.lock().expect("skip list lock poisoned");
+        let fresh = std::mem::take(&mut s.fresh);
+        fresh
+            .into_iter()
+            .map(|i| (i, s.known[&i].clone()))
+            .collect()
+    }
+
+    /// Every sample left out so far, by index, with the reason.
+    pub fn skipped(&self) -> Vec<(usize, String)> {
+        let s = self.skipped.lock().expect("skip list lock poisoned");
+        s.known.iter().map(|(&i, r)| (i, r.clone())).collect()
     }
 
     /// Batches in one epoch.
@@ -144,7 +221,7 @@ impl<E: BatchEncoder> Loader<E> {
             .chunks(bs)
             .filter(|c| !self.config.drop_last || c.len() == bs || order.len() < bs)
             .skip(start)
-            .map(<[usize]>::to_vec)
+            .map(|c| c[self.config.share.of(c.len())].to_vec())
             .collect();
         let (tx, rx) = sync_channel(self.config.prefetch);
         let (dataset, encoder, pool) = (
@@ -153,19 +230,48 @@ impl<E: BatchEncoder> Loader<E> {
             self.pool.clone(),
         );
         let (seed, augment) = (self.config.seed, self.config.augment.clone());
+        let (skip_bad, skipped) = (self.config.skip_bad, self.skipped.clone());
         let remaining = batches.len();
         let handle = std::thread::spawn(move || {
             for indices in batches {
-                let build = || -> Result<E::Batch> {
+                let build = || -> Result<Option<E::Batch>> {
                     let items = indices
                         .par_iter()
                         .map(|&i| {
+                            let known = |i| {
+                                skipped
+                                    .lock()
+                                    .expect("skip list lock poisoned")
+                                    .known
+                                    .contains_key(&i)
+                            };
+                            if skip_bad && known(i) {
+                                return Ok(None);
+                            }
                             let mut rng = Rng::derive(seed, &[epoch, i as u64]);
-                            let sample = dataset.load(i)?;
-                            encoder.encode(augment.apply(sample, dataset.flip_pairs(), &mut rng))
+                            match dataset.load(i) {
+                                Ok(sample) => encoder
+                                    .encode(augment.apply(sample, dataset.flip_pairs(), &mut rng))
+                                    .map(Some),
+                                Err(e) if skip_bad && is_unreadable(&e) => {
+                                    let mut s = skipped.lock().expect("skip list lock poisoned");
+                                    if s.known.insert(i, e.to_string()).is_none() {
+                                        s.fresh.push(i);
+                                    }
+                                    Ok(None)
+                                }
+                                Err(e) if is_unreadable(&e) => Err(Error::Unreadable {
+                                    reason: e.to_string(),
+                                }),
+                                Err(e) => Err(e),
+                            }
                         })
                         .collect::<Result<Vec<_>>>()?;
-                    encoder.collate(items)
+                    let items: Vec<E::Item> = items.into_iter().flatten().collect();
+                    if items.is_empty() {
+                        return Ok(None);
+                    }
+                    encoder.collate(items).map(Some)
                 };
                 let batch = match &pool {
                     Some(pool) => pool.install(build),
@@ -181,6 +287,7 @@ impl<E: BatchEncoder> Loader<E> {
             rx,
             handle: Some(handle),
             remaining,
+            empty: 0,
         }
     }
 
@@ -190,28 +297,37 @@ impl<E: BatchEncoder> Loader<E> {
     }
 }
 
-/// The batches of one epoch, produced in the background.
+/// The batches of one epoch, produced in the background. A batch whose every sample was left
+/// out ([`LoaderConfig::skip_bad`]) is not yielded; [`Epoch::empty_batches`] counts them.
 pub struct Epoch<B> {
-    rx: Receiver<Result<B>>,
+    rx: Receiver<Result<Option<B>>>,
     handle: Option<JoinHandle<()>>,
     remaining: usize,
+    empty: usize,
 }
 
-impl<B> Iterator for Epoch<B> {
-    type Item = Result<B>;
+impl<B> Epoch<B> {
+    /// Batches passed over so far because every one of their samples was left out.
+    pub fn empty_batches(&self) -> usize {
+        self.empty
+    }
 
-    fn next(&mut self) -> Option<Result<B>> {
+    /// The next batch of the epoch, `None` inside when this process has no sample of it (every
+    /// one left out, or a share of nothing): data-parallel training steps through the batches
+    /// together, whatever each process loaded.
+    pub fn next_slot(&mut self) -> Option<Result<Option<B>>> {
         if self.remaining == 0 {
             return None;
         }
         match self.rx.recv() {
-            Ok(batch) => {
-                self.remaining = if batch.is_err() {
-                    0
-                } else {
-                    self.remaining - 1
-                };
-                Some(batch)
+            Ok(Ok(batch)) => {
+                self.remaining -= 1;
+                self.empty += usize::from(batch.is_none());
+                Some(Ok(batch))
+            }
+            Ok(Err(e)) => {
+                self.remaining = 0;
+                Some(Err(e))
             }
             Err(_) => {
                 self.remaining = 0;
@@ -219,9 +335,23 @@ impl<B> Iterator for Epoch<B> {
             }
         }
     }
+}
+
+impl<B> Iterator for Epoch<B> {
+    type Item = Result<B>;
+
+    fn next(&mut self) -> Option<Result<B>> {
+        loop {
+            match self.next_slot()? {
+                Ok(Some(batch)) => return Some(Ok(batch)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.remaining, Some(self.remaining))
+        (0, Some(self.remaining))
     }
 }
 

@@ -251,10 +251,10 @@ fn batches_do_not_depend_on_the_thread_count_and_prefetch_is_bounded() -> Result
 fn opening_reads_headers_and_a_deep_check_finds_what_only_decoding_shows() -> Result<()> {
     let dir = synth_dir("depth", 3);
     let json = dir.join("instances.json");
-    // Image 2 keeps a valid header but loses its pixels; image 3's label map is RGB.
+    // Image 2 keeps a valid header and its end but loses half its pixels; image 3's label map
+    // is RGB.
     let image = dir.join("images/000002.png");
-    let bytes = std::fs::read(&image)?;
-    std::fs::write(&image, &bytes[..bytes.len() / 2])?;
+    broken_inside(&image)?;
     let ds = Dataset::open(&json, None)?;
     let seg = dir.join(ds.image(2).seg_file.clone().expect("a label map"));
     mustard_data::imageio::write_rgb(&seg, &image::RgbImage::new(64, 64))?;
@@ -288,6 +288,138 @@ fn opening_reads_headers_and_a_deep_check_finds_what_only_decoding_shows() -> Re
     // Opening for training reads headers only: the truncated image passes until it is loaded.
     let opened = Dataset::open(&json, None)?.require_clean(true, |_| {})?;
     assert_eq!(opened.len(), 2);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// Keeps a PNG's header and its `IEND` chunk but drops the second half of its pixel data: the
+/// header check passes, decoding fails.
+fn broken_inside(png: &Path) -> Result<()> {
+    let bytes = std::fs::read(png)?;
+    let mut cut = bytes[..bytes.len() / 2].to_vec();
+    cut.extend_from_slice(&bytes[bytes.len() - 12..]);
+    std::fs::write(png, cut)?;
+    Ok(())
+}
+
+/// A file cut short is a bad record from its header alone; `--skip-bad` leaves it out when
+/// opening.
+#[test]
+fn a_truncated_image_is_a_bad_record_from_the_header_check() -> Result<()> {
+    let dir = synth_dir("cut", 4);
+    let json = dir.join("instances.json");
+    let image = dir.join("images/000003.png");
+    let bytes = std::fs::read(&image)?;
+    std::fs::write(&image, &bytes[..bytes.len() / 2])?;
+    let ds = Dataset::open(&json, None)?;
+    let lines: Vec<String> = ds
+        .check_with(CheckDepth::Headers, &|| {})
+        .problems
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        lines,
+        [format!(
+            "image 3 [{}]: file_name cannot be decoded: truncated: the PNG data ends before its IEND chunk",
+            image.display()
+        )]
+    );
+    assert_eq!(ds.require_clean(true, |_| {})?.len(), 3);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// An image broken past its header fails the epoch naming it and the flag; with `skip_bad` it
+/// is left out of its batch, named once over two epochs, and the other batches are unchanged.
+#[test]
+fn an_image_broken_inside_is_left_out_mid_epoch_with_skip_bad() -> Result<()> {
+    let dir = synth_dir("inside", 6);
+    let clean = |skip_bad| -> Result<Vec<Vec<Seen>>> {
+        let ds = Arc::new(Dataset::open(&dir.join("instances.json"), None)?);
+        let config = LoaderConfig {
+            threads: Some(2),
+            skip_bad,
+            ..LoaderConfig::train(2, 32, 5)
+        };
+        let loader = Loader::new(ds, Arc::new(Probe(AtomicUsize::new(0))), config)?;
+        Ok(loader.epoch(0).collect::<mustard_data::Result<Vec<_>>>()?)
+    };
+    let before = clean(false)?;
+    let image = dir.join("images/000004.png");
+    broken_inside(&image)?;
+
+    let ds =
+        Arc::new(Dataset::open(&dir.join("instances.json"), None)?.require_clean(false, |_| {})?);
+    let strict = Loader::new(
+        ds.clone(),
+        Arc::new(Probe(AtomicUsize::new(0))),
+        LoaderConfig {
+            threads: Some(2),
+            ..LoaderConfig::train(2, 32, 5)
+        },
+    )?;
+    let err = strict
+        .epoch(0)
+        .find_map(|b| b.err())
+        .expect("the broken image fails its batch");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("{}: ", image.display()))
+            && text.ends_with(" (pass --skip-bad to leave out images that cannot be read)"),
+        "{text}"
+    );
+
+    let loader = Loader::new(
+        ds,
+        Arc::new(Probe(AtomicUsize::new(0))),
+        LoaderConfig {
+            threads: Some(2),
+            skip_bad: true,
+            ..LoaderConfig::train(2, 32, 5)
+        },
+    )?;
+    let after: Vec<Vec<Seen>> = loader.epoch(0).collect::<mustard_data::Result<_>>()?;
+    let skipped = loader.take_skipped();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].0, 3, "image id 4 is sample 3");
+    assert!(skipped[0].1.starts_with(&format!("{}: ", image.display())));
+    // The same batches, but image 4 left out of its own.
+    let without: Vec<Vec<Seen>> = before
+        .iter()
+        .map(|b| b.iter().filter(|s| s.0 != 4).cloned().collect())
+        .collect();
+    assert_eq!(after, without);
+    assert_eq!(after.iter().map(Vec::len).sum::<usize>(), 5);
+    // A second epoch leaves it out again without naming it again.
+    let second: Vec<Vec<Seen>> = loader.epoch(1).collect::<mustard_data::Result<_>>()?;
+    assert_eq!(second.iter().map(Vec::len).sum::<usize>(), 5);
+    assert!(loader.take_skipped().is_empty());
+    assert_eq!(loader.skipped().len(), 1);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// A batch whose every image is left out is passed over and counted.
+#[test]
+fn a_batch_of_unreadable_images_is_passed_over_and_counted() -> Result<()> {
+    let dir = synth_dir("allbad", 4);
+    for i in 1..=2 {
+        broken_inside(&dir.join(format!("images/00000{i}.png")))?;
+    }
+    let ds = Arc::new(Dataset::open(&dir.join("instances.json"), None)?);
+    let config = LoaderConfig {
+        threads: Some(1),
+        skip_bad: true,
+        ..LoaderConfig::eval(2, 32)
+    };
+    let loader = Loader::new(ds, Arc::new(Probe(AtomicUsize::new(0))), config)?;
+    let mut epoch = loader.epoch(0);
+    let batches: Vec<Vec<Seen>> = epoch.by_ref().collect::<mustard_data::Result<_>>()?;
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].iter().map(|s| s.0).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(epoch.empty_batches(), 1);
+    assert_eq!(loader.skipped().len(), 2);
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -209,7 +209,8 @@ pub(crate) fn mask_absent(mask: &Tensor, presence: &Tensor) -> Result<Tensor> {
 /// coordinates), CenterNet's `RegWeightedL1Loss`.
 pub(crate) fn weighted_l1(pred: &Tensor, target: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let num = ((pred - target)?.abs()? * mask)?.sum_all()?;
-    Ok(num.broadcast_div(&(mask.sum_all()? + 1e-4)?)?)
+    let count = mustard_core::dist::global_sum(&mask.sum_all()?)?;
+    Ok(num.broadcast_div(&(count + 1e-4)?)?)
 }
 
 /// The values of `t (B, C, H, W)` at flat positions `y·W + x`, the same number for every image,

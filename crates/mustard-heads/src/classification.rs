@@ -135,6 +135,9 @@ impl ClassificationHead {
             .map(|(i, _)| i as u32)
             .collect();
         if present.is_empty() {
+            // No image to count here; the other processes of a data-parallel step still sum
+            // their counts with this one's (the losses below count once each).
+            mustard_core::dist::global_sum_f64(0.0)?;
             return Ok(logits.sum_all()?.affine(0.0, 0.0)?);
         }
         let idx = Tensor::new(present.as_slice(), logits.device())?;

@@ -141,7 +141,8 @@ impl DepthHead {
 
     /// L1 on log-depth over valid pixels, or the scale-and-shift-invariant L1 when relative.
     pub fn loss(&self, pred: &Tensor, t: &DepthBatch) -> Result<Tensor> {
-        let count = (t.valid.sum_all()? + 1e-6)?;
+        // Valid pixels of every process of a data-parallel step (mustard_core::dist).
+        let count = (mustard_core::dist::global_sum(&t.valid.sum_all()?)? + 1e-6)?;
         let pred = if self.config.relative {
             align(pred, &t.log_depth, &t.valid)?
         } else {

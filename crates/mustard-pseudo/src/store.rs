@@ -159,10 +159,69 @@ impl ShardSpec {
     }
 }
 
+impl ShardSpec {
+    /// `--shard auto` and `--shard auto/N`: this worker of a scheduler's array of workers, from
+    /// the environment `get` reads: a Slurm job array (`SLURM_ARRAY_TASK_ID` from
+    /// `SLURM_ARRAY_TASK_MIN`, `SLURM_ARRAY_TASK_COUNT`) or a Kubernetes Indexed Job
+    /// (`JOB_COMPLETION_INDEX`, with the count given as `auto/N`).
+    pub fn auto(
+        count: Option<usize>,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> std::result::Result<Self, String> {
+        let number = |name: &str| -> std::result::Result<Option<usize>, String> {
+            match get(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| format!("--shard auto: {name}={v:?} is not a number")),
+            }
+        };
+        let (index, count) = if let Some(index) = number("JOB_COMPLETION_INDEX")? {
+            let count = count.ok_or(
+                "--shard auto: a Kubernetes Indexed Job does not say how many workers it runs: give --shard auto/N (N = the job's completions)",
+            )?;
+            (index, count)
+        } else if let Some(id) = number("SLURM_ARRAY_TASK_ID")? {
+            let first = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+            let tasks = number("SLURM_ARRAY_TASK_COUNT")?.ok_or(
+                "--shard auto: SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not",
+            )?;
+            if let Some(n) = count.filter(|&n| n != tasks) {
+                return Err(format!(
+                    "--shard auto/{n}: the Slurm job array has {tasks} tasks"
+                ));
+            }
+            (id.checked_sub(first).ok_or_else(|| {
+                format!("--shard auto: SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {first}")
+            })?, tasks)
+        } else {
+            return Err("--shard auto: neither a Slurm job array (SLURM_ARRAY_TASK_ID) nor a Kubernetes Indexed Job (JOB_COMPLETION_INDEX) started this process; give --shard i/N".into());
+        };
+        if count == 0 || index >= count {
+            return Err(format!(
+                "--shard auto: worker {index} of {count} (from the environment) is out of range"
+            ));
+        }
+        Ok(ShardSpec { index, count })
+    }
+}
+
 impl FromStr for ShardSpec {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let bad = || format!("--shard {s:?}: expected i/N with 0 <= i < N, e.g. 0/4");
+        if let Some(rest) = s.strip_prefix("auto") {
+            let count = match rest.strip_prefix('/') {
+                Some(n) => Some(n.trim().parse::<usize>().map_err(|_| {
+                    format!("--shard {s:?}: expected auto or auto/N with N the number of workers")
+                })?),
+                None if rest.is_empty() => None,
+                None => return Err(format!("--shard {s:?}: expected auto or auto/N")),
+            };
+            return ShardSpec::auto(count, |name| std::env::var(name).ok());
+        }
+        let bad = || format!("--shard {s:?}: expected i/N with 0 <= i < N, e.g. 0/4, or auto");
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
         let (index, count) = (
             i.trim().parse::<usize>().map_err(|_| bad())?,
@@ -432,14 +491,20 @@ impl Store {
         Ok(record)
     }
 
-    /// Sums the stats of the complete shards and writes `stats.json`.
-    pub fn write_stats(&self, states: &[ShardState]) -> Result<Stats> {
+    /// The stats of the complete shards, summed.
+    pub fn stats_of(&self, states: &[ShardState]) -> Stats {
         let mut total = Stats::default();
         for s in states {
             if let ShardState::Complete(r) = s {
                 total.merge(&r.stats);
             }
         }
+        total
+    }
+
+    /// Sums the stats of the complete shards and writes `stats.json`.
+    pub fn write_stats(&self, states: &[ShardState]) -> Result<Stats> {
+        let total = self.stats_of(states);
         let path = self.dir.join("stats.json");
         let text = serde_json::to_string_pretty(&total).map_err(|e| store_err(&path, e))?;
         mustard_core::io::write_bytes(&path, text.as_bytes())?;
@@ -833,5 +898,51 @@ impl ShardIndex {
             out.classes = Some(data);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn auto_shards_come_from_slurm_arrays_and_kubernetes_indexed_jobs() {
+        let slurm = [
+            ("SLURM_ARRAY_TASK_ID", "5"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+            ("SLURM_ARRAY_TASK_COUNT", "8"),
+        ];
+        assert_eq!(
+            ShardSpec::auto(None, env(&slurm)),
+            Ok(ShardSpec { index: 4, count: 8 })
+        );
+        assert_eq!(
+            ShardSpec::auto(Some(4), env(&slurm)),
+            Err("--shard auto/4: the Slurm job array has 8 tasks".into())
+        );
+        let k8s = [("JOB_COMPLETION_INDEX", "2")];
+        assert_eq!(
+            ShardSpec::auto(Some(3), env(&k8s)),
+            Ok(ShardSpec { index: 2, count: 3 })
+        );
+        assert_eq!(
+            ShardSpec::auto(None, env(&k8s)),
+            Err("--shard auto: a Kubernetes Indexed Job does not say how many workers it runs: give --shard auto/N (N = the job's completions)".into())
+        );
+        assert_eq!(
+            ShardSpec::auto(Some(2), env(&k8s)),
+            Err("--shard auto: worker 2 of 2 (from the environment) is out of range".into())
+        );
+        assert!(ShardSpec::auto(None, env(&[]))
+            .unwrap_err()
+            .starts_with("--shard auto: neither a Slurm job array"));
     }
 }

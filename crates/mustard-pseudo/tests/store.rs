@@ -210,7 +210,7 @@ fn shard_specs_parse_and_partition() {
     for bad in ["3/3", "1", "a/2", "0/0"] {
         assert_eq!(
             bad.parse::<ShardSpec>().unwrap_err(),
-            format!("--shard {bad:?}: expected i/N with 0 <= i < N, e.g. 0/4")
+            format!("--shard {bad:?}: expected i/N with 0 <= i < N, e.g. 0/4, or auto")
         );
     }
 }

@@ -12,6 +12,29 @@ use crate::Result;
 /// The constant prediction's headline metric on `test`, fitted on `train` (each in its own
 /// label space, which must be the same); `None` when `train` holds no label of `task`.
 pub fn constant_baseline(task: Task, train: &Dataset, test: &Dataset) -> Result<Option<f64>> {
+    constant_baseline_with(task, train, test, false)
+}
+
+/// [`constant_baseline`], leaving out images that cannot be read when `skip_bad` (else such an
+/// image is an error naming it).
+pub fn constant_baseline_with(
+    task: Task,
+    train: &Dataset,
+    test: &Dataset,
+    skip_bad: bool,
+) -> Result<Option<f64>> {
+    let load = |ds: &Dataset, i: usize| -> Result<Option<mustard_data::Sample>> {
+        match ds.load(i) {
+            Ok(s) => Ok(Some(s)),
+            Err(mustard_data::Error::Image { .. } | mustard_data::Error::Io { .. }) if skip_bad => {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    };
+    let class_of = |ds: &Dataset, i: usize| -> Result<Option<usize>> {
+        Ok(load(ds, i)?.and_then(|s| class_of_sample(&s)))
+    };
     let labelled = |ds: &Dataset| -> Vec<usize> {
         (0..ds.len())
             .filter(|&i| ds.tasks(i).contains(task))
@@ -22,7 +45,7 @@ pub fn constant_baseline(task: Task, train: &Dataset, test: &Dataset) -> Result<
         Task::Segmentation => {
             let mut counts = vec![0u64; 256];
             for i in labelled(train) {
-                if let Some(map) = train.load(i)?.semantic {
+                if let Some(map) = load(train, i)?.and_then(|s| s.semantic) {
                     for &v in map.as_raw() {
                         counts[v as usize] += 1;
                     }
@@ -35,7 +58,7 @@ pub fn constant_baseline(task: Task, train: &Dataset, test: &Dataset) -> Result<
             let classes = Source::segmentation_classes(test).len().max(majority + 1);
             let mut confusion = ConfusionMatrix::with_ignore_index(classes, Some(IGNORE as u64));
             for i in labelled(test) {
-                if let Some(map) = test.load(i)?.semantic {
+                if let Some(map) = load(test, i)?.and_then(|s| s.semantic) {
                     // Labels outside the class list (other than "ignore") are left out, as
                     // evaluation maps them to "ignore".
                     let target: Vec<u32> = map
@@ -58,7 +81,7 @@ pub fn constant_baseline(task: Task, train: &Dataset, test: &Dataset) -> Result<
         Task::Depth => {
             let mut logs = Vec::new();
             for i in labelled(train) {
-                if let Some(d) = train.load(i)?.depth {
+                if let Some(d) = load(train, i)?.and_then(|s| s.depth) {
                     logs.extend(d.as_raw().iter().filter(|&&v| v > 0.0).map(|v| v.ln()));
                 }
             }
@@ -69,7 +92,7 @@ pub fn constant_baseline(task: Task, train: &Dataset, test: &Dataset) -> Result<
             let median = logs[logs.len() / 2].exp();
             let mut acc = DepthAccumulator::new(DepthConfig::default());
             for i in labelled(test) {
-                if let Some(d) = test.load(i)?.depth {
+                if let Some(d) = load(test, i)?.and_then(|s| s.depth) {
                     let target = d.into_raw();
                     if target.iter().all(|&v| v <= 0.0) {
                         continue;
@@ -113,12 +136,12 @@ fn argmax(counts: &[u64]) -> Option<usize> {
     (n > 0).then_some(i)
 }
 
-fn class_of(ds: &Dataset, i: usize) -> Result<Option<usize>> {
-    Ok(match ds.load(i)?.label {
-        Some(Label::Class(c)) => Some(c as usize),
+fn class_of_sample(s: &mustard_data::Sample) -> Option<usize> {
+    match &s.label {
+        Some(Label::Class(c)) => Some(*c as usize),
         Some(Label::Soft(p)) => (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])),
         None => None,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -111,6 +111,36 @@ pub fn save(
     Ok(())
 }
 
+/// The optimiser step a checkpoint was written at, from its `state.step` entry alone (the
+/// safetensors header and eight bytes are read, not the weights).
+pub fn saved_step(path: &Path) -> Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let bad = |why: &str| Error::file(path, format!("not a mustard checkpoint: {why}"));
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(bad("its header is larger than 100 MiB"));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|_| bad("its header is not JSON"))?;
+    let entry = &header["state.step"];
+    if entry["dtype"] != "I64" {
+        return Err(bad("no 64-bit `state.step` entry"));
+    }
+    let start = entry["data_offsets"][0]
+        .as_u64()
+        .ok_or_else(|| bad("`state.step` has no data offsets"))?;
+    f.seek(SeekFrom::Start(8 + len + start))
+        .map_err(|e| Error::io(path, e))?;
+    let mut step = [0u8; 8];
+    f.read_exact(&mut step).map_err(|e| Error::io(path, e))?;
+    Ok(i64::from_le_bytes(step).max(0) as u64)
+}
+
 /// A loaded checkpoint, split into its parts.
 pub struct Loaded {
     /// Optimiser state (keys without the `optimizer.` prefix).
@@ -239,8 +269,7 @@ pub fn load_model_on(
         config.device = device;
     }
     config.numerics.apply();
-    let (varmap, model) =
-        MultiTaskModel::build(&config.model, config.seed, &config.device.device()?)?;
+    let (varmap, model) = MultiTaskModel::for_run(&config)?;
     let loaded = load(&weights, &varmap)?;
     use_averages(&varmap, &loaded.ema)?;
     Ok((config, varmap, model))

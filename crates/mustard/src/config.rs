@@ -50,6 +50,27 @@ pub enum NeckConfig {
     },
 }
 
+impl std::fmt::Display for NeckConfig {
+    /// `FPN neck (128 channels, levels fused at stride 4)`, `deconv neck (256, 128, 64)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NeckConfig::Fpn { channels, fuse } => write!(
+                f,
+                "FPN neck ({channels} channels{})",
+                if *fuse {
+                    ", levels fused at stride 4"
+                } else {
+                    ""
+                }
+            ),
+            NeckConfig::Deconv { widths } => {
+                let widths: Vec<String> = widths.iter().map(ToString::to_string).collect();
+                write!(f, "deconv neck ({})", widths.join(", "))
+            }
+        }
+    }
+}
+
 /// Per-task loss weights (a task without an entry weighs 1).
 pub type LossWeights = TaskMap<f64>;
 
@@ -74,10 +95,51 @@ pub struct Numerics {
     /// device runs (`portable`: what a GPU computes, on the CPU).
     #[serde(skip_serializing_if = "is_fast")]
     pub kernels: Kernels,
+    /// The float type of the weights and of the arithmetic of training and evaluation.
+    #[serde(skip_serializing_if = "is_f32")]
+    pub precision: Precision,
 }
 
 fn is_fast(k: &Kernels) -> bool {
     *k == Kernels::Fast
+}
+
+fn is_f32(p: &Precision) -> bool {
+    *p == Precision::F32
+}
+
+/// The float type a model computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Single precision: what every preset trains in.
+    #[default]
+    F32,
+    /// Double precision: several times slower; for checking two computations against each
+    /// other without f32 rounding (N processes against one, a GPU against the CPU).
+    F64,
+}
+
+impl Precision {
+    /// The candle dtype.
+    pub fn dtype(self) -> mustard_core::candle_core::DType {
+        match self {
+            Precision::F32 => mustard_core::candle_core::DType::F32,
+            Precision::F64 => mustard_core::candle_core::DType::F64,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f64" => Ok(Precision::F64),
+            _ => Err(format!("{s:?}: expected f32 or f64")),
+        }
+    }
 }
 
 impl Numerics {
@@ -267,6 +329,15 @@ pub struct TrainConfig {
     /// `best.safetensors`) has not improved for this many validated epochs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patience: Option<u64>,
+    /// In data-parallel training, BatchNorm's statistics over every process's share of the
+    /// batch (the run of one process, up to the order of sums); false: each process normalises
+    /// by its own share, as PyTorch DDP without SyncBatchNorm does (faster, and different).
+    #[serde(default = "default_true")]
+    pub sync_batch_norm: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_augment_strength() -> f64 {

@@ -24,7 +24,8 @@ pub fn synthetic_datasets(config: &Config, runs: &Path) -> Result<(PathBuf, Path
             // The version tag changes with the scenes, so that older renderings are not reused.
             .join(format!("{split}-{}px-{images}-seed{}-v3", s.size, s.seed));
         let json = dir.join("instances.json");
-        if !json.is_file() {
+        // Rank 0 writes; the other processes of a data-parallel run wait below and read.
+        if !json.is_file() && mustard_core::dist::is_main() {
             let config = SynthConfig {
                 size: s.size,
                 seed,
@@ -34,13 +35,21 @@ pub fn synthetic_datasets(config: &Config, runs: &Path) -> Result<(PathBuf, Path
         }
         paths.push(json);
     }
+    mustard_core::dist::world().barrier()?;
     Ok((paths[0].clone(), paths[1].clone()))
 }
 
 /// Opens a dataset (a COCO file, or an ImageNet-style `root/<class>/<image>` folder tree) and
 /// refuses it when bad, unless `skip_bad` (then each skipped record is printed to stderr).
 pub fn open_dataset(path: &Path, root: Option<&Path>, skip_bad: bool) -> Result<Dataset> {
-    Ok(Dataset::open_path(path, root)?.require_clean(skip_bad, |p| eprintln!("skipping {p}"))?)
+    let main = mustard_core::dist::is_main();
+    Ok(
+        Dataset::open_path(path, root)?.require_clean(skip_bad, |p| {
+            if main {
+                eprintln!("skipping {p}")
+            }
+        })?,
+    )
 }
 
 /// The label spaces of a dataset or pseudo-label store: its detection categories, pose

@@ -76,6 +76,22 @@ pub enum Error {
         expected: String,
     },
 
+    /// A process of a data-parallel run failed before training (its data, its device): every
+    /// process ends with its error.
+    #[error("{0}")]
+    Process(String),
+
+    /// A training image could not be read mid-run.
+    #[error("{reason}\ntraining stopped before step {step}; {resume}")]
+    DataStopped {
+        /// The loader's error (the file and why).
+        reason: String,
+        /// The step that needed the image.
+        step: u64,
+        /// Where the run resumes from.
+        resume: String,
+    },
+
     /// Training diverged.
     #[error("the {task} loss is {value} at step {step}; training stopped and the last checkpoint ({checkpoint}) is unchanged — lower the learning rate or check the labels")]
     NonFiniteLoss {

@@ -180,6 +180,9 @@ pub struct EvalReport {
     pub resolution: Resolution,
     /// Per task.
     pub metrics: TaskMap<TaskMetrics>,
+    /// Images left out because they cannot be read (`--skip-bad`), each with why; they count
+    /// in no metric.
+    pub left_out: Vec<String>,
 }
 
 impl EvalReport {
@@ -223,6 +226,14 @@ impl EvalReport {
     /// Human-readable tables: pycocotools' summary lines, then the other metrics.
     pub fn summary(&self) -> String {
         let mut s = format!("{} images\n", self.images);
+        if !self.left_out.is_empty() {
+            let n = self.left_out.len();
+            s.push_str(&format!(
+                "left out {n} image{} that cannot be read (--skip-bad): {}\n",
+                if n == 1 { "" } else { "s" },
+                self.left_out.join("; ")
+            ));
+        }
         for (task, m) in self.metrics.iter() {
             m.summary(task, &mut s);
         }
@@ -479,7 +490,7 @@ pub fn evaluate_loss(
     )?;
     let mut sums: TaskMap<(f64, usize)> = TaskMap::new();
     for batch in loader.epoch(0) {
-        let batch = batch?.to_device(model.device())?;
+        let batch = batch?.for_model(model)?;
         let out = model.forward_t(&batch.images, false)?;
         for (task, loss) in model.loss(&out, &batch)?.per_task {
             let v = loss
@@ -506,6 +517,7 @@ pub fn evaluate(
     size: u32,
     batch_size: usize,
     workers: Option<usize>,
+    skip_bad: bool,
 ) -> Result<EvalReport> {
     evaluate_at(
         model,
@@ -514,6 +526,7 @@ pub fn evaluate(
         batch_size,
         workers,
         Resolution::Original,
+        skip_bad,
     )
 }
 
@@ -548,9 +561,11 @@ pub fn evaluate_at(
     batch_size: usize,
     workers: Option<usize>,
     resolution: Resolution,
+    skip_bad: bool,
 ) -> Result<EvalReport> {
     let config = LoaderConfig {
         threads: workers,
+        skip_bad,
         ..LoaderConfig::eval(batch_size, size)
     };
     let model = &model.for_inference()?;
@@ -570,7 +585,11 @@ pub fn evaluate_at(
     for batch in loader.epoch(0) {
         acc.add(model, &batch?)?;
     }
-    acc.finish(model, &dataset)
+    let skipped = loader.skipped();
+    acc.left_out = skipped.iter().map(|(i, _)| dataset.image(*i).id).collect();
+    let mut report = acc.finish(model, &dataset)?;
+    report.left_out = skipped.into_iter().map(|(_, why)| why).collect();
+    Ok(report)
 }
 
 /// The dataset again, for the label and depth maps at their original size.
@@ -672,6 +691,8 @@ struct Accumulator {
     depth: DepthAccumulator,
     accuracy: ClassificationAccuracy,
     labels: ConfusionMatrix,
+    /// Ids of the images left out (not scored against their ground truth either).
+    left_out: std::collections::HashSet<u64>,
 }
 
 impl Accumulator {
@@ -687,13 +708,14 @@ impl Accumulator {
             depth: DepthAccumulator::new(mustard_eval::DepthConfig::default()),
             accuracy: ClassificationAccuracy::new(),
             labels: ConfusionMatrix::with_ignore_index(model.config().classes.labels.len(), None),
+            left_out: Default::default(),
         }
     }
 
     /// Runs the model on `batch` and adds its predictions against the batch's labels.
     fn add(&mut self, model: &MultiTaskModel, batch: &Batch) -> Result<()> {
         self.images += batch.meta.len();
-        let batch = &batch.to_device(model.device())?;
+        let batch = &batch.for_model(model)?;
         // Each image's maps at their original size, decoded once for segmentation and depth.
         let mut originals = Loaded(vec![None; batch.meta.len()]);
         let out = model.forward_t(&batch.images, false)?;
@@ -836,12 +858,26 @@ impl Accumulator {
         let mut gt: Option<CocoGt> = None;
         let m = &mut report.metrics;
         if tasks.contains(&Task::Detection) {
-            if let Some(e) = coco(model, dataset, &mut gt, self.boxes, Task::Detection)? {
+            if let Some(e) = coco(
+                model,
+                dataset,
+                &mut gt,
+                self.boxes,
+                Task::Detection,
+                &self.left_out,
+            )? {
                 m.insert(Task::Detection, TaskMetrics::Coco(Box::new(e)));
             }
         }
         if tasks.contains(&Task::Pose) {
-            if let Some(e) = coco(model, dataset, &mut gt, self.people, Task::Pose)? {
+            if let Some(e) = coco(
+                model,
+                dataset,
+                &mut gt,
+                self.people,
+                Task::Pose,
+                &self.left_out,
+            )? {
                 m.insert(Task::Pose, TaskMetrics::Coco(Box::new(e)));
             }
         }
@@ -884,9 +920,10 @@ fn coco(
     gt: &mut Option<CocoGt>,
     records: Vec<ResultRecord>,
     task: Task,
+    left_out: &std::collections::HashSet<u64>,
 ) -> Result<Option<CocoEval>> {
     let ids: Vec<i64> = (0..dataset.len())
-        .filter(|&i| dataset.tasks(i).contains(task))
+        .filter(|&i| dataset.tasks(i).contains(task) && !left_out.contains(&dataset.image(i).id))
         .map(|i| dataset.image(i).id as i64)
         .collect();
     if ids.is_empty() {

@@ -25,6 +25,20 @@ pub fn progress_bar(visible: bool, len: u64, template: &str) -> indicatif::Progr
     bar
 }
 
+/// Prints a line above `bar` when `visible`: through the bar on a terminal (which keeps it
+/// drawn below), straight to stderr when the bar is hidden (output to a file or a pipe, where
+/// the bar draws nothing and would swallow the line).
+pub fn say(bar: &indicatif::ProgressBar, visible: bool, line: String) {
+    if !visible {
+        return;
+    }
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 /// One epoch's row.
 pub struct EpochRow<'a> {
     /// Epochs done.
@@ -41,22 +55,31 @@ pub struct EpochRow<'a> {
     pub task_losses: &'a TaskMap<f64>,
     /// The validation of the epoch, when there was one.
     pub validation: Option<&'a EvalReport>,
+    /// Training images left out so far because they cannot be read (`--skip-bad`).
+    pub skipped: usize,
 }
 
 /// `metrics.csv` of a run, with one column per task in the run's task order.
 pub struct MetricsLog {
     run: RunPaths,
     tasks: Vec<Task>,
+    /// Whether the file has the `skipped` column (a log begun by an older version has not).
+    skipped_column: bool,
 }
 
 impl MetricsLog {
     /// Opens (creating with its header) the log of `run`.
     pub fn open(run: &RunPaths, tasks: &[Task]) -> Result<Self> {
-        let log = Self {
+        let mut log = Self {
             run: run.clone(),
             tasks: tasks.to_vec(),
+            skipped_column: true,
         };
-        if !log.path().is_file() {
+        if log.path().is_file() {
+            let text = std::fs::read_to_string(log.path()).map_err(|e| Error::io(log.path(), e))?;
+            let header = text.lines().next().unwrap_or_default();
+            log.skipped_column = header.split(',').any(|c| c == "skipped");
+        } else {
             std::fs::write(log.path(), log.header() + "\n")
                 .map_err(|e| Error::io(log.path(), e))?;
         }
@@ -72,6 +95,9 @@ impl MetricsLog {
             .map(String::from)
             .to_vec();
         cols.extend(self.tasks.iter().map(|t| format!("loss_{t}")));
+        if self.skipped_column {
+            cols.push("skipped".into());
+        }
         cols.extend(self.tasks.iter().map(|t| format!("val_{t}")));
         cols.push("val_score".into());
         cols.join(",")
@@ -88,6 +114,9 @@ impl MetricsLog {
         ];
         let mean = |t: Task| row.task_losses.get(t).copied().unwrap_or(f64::NAN);
         cells.extend(self.tasks.iter().map(|&t| format!("{:.5}", mean(t))));
+        if self.skipped_column {
+            cells.push(row.skipped.to_string());
+        }
         let headline = row.validation.map(EvalReport::headline).unwrap_or_default();
         cells.extend(
             self.tasks
@@ -134,8 +163,6 @@ pub fn write_results_png(run: &RunPaths) -> Result<()> {
             .zip(r)
             .any(|(h, v)| h.starts_with("val_") && v.is_finite())
     });
-    let not_validated =
-        "not validated: the run has no validation set, or train.validate is off (--no-val)";
     // Losses and the learning rate may span decades (log axis); metrics stay linear.
     let panel = |title: String, name: &str, empty: &str| crate::charts::Panel {
         title,
@@ -157,21 +184,24 @@ pub fn write_results_png(run: &RunPaths) -> Result<()> {
             "no epoch finished yet",
         ));
     }
-    for task in &tasks {
-        let title = format!("validation {task} {}", crate::must::metric_name(*task));
-        let empty = if validated {
-            "no validation image is labelled for this task"
-        } else {
-            not_validated
-        };
-        panels.push(panel(title, &format!("val_{task}"), empty));
-    }
-    if tasks.len() > 1 {
-        panels.push(panel(
-            "validation score (mean)".into(),
-            "val_score",
-            not_validated,
-        ));
+    // Validation panels only for a run that validated: one without draws none and says so in
+    // its title.
+    if validated {
+        for task in &tasks {
+            let title = format!("validation {task} {}", crate::must::metric_name(*task));
+            panels.push(panel(
+                title,
+                &format!("val_{task}"),
+                "no validation image is labelled for this task",
+            ));
+        }
+        if tasks.len() > 1 {
+            panels.push(panel(
+                "validation score (mean)".into(),
+                "val_score",
+                "no validation yet",
+            ));
+        }
     }
     panels.push(panel("learning rate".into(), "lr", "no epoch finished yet"));
     let name = run
@@ -179,9 +209,14 @@ pub fn write_results_png(run: &RunPaths) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let not_validated = if validated {
+        ""
+    } else {
+        "; not validated (no validation set, or --no-val)"
+    };
     crate::charts::write_panels(
         &run.dir.join("results.png"),
-        &format!("{name}: points are epochs, the line their smoothed trend"),
+        &format!("{name}: points are epochs, the line their smoothed trend{not_validated}"),
         &panels,
         (tasks.len() + 1).clamp(3, 6),
     )

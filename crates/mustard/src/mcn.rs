@@ -186,7 +186,13 @@ pub fn study(config: &McnConfig, runs: &Path, progress: bool) -> Result<Study> {
     base.numerics.apply();
     let root = runs.join("mcn");
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-    write_toml(config, &root.join("config.toml"))?;
+    // Under a launcher every process trains every model together; rank 0 alone measures,
+    // writes and reports.
+    let main = mustard_core::dist::is_main();
+    let progress = progress && main;
+    if main {
+        write_toml(config, &root.join("config.toml"))?;
+    }
     // The synthetic data lives under the top-level runs folder, shared by all variants.
     let (train, val) = synthetic_datasets(base, runs)?;
     let val_ds = Arc::new(open_dataset(&val, None, false)?);
@@ -209,15 +215,16 @@ pub fn study(config: &McnConfig, runs: &Path, progress: bool) -> Result<Study> {
             c.train.validate = false;
             c.data.train = Some(train.clone());
             c.data.val = Some(val.clone());
-            if progress && !RunPaths::new(&root, &c.name).dir.join("done").is_file() {
+            if progress {
                 let names: Vec<&str> = tasks.iter().map(|t| t.name()).collect();
-                eprintln!(
-                    "mcn: training the {name} model ({}), seed {}",
-                    names.join(" + "),
-                    c.seed
-                );
+                let what = format!("{name} model ({}), seed {}", names.join(" + "), c.seed);
+                let state = crate::train::StageState::of(&root, &c.name);
+                eprintln!("mcn: {}", state.say(&what, &format!("training the {what}")));
             }
             variant.train_seconds += train_unless_done(&c, &root, progress)?;
+            if !main {
+                continue;
+            }
             measure(
                 &mut variant,
                 &RunPaths::new(&root, &c.name).last(),
@@ -228,9 +235,12 @@ pub fn study(config: &McnConfig, runs: &Path, progress: bool) -> Result<Study> {
         out.push(variant);
     }
     let report = root.join("report.md");
-    let text = render(&out, config, started.elapsed().as_secs_f64());
-    mustard_core::io::write_bytes(&report, text.as_bytes())?;
-    crate::charts::write_bars(&root.join("mcn.png"), &charts(&out, config.seeds))?;
+    if main {
+        let text = render(&out, config, started.elapsed().as_secs_f64());
+        mustard_core::io::write_bytes(&report, text.as_bytes())?;
+        crate::charts::write_bars(&root.join("mcn.png"), &charts(&out, config.seeds))?;
+    }
+    mustard_core::dist::world().barrier()?;
     Ok(Study {
         variants: out,
         report,
@@ -283,6 +293,7 @@ fn measure(variant: &mut Variant, weights: &Path, val: &Arc<Dataset>, size: bool
         t.input_size,
         t.batch_size,
         t.workers,
+        config.data.skip_bad,
     )?);
     if size {
         variant.parameters = mustard_core::optim::trainable_vars(&varmap)
@@ -310,7 +321,7 @@ pub fn render(variants: &[Variant], config: &McnConfig, seconds: f64) -> String 
     let _ = writeln!(s, "# MultiTask-CenterNet study\n");
     let _ = writeln!(
         s,
-        "Each model: {:?} backbone, {:?} neck, {} epochs of {} synthetic images at {} px, batch {}, AdamW lr {}; {} seed(s) each ({}). \
+        "Each model: {} backbone, {}, {} epochs of {} synthetic images at {} px, batch {}, AdamW lr {}; {} seed(s) each ({}). \
          Validation on {} held-out synthetic images. Metrics: box AP and keypoint AP (COCO, equal to pycocotools), mIoU; \
          trivial baselines: AP 0 (no box or person found), mIoU of answering background everywhere (docs/SYNTHETIC.md).{}\n",
         base.model.backbone, base.model.neck, t.epochs, base.data.synth.train_images, t.input_size, t.batch_size, t.lr,

@@ -44,6 +44,7 @@ pub struct MultiTaskModel {
     specs: TaskMap<HeadSpec>,
     config: ModelConfig,
     device: Device,
+    dtype: DType,
 }
 
 impl MultiTaskModel {
@@ -52,12 +53,33 @@ impl MultiTaskModel {
     /// seed give the same model wherever it is built. The config's `classes` must be filled
     /// (see [`crate::config::Classes`]). Checkpoints are loaded into the returned map.
     pub fn build(config: &ModelConfig, seed: u64, device: &Device) -> Result<(VarMap, Self)> {
+        Self::build_as(config, seed, device, DType::F32)
+    }
+
+    /// The model of a run's config: its model, seed, device and precision.
+    pub fn for_run(config: &crate::Config) -> Result<(VarMap, Self)> {
+        Self::build_as(
+            &config.model,
+            config.seed,
+            &config.device.device()?,
+            config.numerics.precision.dtype(),
+        )
+    }
+
+    /// [`MultiTaskModel::build`] with weights of `dtype` (f64 to check computations without f32
+    /// rounding; see [`crate::config::Precision`]).
+    pub fn build_as(
+        config: &ModelConfig,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(VarMap, Self)> {
         let varmap = VarMap::new();
         // Initialised on the CPU (the values do not depend on the device, and Metal has no
         // f64 for the initialisers), then moved.
         let model = Self::new(
             config,
-            crate::init::seeded(&varmap, seed, DType::F32, &Device::Cpu),
+            crate::init::seeded(&varmap, seed, dtype, &Device::Cpu),
         )?;
         if device.is_cpu() {
             return Ok((varmap, model));
@@ -73,7 +95,7 @@ impl MultiTaskModel {
                 );
             }
         }
-        let model = Self::new(config, VarBuilder::from_varmap(&moved, DType::F32, device))?;
+        let model = Self::new(config, VarBuilder::from_varmap(&moved, dtype, device))?;
         Ok((moved, model))
     }
 
@@ -125,7 +147,13 @@ impl MultiTaskModel {
             specs,
             config: config.clone(),
             device: vb.device().clone(),
+            dtype: vb.dtype(),
         })
+    }
+
+    /// The float type of the weights (inputs are converted to it).
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// The configuration.
@@ -194,6 +222,7 @@ impl MultiTaskModel {
             specs: self.specs.clone(),
             config: self.config.clone(),
             device: self.device.clone(),
+            dtype: self.dtype,
         };
         let convs: Vec<&Conv2d> = copy
             .dense_blocks()

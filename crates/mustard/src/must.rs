@@ -19,7 +19,7 @@ use mustard_data::{Dataset, Task, TaskMap};
 use mustard_pseudo::{PseudoSource, Stats, Thresholds};
 use serde::{Deserialize, Serialize};
 
-use crate::baseline::constant_baseline;
+use crate::baseline::constant_baseline_with;
 use crate::checkpoint::{load_model, RunPaths};
 use crate::config::{read_toml, write_toml, Config};
 use crate::datasets::{classes_of, open_dataset};
@@ -249,7 +249,7 @@ pub struct TaskResult {
     pub initial_loss: f64,
     /// The same after training.
     pub student_loss: f64,
-    /// The constant prediction fitted on the teacher's labelled set ([`constant_baseline`]);
+    /// The constant prediction fitted on the teacher's labelled set ([`crate::baseline::constant_baseline`]);
     /// NaN when the teacher was given without its labelled set.
     pub baseline: f64,
 }
@@ -430,6 +430,11 @@ pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustRepo
     config.base.numerics.apply();
     let root = runs.join("must");
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    // Under a launcher every process trains every model together and pseudo-labels its share
+    // of the shards; rank 0 alone writes the data, evaluates and reports.
+    let world = mustard_core::dist::world();
+    let main = world.rank() == 0;
+    let progress = progress && main;
     let mut p = Pipeline {
         config,
         paths: Paths {
@@ -441,8 +446,12 @@ pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustRepo
     };
     let stage = Instant::now();
     let files = p.data()?;
+    // The other processes read what rank 0 wrote.
+    world.barrier()?;
     // Saved once the data fits it (a refused config leaves the saved one as it was).
-    write_toml(config, &root.join("config.toml"))?;
+    if main {
+        write_toml(config, &root.join("config.toml"))?;
+    }
     p.timings
         .push(("data".to_string(), stage.elapsed().as_secs_f64()));
     check_labelled(&config.tasks, &files.labelled, &files.teachers, &files.test)?;
@@ -489,7 +498,10 @@ pub fn must(config: &MustConfig, runs: &Path, progress: bool) -> Result<MustRepo
         report: root.join("report.md"),
         seconds: started.elapsed().as_secs_f64(),
     };
-    write_report(&report, config, &root)?;
+    if main {
+        write_report(&report, config, &root)?;
+    }
+    world.barrier()?;
     Ok(report)
 }
 
@@ -582,8 +594,10 @@ impl Pipeline<'_> {
                 "writing the synthetic splits ({} labelled images per task, {} unlabelled, {} test) to {}",
                 splits.per_task, splits.unlabeled, splits.test, dir.display()
             ));
-            synth::write(&dir, &synth, 0, Some(splits))?;
-            write_toml(&written, &record)?;
+            if mustard_core::dist::is_main() {
+                synth::write(&dir, &synth, 0, Some(splits))?;
+                write_toml(&written, &record)?;
+            }
         }
         let mut downstream = TaskMap::new();
         if let Some(t) = &self.config.transfer {
@@ -596,7 +610,9 @@ impl Pipeline<'_> {
                     t.images, splits.test, down.display()
                 )
                 });
-                synth::write_downstream(&down, &synth, t.images, splits.test)?;
+                if mustard_core::dist::is_main() {
+                    synth::write_downstream(&down, &synth, t.images, splits.test)?;
+                }
             }
             for task in synth::DOWNSTREAM_TASKS {
                 let file = |split: &str| down.join(format!("{split}_{task}.json"));
@@ -649,7 +665,13 @@ impl Pipeline<'_> {
             c.data.val = None;
             c.data.pseudo = None;
             c.train.epochs = self.config.teacher_epochs;
-            self.say(|| format!("training the {task} teacher on {}", data.display()));
+            let state = crate::train::StageState::of(&self.paths.root, &c.name);
+            self.say(|| {
+                state.say(
+                    &format!("{task} teacher"),
+                    &format!("training the {task} teacher on {}", data.display()),
+                )
+            });
             let seconds = train_unless_done(&c, &self.paths.root, self.progress)?;
             self.timings.push((format!("teacher {task}"), seconds));
             teachers.push((task, self.paths.last(&c.name)));
@@ -682,6 +704,7 @@ impl Pipeline<'_> {
         options.input_size = Some(self.config.base.train.input_size);
         options.device = Some(self.config.base.device);
         options.progress = self.progress;
+        options.skip_bad = self.config.base.data.skip_bad;
         let labels = pseudo_label(&options)?;
         if self.progress {
             eprintln!(
@@ -714,7 +737,15 @@ impl Pipeline<'_> {
     /// The student at its initialisation (the model training starts from) on the test set:
     /// metrics and per-task loss.
     fn initial_student(&self, student: &Config, test: &TestSets) -> Result<Initial> {
-        self.say(|| "training the student on every pseudo-label".into());
+        let state = crate::train::StageState::of(&self.paths.root, &student.name);
+        self.say(|| state.say("student", "training the student on every pseudo-label"));
+        if !mustard_core::dist::is_main() {
+            // Scored by rank 0 alone.
+            return Ok(Initial {
+                report: TaskMap::new(),
+                loss: TaskMap::new(),
+            });
+        }
         let mut c = student.clone();
         c.model.classes = classes_of(&PseudoSource::open(&self.paths.labels(), None)?);
         let (_, model) = initial_model(&c)?;
@@ -732,6 +763,10 @@ impl Pipeline<'_> {
     ) -> Result<Vec<TaskResult>> {
         let stage = Instant::now();
         self.say(|| "evaluating every model on the test sets".into());
+        if !mustard_core::dist::is_main() {
+            // Rank 0 evaluates and reports.
+            return Ok(Vec::new());
+        }
         let (config, _, model) = load_model(&self.paths.last("student"))?;
         let (student, student_loss) = per_task(&model, &config, test)?;
         let loss_of = |losses: &TaskMap<f64>, task| losses.get(task).copied().unwrap_or(f64::NAN);
@@ -742,7 +777,13 @@ impl Pipeline<'_> {
             let baseline = match files.labelled.get(*task) {
                 Some(path) => {
                     let train = open_dataset(path, None, self.config.base.data.skip_bad)?;
-                    constant_baseline(*task, &train, test.of(*task)?)?.unwrap_or(f64::NAN)
+                    constant_baseline_with(
+                        *task,
+                        &train,
+                        test.of(*task)?,
+                        self.config.base.data.skip_bad,
+                    )?
+                    .unwrap_or(f64::NAN)
                 }
                 None => f64::NAN,
             };
@@ -805,7 +846,7 @@ impl Pipeline<'_> {
             let train = open_dataset(&down.train, None, false)?;
             constant
                 .1
-                .push(constant_baseline(task, &train, &test)?.unwrap_or(f64::NAN));
+                .push(constant_baseline_with(task, &train, &test, false)?.unwrap_or(f64::NAN));
             for ((name, label, init), row) in inits.iter().zip(rows.iter_mut()) {
                 let mut c = student.clone();
                 c.name = format!("transfer-{task}-{name}");
@@ -816,9 +857,20 @@ impl Pipeline<'_> {
                 c.data.train = Some(down.train.clone());
                 c.data.root = None;
                 c.train.epochs = t.epochs;
-                self.say(|| format!("transfer: {task}, {label}, on {}", down.train.display()));
+                let state = crate::train::StageState::of(&self.paths.root, &c.name);
+                self.say(|| {
+                    state.say(
+                        &format!("transfer run ({task}, {label})"),
+                        &format!("transfer: {task}, {label}, on {}", down.train.display()),
+                    )
+                });
                 let seconds = train_unless_done(&c, &self.paths.root, self.progress)?;
                 self.timings.push((c.name.clone(), seconds));
+                // Rank 0 evaluates and reports.
+                if !mustard_core::dist::is_main() {
+                    row.1.push(f64::NAN);
+                    continue;
+                }
                 let (c, _, model) = load_model(&self.paths.last(&c.name))?;
                 row.1
                     .push(evaluate_on(&model, &c, &test)?.headline_of(task));
@@ -1205,6 +1257,7 @@ fn evaluate_on(model: &MultiTaskModel, config: &Config, test: &Arc<Dataset>) -> 
         config.train.input_size,
         config.train.batch_size,
         config.train.workers,
+        config.data.skip_bad,
     )
 }
 
@@ -1248,7 +1301,7 @@ pub fn render(r: &MustReport, config: &MustConfig) -> String {
     };
     let _ = writeln!(
         s,
-        "Teachers: one {:?} model per task, {} epochs on its own labelled set, in its own label space, AdamW lr {}. Student: the same backbone with an FPN neck and every head (each in its teacher's label space), {} epochs on the teachers' pseudo-labels of the unlabelled set, AdamW lr {}{}. {} px, batch {}. Every model is evaluated on each task's held-out test set.{seeds}\n",
+        "Teachers: one {} model per task, {} epochs on its own labelled set, in its own label space, AdamW lr {}. Student: the same backbone with an FPN neck and every head (each in its teacher's label space), {} epochs on the teachers' pseudo-labels of the unlabelled set, AdamW lr {}{}. {} px, batch {}. Every model is evaluated on each task's held-out test set.{seeds}\n",
         b.model.backbone, config.teacher_epochs, b.train.lr, config.student_epochs, config.student.lr(b), student_weights(config), b.train.input_size, b.train.batch_size
     );
     let _ = writeln!(

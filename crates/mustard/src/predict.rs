@@ -53,25 +53,130 @@ pub struct PredictSummary {
     pub timing: Timing,
 }
 
-/// The image files of `input`: the file itself, or the JPEG/PNG files of a folder, sorted.
-pub fn collect_inputs(input: &Path) -> Result<Vec<PathBuf>> {
-    if input.is_file() {
-        return Ok(vec![input.to_path_buf()]);
+/// One image to predict on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// The file.
+    pub path: PathBuf,
+    /// Its name in the results' `file_name`: the path relative to the folder given, with `/`
+    /// between folders (the file name for a single file).
+    pub name: String,
+    /// Where its pictures go under the output folder, without extension: the relative path
+    /// without its extension, or with it (`a.jpg`) when another image of the same folder has
+    /// the same stem (`a.png`), so that no output overwrites another.
+    pub output: String,
+}
+
+/// The images of an input, and the files of a folder that are not images.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inputs {
+    /// The images, in sorted order.
+    pub images: Vec<Input>,
+    /// The files of the folder that were not read (not an image by their extension).
+    pub left_out: Vec<PathBuf>,
+}
+
+impl Inputs {
+    /// One line naming the files left out (at most five by name), or None.
+    pub fn left_out_line(&self, root: &Path) -> Option<String> {
+        left_out_line(root, &self.left_out)
     }
-    let entries = std::fs::read_dir(input).map_err(|e| Error::io(input, e))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+}
+
+/// "left out 2 files that are not images: notes.txt, sub/x.csv" (at most five by name, relative
+/// to `root`), or None when `files` is empty.
+pub fn left_out_line(root: &Path, files: &[PathBuf]) -> Option<String> {
+    if files.is_empty() {
+        return None;
+    }
+    let mut names: Vec<String> = files
+        .iter()
+        .take(5)
+        .map(|p| relative_name(root, p))
+        .collect();
+    if files.len() > 5 {
+        names.push("…".into());
+    }
+    let n = files.len();
+    let what = if n == 1 {
+        "file that is not an image"
+    } else {
+        "files that are not images"
+    };
+    Some(format!("left out {n} {what}: {}", names.join(", ")))
+}
+
+/// `path` relative to `root`, `/` between folders.
+fn relative_name(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The images of `input`: the file itself (read whatever its extension), or the image files of
+/// a folder and its sub-folders, sorted, with the other files it holds.
+pub fn collect_inputs(input: &Path) -> Result<Inputs> {
+    if input.is_file() {
+        let name = relative_name(input.parent().unwrap_or(Path::new("")), input);
+        let output = input
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| name.clone());
+        return Ok(Inputs {
+            images: vec![Input {
+                path: input.to_path_buf(),
+                name,
+                output,
+            }],
+            left_out: Vec::new(),
+        });
+    }
+    if !input.is_dir() {
+        return Err(Error::file(input, "no such file or folder"));
+    }
+    let (paths, left_out) = mustard_data::walk_images(input)?;
+    if paths.is_empty() {
+        return Err(Error::file(
+            input,
+            format!(
+                "no images ({}) here or in its sub-folders",
+                imageio::image_extensions_list()
+            ),
+        ));
+    }
+    // Stems used by more than one image of a folder keep their extension in the output's name.
+    let without_ext = |p: &Path| relative_name(input, &p.with_extension(""));
+    let mut count = std::collections::HashMap::new();
+    for p in &paths {
+        *count.entry(without_ext(p)).or_insert(0usize) += 1;
+    }
+    let images = paths
+        .iter()
+        .map(|p| {
+            let stem = without_ext(p);
+            Input {
+                name: relative_name(input, p),
+                output: if count[&stem] > 1 {
+                    relative_name(input, p)
+                } else {
+                    stem
+                },
+                path: p.clone(),
+            }
         })
         .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(Error::file(input, "no .jpg, .jpeg or .png images here"));
+    Ok(Inputs { images, left_out })
+}
+
+/// Creates the folder `file` goes into (outputs mirror the input's sub-folders).
+fn create_parent(file: &Path) -> Result<()> {
+    match file.parent() {
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e)),
+        None => Ok(()),
     }
-    Ok(files)
 }
 
 /// Resamples a map given in network-input pixels onto the original image (nearest).
@@ -103,7 +208,7 @@ fn to_original_map<T: Copy>(
 pub fn predict(
     model: &MultiTaskModel,
     config: &Config,
-    inputs: &[PathBuf],
+    inputs: &[Input],
     out: &Path,
     options: &PredictOptions,
 ) -> Result<PredictSummary> {
@@ -112,8 +217,8 @@ pub fn predict(
     let mut records = Records::default();
     let mut timing = Timing::default();
     let mut files = Vec::new();
-    for (i, path) in inputs.iter().enumerate() {
-        let image = Image::read(path, i as u64 + 1, config.train.input_size)?;
+    for (i, input) in inputs.iter().enumerate() {
+        let image = Image::read(input, i as u64 + 1, config.train.input_size)?;
         let t = image.predict(model, out, options, &mut records, &mut files)?;
         timing.preprocess += t.preprocess;
         timing.inference += t.inference;
@@ -173,16 +278,10 @@ struct Image {
 }
 
 impl Image {
-    fn read(path: &Path, image_id: u64, size: u32) -> Result<Self> {
+    fn read(input: &Input, image_id: u64, size: u32) -> Result<Self> {
         let started = Instant::now();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let stem = path
-            .file_stem()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| format!("{image_id}"));
+        let (name, stem) = (input.name.clone(), input.output.clone());
+        let path = &input.path;
         let original = imageio::read_rgb(path)?;
         let (w, h) = original.dimensions();
         let sample = Sample {
@@ -236,6 +335,7 @@ impl Image {
             parts.push(draw::colour_map(&map, w, h, true));
         }
         let file = out.join(format!("{}.png", self.stem));
+        create_parent(&file)?;
         imageio::write_rgb(&file, &side_by_side(&parts))?;
         files.push(file);
         if options.save_heatmaps {
@@ -394,6 +494,7 @@ impl Image {
                 rows.push(side_by_side(&target));
             }
             let file = out.join(format!("{}_heatmaps.png", self.stem));
+            create_parent(&file)?;
             imageio::write_rgb(&file, &draw::stack(&rows))?;
             files.push(file);
         }

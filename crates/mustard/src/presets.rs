@@ -202,6 +202,7 @@ impl TrainConfig {
             ema: None,
             ema_ramp: 200.0,
             patience: None,
+            sync_batch_norm: true,
         }
     }
 }

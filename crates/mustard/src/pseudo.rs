@@ -48,6 +48,9 @@ pub struct PseudoOptions {
     pub progress: bool,
     /// Run the teachers here instead of on the devices of their runs.
     pub device: Option<mustard_core::DeviceSpec>,
+    /// Leave out images that cannot be read or decoded: each is named once and stored with no
+    /// task labelled (so no student task trains on it), instead of stopping.
+    pub skip_bad: bool,
 }
 
 impl PseudoOptions {
@@ -65,6 +68,7 @@ impl PseudoOptions {
             batch_size: 8,
             progress: false,
             device: None,
+            skip_bad: false,
         }
     }
 }
@@ -86,6 +90,8 @@ pub struct PseudoSummary {
     pub stats: Stats,
     /// Wall time.
     pub seconds: f64,
+    /// Images this call left out because they cannot be read (`skip_bad`), each with why.
+    pub left_out: Vec<String>,
 }
 
 /// A category with the keypoint schema of `joints` joints (COCO's names and skeleton for 17).
@@ -217,12 +223,50 @@ pub fn pseudo_label(options: &PseudoOptions) -> Result<PseudoSummary> {
         &options.images,
         options.root.as_deref(),
     )?);
-    let store = Store::create(&options.out, manifest(options, &teachers, &images)?)?;
-    store.clean_temporaries(options.shard);
+    // Under a launcher the processes split the shards among themselves.
+    let world = mustard_core::dist::world();
+    let main = world.rank() == 0;
+    let shard = if world.size() > 1 {
+        if options.shard != ShardSpec::ALL {
+            return Err(Error::config(
+                "pseudo-label",
+                format!(
+                    "--shard {} with {} processes: the processes of a launcher split the shards by themselves; give one or the other",
+                    options.shard,
+                    world.size()
+                ),
+            ));
+        }
+        ShardSpec {
+            index: world.rank(),
+            count: world.size(),
+        }
+    } else {
+        options.shard
+    };
+    let progress = options.progress && main;
+    if progress {
+        if let Some(line) = crate::predict::left_out_line(&options.images, images.not_images()) {
+            eprintln!("{line}");
+        }
+    }
+    // Rank 0 writes the manifest; the others then open it (and check it is theirs).
+    let manifest = manifest(options, &teachers, &images)?;
+    let created = if main {
+        Some(Store::create(&options.out, manifest.clone()))
+    } else {
+        None
+    };
+    world.barrier()?;
+    let store = match created {
+        Some(store) => store?,
+        None => Store::create(&options.out, manifest)?,
+    };
+    store.clean_temporaries(shard);
     let m = store.manifest().clone();
-    let owned: Vec<usize> = (0..m.shards()).filter(|&k| options.shard.owns(k)).collect();
+    let owned: Vec<usize> = (0..m.shards()).filter(|&k| shard.owns(k)).collect();
     let bar = progress_bar(
-        options.progress,
+        progress,
         owned.iter().map(|&k| m.range(k).len() as u64).sum(),
         "pseudo-labels [{bar:30}] {pos}/{len} images {msg} eta {eta}",
     );
@@ -232,7 +276,9 @@ pub fn pseudo_label(options: &PseudoOptions) -> Result<PseudoSummary> {
         encoder: Arc::new(Encoder::images_only(m.input_size)),
         manifest: &m,
         batch_size: options.batch_size,
+        skip_bad: options.skip_bad,
     };
+    let mut left_out = Vec::new();
     let (mut written, mut skipped, mut redone) = (0, 0, 0);
     for &k in &owned {
         match store.check(k) {
@@ -242,22 +288,35 @@ pub fn pseudo_label(options: &PseudoOptions) -> Result<PseudoSummary> {
                 continue;
             }
             ShardState::Broken(why) => {
-                bar.println(format!("redoing shard {k}: {why}"));
+                crate::log::say(&bar, options.progress, format!("redoing shard {k}: {why}"));
                 redone += 1;
             }
             ShardState::Missing => {}
         }
         bar.set_message(format!("shard {k}"));
-        let (ids, labels) = labeller.shard(k, &bar)?;
+        let (ids, labels, skipped) = labeller.shard(k, &bar)?;
+        for why in &skipped {
+            crate::log::say(&bar, options.progress, format!("left out {why}"));
+        }
+        left_out.extend(skipped);
         store.write_shard(k, &ids, &labels)?;
         written += 1;
     }
     bar.finish_and_clear();
+    // Every process's shards are written before any judges the store.
+    world.barrier()?;
     // Shards this call wrote or verified are known good; the others (other workers') are
     // judged by their records, not re-read: a rerun or the student verifies checksums.
     let states = store.status_recorded();
     let complete = states.iter().all(|s| matches!(s, ShardState::Complete(_)));
-    let stats = store.write_stats(&states)?;
+    // `stats.json` is written once the store is complete, by whoever sees it so: workers that
+    // finish at once each write the same totals, and none leaves a partial count behind.
+    let stats = if main && complete {
+        store.write_stats(&states)?
+    } else {
+        store.stats_of(&states)
+    };
+    world.barrier()?;
     Ok(PseudoSummary {
         store: options.out.clone(),
         written,
@@ -266,6 +325,7 @@ pub fn pseudo_label(options: &PseudoOptions) -> Result<PseudoSummary> {
         complete,
         stats,
         seconds: started.elapsed().as_secs_f64(),
+        left_out,
     })
 }
 
@@ -337,11 +397,17 @@ struct Labeller<'a> {
     encoder: Arc<Encoder>,
     manifest: &'a Manifest,
     batch_size: usize,
+    skip_bad: bool,
 }
 
 impl Labeller<'_> {
-    /// The image ids and labels of shard `k`.
-    fn shard(&self, k: usize, bar: &ProgressBar) -> Result<(Vec<u64>, Vec<ImageLabels>)> {
+    /// The image ids and labels of shard `k`, and why each image left out could not be read
+    /// (with `skip_bad`; such an image is stored with no task labelled).
+    fn shard(
+        &self,
+        k: usize,
+        bar: &ProgressBar,
+    ) -> Result<(Vec<u64>, Vec<ImageLabels>, Vec<String>)> {
         let m = self.manifest;
         let range = m.range(k);
         let source: Arc<dyn Source> = self.source.clone();
@@ -350,11 +416,31 @@ impl Labeller<'_> {
             self.encoder.clone(),
             LoaderConfig {
                 threads: None,
+                skip_bad: self.skip_bad,
                 ..LoaderConfig::eval(self.batch_size, m.input_size)
             },
         )?;
-        let mut ids = Vec::with_capacity(range.len());
-        let mut labels = Vec::with_capacity(range.len());
+        let ids: Vec<u64> = range.clone().map(|i| self.source.image(i).id).collect();
+        let position: std::collections::HashMap<u64, usize> =
+            ids.iter().enumerate().map(|(p, &id)| (id, p)).collect();
+        // An image left out keeps its place with labels that teach nothing: no box, no person,
+        // a label map and depth map of one unknown pixel, zero class probabilities (the image
+        // cannot be read, so no student trains on it anyway).
+        let tasks = m.task_set();
+        let nothing = ImageLabels {
+            tasks: TaskSet::EMPTY,
+            semantic: tasks
+                .contains(Task::Segmentation)
+                .then(|| image::GrayImage::from_pixel(1, 1, image::Luma([255]))),
+            depth: tasks
+                .contains(Task::Depth)
+                .then(|| DepthMap::from_pixel(1, 1, image::Luma([0.0]))),
+            classes: tasks
+                .contains(Task::Classification)
+                .then(|| vec![0.0; m.label_names.len()]),
+            ..Default::default()
+        };
+        let mut labels: Vec<ImageLabels> = vec![nothing; range.len()];
         for batch in loader.epoch(0) {
             let batch = batch?;
             let mut per_image: Vec<ImageLabels> = batch
@@ -368,11 +454,24 @@ impl Labeller<'_> {
             for t in self.teachers {
                 label_batch(t, &batch, m, &mut per_image)?;
             }
-            ids.extend(batch.meta.iter().map(|meta| meta.image_id));
             bar.inc(per_image.len() as u64);
-            labels.extend(per_image);
+            for (meta, l) in batch.meta.iter().zip(per_image) {
+                let p = position.get(&meta.image_id).ok_or_else(|| {
+                    Error::file(
+                        self.source.path(),
+                        format!("image {} of a batch is not in shard {k}", meta.image_id),
+                    )
+                })?;
+                labels[*p] = l;
+            }
         }
-        Ok((ids, labels))
+        let skipped = loader.skipped();
+        bar.inc(skipped.len() as u64);
+        Ok((
+            ids,
+            labels,
+            skipped.into_iter().map(|(_, why)| why).collect(),
+        ))
     }
 }
 

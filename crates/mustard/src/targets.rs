@@ -57,6 +57,15 @@ impl Batch {
         })
     }
 
+    /// The batch as `model` computes on it: on its device, in its float type.
+    pub fn for_model(&self, model: &crate::MultiTaskModel) -> crate::Result<Batch> {
+        let moved = self.to_device(model.device())?;
+        if moved.images.dtype() == model.dtype() {
+            return Ok(moved);
+        }
+        moved.to_dtype(model.dtype())
+    }
+
     /// The batch with images and float targets in `dtype` (a model built in that dtype, e.g.
     /// f64 to compare two computations without f32 rounding).
     pub fn to_dtype(&self, dtype: DType) -> crate::Result<Batch> {

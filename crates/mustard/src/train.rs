@@ -31,6 +31,9 @@ pub struct TrainOptions {
     /// Stop right after this optimiser step, as if the process were killed just after its
     /// checkpoint (for resume tests and time-boxed runs).
     pub stop_after: Option<u64>,
+    /// On resume, leave out images that cannot be read from now on (saved in the run's config;
+    /// a new run takes `data.skip_bad` from its config).
+    pub skip_bad: bool,
 }
 
 /// What a training run did.
@@ -52,20 +55,48 @@ pub struct TrainSummary {
     pub best: Option<(f64, u64)>,
     /// Whether training stopped before its last epoch (`train.patience`).
     pub stopped_early: bool,
+    /// Training images left out because they cannot be read (`data.skip_bad`), each with why.
+    pub skipped: Vec<String>,
 }
 
-/// Trains a new run `config.name` under `options.runs`; refuses a folder that already holds a
-/// trained run.
+/// Trains a new run `config.name` under `options.runs`. A folder that already holds a run of
+/// the same config is continued from its last checkpoint (the same command, run again after
+/// an interruption, finishes the run); one of another config is refused.
 pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let run = RunPaths::new(&options.runs, &config.name);
     if run.last().is_file() {
-        return Err(Error::config(
-            "name",
-            format!("{} already holds a trained run; pass --resume to continue it or choose another --name", run.dir.display()),
-        ));
+        let same = Config::read(&run.config()).is_ok_and(|saved| same_run(&saved, config));
+        if !same {
+            return Err(Error::config(
+                "name",
+                format!("{} already holds a run of another config; pass --resume to continue it with its own config, or choose another --name", run.dir.display()),
+            ));
+        }
+        if options.progress && mustard_core::dist::is_main() {
+            let step = crate::checkpoint::saved_step(&run.last()).unwrap_or(0);
+            eprintln!(
+                "{} holds this run at step {step}: continuing it",
+                run.dir.display()
+            );
+        }
+        let mut saved = Config::read(&run.config())?;
+        saved.data.skip_bad |= config.data.skip_bad || options.skip_bad;
+        return run_loop(saved, run, options, true);
     }
     config.validate()?;
     run_loop(config.clone(), run, options, false)
+}
+
+/// Whether `saved` (a run's config, its classes filled from the data) is the run `config` asks
+/// for: equal but for what training fills in and what a resume may change (`--skip-bad`).
+fn same_run(saved: &Config, config: &Config) -> bool {
+    let mut a = saved.clone();
+    let mut b = config.clone();
+    b.model.classes = a.model.classes.clone();
+    b.model.relative_depth = a.model.relative_depth;
+    a.data.skip_bad = false;
+    b.data.skip_bad = false;
+    a == b
 }
 
 /// Continues the run `name` under `options.runs` from its last checkpoint, with its saved
@@ -75,7 +106,8 @@ pub fn resume(name: &str, options: &TrainOptions) -> Result<TrainSummary> {
     if !run.last().is_file() {
         return Err(Error::file(run.last(), "no checkpoint to resume from"));
     }
-    let config = Config::read(&run.config())?;
+    let mut config = Config::read(&run.config())?;
+    config.data.skip_bad |= options.skip_bad;
     run_loop(config, run, options, true)
 }
 
@@ -92,14 +124,54 @@ pub fn train_unless_done(config: &Config, runs: &Path, progress: bool) -> Result
         runs: runs.to_path_buf(),
         progress,
         stop_after: None,
+        skip_bad: config.data.skip_bad,
     };
     let summary = if run.last().is_file() {
         resume(&config.name, &options)?
     } else {
         train(config, &options)?
     };
-    std::fs::write(&done, format!("{}\n", summary.steps)).map_err(|e| Error::io(&done, e))?;
+    let world = mustard_core::dist::world();
+    if world.rank() == 0 {
+        std::fs::write(&done, format!("{}\n", summary.steps)).map_err(|e| Error::io(&done, e))?;
+    }
+    world.barrier()?;
     Ok(summary.seconds)
+}
+
+/// Where a pipeline's stage stands before [`train_unless_done`] runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageState {
+    /// Finished earlier: it is reused as it is.
+    Finished,
+    /// Interrupted after a checkpoint at this step: it resumes there.
+    Interrupted(u64),
+    /// Not begun.
+    New,
+}
+
+impl StageState {
+    /// The state of run `name` under `runs`.
+    pub fn of(runs: &Path, name: &str) -> StageState {
+        let run = RunPaths::new(runs, name);
+        if run.dir.join("done").is_file() {
+            StageState::Finished
+        } else if run.last().is_file() {
+            StageState::Interrupted(crate::checkpoint::saved_step(&run.last()).unwrap_or(0))
+        } else {
+            StageState::New
+        }
+    }
+
+    /// What is done with the stage, for a progress line: `what` is the model ("the detection
+    /// teacher"), `training` what a new run does ("training the detection teacher on x.json").
+    pub fn say(self, what: &str, training: &str) -> String {
+        match self {
+            StageState::Finished => format!("reusing the finished {what}"),
+            StageState::Interrupted(step) => format!("resuming the {what} at step {step}"),
+            StageState::New => training.to_string(),
+        }
+    }
 }
 
 /// What one epoch of the loop ended with.
@@ -140,36 +212,65 @@ fn run_loop(
 ) -> Result<TrainSummary> {
     let started = Instant::now();
     config.numerics.apply();
-    let data = TrainData::open(&config, &options.runs)?;
-    if config.train.patience.is_some() && data.val.is_none() {
-        return Err(Error::config(
-            "train.patience",
-            "early stopping needs a validation set: give --val (or data.val)",
-        ));
-    }
-    if !resume {
-        config.model.classes = classes_of(data.train.as_ref());
-        // Pseudo depth labels are relative (SPEC §6): train them scale-and-shift invariant.
-        if config.data.pseudo.is_some() {
-            config.model.relative_depth = true;
+    let world = mustard_core::dist::world();
+    let main = world.rank() == 0;
+    // Every process opens the data and builds the model; the first that fails ends them all
+    // with its error.
+    let setup = (|| -> Result<_> {
+        if world.size() > config.train.batch_size {
+            return Err(Error::config(
+                "train.batch_size",
+                format!(
+                    "{} is smaller than the {} processes: batch_size is the global batch, and every process needs a share of it",
+                    config.train.batch_size,
+                    world.size()
+                ),
+            ));
         }
-    }
-    let weights = run.dir.join("weights");
-    std::fs::create_dir_all(&weights).map_err(|e| Error::io(&weights, e))?;
-    config.write(&run.config())?;
-    let mut trainer = Trainer::start(&config, &run, resume)?;
-    let loader = Loader::new(
-        data.train.clone(),
-        Arc::new(
-            trainer
-                .model()
-                .encoder_for(data.train.as_ref(), config.train.input_size),
-        ),
-        loader_config(&config),
-    )?;
+        let data = TrainData::open(&config, &options.runs)?;
+        if config.train.patience.is_some() && data.val.is_none() {
+            return Err(Error::config(
+                "train.patience",
+                "early stopping needs a validation set: give --val (or data.val)",
+            ));
+        }
+        if !resume {
+            config.model.classes = classes_of(data.train.as_ref());
+            // Pseudo depth labels are relative (SPEC §6): train them scale-and-shift invariant.
+            if config.data.pseudo.is_some() {
+                config.model.relative_depth = true;
+            }
+        }
+        let trainer = Trainer::start(&config, &run, resume)?;
+        let loader = Loader::new(
+            data.train.clone(),
+            Arc::new(
+                trainer
+                    .model()
+                    .encoder_for(data.train.as_ref(), config.train.input_size),
+            ),
+            loader_config(&config, world.as_ref()),
+        )?;
+        Ok((data, trainer, loader))
+    })();
+    let (data, mut trainer, loader) =
+        mustard_core::dist::agree(world.as_ref(), setup.map_err(|e| error_text(&e)))
+            .map_err(Error::Process)?;
+    // Rank 0 alone writes the run folder.
+    let log = if main {
+        let weights = run.dir.join("weights");
+        std::fs::create_dir_all(&weights).map_err(|e| Error::io(&weights, e))?;
+        config.write(&run.config())?;
+        Some(MetricsLog::open(&run, &config.model.tasks)?)
+    } else {
+        None
+    };
+    let options = &TrainOptions {
+        progress: options.progress && main,
+        ..options.clone()
+    };
     let per_epoch = loader.batches_per_epoch() as u64;
     trainer.plan(per_epoch);
-    let log = MetricsLog::open(&run, &config.model.tasks)?;
     let mut summary = TrainSummary {
         run: run.dir.clone(),
         steps: trainer.state().step,
@@ -179,6 +280,7 @@ fn run_loop(
         parameters: trainer.parameters(),
         best: None,
         stopped_early: false,
+        skipped: Vec::new(),
     };
     while !trainer.finished() {
         let epoch_started = Instant::now();
@@ -187,21 +289,29 @@ fn run_loop(
             EpochEnd::Stopped => break,
         };
         let finished_epoch = trainer.end_epoch(per_epoch);
+        // Rank 0 validates and decides (best weights, early stopping); the others take its
+        // decisions.
         let validation = match &data.val {
-            Some(ds) if finished_epoch || trainer.state().step >= trainer.total_steps() => {
+            Some(ds)
+                if main && (finished_epoch || trainer.state().step >= trainer.total_steps()) =>
+            {
                 Some(trainer.validate(ds.clone())?)
             }
             _ => None,
         };
+        trainer.share_decisions()?;
         trainer.save()?;
-        end_epoch(
-            &trainer,
-            &log,
-            &losses,
-            validation.as_ref(),
-            epoch_started,
-            options,
-        )?;
+        if let Some(log) = &log {
+            end_epoch(
+                &trainer,
+                log,
+                &losses,
+                validation.as_ref(),
+                epoch_started,
+                options,
+                loader.skipped().len(),
+            )?;
+        }
         summary.epoch_losses.push(losses.mean_total());
         if validation.is_some() {
             summary.validation = validation;
@@ -220,6 +330,8 @@ fn run_loop(
     if let Some(v) = &summary.validation {
         v.write_plots(&run.dir)?;
     }
+    // Every process returns once rank 0's last checkpoint is on disk.
+    world.barrier()?;
     let state = trainer.state();
     summary.best = state
         .best
@@ -227,6 +339,7 @@ fn run_loop(
         .then_some((state.best, state.best_epoch));
     summary.stopped_early = trainer.stopped_early();
     summary.steps = trainer.state().step;
+    summary.skipped = loader.skipped().into_iter().map(|(_, why)| why).collect();
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -239,6 +352,7 @@ fn end_epoch(
     validation: Option<&EvalReport>,
     started: Instant,
     options: &TrainOptions,
+    skipped: usize,
 ) -> Result<()> {
     let state = trainer.state();
     let task_losses = losses.per_task.map(|_, &sum| losses.mean(sum));
@@ -250,6 +364,7 @@ fn end_epoch(
         loss: losses.mean_total(),
         task_losses: &task_losses,
         validation,
+        skipped,
     })?;
     if options.progress {
         let val = validation
@@ -264,7 +379,22 @@ fn end_epoch(
     Ok(())
 }
 
-fn loader_config(config: &Config) -> LoaderConfig {
+/// An error with its causes, as the command prints it.
+fn error_text(e: &Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn loader_config(config: &Config, world: &dyn mustard_core::dist::Collective) -> LoaderConfig {
     let t = &config.train;
     LoaderConfig {
         batch_size: t.batch_size,
@@ -280,6 +410,11 @@ fn loader_config(config: &Config) -> LoaderConfig {
             )
         } else {
             mustard_data::augment::AugmentConfig::eval(t.input_size)
+        },
+        skip_bad: config.data.skip_bad,
+        share: mustard_data::Share {
+            rank: world.rank(),
+            processes: world.size(),
         },
     }
 }
@@ -303,9 +438,18 @@ fn run_epoch(
     bar.set_position(state.batch);
     let mut sums = EpochLosses::default();
     let mut images = 0usize;
-    for batch in loader.epoch_from(state.epoch, state.batch as usize) {
-        let batch = batch?;
-        let losses = trainer.step(&batch)?;
+    let mut epoch = loader.epoch_from(state.epoch, state.batch as usize);
+    while let Some(slot) = epoch.next_slot() {
+        for (_, why) in loader.take_skipped() {
+            crate::log::say(&bar, options.progress, format!("left out {why}"));
+        }
+        let batch = slot.map_err(|e| stopped_by_data(trainer, e))?;
+        // A batch whose every image was left out counts as done (on every process).
+        let Some(losses) = trainer.step_shared(batch.as_ref())? else {
+            bar.inc(1);
+            continue;
+        };
+        let batch = batch.expect("a step was taken on a batch");
         sums.total += losses.total as f64;
         for (task, &v) in losses.per_task.iter() {
             if config.model.tasks.contains(&task) {
@@ -343,8 +487,29 @@ fn run_epoch(
             break;
         }
     }
+    for (_, why) in loader.take_skipped() {
+        crate::log::say(&bar, options.progress, format!("left out {why}"));
+    }
     bar.finish_and_clear();
     Ok(EpochEnd::Done { losses: sums })
+}
+
+/// A loader error during training, saying where the run can be resumed from.
+fn stopped_by_data(trainer: &Trainer, e: mustard_data::Error) -> Error {
+    let last = trainer.run().last();
+    let resume = if last.is_file() {
+        format!(
+            "the run resumes from its last checkpoint ({}), with --resume or by running the same command again",
+            last.display()
+        )
+    } else {
+        "no checkpoint was written yet".to_string()
+    };
+    Error::DataStopped {
+        reason: e.to_string(),
+        step: trainer.state().step + 1,
+        resume,
+    }
 }
 
 /// The validation set of a run's config (the synthetic default's when it trained on neither

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use mustard_core::candle_core::{DType, Tensor, Var};
 use mustard_core::candle_nn::VarMap;
+use mustard_core::dist::{self, Collective};
 use mustard_core::io::LoadOptions;
 use mustard_core::optim::{
     clip_grad_norm, param_groups, trainable_vars, AdamW, AdamWConfig, Ema, LrSchedule, Optimizer,
@@ -45,13 +46,16 @@ pub struct Trainer {
     state: LoopState,
     train: TrainConfig,
     run: RunPaths,
+    /// Leave out validation images that cannot be read (`data.skip_bad`).
+    skip_bad: bool,
+    /// The processes training this model together (one without a launcher).
+    world: Arc<dyn Collective>,
 }
 
 /// The model a new run of `config` starts from: seeded variables, then the pretrained backbone
 /// (`model.pretrained`) and the backbone and neck of another run (`model.init_from`).
 pub fn initial_model(config: &Config) -> Result<(VarMap, MultiTaskModel)> {
-    let (varmap, model) =
-        MultiTaskModel::build(&config.model, config.seed, &config.device.device()?)?;
+    let (varmap, model) = MultiTaskModel::for_run(config)?;
     if let Some(source) = &config.model.pretrained {
         let path = mustard_backbone::weights::Resolver::default().resolve(&source.parse()?)?;
         let options = LoadOptions {
@@ -103,7 +107,7 @@ impl Trainer {
     /// schedule is set by [`Trainer::plan`] once the data's size is known.
     pub fn start(config: &Config, run: &RunPaths, resume: bool) -> Result<Self> {
         let (varmap, model) = if resume {
-            MultiTaskModel::build(&config.model, config.seed, &config.device.device()?)?
+            MultiTaskModel::for_run(config)?
         } else {
             initial_model(config)?
         };
@@ -142,6 +146,8 @@ impl Trainer {
             state,
             train: t.clone(),
             run: run.clone(),
+            skip_bad: config.data.skip_bad,
+            world: dist::world(),
         })
     }
 
@@ -185,7 +191,7 @@ impl Trainer {
     /// One optimiser step on `batch`: forward, losses (a non-finite one stops before the
     /// update), backward, clipping, AdamW at the scheduled rate, the weight average.
     pub fn step(&mut self, batch: &Batch) -> Result<StepLosses> {
-        let batch = &batch.to_device(self.model.device())?;
+        let batch = &batch.for_model(&self.model)?;
         let out = self.model.forward_t(&batch.images, true)?;
         let losses = self.model.loss(&out, batch)?;
         let mut per_task = TaskMap::new();
@@ -197,7 +203,13 @@ impl Trainer {
             per_task.insert(task, v);
         }
         let total = scalar(&losses.total)?;
-        let mut grads = losses.total.backward()?;
+        let grads = losses.total.backward()?;
+        self.update(grads)?;
+        Ok(StepLosses { total, per_task })
+    }
+
+    /// Clipping, AdamW at the scheduled rate and the weight average on `grads`; one step done.
+    fn update(&mut self, mut grads: mustard_core::candle_core::backprop::GradStore) -> Result<()> {
         if let Some(max) = self.train.clip_grad_norm {
             let norm = clip_grad_norm(&mut grads, &self.vars, max)?;
             if !norm.is_finite() {
@@ -212,7 +224,85 @@ impl Trainer {
         }
         self.state.step += 1;
         self.state.batch += 1;
-        Ok(StepLosses { total, per_task })
+        Ok(())
+    }
+
+    /// One step of the global batch whose share of this process is `batch` (None: nothing of
+    /// it here). With one process: [`Trainer::step`], or the batch passed over when every image
+    /// of it was left out. With several, every process calls it for every batch of the epoch:
+    /// the loss normalisers and (with `train.sync_batch_norm`) BatchNorm's statistics are
+    /// summed over the processes inside the step, the gradients are summed in a few flat
+    /// buckets, and clipping, AdamW, the average and the schedule then run the same on every
+    /// process. A batch of which some process holds nothing (its images left out as
+    /// unreadable) is passed over by all. Returns the losses summed over the processes.
+    pub fn step_shared(&mut self, batch: Option<&Batch>) -> Result<Option<StepLosses>> {
+        if self.world.size() == 1 {
+            return match batch {
+                Some(b) => self.step(b).map(Some),
+                None => {
+                    self.state.batch += 1;
+                    Ok(None)
+                }
+            };
+        }
+        let world = self.world.clone();
+        let mut holding = [f64::from(u8::from(
+            batch.is_some_and(|b| !b.meta.is_empty()),
+        ))];
+        world.all_reduce_f64(&mut holding)?;
+        let Some(batch) = batch.filter(|_| holding[0] == world.size() as f64) else {
+            self.state.batch += 1;
+            return Ok(None);
+        };
+        let batch = &batch.for_model(&self.model)?;
+        let scope = dist::enter(dist::Scope {
+            world: world.clone(),
+            sync_batch_norm: self.train.sync_batch_norm,
+        });
+        let out = self.model.forward_t(&batch.images, true)?;
+        let losses = self.model.loss(&out, batch)?;
+        // This process's parts of the global losses (each divided by a global count), summed.
+        let tasks: Vec<_> = losses.per_task.iter().map(|(t, _)| t).collect();
+        let mut values = vec![scalar(&losses.total)? as f64];
+        for (_, loss) in losses.per_task.iter() {
+            values.push(scalar(loss)? as f64);
+        }
+        world.all_reduce_f64(&mut values)?;
+        let mut per_task = TaskMap::new();
+        for (&task, &v) in tasks.iter().zip(&values[1..]) {
+            if !v.is_finite() {
+                return Err(self.diverged(task.name(), v as f32));
+            }
+            per_task.insert(task, v as f32);
+        }
+        let total = values[0] as f32;
+        let mut grads = losses.total.backward()?;
+        drop(scope);
+        dist::all_reduce_grads(world.as_ref(), &mut grads, &self.vars)?;
+        self.update(grads)?;
+        Ok(Some(StepLosses { total, per_task }))
+    }
+
+    /// Takes rank 0's loop position (its validation decides the best epoch and early
+    /// stopping), so that every process stops together.
+    pub fn share_decisions(&mut self) -> Result<()> {
+        if self.world.size() == 1 {
+            return Ok(());
+        }
+        let s = &self.state;
+        let mut bytes: Vec<u8> =
+            [s.best.to_le_bytes(), (s.best_epoch as f64).to_le_bytes()].concat();
+        self.world.broadcast(0, &mut bytes)?;
+        let number =
+            |i: usize| f64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+        self.state.best = number(0);
+        self.state.best_epoch = number(1) as u64;
+        Ok(())
+    }
+
+    /// The processes training this model.
+    pub fn world(&self) -> &Arc<dyn Collective> {
+        &self.world
     }
 
     fn diverged(&self, task: &str, value: f32) -> Error {
@@ -236,6 +326,7 @@ impl Trainer {
             t.batch_size,
             t.workers,
             Resolution::Network,
+            self.skip_bad,
         )?;
         if report.score() > self.state.best {
             self.state.best = report.score();
@@ -248,8 +339,12 @@ impl Trainer {
         Ok(report)
     }
 
-    /// Writes `last.safetensors`: model, optimiser state, average and loop position.
+    /// Writes `last.safetensors`: model, optimiser state, average and loop position (rank 0
+    /// alone: every process holds the same weights).
     pub fn save(&self) -> Result<()> {
+        if self.world.rank() != 0 {
+            return Ok(());
+        }
         let averages = self.ema.as_ref().map(Ema::state).transpose()?;
         checkpoint::save(
             &self.run.last(),
@@ -268,6 +363,11 @@ impl Trainer {
             self.state.batch = 0;
         }
         finished
+    }
+
+    /// The run's paths.
+    pub fn run(&self) -> &RunPaths {
+        &self.run
     }
 
     /// Where the loop stands.

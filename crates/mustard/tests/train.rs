@@ -87,7 +87,7 @@ fn overfitting_one_batch_reaches_high_box_and_keypoint_ap() -> Result<()> {
         first.get_or_insert(last);
         opt.step(&loss.backward()?)?;
     }
-    let report = evaluate(&model, ds, size, 2, None)?;
+    let report = evaluate(&model, ds, size, 2, None, false)?;
     let box_ap = report.detection().unwrap().stats()[0];
     let kp_ap = report.pose().unwrap().stats()[0];
     assert!(
@@ -153,6 +153,7 @@ fn a_resumed_run_equals_an_uninterrupted_one() -> Result<()> {
         runs: dir.join("runs"),
         progress: false,
         stop_after,
+        skip_bad: false,
     };
     // With a weight average, which must resume exactly too.
     let mut straight = small_config(&dir, "straight")?;
@@ -163,6 +164,18 @@ fn a_resumed_run_equals_an_uninterrupted_one() -> Result<()> {
     let mut config = small_config(&dir, "resumed")?;
     config.train.ema = Some(0.9);
     assert_eq!(train(&config, &options(Some(3)))?.steps, 3);
+    // A pipeline says what it does with such a stage.
+    let runs = dir.join("runs");
+    let state = mustard::train::StageState::of(&runs, "resumed");
+    assert_eq!(state, mustard::train::StageState::Interrupted(3));
+    assert_eq!(
+        state.say("student", "training the student"),
+        "resuming the student at step 3"
+    );
+    assert_eq!(
+        mustard::train::StageState::of(&runs, "nothing").say("student", "training the student"),
+        "training the student"
+    );
     // Resuming uses the run's saved config: nothing but the name is given.
     let resumed = resume("resumed", &options(None))?;
     assert_eq!(resumed.steps, 6);
@@ -220,10 +233,17 @@ fn a_resumed_run_equals_an_uninterrupted_one() -> Result<()> {
         moved * 2 > averaged,
         "{moved} of {averaged} averages differ from the weights"
     );
-    // A second training into the same folder is refused rather than overwriting it.
+    // The same training again continues the run (here: finished, so nothing to do); another
+    // config into the same folder is refused rather than overwriting it.
+    assert_eq!(train(&config, &options(None))?.steps, 6);
+    assert_eq!(
+        weights(&RunPaths::new(&dir.join("runs"), "resumed").last()),
+        b
+    );
+    config.train.lr *= 2.0;
     let err = train(&config, &options(None)).unwrap_err().to_string();
     assert!(
-        err.contains("already holds a trained run; pass --resume"),
+        err.contains("already holds a run of another config; pass --resume"),
         "{err}"
     );
     std::fs::remove_dir_all(&dir)?;
@@ -243,6 +263,7 @@ fn a_diverging_run_names_the_task_and_step_and_keeps_its_checkpoint() -> Result<
         runs: dir.join("runs"),
         progress: false,
         stop_after: None,
+        skip_bad: false,
     };
     let err = train(&config, &options).unwrap_err();
     let text = err.to_string();

@@ -160,8 +160,9 @@ impl BatchNorm2d {
         // Running statistics: PyTorch uses the unbiased variance here.
         let m = self.config.momentum;
         let mean = stats.mean.to_dtype(self.running_mean.dtype())?;
-        let unbiased =
-            (stats.var.to_dtype(self.running_var.dtype())? * (count as f64 / (count - 1) as f64))?;
+        // Over every process's values when BatchNorm is synchronised (crate::dist).
+        let count = stats.count;
+        let unbiased = (stats.var.to_dtype(self.running_var.dtype())? * (count / (count - 1.0)))?;
         let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?;
         let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
         self.running_mean.set(&rm)?;

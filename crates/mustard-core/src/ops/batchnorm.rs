@@ -17,6 +17,9 @@ pub struct BatchStats {
     pub mean: Tensor,
     /// `(C,)` biased variance over N, H, W.
     pub var: Tensor,
+    /// The values per channel these are over: N·H·W, summed over the processes when
+    /// synchronised (for the unbiased running variance).
+    pub count: f64,
 }
 
 /// `(x − mean) / √(var + eps) · γ + β` with the mean and biased variance of `x` per channel over
@@ -54,6 +57,22 @@ pub fn batch_norm_train(
             "more than one value per channel in training",
         ));
     }
+    // Statistics over every process of a data-parallel step (crate::dist), unless per-process.
+    let synced = crate::dist::scope()
+        .filter(|s| s.sync_batch_norm)
+        .map(|s| s.world);
+    if let Some(world) = &synced {
+        if !super::cpu_kernels(x) {
+            return Err(Error::config(
+                "batch_norm_train",
+                format!(
+                    "BatchNorm synchronised over {} processes runs on the CPU kernels only (not on {:?} or with --kernels portable); set train.sync_batch_norm = false",
+                    world.size(),
+                    x.device()
+                ),
+            ));
+        }
+    }
     if !super::cpu_kernels(x) && !super::cuda_kernels(x) {
         let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
         let mean = x.mean_keepdim((0, 2, 3))?;
@@ -67,18 +86,32 @@ pub fn batch_norm_train(
         let stats = BatchStats {
             mean: mean.detach().flatten_all()?,
             var: var.detach().flatten_all()?,
+            count: (n * h * w) as f64,
         };
         return Ok((y, stats));
     }
     let x = x.contiguous()?;
     // Row 0: means, row 1: biased variances.
-    let stats = x.apply_op1_no_bwd(&ChannelStats)?;
+    let (stats, sync) = match synced {
+        None => (x.apply_op1_no_bwd(&ChannelStats)?, None),
+        Some(world) => {
+            let mut count = [(n * h * w) as f64];
+            world.all_reduce_f64(&mut count)?;
+            let sync = Synced {
+                world,
+                count: count[0],
+            };
+            (x.apply_op1_no_bwd(&sync)?, Some(sync))
+        }
+    };
     // `[mean; 1/√(var + eps)]` in f64 on x's device (correctly rounded IEEE operations, the
     // same numbers everywhere): on CUDA nothing goes to the host and back in every layer.
     let moments = stats.to_dtype(candle_core::DType::F64)?;
     let inv_std = moments.get(1)?.affine(1.0, eps)?.sqrt()?.recip()?;
+    let count = sync.as_ref().map_or((n * h * w) as f64, |s| s.count);
     let op = BatchNormTrain {
         moments: Tensor::cat(&[&moments.get(0)?, &inv_std], 0)?.contiguous()?,
+        sync,
     };
     let gamma = gamma.to_dtype(x.dtype())?.contiguous()?;
     let beta = beta.to_dtype(x.dtype())?.contiguous()?;
@@ -88,6 +121,7 @@ pub fn batch_norm_train(
         BatchStats {
             mean: stats.get(0)?,
             var: stats.get(1)?,
+            count,
         },
     ))
 }
@@ -193,11 +227,88 @@ impl CustomOp1 for ChannelStats {
     }
 }
 
+/// BatchNorm over the processes of a data-parallel step: as an op, the `(2, C)` statistics of
+/// [`ChannelStats`] over every process's values (each sum all-reduced: the means first, then
+/// the squared deviations from them); in the backward, the per-channel gradient sums.
+#[derive(Clone)]
+struct Synced {
+    world: std::sync::Arc<dyn crate::dist::Collective>,
+    /// Values per channel over every process, N·H·W summed.
+    count: f64,
+}
+
+impl Synced {
+    fn all_reduce(&self, values: &mut [f64]) -> candle_core::Result<()> {
+        self.world
+            .all_reduce_f64(values)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+
+    fn fwd<T: Real>(
+        &self,
+        x: &[T],
+        (n, c, h, w): (usize, usize, usize, usize),
+    ) -> candle_core::Result<Vec<T>> {
+        let hw = h * w;
+        let plane = |img: usize, ch: usize| &x[(img * c + ch) * hw..(img * c + ch + 1) * hw];
+        let mut sums: Vec<f64> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                (0..n)
+                    .fold(Lanes::default(), |l, img| plane_sum(l, plane(img, ch)))
+                    .total()
+            })
+            .collect();
+        self.all_reduce(&mut sums)?;
+        let mean: Vec<f64> = sums.iter().map(|s| s / self.count).collect();
+        let mut squares: Vec<f64> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                (0..n)
+                    .fold(Lanes::default(), |l, img| {
+                        plane_squares(l, plane(img, ch), mean[ch])
+                    })
+                    .total()
+            })
+            .collect();
+        self.all_reduce(&mut squares)?;
+        Ok(mean
+            .iter()
+            .map(|&m| T::from_f64_(m))
+            .chain(squares.iter().map(|&s| T::from_f64_(s / self.count)))
+            .collect())
+    }
+}
+
+impl CustomOp1 for Synced {
+    fn name(&self) -> &'static str {
+        "mustard.batch_stats_synced"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = l.shape().dims4()?;
+        let shape = Shape::from((2, dims.1));
+        match s {
+            CpuStorage::F32(_) => Ok((
+                CpuStorage::F32(self.fwd(contiguous_slice::<f32>(self.name(), s, l)?, dims)?),
+                shape,
+            )),
+            CpuStorage::F64(_) => Ok((
+                CpuStorage::F64(self.fwd(contiguous_slice::<f64>(self.name(), s, l)?, dims)?),
+                shape,
+            )),
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
+        }
+    }
+}
+
 /// The normalisation with fixed batch statistics; its backward accounts for their dependence
 /// on `x`.
 struct BatchNormTrain {
     /// `(2·C,)` f64 on the input's device: the means, then the inverse deviations.
     moments: Tensor,
+    /// The processes whose statistics these are, when synchronised.
+    sync: Option<Synced>,
 }
 
 /// The means and inverse deviations of `moments` (`(2·C,)` f64), on the host.
@@ -316,6 +427,7 @@ impl CustomOp3 for BatchNormTrain {
             &BatchNormTrainBackward {
                 moments: self.moments.clone(),
                 gamma: gamma.to_dtype(candle_core::DType::F64)?.contiguous()?,
+                sync: self.sync.clone(),
             },
         )?;
         let len = n * c * h * w;
@@ -416,6 +528,10 @@ struct BatchNormTrainBackward {
     moments: Tensor,
     /// `(C,)` γ in f64, on the same device.
     gamma: Tensor,
+    /// The forward's processes, when synchronised: the input gradient takes the gradient sums
+    /// of every process (γ's and β's gradients stay this process's, summed with the others'
+    /// with every parameter's).
+    sync: Option<Synced>,
 }
 
 impl BatchNormTrainBackward {
@@ -424,9 +540,10 @@ impl BatchNormTrainBackward {
         dy: &[T],
         (mean, inv_std, gamma): (&[f64], &[f64], &[f64]),
         (n, c, h, w): (usize, usize, usize, usize),
-    ) -> Vec<T> {
+        sync: Option<&Synced>,
+    ) -> candle_core::Result<Vec<T>> {
         let hw = h * w;
-        let count = (n * hw) as f64;
+        let count = sync.map_or((n * hw) as f64, |s| s.count);
         assert_eq!(
             dy.len(),
             x.len(),
@@ -444,12 +561,23 @@ impl BatchNormTrainBackward {
                 (sdy.total(), sdyx.total())
             })
             .collect();
+        // Over every process when synchronised.
+        let global = match sync {
+            None => None,
+            Some(s) => {
+                let mut flat: Vec<f64> = sums.iter().flat_map(|&(a, b)| [a, b]).collect();
+                s.all_reduce(&mut flat)?;
+                Some(flat.chunks(2).map(|p| (p[0], p[1])).collect::<Vec<_>>())
+            }
+        };
+        let for_dx = global.as_deref().unwrap_or(&sums);
         let mut out = Vec::with_capacity(x.len() + 2 * c);
         let (dx, tail) = out.spare_capacity_mut().split_at_mut(x.len());
         // `x̂ · Σdy·x̂ / count` divides per value. Divided by a power of two, the result is the
         // same as multiplied by its exact reciprocal (both round the same real number once), and
         // a multiplication is several times cheaper.
-        let reciprocal = (n * hw).is_power_of_two().then(|| 1.0 / count);
+        let reciprocal =
+            (count.fract() == 0.0 && (count as u64).is_power_of_two()).then(|| 1.0 / count);
         let planes = dx
             .par_chunks_mut(hw)
             .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
@@ -460,8 +588,8 @@ impl BatchNormTrainBackward {
                 k: gamma[ch] * inv_std[ch],
                 mean: mean[ch],
                 inv_std: inv_std[ch],
-                sdy_mean: sums[ch].0 / count,
-                sdyx: sums[ch].1,
+                sdy_mean: for_dx[ch].0 / count,
+                sdyx: for_dx[ch].1,
                 count,
                 reciprocal,
             };
@@ -474,7 +602,7 @@ impl BatchNormTrainBackward {
         // SAFETY: the planes of `dx` cover its `x.len()` elements and the loop above the `2c` of
         // the tail, each written once.
         unsafe { out.set_len(x.len() + 2 * c) };
-        out
+        Ok(out)
     }
 }
 
@@ -499,12 +627,14 @@ impl CustomOp2 for BatchNormTrainBackward {
             CpuStorage::F32(_) => {
                 let x = contiguous_slice::<f32>(self.name(), s1, l1)?;
                 let g = contiguous_slice::<f32>(self.name(), s2, l2)?;
-                Ok((CpuStorage::F32(Self::bwd(x, g, m, dims)), Shape::from(len)))
+                let out = Self::bwd(x, g, m, dims, self.sync.as_ref())?;
+                Ok((CpuStorage::F32(out), Shape::from(len)))
             }
             CpuStorage::F64(_) => {
                 let x = contiguous_slice::<f64>(self.name(), s1, l1)?;
                 let g = contiguous_slice::<f64>(self.name(), s2, l2)?;
-                Ok((CpuStorage::F64(Self::bwd(x, g, m, dims)), Shape::from(len)))
+                let out = Self::bwd(x, g, m, dims, self.sync.as_ref())?;
+                Ok((CpuStorage::F64(out), Shape::from(len)))
             }
             _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
         }
