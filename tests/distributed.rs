@@ -187,13 +187,21 @@ fn two_and_three_processes_train_the_model_of_one() {
         // One report, from rank 0.
         let stdout = text(&out.stdout);
         assert_eq!(stdout.matches("trained 3 steps in ").count(), 1, "{stdout}");
+        // The summary of one process, then what the all-reduces carried.
+        let (summary, traffic) = stdout.split_once('\n').unwrap();
         assert_eq!(
-            stdout.split_once(" s (").unwrap().1,
+            summary.split_once(" s (").unwrap().1,
             one_stdout
+                .trim_end()
                 .split_once(" s (")
                 .unwrap()
                 .1
                 .replace("one", &name),
+        );
+        assert!(
+            traffic.starts_with(&format!("{n} processes; all-reduces of rank 0: "))
+                && traffic.ends_with(" ms a step)\n"),
+            "{traffic}"
         );
         let (d, at) = difference(&last(&runs, "one"), &last(&runs, &name));
         assert!(d <= 1e-10, "{n} processes: {d:e} relative at {at}");

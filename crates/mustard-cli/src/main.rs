@@ -102,6 +102,21 @@ fn print_summary(summary: &TrainSummary) {
         summary.parameters,
         summary.run.display()
     );
+    if let Some(t) = summary.traffic {
+        let (steps, processes) = (
+            summary.steps_this_call.max(1) as f64,
+            mustard::core::dist::world().size(),
+        );
+        outln!(
+            "{processes} processes; all-reduces of rank 0: {} calls, {:.1} MB, {:.2} s in all ({:.1} calls, {:.2} MB, {:.1} ms a step)",
+            t.calls,
+            t.bytes as f64 / 1e6,
+            t.seconds,
+            t.calls as f64 / steps,
+            t.bytes as f64 / 1e6 / steps,
+            t.seconds * 1e3 / steps
+        );
+    }
     if !summary.skipped.is_empty() {
         let n = summary.skipped.len();
         outln!(

@@ -162,6 +162,14 @@ pub fn init() -> Result<Launch> {
     {
         if launched.is_some() {
             let (universe, mpi) = mpi_world::start()?;
+            // The processes of a machine share its cores: unless told otherwise, each takes
+            // its part for its threads instead of all of them.
+            if std::env::var_os("RAYON_NUM_THREADS").is_none() && mpi.local_size() > 1 {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let _ = rayon::ThreadPoolBuilder::new()
+                    .num_threads((cores / mpi.local_size()).max(1))
+                    .build_global();
+            }
             let world: Arc<dyn Collective> = Arc::new(mpi);
             if world.size() > 1 {
                 abort_on_panic(world.clone());

@@ -9,10 +9,18 @@ use mustard_data::{Dataset, Source};
 use mustard_pseudo::PseudoSource;
 
 use crate::config::{Classes, Config, NamedClass};
-use crate::Result;
+use crate::{Error, Result};
 
 /// The synthetic default, generated once under `runs/synth/` and reused.
 pub fn synthetic_datasets(config: &Config, runs: &Path) -> Result<(PathBuf, PathBuf)> {
+    // Rank 0 writes; the other processes of a data-parallel run wait for it (and for its
+    // error, which they take as their own).
+    let world = mustard_core::dist::world();
+    let written = write_synthetic(config, runs, world.rank() == 0).map_err(|e| e.to_string());
+    mustard_core::dist::agree(world.as_ref(), written).map_err(Error::Process)
+}
+
+fn write_synthetic(config: &Config, runs: &Path, write: bool) -> Result<(PathBuf, PathBuf)> {
     let s = &config.data.synth;
     let mut paths = Vec::new();
     for (split, images, seed) in [
@@ -24,8 +32,7 @@ pub fn synthetic_datasets(config: &Config, runs: &Path) -> Result<(PathBuf, Path
             // The version tag changes with the scenes, so that older renderings are not reused.
             .join(format!("{split}-{}px-{images}-seed{}-v3", s.size, s.seed));
         let json = dir.join("instances.json");
-        // Rank 0 writes; the other processes of a data-parallel run wait below and read.
-        if !json.is_file() && mustard_core::dist::is_main() {
+        if !json.is_file() && write {
             let config = SynthConfig {
                 size: s.size,
                 seed,
@@ -35,7 +42,6 @@ pub fn synthetic_datasets(config: &Config, runs: &Path) -> Result<(PathBuf, Path
         }
         paths.push(json);
     }
-    mustard_core::dist::world().barrier()?;
     Ok((paths[0].clone(), paths[1].clone()))
 }
 

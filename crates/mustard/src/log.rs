@@ -140,6 +140,29 @@ impl MetricsLog {
 /// per validation metric, epochs on x, each epoch's value with a smoothed trend.
 pub fn write_results_png(run: &RunPaths) -> Result<()> {
     let csv = std::fs::read_to_string(run.metrics()).map_err(|e| Error::io(run.metrics(), e))?;
+    let (panels, validated, tasks) = results_panels(&csv);
+    let name = run
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let not_validated = if validated {
+        ""
+    } else {
+        "; not validated (no validation set, or --no-val)"
+    };
+    crate::charts::write_panels(
+        &run.dir.join("results.png"),
+        &format!("{name}: points are epochs, the line their smoothed trend{not_validated}"),
+        &panels,
+        (tasks + 1).clamp(3, 6),
+    )
+}
+
+/// The panels of `results.png` drawn from the text of `metrics.csv`, whether the run validated,
+/// and its number of tasks: the losses and the learning rate, and the validation metrics only
+/// when some epoch was validated.
+fn results_panels(csv: &str) -> (Vec<crate::charts::Panel>, bool, usize) {
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
     let rows: Vec<Vec<f64>> = lines
@@ -204,20 +227,41 @@ pub fn write_results_png(run: &RunPaths) -> Result<()> {
         }
     }
     panels.push(panel("learning rate".into(), "lr", "no epoch finished yet"));
-    let name = run
-        .dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let not_validated = if validated {
-        ""
-    } else {
-        "; not validated (no validation set, or --no-val)"
-    };
-    crate::charts::write_panels(
-        &run.dir.join("results.png"),
-        &format!("{name}: points are epochs, the line their smoothed trend{not_validated}"),
-        &panels,
-        (tasks.len() + 1).clamp(3, 6),
-    )
+    let n = tasks.len();
+    (panels, validated, n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn titles(csv: &str) -> (Vec<String>, bool) {
+        let (panels, validated, _) = results_panels(csv);
+        (panels.into_iter().map(|p| p.title).collect(), validated)
+    }
+
+    /// A run without validation draws only the panels it has data for.
+    #[test]
+    fn results_draw_validation_panels_only_for_a_validated_run() {
+        let header = "epoch,step,lr,seconds,loss,loss_detection,loss_segmentation,skipped,val_detection,val_segmentation,val_score";
+        let unvalidated = format!("{header}\n1,2,1e-3,0.1,5.0,3.0,2.0,0,,,\n");
+        assert_eq!(
+            titles(&unvalidated),
+            (
+                vec![
+                    "total loss".to_string(),
+                    "detection loss".into(),
+                    "segmentation loss".into(),
+                    "learning rate".into()
+                ],
+                false
+            )
+        );
+        let validated = format!("{header}\n1,2,1e-3,0.1,5.0,3.0,2.0,0,0.1,0.3,0.2\n");
+        let (t, v) = titles(&validated);
+        assert!(v);
+        assert_eq!(t.len(), 7, "{t:?}");
+        assert_eq!(t[3], "validation detection box AP");
+        assert_eq!(t[5], "validation score (mean)");
+    }
 }

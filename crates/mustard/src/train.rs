@@ -57,6 +57,10 @@ pub struct TrainSummary {
     pub stopped_early: bool,
     /// Training images left out because they cannot be read (`data.skip_bad`), each with why.
     pub skipped: Vec<String>,
+    /// With several processes: what this process's all-reduces carried during this call.
+    pub traffic: Option<mustard_core::dist::Traffic>,
+    /// Optimiser steps taken by this call (`steps` counts those before a resume too).
+    pub steps_this_call: u64,
 }
 
 /// Trains a new run `config.name` under `options.runs`. A folder that already holds a run of
@@ -281,7 +285,11 @@ fn run_loop(
         best: None,
         stopped_early: false,
         skipped: Vec::new(),
+        traffic: None,
+        steps_this_call: 0,
     };
+    let traffic_before = world.traffic();
+    let first_step = trainer.state().step;
     while !trainer.finished() {
         let epoch_started = Instant::now();
         let losses = match run_epoch(&mut trainer, &loader, &config, options)? {
@@ -340,6 +348,15 @@ fn run_loop(
     summary.stopped_early = trainer.stopped_early();
     summary.steps = trainer.state().step;
     summary.skipped = loader.skipped().into_iter().map(|(_, why)| why).collect();
+    summary.steps_this_call = summary.steps - first_step;
+    if world.size() > 1 {
+        let now = world.traffic();
+        summary.traffic = Some(mustard_core::dist::Traffic {
+            calls: now.calls - traffic_before.calls,
+            bytes: now.bytes - traffic_before.bytes,
+            seconds: now.seconds - traffic_before.seconds,
+        });
+    }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }

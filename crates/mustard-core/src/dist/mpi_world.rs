@@ -21,6 +21,7 @@ pub struct Mpi {
     rank: usize,
     size: usize,
     local_rank: usize,
+    local_size: usize,
     library: String,
     traffic: Mutex<Traffic>,
 }
@@ -51,7 +52,8 @@ pub(crate) fn start() -> Result<(Universe, Mpi)> {
     }
     let world = universe.world();
     let (rank, size) = (world.rank() as usize, world.size() as usize);
-    let local_rank = world.split_shared(world.rank()).rank() as usize;
+    let node = world.split_shared(world.rank());
+    let (local_rank, local_size) = (node.rank() as usize, node.size() as usize);
     let library = mpi::environment::library_version()
         .ok()
         .and_then(|v| v.lines().next().map(|l| l.trim().to_string()))
@@ -63,6 +65,7 @@ pub(crate) fn start() -> Result<(Universe, Mpi)> {
             rank,
             size,
             local_rank,
+            local_size,
             library,
             traffic: Mutex::default(),
         },
@@ -70,6 +73,11 @@ pub(crate) fn start() -> Result<(Universe, Mpi)> {
 }
 
 impl Mpi {
+    /// The processes of this machine.
+    pub fn local_size(&self) -> usize {
+        self.local_size
+    }
+
     fn comm(&self) -> std::sync::MutexGuard<'_, SimpleCommunicator> {
         self.comm.lock().unwrap_or_else(|e| e.into_inner())
     }

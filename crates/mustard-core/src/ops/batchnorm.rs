@@ -95,11 +95,10 @@ pub fn batch_norm_train(
     let (stats, sync) = match synced {
         None => (x.apply_op1_no_bwd(&ChannelStats)?, None),
         Some(world) => {
-            let mut count = [(n * h * w) as f64];
-            world.all_reduce_f64(&mut count)?;
             let sync = Synced {
                 world,
-                count: count[0],
+                local_count: (n * h * w) as f64,
+                count: Default::default(),
             };
             (x.apply_op1_no_bwd(&sync)?, Some(sync))
         }
@@ -108,7 +107,7 @@ pub fn batch_norm_train(
     // same numbers everywhere): on CUDA nothing goes to the host and back in every layer.
     let moments = stats.to_dtype(candle_core::DType::F64)?;
     let inv_std = moments.get(1)?.affine(1.0, eps)?.sqrt()?.recip()?;
-    let count = sync.as_ref().map_or((n * h * w) as f64, |s| s.count);
+    let count = sync.as_ref().map_or((n * h * w) as f64, Synced::count);
     let op = BatchNormTrain {
         moments: Tensor::cat(&[&moments.get(0)?, &inv_std], 0)?.contiguous()?,
         sync,
@@ -233,11 +232,21 @@ impl CustomOp1 for ChannelStats {
 #[derive(Clone)]
 struct Synced {
     world: std::sync::Arc<dyn crate::dist::Collective>,
-    /// Values per channel over every process, N·H·W summed.
-    count: f64,
+    /// This process's values per channel, N·H·W.
+    local_count: f64,
+    /// Every process's, summed with the per-channel sums (one all-reduce), set by the forward.
+    count: std::sync::Arc<std::sync::OnceLock<f64>>,
 }
 
 impl Synced {
+    /// Values per channel over every process (after the forward ran).
+    fn count(&self) -> f64 {
+        *self
+            .count
+            .get()
+            .expect("the synchronised statistics are computed before they are used")
+    }
+
     fn all_reduce(&self, values: &mut [f64]) -> candle_core::Result<()> {
         self.world
             .all_reduce_f64(values)
@@ -259,8 +268,11 @@ impl Synced {
                     .total()
             })
             .collect();
+        sums.push(self.local_count);
         self.all_reduce(&mut sums)?;
-        let mean: Vec<f64> = sums.iter().map(|s| s / self.count).collect();
+        let count = sums.pop().expect("the count was pushed");
+        let _ = self.count.set(count);
+        let mean: Vec<f64> = sums.iter().map(|s| s / count).collect();
         let mut squares: Vec<f64> = (0..c)
             .into_par_iter()
             .map(|ch| {
@@ -275,7 +287,7 @@ impl Synced {
         Ok(mean
             .iter()
             .map(|&m| T::from_f64_(m))
-            .chain(squares.iter().map(|&s| T::from_f64_(s / self.count)))
+            .chain(squares.iter().map(|&s| T::from_f64_(s / count)))
             .collect())
     }
 }
@@ -543,7 +555,7 @@ impl BatchNormTrainBackward {
         sync: Option<&Synced>,
     ) -> candle_core::Result<Vec<T>> {
         let hw = h * w;
-        let count = sync.map_or((n * hw) as f64, |s| s.count);
+        let count = sync.map_or((n * hw) as f64, Synced::count);
         assert_eq!(
             dy.len(),
             x.len(),
