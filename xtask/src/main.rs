@@ -135,11 +135,7 @@ fn ci() -> Result<()> {
 /// The feature is added to the workspace's feature set, so that only our crates rebuild.
 fn distributed() -> Result<()> {
     let required = std::env::var("MUSTARD_REQUIRE_MPI").as_deref() == Ok("1");
-    let mpicc = Command::new("mpicc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !mpicc {
+    if !has_mpi() {
         if required {
             bail!("MUSTARD_REQUIRE_MPI=1 but mpicc is not installed (apt-get install openmpi-bin libopenmpi-dev libclang-dev)");
         }
@@ -165,6 +161,14 @@ fn distributed() -> Result<()> {
         ]
         .concat(),
     )
+}
+
+/// Whether an MPI compiler wrapper (`mpicc`, which rsmpi's build uses) runs here.
+fn has_mpi() -> bool {
+    Command::new("mpicc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Our crates that `krate` depends on through normal dependencies, at any depth.

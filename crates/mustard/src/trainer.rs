@@ -64,14 +64,18 @@ pub fn initial_model(config: &Config) -> Result<(VarMap, MultiTaskModel)> {
             skip: vec!["fc.".into()],
         };
         let report = mustard_backbone::weights::load_into(&varmap, &path, &options)?;
-        eprintln!("backbone weights from {}: {report}", path.display());
+        if dist::is_main() {
+            eprintln!("backbone weights from {}: {report}", path.display());
+        }
     }
     if let Some(from) = &config.model.init_from {
         let loaded = init_from(&varmap, from)?;
-        eprintln!(
-            "backbone and neck from {}: {loaded} tensors",
-            from.display()
-        );
+        if dist::is_main() {
+            eprintln!(
+                "backbone and neck from {}: {loaded} tensors",
+                from.display()
+            );
+        }
     }
     Ok((varmap, model))
 }
