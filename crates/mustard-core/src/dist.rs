@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Tensor};
 
-use crate::{Error, Result};
+use crate::Result;
 
 #[cfg(feature = "distributed")]
 mod mpi_world;
@@ -45,8 +45,6 @@ pub trait Collective: Send + Sync {
     fn barrier(&self) -> Result<()>;
     /// Ends every process at once with `code` (a process that fails ends the run).
     fn abort(&self, code: i32) -> !;
-    /// What carries the collectives, for messages: `one process`, `MPI (Open MPI v4.1.4, …)`.
-    fn describe(&self) -> String;
     /// What this process's all-reduces carried so far (nothing for one process).
     fn traffic(&self) -> Traffic {
         Traffic::default()
@@ -98,9 +96,6 @@ impl Collective for Single {
     }
     fn abort(&self, code: i32) -> ! {
         std::process::exit(code)
-    }
-    fn describe(&self) -> String {
-        "one process".into()
     }
 }
 
@@ -154,7 +149,7 @@ impl Launch {
 
 /// Sets up this process's world from the launcher's environment: MPI when a launcher started
 /// it (with the `distributed` feature), else a single process. A build without the feature
-/// that a launcher started as one of several processes refuses ([`Error::NotDistributed`]),
+/// that a launcher started as one of several processes refuses ([`crate::Error::NotDistributed`]),
 /// so that N copies never train the same run side by side. Call once, first thing.
 pub fn init() -> Result<Launch> {
     let launched = launched();
@@ -184,7 +179,7 @@ pub fn init() -> Result<Launch> {
     #[cfg(not(feature = "distributed"))]
     {
         match launched {
-            Some((processes, variable)) if processes > 1 => Err(Error::NotDistributed {
+            Some((processes, variable)) if processes > 1 => Err(crate::Error::NotDistributed {
                 processes,
                 variable,
             }),
@@ -202,15 +197,6 @@ fn abort_on_panic(world: Arc<dyn Collective>) {
         default(info);
         world.abort(101);
     }));
-}
-
-/// Uses `world` as this process's world (tests; [`init`] sets it from the launcher). Fails
-/// when a world is already set.
-pub fn set_world(world: Arc<dyn Collective>) -> Result<()> {
-    WORLD.set(world).map_err(|_| Error::InvalidConfig {
-        what: "dist::set_world",
-        reason: "the world is already set".into(),
-    })
 }
 
 /// What a training step shares with the other processes (see [`enter`]).
@@ -279,17 +265,15 @@ pub const BUCKET_BYTES: usize = 16 << 20;
 /// Sums the gradients of `vars` over the processes, in flat buffers of up to
 /// [`BUCKET_BYTES`] (consecutive variables of one dtype, in `vars`' order, which every process
 /// shares): a few calls per step instead of one per parameter. A variable without a gradient
-/// here counts as zeros (another process may have one) and gets the sum. Returns the bytes
-/// reduced.
+/// here counts as zeros (another process may have one) and gets the sum.
 pub fn all_reduce_grads(
     world: &dyn Collective,
     grads: &mut candle_core::backprop::GradStore,
     vars: &[(String, candle_core::Var)],
-) -> Result<usize> {
+) -> Result<()> {
     if world.size() == 1 {
-        return Ok(0);
+        return Ok(());
     }
-    let mut bytes = 0;
     let mut start = 0;
     while start < vars.len() {
         let dtype = vars[start].1.dtype();
@@ -328,7 +312,6 @@ pub fn all_reduce_grads(
                 Tensor::from_vec(values, joined.shape(), &device)?.to_dtype(dtype)?
             }
         };
-        bytes += size;
         let mut offset = 0;
         for (_, v) in bucket {
             let n = v.elem_count();
@@ -338,7 +321,7 @@ pub fn all_reduce_grads(
         }
         start = end;
     }
-    Ok(bytes)
+    Ok(())
 }
 
 /// Every process's result of a fallible step, agreed: the first error of any process (named

@@ -175,6 +175,17 @@ pub fn walk_images(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     Ok((images, others))
 }
 
+/// `path` relative to `root` (`path` itself outside it), `/` between folders: how a file of an
+/// image folder is named in records.
+pub fn relative_name(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// Whether a relative path stays inside its root.
 fn stays_inside(name: &str) -> bool {
     let p = Path::new(name);
@@ -406,13 +417,7 @@ impl Dataset {
             // file, and a run with --skip-bad leaves it out there, so that the images keep
             // their positions whatever is skipped.
             let (width, height) = imageio::dimensions(&image).unwrap_or((0, 0));
-            let name = image
-                .strip_prefix(root)
-                .unwrap_or(&image)
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join("/");
+            let name = relative_name(root, &image);
             file.images.push(ImageRecord {
                 id: file.images.len() as u64 + 1,
                 file_name: name,

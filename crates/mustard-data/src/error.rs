@@ -84,6 +84,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this says that a file cannot be read or decoded (rather than that a record,
+    /// its labels or a setting are wrong): what `--skip-bad` leaves out mid-run.
+    pub fn is_unreadable(&self) -> bool {
+        matches!(self, Error::Image { .. } | Error::Io { .. })
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

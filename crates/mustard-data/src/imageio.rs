@@ -23,12 +23,15 @@ fn open(path: &Path) -> Result<DynamicImage> {
             reason: "no such file".into(),
         });
     }
-    let reader = ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
+    // Read once: the truncation test looks at the bytes the decoder then reads.
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let reader = ImageReader::new(std::io::Cursor::new(&bytes[..]))
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
     // A JPEG decoder would fill the missing rows with grey without a word.
-    check_complete(path, reader.format())?;
+    if let Some(reason) = truncation(reader.format(), &Ends::of(&bytes)) {
+        return Err(image_err(path, reason));
+    }
     let mut decoder = reader.into_decoder().map_err(|e| image_err(path, e))?;
     let orientation = decoder.orientation().map_err(|e| image_err(path, e))?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| image_err(path, e))?;
@@ -57,8 +60,8 @@ pub fn has_image_extension(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
-/// Bytes read from each end of a file by [`check_complete`].
-const TAIL: u64 = 1024;
+/// Bytes of a file's end that the truncation test reads.
+const TAIL: usize = 1024;
 
 /// Refuses a file cut short, from its first and last bytes alone (one small read, nothing
 /// decoded): a JPEG must hold its end-of-image marker (`FF D9`) and a PNG its `IEND` chunk in
@@ -66,50 +69,73 @@ const TAIL: u64 = 1024;
 /// trailer (`3B`, trailing zeros allowed), and a WebP or BMP must be as long as its header
 /// says. A TIFF has no such end: one cut short is found when it is decoded.
 pub fn check_complete(path: &Path, format: Option<image::ImageFormat>) -> Result<()> {
-    use image::ImageFormat::*;
-    use std::io::{Read, Seek, SeekFrom};
-    let Some(format @ (Jpeg | Png | Gif | WebP | Bmp)) = format else {
-        return Ok(());
-    };
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let declared = |head: &[u8], at: usize, extra: u64| -> Option<u64> {
+    match truncation(format, &Ends::read(&mut f, path)?) {
+        Some(reason) => Err(image_err(path, reason)),
+        None => Ok(()),
+    }
+}
+
+/// A file's length, first bytes and last KiB.
+struct Ends {
+    len: u64,
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+impl Ends {
+    /// Reads them from `f` and leaves it at its start again.
+    fn read(f: &mut std::fs::File, path: &Path) -> Result<Ends> {
+        use std::io::{Read, Seek, SeekFrom};
+        let io = |e| Error::io(path, e);
+        let len = f.metadata().map_err(io)?.len();
+        let mut head = vec![0u8; 8];
+        let n = f.read(&mut head).map_err(io)?;
+        head.truncate(n);
+        f.seek(SeekFrom::Start(len.saturating_sub(TAIL as u64)))
+            .map_err(io)?;
+        let mut tail = Vec::with_capacity(TAIL);
+        f.read_to_end(&mut tail).map_err(io)?;
+        f.seek(SeekFrom::Start(0)).map_err(io)?;
+        Ok(Ends { len, head, tail })
+    }
+
+    /// Those of a file read whole.
+    fn of(bytes: &[u8]) -> Ends {
+        Ends {
+            len: bytes.len() as u64,
+            head: bytes[..bytes.len().min(8)].to_vec(),
+            tail: bytes[bytes.len().saturating_sub(TAIL)..].to_vec(),
+        }
+    }
+}
+
+/// Why a file of `format` with these ends is cut short; None when it is not (or its format
+/// cannot tell).
+fn truncation(format: Option<image::ImageFormat>, ends: &Ends) -> Option<String> {
+    use image::ImageFormat::*;
+    let Ends { len, head, tail } = ends;
+    let len = *len;
+    let declared = |at: usize, extra: u64| -> Option<u64> {
         let b = head.get(at..at + 4)?;
         Some(u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])) + extra)
     };
-    let reason = match format {
-        WebP | Bmp => {
-            let mut head = [0u8; 8];
-            let n = f.read(&mut head).map_err(|e| Error::io(path, e))?;
-            // RIFF: the chunk size after the 8-byte header; BMP: the whole file's size (0 when
-            // the writer left it out).
-            let size = match format {
-                WebP => declared(&head[..n], 4, 8),
-                _ => declared(&head[..n], 2, 0).filter(|&s| s > 0),
-            };
-            size.filter(|&s| s > len)
-                .map(|s| format!("truncated: the file is {len} bytes, its header says {s}"))
-        }
-        _ => {
-            let start = len.saturating_sub(TAIL);
-            f.seek(SeekFrom::Start(start))
-                .map_err(|e| Error::io(path, e))?;
-            let mut tail = Vec::with_capacity((len - start) as usize);
-            f.read_to_end(&mut tail).map_err(|e| Error::io(path, e))?;
-            match format {
-                Jpeg => (!tail.windows(2).any(|w| w == [0xFF, 0xD9])).then(|| {
-                    "truncated: the JPEG data ends before its end-of-image marker".to_string()
-                }),
-                Png => (!tail.windows(4).any(|w| w == b"IEND"))
-                    .then(|| "truncated: the PNG data ends before its IEND chunk".to_string()),
-                _ => (tail.iter().rev().find(|&&b| b != 0) != Some(&0x3B))
-                    .then(|| "truncated: the GIF data ends before its trailer".to_string()),
-            }
-        }
+    let cut = |size: Option<u64>| {
+        size.filter(|&s| s > len)
+            .map(|s| format!("truncated: the file is {len} bytes, its header says {s}"))
     };
-    match reason {
-        Some(reason) => Err(image_err(path, reason)),
-        None => Ok(()),
+    match format? {
+        // RIFF: the chunk size after the 8-byte header; BMP: the whole file's size (0 when
+        // the writer left it out).
+        WebP => cut(declared(4, 8)),
+        Bmp => cut(declared(2, 0).filter(|&s| s > 0)),
+        Jpeg => (!tail.windows(2).any(|w| w == [0xFF, 0xD9]))
+            .then(|| "truncated: the JPEG data ends before its end-of-image marker".to_string()),
+        Png => (!tail.windows(4).any(|w| w == b"IEND"))
+            .then(|| "truncated: the PNG data ends before its IEND chunk".to_string()),
+        Gif => (tail.iter().rev().find(|&&b| b != 0) != Some(&0x3B))
+            .then(|| "truncated: the GIF data ends before its trailer".to_string()),
+        _ => None,
     }
 }
 
@@ -145,11 +171,15 @@ pub fn header(path: &Path, kind: Kind) -> Result<(u32, u32)> {
     if kind == Kind::LabelValues {
         return label_values_header(path);
     }
-    let reader = ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
+    // One open: the ends for the truncation test, then the header from the start.
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let ends = Ends::read(&mut file, path)?;
+    let reader = ImageReader::new(std::io::BufReader::new(file))
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
-    check_complete(path, reader.format())?;
+    if let Some(reason) = truncation(reader.format(), &ends) {
+        return Err(image_err(path, reason));
+    }
     let mut decoder = reader.into_decoder().map_err(|e| image_err(path, e))?;
     let colour = decoder.color_type();
     let wrong = match kind {

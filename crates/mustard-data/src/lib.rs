@@ -30,7 +30,7 @@ mod source;
 pub mod synth;
 mod task;
 
-pub use dataset::{walk_images, CheckDepth, CheckReport, Dataset, Problem};
+pub use dataset::{relative_name, walk_images, CheckDepth, CheckReport, Dataset, Problem};
 pub use error::{Error, Result};
 pub use loader::{BatchEncoder, Epoch, Loader, LoaderConfig, Share};
 pub use sample::{Label, Object, Sample};

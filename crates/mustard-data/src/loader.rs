@@ -134,12 +134,6 @@ struct Skipped {
     fresh: Vec<usize>,
 }
 
-/// Whether `e` says that a sample's file cannot be read or decoded (rather than that its
-/// labels or the configuration are wrong).
-fn is_unreadable(e: &Error) -> bool {
-    matches!(e, Error::Image { .. } | Error::Io { .. })
-}
-
 impl<E: BatchEncoder> Loader<E> {
     /// A loader over `dataset` (a [`Dataset`](crate::Dataset) or any other [`Source`]).
     pub fn new(dataset: Arc<dyn Source>, encoder: Arc<E>, config: LoaderConfig) -> Result<Self> {
@@ -253,14 +247,14 @@ impl<E: BatchEncoder> Loader<E> {
                                 Ok(sample) => encoder
                                     .encode(augment.apply(sample, dataset.flip_pairs(), &mut rng))
                                     .map(Some),
-                                Err(e) if skip_bad && is_unreadable(&e) => {
+                                Err(e) if skip_bad && e.is_unreadable() => {
                                     let mut s = skipped.lock().expect("skip list lock poisoned");
                                     if s.known.insert(i, e.to_string()).is_none() {
                                         s.fresh.push(i);
                                     }
                                     Ok(None)
                                 }
-                                Err(e) if is_unreadable(&e) => Err(Error::Unreadable {
+                                Err(e) if e.is_unreadable() => Err(Error::Unreadable {
                                     reason: e.to_string(),
                                 }),
                                 Err(e) => Err(e),

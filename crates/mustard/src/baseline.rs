@@ -26,9 +26,7 @@ pub fn constant_baseline_with(
     let load = |ds: &Dataset, i: usize| -> Result<Option<mustard_data::Sample>> {
         match ds.load(i) {
             Ok(s) => Ok(Some(s)),
-            Err(mustard_data::Error::Image { .. } | mustard_data::Error::Io { .. }) if skip_bad => {
-                Ok(None)
-            }
+            Err(e) if skip_bad && e.is_unreadable() => Ok(None),
             Err(e) => Err(e.into()),
         }
     };

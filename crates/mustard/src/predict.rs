@@ -9,7 +9,7 @@ use mustard_core::candle_core::{Device, Tensor};
 use mustard_core::candle_nn::ops::sigmoid;
 use mustard_core::rng::Rng;
 use mustard_data::augment::{Affine, AugmentConfig};
-use mustard_data::{imageio, Sample, TaskSet};
+use mustard_data::{imageio, relative_name, Sample, TaskSet};
 use serde_json::{json, Value};
 
 use crate::config::Config;
@@ -104,16 +104,6 @@ pub fn left_out_line(root: &Path, files: &[PathBuf]) -> Option<String> {
         "files that are not images"
     };
     Some(format!("left out {n} {what}: {}", names.join(", ")))
-}
-
-/// `path` relative to `root`, `/` between folders.
-fn relative_name(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root)
-        .unwrap_or(path)
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// The images of `input`: the file itself (read whatever its extension), or the image files of

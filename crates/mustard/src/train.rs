@@ -69,13 +69,13 @@ pub struct TrainSummary {
 pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
     let run = RunPaths::new(&options.runs, &config.name);
     if run.last().is_file() {
-        let same = Config::read(&run.config()).is_ok_and(|saved| same_run(&saved, config));
-        if !same {
+        let saved = Config::read(&run.config()).ok();
+        let Some(mut saved) = saved.filter(|saved| same_run(saved, config)) else {
             return Err(Error::config(
                 "name",
                 format!("{} already holds a run of another config; pass --resume to continue it with its own config, or choose another --name", run.dir.display()),
             ));
-        }
+        };
         if options.progress && mustard_core::dist::is_main() {
             let step = crate::checkpoint::saved_step(&run.last()).unwrap_or(0);
             eprintln!(
@@ -83,7 +83,6 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<TrainSummary> {
                 run.dir.display()
             );
         }
-        let mut saved = Config::read(&run.config())?;
         saved.data.skip_bad |= config.data.skip_bad || options.skip_bad;
         return run_loop(saved, run, options, true);
     }
@@ -257,9 +256,11 @@ fn run_loop(
         )?;
         Ok((data, trainer, loader))
     })();
-    let (data, mut trainer, loader) =
-        mustard_core::dist::agree(world.as_ref(), setup.map_err(|e| error_text(&e)))
-            .map_err(Error::Process)?;
+    let (data, mut trainer, loader) = mustard_core::dist::agree(
+        world.as_ref(),
+        setup.map_err(|e| mustard_core::error_chain(&e)),
+    )
+    .map_err(Error::Process)?;
     // Rank 0 alone writes the run folder.
     let log = if main {
         let weights = run.dir.join("weights");
@@ -394,21 +395,6 @@ fn end_epoch(
         );
     }
     Ok(())
-}
-
-/// An error with its causes, as the command prints it.
-fn error_text(e: &Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
 }
 
 fn loader_config(config: &Config, world: &dyn mustard_core::dist::Collective) -> LoaderConfig {

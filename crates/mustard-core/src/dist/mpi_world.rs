@@ -22,7 +22,6 @@ pub struct Mpi {
     size: usize,
     local_rank: usize,
     local_size: usize,
-    library: String,
     traffic: Mutex<Traffic>,
 }
 
@@ -54,10 +53,6 @@ pub(crate) fn start() -> Result<(Universe, Mpi)> {
     let (rank, size) = (world.rank() as usize, world.size() as usize);
     let node = world.split_shared(world.rank());
     let (local_rank, local_size) = (node.rank() as usize, node.size() as usize);
-    let library = mpi::environment::library_version()
-        .ok()
-        .and_then(|v| v.lines().next().map(|l| l.trim().to_string()))
-        .unwrap_or_else(|| "unknown MPI".into());
     Ok((
         universe,
         Mpi {
@@ -66,7 +61,6 @@ pub(crate) fn start() -> Result<(Universe, Mpi)> {
             size,
             local_rank,
             local_size,
-            library,
             traffic: Mutex::default(),
         },
     ))
@@ -227,10 +221,6 @@ impl Collective for Mpi {
         // may be called from any thread at thread level Serialized or higher.
         unsafe { mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, code) };
         std::process::exit(code)
-    }
-
-    fn describe(&self) -> String {
-        format!("MPI ({})", self.library)
     }
 
     fn traffic(&self) -> Traffic {
