@@ -36,7 +36,7 @@ const BUNDLE: &str = "target/gpu-check";
 const USAGE: &str = "usage: cargo xtask cuda-build [--check] [--cudnn] [--compute-cap N] [--toolkit DIR]
 
   --check           only `cargo clippy -D warnings` the crates with --features cudnn, which
-                    includes cuda, and distributed where MPI is installed (what CI runs)
+                    includes cuda, and nccl (distributed) where MPI is installed (what CI runs)
   --cudnn           build with --features cudnn: candle's convolutions through cuDNN, whose
                     library (libcudnn 9, in PyTorch's wheels) must then be on the GPU machine
   --compute-cap N   GPU generation the PTX is compiled for (default 80: Ampere, and by the
@@ -127,9 +127,9 @@ pub fn cuda_build(args: &[String]) -> Result<()> {
     if options.check {
         // clippy rather than check: the CUDA-only code is linted as the rest is.
         // cudnn includes cuda: one lint covers the code of both; with MPI installed, together
-        // with the `distributed` feature (one process per GPU under a launcher).
+        // with `nccl` (distributed: one process per GPU under a launcher, sums through NCCL).
         let features = if crate::has_mpi() {
-            "cudnn,distributed"
+            "cudnn,nccl"
         } else {
             "cudnn"
         };

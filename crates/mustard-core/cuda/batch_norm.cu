@@ -27,14 +27,11 @@ __device__ double block_sum(double v, double* shared) {
     return total;
 }
 
-// Per channel (block) the mean and the biased variance (two passes, as the CPU kernel), written
-// as T to stats[ch] and stats[C + ch].
+// This thread's part of the sum of channel blockIdx.x: plane by plane, each thread a stride of
+// the plane (no division per element).
 template <typename T>
-__device__ void channel_stats(const T* x, T* stats, int n, int c, long long hw) {
-    __shared__ double shared[THREADS];
+__device__ double thread_sum(const T* x, int n, int c, long long hw) {
     int ch = blockIdx.x;
-    long long count = (long long)n * hw;
-    // Plane by plane, each thread a stride of the plane: no division per element.
     double sum = 0.0;
     for (int img = 0; img < n; ++img) {
         const T* plane = x + ((long long)img * c + ch) * hw;
@@ -42,7 +39,13 @@ __device__ void channel_stats(const T* x, T* stats, int n, int c, long long hw) 
             sum = __dadd_rn(sum, (double)plane[j]);
         }
     }
-    double mean = __ddiv_rn(block_sum(sum, shared), (double)count);
+    return sum;
+}
+
+// This thread's part of the squared deviations from `mean` of channel blockIdx.x.
+template <typename T>
+__device__ double thread_squares(const T* x, double mean, int n, int c, long long hw) {
+    int ch = blockIdx.x;
     double sq = 0.0;
     for (int img = 0; img < n; ++img) {
         const T* plane = x + ((long long)img * c + ch) * hw;
@@ -51,11 +54,59 @@ __device__ void channel_stats(const T* x, T* stats, int n, int c, long long hw) 
             sq = __dadd_rn(sq, __dmul_rn(d, d));
         }
     }
-    double var = __ddiv_rn(block_sum(sq, shared), (double)count);
+    return sq;
+}
+
+// Per channel (block) the mean and the biased variance (two passes, as the CPU kernel), written
+// as T to stats[ch] and stats[C + ch].
+template <typename T>
+__device__ void channel_stats(const T* x, T* stats, int n, int c, long long hw) {
+    __shared__ double shared[THREADS];
+    int ch = blockIdx.x;
+    long long count = (long long)n * hw;
+    double mean = __ddiv_rn(block_sum(thread_sum(x, n, c, hw), shared), (double)count);
+    double var = __ddiv_rn(block_sum(thread_squares(x, mean, n, c, hw), shared), (double)count);
     if (threadIdx.x == 0) {
         stats[ch] = (T)mean;
         stats[c + ch] = (T)var;
     }
+}
+
+// BatchNorm synchronised over processes, in three launches with a sum over the processes after
+// each of the first two (src/ops/cuda.rs): the same passes as channel_stats, over every
+// process's values.
+//
+// 1. Per channel this process's sum, in double, to sums[ch]; sums[c] = this process's values
+//    per channel (summed over the processes with the sums: the global count).
+template <typename T>
+__device__ void synced_sums(const T* x, double* sums, int n, int c, long long hw) {
+    __shared__ double shared[THREADS];
+    int ch = blockIdx.x;
+    double sum = block_sum(thread_sum(x, n, c, hw), shared);
+    if (threadIdx.x == 0) {
+        sums[ch] = sum;
+        if (ch == 0) sums[c] = (double)((long long)n * hw);
+    }
+}
+
+// 2. Per channel this process's squared deviations from the global mean sums[ch] / sums[c].
+template <typename T>
+__device__ void synced_squares(const T* x, const double* sums, double* squares, int n, int c,
+                               long long hw) {
+    __shared__ double shared[THREADS];
+    int ch = blockIdx.x;
+    double mean = __ddiv_rn(sums[ch], sums[c]);
+    double sq = block_sum(thread_squares(x, mean, n, c, hw), shared);
+    if (threadIdx.x == 0) squares[ch] = sq;
+}
+
+// 3. The global mean and biased variance as T (one thread per channel).
+template <typename T>
+__device__ void synced_stats(const double* sums, const double* squares, T* stats, int c) {
+    int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    stats[ch] = (T)__ddiv_rn(sums[ch], sums[c]);
+    stats[c + ch] = (T)__ddiv_rn(squares[ch], sums[c]);
 }
 
 // y = x·scale + shift per channel, scale = γ·inv_std and shift = β − mean·scale formed in
@@ -122,6 +173,18 @@ __device__ void grad_input(const T* x, const T* dy, const double* mean, const do
     extern "C" __global__ void __launch_bounds__(THREADS) mustard_bn_stats_##SUFFIX(                \
         const T* x, T* stats, int n, int c, long long hw) {                                         \
         channel_stats<T>(x, stats, n, c, hw);                                                       \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(THREADS) mustard_bn_synced_sums_##SUFFIX(          \
+        const T* x, double* sums, int n, int c, long long hw) {                                     \
+        synced_sums<T>(x, sums, n, c, hw);                                                          \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(THREADS) mustard_bn_synced_squares_##SUFFIX(       \
+        const T* x, const double* sums, double* squares, int n, int c, long long hw) {              \
+        synced_squares<T>(x, sums, squares, n, c, hw);                                              \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(THREADS) mustard_bn_synced_stats_##SUFFIX(         \
+        const double* sums, const double* squares, T* stats, int c) {                               \
+        synced_stats<T>(sums, squares, stats, c);                                                   \
     }                                                                                               \
     extern "C" __global__ void __launch_bounds__(THREADS) mustard_bn_normalize_##SUFFIX(            \
         const T* x, const T* gamma, const T* beta, const double* mean, const double* inv_std,       \

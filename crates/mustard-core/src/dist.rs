@@ -49,6 +49,43 @@ pub trait Collective: Send + Sync {
     fn traffic(&self) -> Traffic {
         Traffic::default()
     }
+    /// Replaces a CUDA buffer by its sum over all processes. By default through the host
+    /// (copied out, [`Collective::all_reduce_f32`] or `_f64`, copied back); with the `nccl`
+    /// feature MPI's world sums on the device, through NCCL.
+    #[cfg(feature = "cuda")]
+    fn all_reduce_cuda(&self, values: CudaValues<'_>) -> Result<()> {
+        cuda_through_host(self, values)
+    }
+}
+
+/// A CUDA buffer of one of the float types training reduces.
+#[cfg(feature = "cuda")]
+pub enum CudaValues<'a> {
+    /// f32 values.
+    F32(&'a mut candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>),
+    /// f64 values.
+    F64(&'a mut candle_core::cuda_backend::cudarc::driver::CudaSlice<f64>),
+}
+
+/// [`Collective::all_reduce_cuda`] through the host.
+#[cfg(feature = "cuda")]
+fn cuda_through_host<C: Collective + ?Sized>(world: &C, values: CudaValues<'_>) -> Result<()> {
+    use candle_core::cuda_backend::WrapErr;
+    match values {
+        CudaValues::F32(s) => {
+            let stream = s.stream().clone();
+            let mut host = stream.clone_dtoh(s).w()?;
+            world.all_reduce_f32(&mut host)?;
+            stream.memcpy_htod(&host, s).w()?;
+        }
+        CudaValues::F64(s) => {
+            let stream = s.stream().clone();
+            let mut host = stream.clone_dtoh(s).w()?;
+            world.all_reduce_f64(&mut host)?;
+            stream.memcpy_htod(&host, s).w()?;
+        }
+    }
+    Ok(())
 }
 
 /// What the all-reduces of a process carried.
@@ -241,12 +278,7 @@ pub fn global_sum(local: &Tensor) -> Result<Tensor> {
     let Some(scope) = scope() else {
         return Ok(local.clone());
     };
-    let mut values = local
-        .to_dtype(DType::F64)?
-        .flatten_all()?
-        .to_vec1::<f64>()?;
-    scope.world.all_reduce_f64(&mut values)?;
-    Ok(Tensor::from_vec(values, local.shape(), local.device())?.to_dtype(local.dtype())?)
+    Ok(all_reduce(scope.world.as_ref(), &local.to_dtype(DType::F64)?)?.to_dtype(local.dtype())?)
 }
 
 /// A number summed over the processes of this thread's [`Scope`] (itself outside one).
@@ -299,19 +331,12 @@ pub fn all_reduce_grads(
             .map(|(_, v)| flat(grads.get(v.as_tensor()), v))
             .collect::<Result<Vec<_>>>()?;
         let joined = Tensor::cat(&parts, 0)?;
-        let device = joined.device().clone();
-        let summed = match dtype {
-            DType::F64 => {
-                let mut values = joined.to_vec1::<f64>()?;
-                world.all_reduce_f64(&mut values)?;
-                Tensor::from_vec(values, joined.shape(), &device)?
-            }
-            _ => {
-                let mut values = joined.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                world.all_reduce_f32(&mut values)?;
-                Tensor::from_vec(values, joined.shape(), &device)?.to_dtype(dtype)?
-            }
+        let wire = if dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
         };
+        let summed = all_reduce(world, &joined.to_dtype(wire)?)?.to_dtype(dtype)?;
         let mut offset = 0;
         for (_, v) in bucket {
             let n = v.elem_count();
@@ -322,6 +347,104 @@ pub fn all_reduce_grads(
         start = end;
     }
     Ok(())
+}
+
+/// `t` (f32 or f64) summed over the processes, as a new tensor on `t`'s device: on the CPU
+/// through [`Collective::all_reduce_f32`] or `_f64`, on CUDA through
+/// [`Collective::all_reduce_cuda`] (NCCL with the `nccl` feature: nothing leaves the GPU), on
+/// other devices through the host.
+pub fn all_reduce(world: &dyn Collective, t: &Tensor) -> Result<Tensor> {
+    if world.size() == 1 {
+        return Ok(t.clone());
+    }
+    let t = t.contiguous()?;
+    match t.device() {
+        candle_core::Device::Cpu | candle_core::Device::Cuda(_) => {
+            Ok(t.apply_op1_no_bwd(&AllReduce { world })?)
+        }
+        device => {
+            let host = t.to_device(&candle_core::Device::Cpu)?;
+            Ok(host
+                .apply_op1_no_bwd(&AllReduce { world })?
+                .to_device(device)?)
+        }
+    }
+}
+
+/// The op of [`all_reduce`]: a copy of its input, summed over the processes.
+struct AllReduce<'a> {
+    world: &'a dyn Collective,
+}
+
+impl AllReduce<'_> {
+    fn failed(e: crate::Error) -> candle_core::Error {
+        candle_core::Error::Msg(e.to_string())
+    }
+}
+
+impl candle_core::CustomOp1 for AllReduce<'_> {
+    fn name(&self) -> &'static str {
+        "mustard.all_reduce"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let range = match l.contiguous_offsets() {
+            Some((a, b)) => a..b,
+            None => candle_core::bail!("{}: the input is not contiguous", self.name()),
+        };
+        let out = match s {
+            candle_core::CpuStorage::F32(v) => {
+                let mut v = v[range].to_vec();
+                self.world.all_reduce_f32(&mut v).map_err(Self::failed)?;
+                candle_core::CpuStorage::F32(v)
+            }
+            candle_core::CpuStorage::F64(v) => {
+                let mut v = v[range].to_vec();
+                self.world.all_reduce_f64(&mut v).map_err(Self::failed)?;
+                candle_core::CpuStorage::F64(v)
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 are summed", self.name()),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+        let range = match l.contiguous_offsets() {
+            Some((a, b)) => a..b,
+            None => candle_core::bail!("{}: the input is not contiguous", self.name()),
+        };
+        let dev = s.device().clone();
+        let stream = dev.cuda_stream();
+        let out = match &s.slice {
+            CudaStorageSlice::F32(v) => {
+                let mut copy = stream.clone_dtod(&v.slice(range)).w()?;
+                self.world
+                    .all_reduce_cuda(CudaValues::F32(&mut copy))
+                    .map_err(Self::failed)?;
+                candle_core::CudaStorage::wrap_cuda_slice(copy, dev)
+            }
+            CudaStorageSlice::F64(v) => {
+                let mut copy = stream.clone_dtod(&v.slice(range)).w()?;
+                self.world
+                    .all_reduce_cuda(CudaValues::F64(&mut copy))
+                    .map_err(Self::failed)?;
+                candle_core::CudaStorage::wrap_cuda_slice(copy, dev)
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 are summed", self.name()),
+        };
+        Ok((out, l.shape().clone()))
+    }
 }
 
 /// Every process's result of a fallible step, agreed: the first error of any process (named

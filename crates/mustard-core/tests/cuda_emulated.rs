@@ -396,6 +396,159 @@ fn emulated_batch_norm_kernels_agree_with_the_cpu_kernel() {
     }
 }
 
+/// BatchNorm synchronised over processes (`mustard_bn_synced_*` and the backward with its sums
+/// all-reduced), emulated with the batch split into `split` images per process: one process
+/// gives the statistics of `mustard_bn_stats_*` bit for bit; several give the CPU op's
+/// statistics and gradients of the whole batch, as one process would.
+fn synced_batch_norm_case(
+    driver: &Path,
+    shape: (usize, usize, usize, usize),
+    dtype: DType,
+    split: &[usize],
+) {
+    let (n, c, h, w) = shape;
+    assert_eq!(split.iter().sum::<usize>(), n);
+    let eps = 1e-5;
+    let x = parity::input(&[n, c, h, w], 3, dtype)
+        .affine(3.0, 0.5)
+        .unwrap();
+    let gamma = parity::input(&[c], 4, dtype);
+    let beta = parity::input(&[c], 5, dtype);
+    let (xv, gv, bv) = (
+        Var::from_tensor(&x).unwrap(),
+        Var::from_tensor(&gamma).unwrap(),
+        Var::from_tensor(&beta).unwrap(),
+    );
+    let (y, stats) =
+        ops::batch_norm_train(xv.as_tensor(), gv.as_tensor(), bv.as_tensor(), eps).unwrap();
+    let probe = parity::input(y.dims(), 99, dtype);
+    let grads = (&y * &probe)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let suffix = if dtype == DType::F32 { "f32" } else { "f64" };
+    let what = format!("{shape:?} {suffix} over {split:?}");
+    let mut starts = vec![0];
+    for s in split {
+        starts.push(starts.last().unwrap() + s);
+    }
+    let part = |t: &Tensor, p: usize| {
+        t.narrow(0, starts[p], split[p])
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
+    let xs: Vec<Tensor> = (0..split.len()).map(|p| part(&x, p)).collect();
+    let dys: Vec<Tensor> = (0..split.len()).map(|p| part(&probe, p)).collect();
+    let hw = (h * w) as i64;
+    let mut ints = vec![c as i64, hw];
+    ints.extend(split.iter().map(|&s| s as i64));
+    let emulated = emulate(
+        driver,
+        &format!("bn_synced_stats_{suffix}"),
+        &xs.iter().collect::<Vec<_>>(),
+        &ints,
+        2 * c,
+    );
+    if split.len() == 1 {
+        let single = emulate(
+            driver,
+            &format!("mustard_bn_stats_{suffix}"),
+            &[&x],
+            &[n as i64, c as i64, hw],
+            2 * c,
+        );
+        same_bits(&emulated, &single, &format!("statistics, {what}"));
+    }
+    let emulated = values(&emulated, dtype);
+    let tolerance = if dtype == DType::F32 { 2e-7 } else { 1e-14 };
+    close(
+        &emulated[..c],
+        &flat(&stats.mean),
+        tolerance,
+        &format!("mean, {what}"),
+    );
+    close(
+        &emulated[c..],
+        &flat(&stats.var),
+        tolerance,
+        &format!("variance, {what}"),
+    );
+    let mean = F64(flat(&stats.mean));
+    let inv_std = F64(flat(&stats.var)
+        .iter()
+        .map(|v| 1.0 / (v + eps).sqrt())
+        .collect());
+    let mut inputs = Vec::new();
+    for p in 0..split.len() {
+        inputs.push(&xs[p]);
+        inputs.push(&dys[p]);
+    }
+    let len = n * c * h * w;
+    let packed = values(
+        &emulate_with(
+            driver,
+            &format!("bn_synced_backward_{suffix}"),
+            &inputs,
+            &[&mean, &inv_std, &F64(flat(&gamma))],
+            &ints,
+            len + 2 * c * split.len(),
+        ),
+        dtype,
+    );
+    // Each process's input gradient is its part of the one-process gradient; its γ and β
+    // gradients are its own sums, which add up to the one-process ones.
+    let (mut dx, mut dgamma, mut dbeta) = (Vec::new(), vec![0.0; c], vec![0.0; c]);
+    let mut at = 0;
+    for &s in split {
+        let elems = s * c * h * w;
+        dx.extend_from_slice(&packed[at..at + elems]);
+        for ch in 0..c {
+            dgamma[ch] += packed[at + elems + ch];
+            dbeta[ch] += packed[at + elems + c + ch];
+        }
+        at += elems + 2 * c;
+    }
+    let tolerance = if dtype == DType::F32 { 1e-6 } else { 1e-13 };
+    close(
+        &dx,
+        &flat(grads.get(&xv).unwrap()),
+        tolerance,
+        &format!("dx, {what}"),
+    );
+    close(
+        &dgamma,
+        &flat(grads.get(&gv).unwrap()),
+        tolerance,
+        &format!("dgamma, {what}"),
+    );
+    close(
+        &dbeta,
+        &flat(grads.get(&bv).unwrap()),
+        tolerance,
+        &format!("dbeta, {what}"),
+    );
+}
+
+#[test]
+fn emulated_synced_batch_norm_of_several_processes_is_that_of_one() {
+    let Some(driver) = driver() else {
+        return;
+    };
+    for dtype in [DType::F32, DType::F64] {
+        for (shape, split) in [
+            ((3, 3, 9, 10), &[3][..]),
+            ((3, 3, 9, 10), &[2, 1][..]),
+            ((4, 5, 17, 13), &[2, 1, 1][..]),
+            ((8, 2, 20, 18), &[3, 3, 2][..]),
+        ] {
+            synced_batch_norm_case(driver, shape, dtype, split);
+        }
+    }
+}
+
 /// The heatmap-peaks kernel, emulated, against suppression by `heatmap::nms` (max-pooling)
 /// and a maximum per chunk of 256: the chunk table bit for bit, the maxima as values.
 fn peak_chunks_case(driver: &Path, heat: &Tensor, radius: Option<usize>) {

@@ -5,7 +5,9 @@
 // reads each IN_FILE as raw little-endian values of the kernel's float type (`f64:FILE`: as
 // double, for the kernels' double parameters), launches KERNEL as src/ops/cuda.rs does, and
 // writes the OUT_LEN values of its output to OUT_FILE. `bn_backward_*` is the two launches of
-// the BatchNorm backward on one output buffer, as the op runs them. Errors go to stderr with
+// the BatchNorm backward on one output buffer, as the op runs them; `bn_synced_stats_*` and
+// `bn_synced_backward_*` run the synchronised BatchNorm of several processes, their sums over
+// the processes added in rank order. Errors go to stderr with
 // exit status 2.
 #include "emulate.hpp"
 
@@ -132,6 +134,84 @@ static int batch_norm(const std::string& kernel, const char* out_path, long long
                 x.data(), dy.data(), mean.data(), inv_std.data(), gamma.data(), sums.data(), out.data(), elems, c, hw,
                 count);
         });
+    } else if (kernel.rfind("bn_synced_stats_", 0) == 0) {
+        // Processes p = 0..P: input p holds its (n_p, c, hw) values; integers c, hw, n_0, ...
+        // The three launches of src/ops/cuda.rs with each all-reduce a sum in rank order.
+        int c = (int)ints.at(0);
+        long long hw = ints.at(1);
+        size_t procs = ints.size() - 2;
+        std::vector<std::vector<T>> xs;
+        for (size_t p = 0; p < procs; ++p) xs.push_back(t_in(p));
+        std::vector<double> sums(c + 1, 0.0), squares(c, 0.0);
+        for (size_t p = 0; p < procs; ++p) {
+            std::vector<double> mine = unwritten<double>(c + 1);
+            int n = (int)ints.at(2 + p);
+            emulate_launch(c, 256, true, [&] {
+                using F = void (*)(const T*, double*, int, int, long long);
+                (f32 ? (F)mustard_bn_synced_sums_f32 : (F)mustard_bn_synced_sums_f64)(xs[p].data(), mine.data(), n, c,
+                                                                                       hw);
+            });
+            for (int i = 0; i <= c; ++i) sums[i] = p == 0 ? mine[i] : sums[i] + mine[i];
+        }
+        for (size_t p = 0; p < procs; ++p) {
+            std::vector<double> mine = unwritten<double>(c);
+            int n = (int)ints.at(2 + p);
+            emulate_launch(c, 256, true, [&] {
+                using F = void (*)(const T*, const double*, double*, int, int, long long);
+                (f32 ? (F)mustard_bn_synced_squares_f32 : (F)mustard_bn_synced_squares_f64)(
+                    xs[p].data(), sums.data(), mine.data(), n, c, hw);
+            });
+            for (int i = 0; i < c; ++i) squares[i] = p == 0 ? mine[i] : squares[i] + mine[i];
+        }
+        emulate_launch(blocks_for(c), 256, false, [&] {
+            using F = void (*)(const double*, const double*, T*, int);
+            (f32 ? (F)mustard_bn_synced_stats_f32 : (F)mustard_bn_synced_stats_f64)(sums.data(), squares.data(),
+                                                                                     out.data(), c);
+        });
+    } else if (kernel.rfind("bn_synced_backward_", 0) == 0) {
+        // Inputs x_0, dy_0, x_1, dy_1, ..., then f64 mean, inv_std, gamma; integers c, hw, n_0, ...
+        // Each process's packed output (n_p·c·hw + 2c values) one after the other.
+        int c = (int)ints.at(0);
+        long long hw = ints.at(1);
+        size_t procs = ints.size() - 2;
+        auto mean = d_in(2 * procs), inv_std = d_in(2 * procs + 1), gamma = d_in(2 * procs + 2);
+        std::vector<std::vector<T>> xs, dys, packed;
+        long long count = 0;
+        for (size_t p = 0; p < procs; ++p) {
+            xs.push_back(t_in(2 * p));
+            dys.push_back(t_in(2 * p + 1));
+            count += ints.at(2 + p) * hw;
+        }
+        std::vector<double> total(2 * (size_t)c, 0.0);
+        for (size_t p = 0; p < procs; ++p) {
+            int n = (int)ints.at(2 + p);
+            packed.push_back(unwritten<T>((size_t)n * c * hw + 2 * c));
+            std::vector<double> sums = unwritten<double>(2 * (size_t)c);
+            emulate_launch(c, 256, true, [&] {
+                using F = void (*)(const T*, const T*, const double*, const double*, T*, double*, int, int, long long);
+                (f32 ? (F)mustard_bn_grad_sums_f32 : (F)mustard_bn_grad_sums_f64)(
+                    xs[p].data(), dys[p].data(), mean.data(), inv_std.data(), packed[p].data(), sums.data(), n, c, hw);
+            });
+            for (int i = 0; i < 2 * c; ++i) total[i] = p == 0 ? sums[i] : total[i] + sums[i];
+        }
+        size_t at = 0;
+        for (size_t p = 0; p < procs; ++p) {
+            long long elems = ints.at(2 + p) * c * hw;
+            emulate_launch(blocks_for(elems), 256, false, [&] {
+                using F = void (*)(const T*, const T*, const double*, const double*, const double*, const double*, T*,
+                                   long long, int, long long, long long);
+                (f32 ? (F)mustard_bn_grad_input_f32 : (F)mustard_bn_grad_input_f64)(
+                    xs[p].data(), dys[p].data(), mean.data(), inv_std.data(), gamma.data(), total.data(),
+                    packed[p].data(), elems, c, hw, count);
+            });
+            if (at + packed[p].size() > out.size()) {
+                std::fprintf(stderr, "%s: the output holds %zu values, fewer than the processes'\n", kernel.c_str(),
+                             out.size());
+                return 2;
+            }
+            std::copy(packed[p].begin(), packed[p].end(), out.begin() + at);
+            at += packed[p].size();
+        }
     } else {
         std::fprintf(stderr, "unknown kernel %s\n", kernel.c_str());
         return 2;
@@ -185,7 +265,8 @@ int main(int argc, char** argv) {
         write_file(out_path, out);
         return 0;
     }
-    bool bn = kernel.rfind("mustard_bn_", 0) == 0 || kernel.rfind("bn_backward_", 0) == 0;
+    bool bn = kernel.rfind("mustard_bn_", 0) == 0 || kernel.rfind("bn_backward_", 0) == 0 ||
+              kernel.rfind("bn_synced_", 0) == 0;
     if (bn && kernel.size() > 4 && kernel.compare(kernel.size() - 4, 4, "_f32") == 0) {
         return batch_norm<float>(kernel, out_path, len, inputs, ints);
     }

@@ -23,6 +23,9 @@ pub struct Mpi {
     local_rank: usize,
     local_size: usize,
     traffic: Mutex<Traffic>,
+    /// NCCL's communicator over the same processes, made by the first CUDA all-reduce.
+    #[cfg(feature = "nccl")]
+    nccl: std::sync::OnceLock<Mutex<Nccl>>,
 }
 
 // SAFETY: MPI was initialised with `MPI_THREAD_MULTIPLE` or `MPI_THREAD_SERIALIZED` (checked in
@@ -62,6 +65,8 @@ pub(crate) fn start() -> Result<(Universe, Mpi)> {
             local_rank,
             local_size,
             traffic: Mutex::default(),
+            #[cfg(feature = "nccl")]
+            nccl: Default::default(),
         },
     ))
 }
@@ -225,5 +230,100 @@ impl Collective for Mpi {
 
     fn traffic(&self) -> Traffic {
         *self.traffic.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[cfg(feature = "nccl")]
+    fn all_reduce_cuda(&self, values: super::CudaValues<'_>) -> Result<()> {
+        use cudarc::nccl::safe::ReduceOp;
+        let started = Instant::now();
+        let stream = match &values {
+            super::CudaValues::F32(s) => s.stream().clone(),
+            super::CudaValues::F64(s) => s.stream().clone(),
+        };
+        let nccl = self.nccl(&stream)?;
+        let comm = nccl.lock().unwrap_or_else(|e| e.into_inner());
+        let failed = |e: cudarc::nccl::result::NcclError| Error::Collective {
+            op: "NCCL all-reduce",
+            processes: self.size,
+            reason: format!("{e:?}"),
+        };
+        let bytes = match values {
+            super::CudaValues::F32(s) => {
+                comm.0
+                    .all_reduce_in_place(s, &ReduceOp::Sum)
+                    .map_err(failed)?;
+                s.len() * 4
+            }
+            super::CudaValues::F64(s) => {
+                comm.0
+                    .all_reduce_in_place(s, &ReduceOp::Sum)
+                    .map_err(failed)?;
+                s.len() * 8
+            }
+        };
+        drop(comm);
+        self.count(bytes, started);
+        Ok(())
+    }
+}
+
+#[cfg(feature = "nccl")]
+use candle_core::cuda_backend::cudarc;
+
+/// NCCL's communicator of this process.
+#[cfg(feature = "nccl")]
+struct Nccl(cudarc::nccl::safe::Comm);
+
+// SAFETY: an NCCL communicator may be used from any thread, one call at a time: it is only
+// reached through `Mpi::nccl`'s lock.
+#[cfg(feature = "nccl")]
+unsafe impl Send for Nccl {}
+// SAFETY: as for `Send`.
+#[cfg(feature = "nccl")]
+unsafe impl Sync for Nccl {}
+
+#[cfg(feature = "nccl")]
+impl Mpi {
+    /// The NCCL communicator, made on first use on `stream` (the device's stream, on which
+    /// every CUDA op of this process runs): rank 0 makes NCCL's unique id and broadcasts it over
+    /// MPI, then every process joins. Every process reaches its first CUDA all-reduce at the
+    /// same point of the same step, so they all make it together.
+    fn nccl(&self, stream: &std::sync::Arc<cudarc::driver::CudaStream>) -> Result<&Mutex<Nccl>> {
+        if let Some(n) = self.nccl.get() {
+            return Ok(n);
+        }
+        let failed = |e: cudarc::nccl::result::NcclError| {
+            Error::Collective {
+            op: "NCCL initialisation",
+            processes: self.size,
+            reason: format!(
+                "{e:?} (NCCL's library, libnccl.so.2, must be found by the dynamic loader, one process per GPU)"
+            ),
+        }
+        };
+        let mut id = Vec::new();
+        if self.rank == 0 {
+            let unique = cudarc::nccl::safe::Id::new().map_err(failed)?;
+            id = unique.internal().iter().map(|&c| c as u8).collect();
+        }
+        self.broadcast(0, &mut id)?;
+        if id.len() != 128 {
+            return Err(Error::Collective {
+                op: "NCCL initialisation",
+                processes: self.size,
+                reason: format!("rank 0 sent an id of {} bytes, not 128", id.len()),
+            });
+        }
+        let internal: [core::ffi::c_char; 128] =
+            std::array::from_fn(|i| id[i] as core::ffi::c_char);
+        let comm = cudarc::nccl::safe::Comm::from_rank(
+            stream.clone(),
+            self.rank,
+            self.size,
+            cudarc::nccl::safe::Id::uninit(internal),
+        )
+        .map_err(failed)?;
+        let _ = self.nccl.set(Mutex::new(Nccl(comm)));
+        Ok(self.nccl.get().expect("set above"))
     }
 }

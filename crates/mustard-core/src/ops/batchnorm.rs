@@ -62,11 +62,11 @@ pub fn batch_norm_train(
         .filter(|s| s.sync_batch_norm)
         .map(|s| s.world);
     if let Some(world) = &synced {
-        if !super::cpu_kernels(x) {
+        if !super::cpu_kernels(x) && !super::cuda_kernels(x) {
             return Err(Error::config(
                 "batch_norm_train",
                 format!(
-                    "BatchNorm synchronised over {} processes runs on the CPU kernels only (not on {:?} or with --kernels portable); set train.sync_batch_norm = false",
+                    "BatchNorm synchronised over {} processes runs on the CPU and CUDA kernels only (not on {:?} or with --kernels portable); set train.sync_batch_norm = false",
                     world.size(),
                     x.device()
                 ),
@@ -253,6 +253,17 @@ impl Synced {
             .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 
+    /// Sums a buffer of doubles on the GPU over the processes.
+    #[cfg(feature = "cuda")]
+    fn all_reduce_cuda(
+        &self,
+        values: &mut candle_core::cuda_backend::cudarc::driver::CudaSlice<f64>,
+    ) -> candle_core::Result<()> {
+        self.world
+            .all_reduce_cuda(crate::dist::CudaValues::F64(values))
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+
     fn fwd<T: Real>(
         &self,
         x: &[T],
@@ -311,6 +322,19 @@ impl CustomOp1 for Synced {
             )),
             _ => candle_core::bail!("{}: only f32 and f64 are supported", self.name()),
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let reduce = |v: &mut _| self.all_reduce_cuda(v);
+        let (stats, count) = super::cuda::batch_norm_stats_synced((s, l), (n, c, h * w), &reduce)?;
+        let _ = self.count.set(count);
+        Ok((stats, Shape::from((2, c))))
     }
 }
 
@@ -666,11 +690,16 @@ impl CustomOp2 for BatchNormTrainBackward {
         let (candle_core::Storage::Cuda(ms), candle_core::Storage::Cuda(gs)) = (&*ms, &*gs) else {
             candle_core::bail!("{}: statistics on another device", self.name())
         };
+        let reduce = |v: &mut _| match &self.sync {
+            Some(s) => s.all_reduce_cuda(v),
+            None => Ok(()),
+        };
         let packed = super::cuda::batch_norm_backward(
             (s1, l1),
             (s2, l2),
             ((ms, ml), (gs, gl)),
             (n, c, h * w),
+            self.sync.as_ref().map(|s| (&reduce as _, s.count())),
         )?;
         Ok((packed, Shape::from(n * c * h * w + 2 * c)))
     }

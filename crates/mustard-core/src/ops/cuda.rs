@@ -172,6 +172,79 @@ pub(crate) fn batch_norm_stats(
     }
 }
 
+/// Sums a per-channel buffer of doubles over the processes of a synchronised BatchNorm.
+pub(crate) type SumOverProcesses<'a> = &'a dyn Fn(
+    &mut candle_core::cuda_backend::cudarc::driver::CudaSlice<f64>,
+) -> candle_core::Result<()>;
+
+/// [`batch_norm_stats`] over every process's values: this process's per-channel sums and count,
+/// summed by `reduce`; the squared deviations from the global mean, summed by `reduce`; then the
+/// `(2, c)` mean and biased variance. Returns them with the global count per channel.
+pub(crate) fn batch_norm_stats_synced(
+    (x, xl): (&CudaStorage, &Layout),
+    (n, c, hw): (usize, usize, usize),
+    reduce: SumOverProcesses<'_>,
+) -> candle_core::Result<(CudaStorage, f64)> {
+    let op = "mustard.batch_stats_synced";
+    check_inputs(op, &[(xl, n * c * hw)])?;
+    let dev = x.device();
+    let stream = dev.cuda_stream();
+    let (n32, c32, hw64) = (int(n, "batch")?, int(c, "channels")?, hw as i64);
+    // SAFETY: thread 0 of each block writes its channel's sum, block 0's also the count.
+    let mut sums = unsafe { dev.alloc::<f64>(c + 1)? };
+    // SAFETY: thread 0 of each block writes its channel's value.
+    let mut squares = unsafe { dev.alloc::<f64>(c)? };
+    macro_rules! launch {
+        ($t:ty, $sums:literal, $squares:literal, $stats:literal) => {{
+            let xs = x.as_cuda_slice::<$t>()?.slice(xl.start_offset()..);
+            let func = dev.get_or_load_custom_func($sums, BATCH_NORM.0, BATCH_NORM.1)?;
+            let mut b = func.builder();
+            b.arg(&xs).arg(&mut sums).arg(&n32).arg(&c32).arg(&hw64);
+            // SAFETY: the signature of mustard_bn_synced_sums_* (T pointer, double pointer, int,
+            // int, long long); the input holds n·c·hw values, `sums` c + 1.
+            unsafe { b.launch(per_channel_config(c)?) }.w()?;
+            reduce(&mut sums)?;
+            let count = stream.clone_dtoh(&sums.slice(c..)).w()?[0];
+            let func = dev.get_or_load_custom_func($squares, BATCH_NORM.0, BATCH_NORM.1)?;
+            let mut b = func.builder();
+            b.arg(&xs)
+                .arg(&sums)
+                .arg(&mut squares)
+                .arg(&n32)
+                .arg(&c32)
+                .arg(&hw64);
+            // SAFETY: the signature of mustard_bn_synced_squares_* (T pointer, two double
+            // pointers, int, int, long long).
+            unsafe { b.launch(per_channel_config(c)?) }.w()?;
+            reduce(&mut squares)?;
+            // SAFETY: one thread per channel writes both of its values.
+            let mut stats = unsafe { dev.alloc::<$t>(2 * c)? };
+            let func = dev.get_or_load_custom_func($stats, BATCH_NORM.0, BATCH_NORM.1)?;
+            let mut b = func.builder();
+            b.arg(&sums).arg(&squares).arg(&mut stats).arg(&c32);
+            // SAFETY: the signature of mustard_bn_synced_stats_* (two double pointers, T
+            // pointer, int).
+            unsafe { b.launch(launch_config(c)?) }.w()?;
+            (CudaStorage::wrap_cuda_slice(stats, dev.clone()), count)
+        }};
+    }
+    match &x.slice {
+        CudaStorageSlice::F32(_) => Ok(launch!(
+            f32,
+            "mustard_bn_synced_sums_f32",
+            "mustard_bn_synced_squares_f32",
+            "mustard_bn_synced_stats_f32"
+        )),
+        CudaStorageSlice::F64(_) => Ok(launch!(
+            f64,
+            "mustard_bn_synced_sums_f64",
+            "mustard_bn_synced_squares_f64",
+            "mustard_bn_synced_stats_f64"
+        )),
+        _ => candle_core::bail!("{op} (CUDA): only f32 and f64 are supported"),
+    }
+}
+
 /// The means and inverse deviations of `c` channels, `(2·c,)` f64 on the device.
 fn moments_of<'a>(
     op: &str,
@@ -233,6 +306,7 @@ pub(crate) fn batch_norm_backward(
     (dy, dyl): (&CudaStorage, &Layout),
     (moments, (gamma, gl)): ((&CudaStorage, &Layout), (&CudaStorage, &Layout)),
     (n, c, hw): (usize, usize, usize),
+    sync: Option<(SumOverProcesses<'_>, f64)>,
 ) -> candle_core::Result<CudaStorage> {
     let len = n * c * hw;
     let op = "mustard.batch_norm_train_backward";
@@ -243,7 +317,12 @@ pub(crate) fn batch_norm_backward(
     // SAFETY: the first kernel writes both halves of every channel's sums.
     let mut sums = unsafe { dev.alloc::<f64>(2 * c)? };
     let (n32, c32) = (int(n, "batch")?, int(c, "channels")?);
-    let (hw64, len64, count64) = (hw as i64, len as i64, (n * hw) as i64);
+    // Synchronised: the input gradient takes every process's sums and values per channel.
+    let count64 = match sync {
+        Some((_, count)) => count as i64,
+        None => (n * hw) as i64,
+    };
+    let (hw64, len64) = (hw as i64, len as i64);
     macro_rules! launch {
         ($t:ty, $sums:literal, $input:literal) => {{
             let xs = x.as_cuda_slice::<$t>()?.slice(xl.start_offset()..);
@@ -262,6 +341,9 @@ pub(crate) fn batch_norm_backward(
             // SAFETY: the signature of mustard_bn_grad_sums_* (two T pointers, two double
             // pointers, the packed output, the double sums, int, int, long long).
             unsafe { b.launch(per_channel_config(c)?) }.w()?;
+            if let Some((reduce, _)) = sync {
+                reduce(&mut sums)?;
+            }
             let func = dev.get_or_load_custom_func($input, BATCH_NORM.0, BATCH_NORM.1)?;
             let mut b = func.builder();
             b.arg(&xs)
