@@ -8,12 +8,16 @@
 #       the largest relative difference;
 #   (c) mustard against PyTorch eager on the same network and GPU (bench/mcn_speed.py):
 #       forward at 1x3x512x512, a training step at 32x3x512x512; images/s and device memory;
-#   (d) `mustard must --preset full --device cuda`, stopped when the time budget runs out.
+#   (d) data-parallel training (mustard_dp, built with `nccl`, under the bundled Open MPI): the
+#       five-head model for 20 steps in f64 on one process, under `mpirun -n 1`, and on two
+#       processes (one GPU each through NCCL where the machine has two GPUs, else both on one
+#       GPU with MUSTARD_SHARE_GPU=1, sums through the host): the largest weight difference;
+#   (e) `mustard must --preset full --device cuda`, stopped when the time budget runs out.
 #
 #   bash target/gpu-check/gpu_check.sh target/gpu-check [OUT]
 #
 # GPU_CHECK_BUDGET_S (default 450) bounds the whole script: each stage is stopped when it runs
-# out, and (d) gets what (a)-(c) leave.
+# out, and (e) gets what (a)-(d) leave.
 set -uo pipefail
 
 BUNDLE=$(cd "${1:?usage: gpu_check.sh BUNDLE [OUT]}" && pwd)
@@ -24,7 +28,10 @@ cd "$OUT" || exit 1
 # The binaries travel gzipped; unpack them here.
 BIN=$OUT/bin
 mkdir -p "$BIN"
-for name in mustard mcn_speed cuda_parity; do
+for name in mustard mcn_speed cuda_parity mustard_dp; do
+    if [ $name = mustard_dp ] && [ ! -f "$BUNDLE/$name.gz" ] && [ ! -f "$BUNDLE/$name" ]; then
+        continue # built only where MPI was installed; stage (d) says so
+    fi
     if [ -f "$BUNDLE/$name.gz" ]; then
         gzip -dc "$BUNDLE/$name.gz" >"$BIN/$name" && chmod +x "$BIN/$name"
     elif [ -f "$BUNDLE/$name" ]; then
@@ -148,9 +155,85 @@ say "mustard's device memory is the driver's total − free after each phase (it
 say "PyTorch's is torch.cuda.max_memory_allocated."
 say "($(elapsed) s so far)"
 
-# (d) the full MuST pipeline, within what is left of the budget
+# (d) data-parallel training against one process
 say ""
-say "## (d) mustard must --preset full --device cuda"
+say "## (d) Data-parallel training (mpirun; NCCL between GPUs)"
+if [ ! -x "$BIN/mustard_dp" ] || [ ! -f "$BUNDLE/mpi/env.sh" ]; then
+    say ""
+    say "Not run: the bundle has no mustard_dp or no mpi/ (cargo xtask cuda-build builds them where MPI is installed)."
+else
+    (
+        # shellcheck source=/dev/null
+        source "$BUNDLE/mpi/env.sh"
+        export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+        gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+        budgeted "$BIN/mustard_dp" synth --out d_data --images 64 --size 128 --seed 5 >d_dp.log 2>&1
+        train() { # name, then the launcher's words (none: one process without a launcher)
+            local name=$1
+            shift
+            budgeted "$@" "$BIN/mustard_dp" train --runs d_runs --name "$name" --data d_data/instances.json \
+                --tasks detection,pose,segmentation,depth,classification --no-val --input-size 128 \
+                --batch-size 8 --max-steps 20 --precision f64 --device cuda --workers 2 >>d_dp.log 2>&1
+            local status=$?
+            say "- $name: $([ $status -eq 0 ] && echo "trained" || echo "**FAILED** (exit $status)") ($(elapsed) s so far)"
+        }
+        say ""
+        launch=(mpirun --bind-to none -x LD_LIBRARY_PATH -x PATH)
+        train one
+        train mpirun-1 "${launch[@]}" -n 1
+        if [ "$gpus" -ge 2 ]; then
+            two="two processes, one GPU each, NCCL"
+            train two "${launch[@]}" -n 2
+        else
+            two="two processes sharing the one GPU, sums through the host (MUSTARD_SHARE_GPU=1)"
+            export MUSTARD_SHARE_GPU=1
+            train two "${launch[@]}" -x MUSTARD_SHARE_GPU -n 2
+        fi
+        say ""
+        $PY - d_runs "$two" <<'PYEOF' | tee -a "$SUMMARY"
+import json, struct, sys
+from array import array
+root, two = sys.argv[1], sys.argv[2]
+def weights(name):
+    path = f"{root}/{name}/weights/last.safetensors"
+    try:
+        raw = open(path, "rb").read()
+    except OSError:
+        return None
+    n = struct.unpack("<Q", raw[:8])[0]
+    header, data = json.loads(raw[8:8 + n]), raw[8 + n:]
+    out = {}
+    for k, v in header.items():
+        if k == "__metadata__" or k.startswith(("optimizer.", "state.")):
+            continue
+        code = {"F64": "d", "F32": "f"}.get(v["dtype"])
+        if code:
+            a, b = v["data_offsets"]
+            out[k] = array(code, data[a:b])
+    return out
+def largest(a, b):
+    worst = 0.0
+    for k, x in a.items():
+        y = b[k]
+        scale = max(max((abs(v) for v in x), default=0.0), 1e-300)
+        worst = max(worst, max((abs(p - q) for p, q in zip(x, y)), default=0.0) / scale)
+    return worst
+one = weights("one")
+print("| run | against one process | largest relative weight difference |\n| --- | --- | --- |")
+for name, what, expected in [("mpirun-1", "mpirun -n 1", "0 (no collective runs)"), ("two", two, "≤ 1e-10 (order of sums)")]:
+    other = weights(name)
+    if one is None or other is None:
+        print(f"| {what} | not trained | – |")
+    else:
+        print(f"| {what} | expected {expected} | {largest(one, other):.2e} |")
+PYEOF
+    )
+    say "($(elapsed) s so far)"
+fi
+
+# (e) the full MuST pipeline, within what is left of the budget
+say ""
+say "## (e) mustard must --preset full --device cuda"
 left=$((BUDGET - $(elapsed)))
 if [ $left -lt 30 ]; then
     say "Not run: $left s of the budget left."

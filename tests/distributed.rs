@@ -453,7 +453,9 @@ fn evaluation_under_two_processes_prints_the_numbers_of_one() {
         return;
     }
     let dir = temp("dp-eval");
-    let json = dataset(&dir.join("data"), 12);
+    // 20 images in batches of 8: three batches, split 2 + 1 over two processes and one each
+    // over three (the last one short).
+    let json = dataset(&dir.join("data"), 20);
     let runs = dir.join("runs");
     let mut args = train_args(&runs, &json, "m", &[]);
     let at = args.iter().position(|a| *a == "--precision").unwrap();
@@ -461,24 +463,56 @@ fn evaluation_under_two_processes_prints_the_numbers_of_one() {
     let out = mustard(&args);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let model = runs.join("m");
-    let eval = [
-        "eval",
-        "--checkpoint",
-        s(&model),
-        "--data",
-        s(&json),
-        "--no-plots",
-    ];
-    let one = mustard(&eval);
-    assert!(one.status.success(), "{}", text(&one.stderr));
-    let two = mpirun(2, &eval);
-    assert!(two.status.success(), "{}", text(&two.stderr));
-    assert_eq!(text(&two.stdout), text(&one.stdout));
-    assert!(
-        text(&one.stdout).contains("detection (COCO box AP"),
-        "{}",
-        text(&one.stdout)
-    );
+    for resolution in [None, Some("--network-resolution")] {
+        let eval = |report: &Path| {
+            let mut a = vec![
+                "eval".to_string(),
+                "--checkpoint".into(),
+                s(&model).into(),
+                "--data".into(),
+                s(&json).into(),
+                "--no-plots".into(),
+                "--out".into(),
+                s(report).into(),
+            ];
+            a.extend(resolution.map(String::from));
+            a
+        };
+        let one_json = dir.join("one.json");
+        let one = mustard(
+            &eval(&one_json)
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>(),
+        );
+        assert!(one.status.success(), "{}", text(&one.stderr));
+        assert!(
+            text(&one.stdout).contains("detection (COCO box AP"),
+            "{}",
+            text(&one.stdout)
+        );
+        assert!(
+            text(&one.stdout).starts_with("20 images"),
+            "{}",
+            text(&one.stdout)
+        );
+        for n in [2, 3] {
+            let n_json = dir.join(format!("{n}.json"));
+            let args = eval(&n_json);
+            let many = mpirun(n, &args.iter().map(|a| a.as_str()).collect::<Vec<_>>());
+            assert!(many.status.success(), "{}", text(&many.stderr));
+            assert_eq!(
+                text(&many.stdout),
+                text(&one.stdout),
+                "{n} processes, {resolution:?}"
+            );
+            assert_eq!(
+                std::fs::read(&n_json).unwrap(),
+                std::fs::read(&one_json).unwrap(),
+                "the report of {n} processes, {resolution:?}"
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -542,5 +576,75 @@ fn two_processes_pseudo_label_one_store_the_same_as_one() {
         "{}",
         text(&out.stderr)
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The tables of a `must` report, without the timings.
+fn must_tables(report: &Path) -> String {
+    let text = std::fs::read_to_string(report).unwrap();
+    let without_timings = text.split("\n## Timings\n").next().unwrap();
+    without_timings
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn must_under_two_processes_reports_the_numbers_of_one() {
+    if !have_mpirun() {
+        return;
+    }
+    let dir = temp("dp-must");
+    let args = |runs: &Path| -> Vec<String> {
+        [
+            "must",
+            "--runs",
+            s(runs),
+            "--per-task",
+            "16",
+            "--unlabelled-images",
+            "16",
+            "--test-images",
+            "16",
+            "--size",
+            "64",
+            "--input-size",
+            "64",
+            "--batch-size",
+            "8",
+            "--teacher-epochs",
+            "2",
+            "--student-epochs",
+            "2",
+            "--transfer-images",
+            "8",
+            "--transfer-epochs",
+            "1",
+            "--shard-size",
+            "8",
+            "--precision",
+            "f64",
+            "--workers",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let out = mustard(&refs(&args(&one)));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = mpirun(2, &refs(&args(&two)));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Every teacher, the labels, the student and the transfer runs trained on two processes
+    // (in f64: the same weights up to the order of sums); the test sets split over them.
+    let (a, b) = (
+        must_tables(&one.join("must/report.md")),
+        must_tables(&two.join("must/report.md")),
+    );
+    assert!(a.contains("| detection | box AP |"), "{a}");
+    assert_eq!(b, a);
+    // Rank 0 alone wrote: the same files.
+    assert_eq!(files(&two.join("must")), files(&one.join("must")));
     let _ = std::fs::remove_dir_all(&dir);
 }

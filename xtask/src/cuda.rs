@@ -45,7 +45,8 @@ const USAGE: &str = "usage: cargo xtask cuda-build [--check] [--cudnn] [--comput
                     $MUSTARD_CUDA_VENV or ~/.cache/mustard/cuda-venv
 
 Without --check: release builds of `mustard` (mustard-cli), the `mcn_speed` example and the
-CUDA parity tests (mustard-core/tests/cuda.rs), copied with bench/gpu_check.sh and bench/mcn_speed.py into target/gpu-check.";
+CUDA parity tests (mustard-core/tests/cuda.rs), copied with bench/gpu_check.sh and bench/mcn_speed.py into target/gpu-check;
+where MPI is installed also `mustard_dp` (--features nccl) and Open MPI's runtime (target/gpu-check/mpi).";
 
 struct Options {
     check: bool,
@@ -146,6 +147,34 @@ pub fn cuda_build(args: &[String]) -> Result<()> {
         }
         return Ok(());
     }
+    // Where MPI is installed, first the data-parallel binary (`nccl`: one process per GPU,
+    // sums through NCCL), kept aside: the next build, with other features, replaces
+    // target/release/mustard.
+    let staged = root().join("target/gpu-check-dp/mustard_dp");
+    let data_parallel = if crate::has_mpi() {
+        let features = if options.cudnn { "cudnn,nccl" } else { "nccl" };
+        let messages = crate::cargo_messages(
+            cargo(&[
+                "build",
+                "--release",
+                "--features",
+                features,
+                "--bin",
+                "mustard",
+                "--message-format=json-render-diagnostics",
+            ]),
+            "the data-parallel CUDA build",
+        )?;
+        std::fs::create_dir_all(staged.parent().expect("a folder"))?;
+        std::fs::copy(crate::executable(&messages, "mustard")?, &staged)
+            .with_context(|| format!("copying the data-parallel binary to {}", staged.display()))?;
+        true
+    } else {
+        eprintln!(
+            "cuda-build: no MPI here (mpicc): the bundle has no data-parallel binary, and the GPU check skips its stage (e)"
+        );
+        false
+    };
     // One cargo invocation, so that every artifact shares one feature resolution (dev
     // dependencies included) and candle is compiled once.
     let messages = crate::cargo_messages(
@@ -164,13 +193,26 @@ pub fn cuda_build(args: &[String]) -> Result<()> {
         ]),
         "the CUDA build",
     )?;
-    bundle(&[
+    let mut files = vec![
         (crate::executable(&messages, "mustard")?, "mustard"),
         (crate::executable(&messages, "mcn_speed")?, "mcn_speed"),
         (crate::executable(&messages, "cuda")?, "cuda_parity"),
         (root().join("bench/gpu_check.sh"), "gpu_check.sh"),
         (root().join("bench/mcn_speed.py"), "mcn_speed.py"),
-    ])
+    ];
+    if data_parallel {
+        files.push((staged.clone(), "mustard_dp"));
+    }
+    bundle(&files)?;
+    if data_parallel {
+        // mpirun and the libraries mustard_dp was linked against, for a GPU machine without MPI.
+        let bytes = crate::mpi_bundle::bundle(&root().join(BUNDLE).join("mpi"), &staged)?;
+        eprintln!(
+            "cuda-build: Open MPI's runtime in {BUNDLE}/mpi ({:.0} MiB)",
+            bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
+    Ok(())
 }
 
 /// Copies `files` into the bundle folder, binaries stripped and gzipped (`NAME.gz`: the three

@@ -8,6 +8,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 mod cuda;
+mod mpi_bundle;
 
 const USAGE: &str = "usage: cargo xtask <command>
 

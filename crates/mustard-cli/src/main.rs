@@ -217,7 +217,8 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
     } else {
         mustard::evaluate::Resolution::Original
     };
-    let report = mustard::evaluate::evaluate_at(
+    // Under a launcher every process runs its share of the batches; rank 0 scores and writes.
+    let report = mustard::evaluate::evaluate_shared(
         &model,
         ds,
         t.input_size,
@@ -226,6 +227,9 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         resolution,
         args.skip_bad,
     )?;
+    let Some(report) = report else {
+        return Ok(ExitCode::SUCCESS);
+    };
     out!("{}", report.summary());
     write_json(&args.out, &report.to_json())?;
     if !args.no_plots {

@@ -36,9 +36,10 @@ impl DeviceSpec {
                         });
                     }
                     // Under a launcher each process of a machine takes its own GPU: process
-                    // `local_rank` opens `cuda:(N + local_rank)`.
+                    // `local_rank` opens `cuda:(N + local_rank)`; with MUSTARD_SHARE_GPU=1
+                    // every process opens `cuda:N` (its sums then go through the host).
                     let world = crate::dist::world();
-                    let ordinal = if world.size() > 1 {
+                    let ordinal = if world.size() > 1 && !crate::dist::share_gpu() {
                         ordinal + world.local_rank()
                     } else {
                         ordinal

@@ -69,7 +69,10 @@ pub enum CudaValues<'a> {
 
 /// [`Collective::all_reduce_cuda`] through the host.
 #[cfg(feature = "cuda")]
-fn cuda_through_host<C: Collective + ?Sized>(world: &C, values: CudaValues<'_>) -> Result<()> {
+pub(crate) fn cuda_through_host<C: Collective + ?Sized>(
+    world: &C,
+    values: CudaValues<'_>,
+) -> Result<()> {
     use candle_core::cuda_backend::WrapErr;
     match values {
         CudaValues::F32(s) => {
@@ -144,6 +147,14 @@ pub fn world() -> Arc<dyn Collective> {
         .get()
         .cloned()
         .unwrap_or_else(|| Arc::new(Single) as Arc<dyn Collective>)
+}
+
+/// Whether the processes of a machine share one GPU (`MUSTARD_SHARE_GPU=1`): each opens the
+/// device it is given rather than the next ones by local rank, and CUDA sums go through the host
+/// (NCCL will not put two processes of one communicator on one GPU). For checks on a machine
+/// with one GPU; a real run gives each process its own.
+pub fn share_gpu() -> bool {
+    std::env::var("MUSTARD_SHARE_GPU").is_ok_and(|v| v == "1")
 }
 
 /// Whether this process is rank 0 (the one that writes files and decides).

@@ -209,12 +209,20 @@ impl<E: BatchEncoder> Loader<E> {
 
     /// Iterates the batches of `epoch`, starting at batch `start` (to resume mid-epoch).
     pub fn epoch_from(&self, epoch: u64, start: usize) -> Epoch<E::Batch> {
+        self.epoch_batches(epoch, start..usize::MAX)
+    }
+
+    /// Iterates the batches of `epoch` whose positions are in `range` (whole batches of the
+    /// epoch's grid: an evaluation split over processes gives each a range of batches, so each
+    /// batch is the one a single process sees).
+    pub fn epoch_batches(&self, epoch: u64, range: std::ops::Range<usize>) -> Epoch<E::Batch> {
         let order = self.order(epoch);
         let bs = self.config.batch_size;
         let batches: Vec<Vec<usize>> = order
             .chunks(bs)
             .filter(|c| !self.config.drop_last || c.len() == bs || order.len() < bs)
-            .skip(start)
+            .skip(range.start)
+            .take(range.end.saturating_sub(range.start))
             .map(|c| c[self.config.share.of(c.len())].to_vec())
             .collect();
         let (tx, rx) = sync_channel(self.config.prefetch);

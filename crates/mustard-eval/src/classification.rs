@@ -73,6 +73,28 @@ impl ClassificationAccuracy {
         Ok(())
     }
 
+    /// The samples, correct at 1 and correct at 5, as [`ClassificationAccuracy::from_counts`]
+    /// takes them.
+    pub fn counts(&self) -> [u64; 3] {
+        [self.samples, self.top1, self.top5]
+    }
+
+    /// The accuracy of given counts (samples, correct at 1, correct at 5); an error when the
+    /// correct counts exceed the samples or top-1 exceeds top-5.
+    pub fn from_counts([samples, top1, top5]: [u64; 3]) -> Result<Self> {
+        if top1 > top5 || top5 > samples {
+            return Err(Error::input(
+                "ClassificationAccuracy::from_counts",
+                format!("{top1} correct at 1 and {top5} at 5 of {samples} samples"),
+            ));
+        }
+        Ok(Self {
+            samples,
+            top1,
+            top5,
+        })
+    }
+
     /// Adds the counts of another accumulator.
     pub fn merge(&mut self, other: &ClassificationAccuracy) {
         self.samples += other.samples;

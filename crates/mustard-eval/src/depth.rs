@@ -225,7 +225,15 @@ impl DepthAccumulator {
 
     /// Adds one image; images without a valid target pixel are counted as skipped.
     pub fn update<T: Copy + Into<f64>>(&mut self, prediction: &[T], target: &[T]) -> Result<()> {
-        match depth_metrics(prediction, target, &self.config)? {
+        self.add(depth_metrics(prediction, target, &self.config)?);
+        Ok(())
+    }
+
+    /// Adds one image's metrics as [`depth_metrics`] returned them (computed elsewhere: by
+    /// another process, say); `None` counts as skipped. Images added in the same order give
+    /// the same mean, bit for bit.
+    pub fn add(&mut self, metrics: Option<DepthMetrics>) {
+        match metrics {
             Some(m) => {
                 self.sum.abs_rel += m.abs_rel;
                 self.sum.rmse += m.rmse;
@@ -236,7 +244,11 @@ impl DepthAccumulator {
             }
             None => self.skipped += 1,
         }
-        Ok(())
+    }
+
+    /// The configuration its images are scored with.
+    pub fn config(&self) -> &DepthConfig {
+        &self.config
     }
 
     /// Images evaluated so far.

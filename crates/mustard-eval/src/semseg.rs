@@ -145,6 +145,27 @@ impl ConfusionMatrix {
         Ok(())
     }
 
+    /// Adds counts laid out as [`ConfusionMatrix::counts`] (another matrix's, sent by another
+    /// process, say).
+    pub fn add_counts(&mut self, counts: &[u64]) -> Result<()> {
+        if counts.len() != self.counts.len() {
+            return Err(Error::input(
+                "ConfusionMatrix::add_counts",
+                format!(
+                    "{} counts for a matrix of {} classes ({} counts)",
+                    counts.len(),
+                    self.num_classes,
+                    self.counts.len()
+                ),
+            ));
+        }
+        self.counts
+            .iter_mut()
+            .zip(counts)
+            .for_each(|(x, y)| *x += y);
+        Ok(())
+    }
+
     /// IoU per class (see [`SegmentationMetrics::per_class_iou`]).
     pub fn iou_per_class(&self) -> Vec<Option<f64>> {
         let k = self.num_classes;

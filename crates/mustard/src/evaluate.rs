@@ -481,6 +481,36 @@ pub fn evaluate_loss(
     size: u32,
     batch_size: usize,
 ) -> Result<TaskMap<f64>> {
+    let losses = loss_in(
+        &mustard_core::dist::Single,
+        model,
+        dataset,
+        size,
+        batch_size,
+    )?;
+    Ok(losses.expect("one process averages its own losses"))
+}
+
+/// [`evaluate_loss`] split over the processes of this run as [`evaluate_shared`] splits an
+/// evaluation: each process's batches, the losses added in batch order on rank 0 (`None` on the
+/// others).
+pub fn evaluate_loss_shared(
+    model: &MultiTaskModel,
+    dataset: Arc<Dataset>,
+    size: u32,
+    batch_size: usize,
+) -> Result<Option<TaskMap<f64>>> {
+    let world = mustard_core::dist::world();
+    loss_in(world.as_ref(), model, dataset, size, batch_size)
+}
+
+fn loss_in(
+    world: &dyn mustard_core::dist::Collective,
+    model: &MultiTaskModel,
+    dataset: Arc<Dataset>,
+    size: u32,
+    batch_size: usize,
+) -> Result<Option<TaskMap<f64>>> {
     let model = &model.for_inference()?;
     let encoder = model.encoder_for(dataset.as_ref(), size);
     let loader = Loader::new(
@@ -488,26 +518,61 @@ pub fn evaluate_loss(
         Arc::new(encoder),
         LoaderConfig::eval(batch_size, size),
     )?;
-    let mut sums: TaskMap<(f64, usize)> = TaskMap::new();
-    for batch in loader.epoch(0) {
+    // Each batch's loss of each task, in batch order.
+    let mut values: Vec<(Task, f64)> = Vec::new();
+    let batches = mustard_core::dist::share(loader.batches_per_epoch(), world.rank(), world.size());
+    for batch in loader.epoch_batches(0, batches) {
         let batch = batch?.for_model(model)?;
         let out = model.forward_t(&batch.images, false)?;
         for (task, loss) in model.loss(&out, &batch)?.per_task {
             let v = loss
                 .to_dtype(mustard_core::candle_core::DType::F64)?
                 .to_scalar::<f64>()?;
-            match sums.get_mut(task) {
-                Some(e) => {
-                    e.0 += v;
-                    e.1 += 1;
-                }
-                None => {
-                    sums.insert(task, (v, 1));
-                }
+            values.push((task, v));
+        }
+    }
+    if world.size() > 1 {
+        let mut w = wire::Writer::default();
+        for (task, v) in &values {
+            w.u64(Task::ALL.iter().position(|t| t == task).expect("a task") as u64);
+            w.f64(*v);
+        }
+        let parts = world.gather(0, &w.0)?;
+        if world.rank() != 0 {
+            return Ok(None);
+        }
+        values.clear();
+        for (rank, part) in parts.iter().enumerate() {
+            let mut r = wire::Reader::new(part);
+            let unreadable = |e: String| {
+                crate::Error::Process(format!(
+                    "the losses of process {rank} of {} could not be read: {e}",
+                    world.size()
+                ))
+            };
+            for _ in 0..part.len() / 16 {
+                let task = Task::ALL
+                    .get(r.u64().map_err(unreadable)? as usize)
+                    .copied()
+                    .ok_or_else(|| unreadable("an unknown task".into()))?;
+                values.push((task, r.f64().map_err(unreadable)?));
+            }
+            r.end().map_err(unreadable)?;
+        }
+    }
+    let mut sums: TaskMap<(f64, usize)> = TaskMap::new();
+    for (task, v) in values {
+        match sums.get_mut(task) {
+            Some(e) => {
+                e.0 += v;
+                e.1 += 1;
+            }
+            None => {
+                sums.insert(task, (v, 1));
             }
         }
     }
-    Ok(sums.map(|_, &(v, n)| v / n.max(1) as f64))
+    Ok(Some(sums.map(|_, &(v, n)| v / n.max(1) as f64)))
 }
 
 /// Evaluates `model` on `dataset` at `size` x `size` (letterboxed, no augmentation).
@@ -553,7 +618,7 @@ impl Resolution {
     }
 }
 
-/// [`evaluate`] with segmentation and depth scored at `resolution`.
+/// [`evaluate`] with segmentation and depth scored at `resolution`, in this process alone.
 pub fn evaluate_at(
     model: &MultiTaskModel,
     dataset: Arc<Dataset>,
@@ -563,6 +628,40 @@ pub fn evaluate_at(
     resolution: Resolution,
     skip_bad: bool,
 ) -> Result<EvalReport> {
+    let settings = (size, batch_size, workers, resolution, skip_bad);
+    let report = evaluate_in(&mustard_core::dist::Single, model, dataset, settings)?;
+    Ok(report.expect("one process scores its own evaluation"))
+}
+
+/// [`evaluate_at`] split over the processes of this run ([`mustard_core::dist::world`]): each
+/// runs the model on a contiguous range of the batches (the batches one process would make),
+/// rank 0 gathers what they found in rank order and scores it once (COCO AP over every
+/// detection, depth errors added image by image in the dataset's order), so the numbers are
+/// those of one process, bit for bit. Every process calls it; the report comes back on rank 0,
+/// `None` on the others.
+pub fn evaluate_shared(
+    model: &MultiTaskModel,
+    dataset: Arc<Dataset>,
+    size: u32,
+    batch_size: usize,
+    workers: Option<usize>,
+    resolution: Resolution,
+    skip_bad: bool,
+) -> Result<Option<EvalReport>> {
+    let world = mustard_core::dist::world();
+    let settings = (size, batch_size, workers, resolution, skip_bad);
+    evaluate_in(world.as_ref(), model, dataset, settings)
+}
+
+/// The input size, batch size, loader threads, resolution and `skip_bad` of an evaluation.
+type Settings = (u32, usize, Option<usize>, Resolution, bool);
+
+fn evaluate_in(
+    world: &dyn mustard_core::dist::Collective,
+    model: &MultiTaskModel,
+    dataset: Arc<Dataset>,
+    (size, batch_size, workers, resolution, skip_bad): Settings,
+) -> Result<Option<EvalReport>> {
     let config = LoaderConfig {
         threads: workers,
         skip_bad,
@@ -571,25 +670,48 @@ pub fn evaluate_at(
     let model = &model.for_inference()?;
     let encoder = model.encoder_for(dataset.as_ref(), size);
     let loader = Loader::new(dataset.clone(), Arc::new(encoder), config)?;
-    let mut acc = Accumulator::new(model);
-    acc.resolution = resolution;
-    if resolution == Resolution::Original {
-        acc.originals = Some(Originals {
-            index: (0..dataset.len())
-                .map(|i| (dataset.image(i).id, i))
-                .collect(),
-            map: crate::tasks::SourceMap::new(&model.config().classes, dataset.as_ref()),
-            dataset: dataset.clone(),
-        });
-    }
-    for batch in loader.epoch(0) {
+    let fresh = || {
+        let mut acc = Accumulator::new(model);
+        acc.resolution = resolution;
+        if resolution == Resolution::Original {
+            acc.originals = Some(Originals {
+                index: (0..dataset.len())
+                    .map(|i| (dataset.image(i).id, i))
+                    .collect(),
+                map: crate::tasks::SourceMap::new(&model.config().classes, dataset.as_ref()),
+                dataset: dataset.clone(),
+            });
+        }
+        acc
+    };
+    let mut acc = fresh();
+    let batches = mustard_core::dist::share(loader.batches_per_epoch(), world.rank(), world.size());
+    for batch in loader.epoch_batches(0, batches) {
         acc.add(model, &batch?)?;
     }
-    let skipped = loader.skipped();
-    acc.left_out = skipped.iter().map(|(i, _)| dataset.image(*i).id).collect();
+    for (i, why) in loader.skipped() {
+        acc.left_out.insert(dataset.image(i).id);
+        acc.reasons.push(why);
+    }
+    if world.size() > 1 {
+        let parts = world.gather(0, &acc.part())?;
+        if world.rank() != 0 {
+            return Ok(None);
+        }
+        acc = fresh();
+        for (rank, part) in parts.iter().enumerate() {
+            acc.merge(part).map_err(|e| {
+                crate::Error::Process(format!(
+                    "the evaluation of process {rank} of {} could not be read: {e}",
+                    world.size()
+                ))
+            })?;
+        }
+    }
+    let reasons = std::mem::take(&mut acc.reasons);
     let mut report = acc.finish(model, &dataset)?;
-    report.left_out = skipped.into_iter().map(|(_, why)| why).collect();
-    Ok(report)
+    report.left_out = reasons;
+    Ok(Some(report))
 }
 
 /// The dataset again, for the label and depth maps at their original size.
@@ -688,11 +810,15 @@ struct Accumulator {
     boxes: Vec<ResultRecord>,
     people: Vec<ResultRecord>,
     confusion: ConfusionMatrix,
-    depth: DepthAccumulator,
+    /// Each depth image's errors, in the order of the images (`None`: no valid pixel), added
+    /// up at the end: the same sums whichever processes computed them.
+    depth: Vec<Option<mustard_eval::DepthMetrics>>,
     accuracy: ClassificationAccuracy,
     labels: ConfusionMatrix,
     /// Ids of the images left out (not scored against their ground truth either).
     left_out: std::collections::HashSet<u64>,
+    /// Why each was left out, in the dataset's order.
+    reasons: Vec<String>,
 }
 
 impl Accumulator {
@@ -705,20 +831,102 @@ impl Accumulator {
             boxes: Vec::new(),
             people: Vec::new(),
             confusion: ConfusionMatrix::with_ignore_index(classes, Some(IGNORE as u64)),
-            depth: DepthAccumulator::new(mustard_eval::DepthConfig::default()),
+            depth: Vec::new(),
             accuracy: ClassificationAccuracy::new(),
             labels: ConfusionMatrix::with_ignore_index(model.config().classes.labels.len(), None),
             left_out: Default::default(),
+            reasons: Vec::new(),
         }
+    }
+
+    /// What this process found, for rank 0 ([`Accumulator::merge`]): exact values, in order.
+    fn part(&self) -> Vec<u8> {
+        let mut w = wire::Writer::default();
+        w.u64(self.images as u64);
+        for records in [&self.boxes, &self.people] {
+            w.u64(records.len() as u64);
+            for r in records.iter() {
+                w.record(r);
+            }
+        }
+        w.counts(self.confusion.counts());
+        w.u64(self.depth.len() as u64);
+        for m in &self.depth {
+            match m {
+                Some(m) => {
+                    w.u64(1);
+                    for v in [m.abs_rel, m.rmse, m.delta1, m.delta2, m.delta3] {
+                        w.f64(v);
+                    }
+                }
+                None => w.u64(0),
+            }
+        }
+        w.counts(&self.accuracy.counts());
+        w.counts(self.labels.counts());
+        w.u64(self.reasons.len() as u64);
+        let mut ids: Vec<u64> = self.left_out.iter().copied().collect();
+        ids.sort_unstable();
+        w.counts(&ids);
+        for why in &self.reasons {
+            w.text(why);
+        }
+        w.0
+    }
+
+    /// Adds another process's [`Accumulator::part`] after what this one holds.
+    fn merge(&mut self, part: &[u8]) -> std::result::Result<(), String> {
+        let mut r = wire::Reader::new(part);
+        self.images += r.u64()? as usize;
+        for records in [&mut self.boxes, &mut self.people] {
+            for _ in 0..r.u64()? {
+                records.push(r.record()?);
+            }
+        }
+        self.confusion
+            .add_counts(&r.counts()?)
+            .map_err(|e| e.to_string())?;
+        for _ in 0..r.u64()? {
+            self.depth.push(match r.u64()? {
+                0 => None,
+                _ => Some(mustard_eval::DepthMetrics {
+                    abs_rel: r.f64()?,
+                    rmse: r.f64()?,
+                    delta1: r.f64()?,
+                    delta2: r.f64()?,
+                    delta3: r.f64()?,
+                }),
+            });
+        }
+        let counts: [u64; 3] = r
+            .counts()?
+            .try_into()
+            .map_err(|_| "classification counts are not three numbers".to_string())?;
+        self.accuracy
+            .merge(&ClassificationAccuracy::from_counts(counts).map_err(|e| e.to_string())?);
+        self.labels
+            .add_counts(&r.counts()?)
+            .map_err(|e| e.to_string())?;
+        let reasons = r.u64()?;
+        self.left_out.extend(r.counts()?);
+        for _ in 0..reasons {
+            self.reasons.push(r.text()?);
+        }
+        r.end()
     }
 
     /// Runs the model on `batch` and adds its predictions against the batch's labels.
     fn add(&mut self, model: &MultiTaskModel, batch: &Batch) -> Result<()> {
         self.images += batch.meta.len();
-        let batch = &batch.for_model(model)?;
+        // On the model's device; the images go into its float type in `forward_t`, the labels
+        // stay f32 as the metrics read them.
+        let batch = &batch.to_device(model.device())?;
         // Each image's maps at their original size, decoded once for segmentation and depth.
         let mut originals = Loaded(vec![None; batch.meta.len()]);
-        let out = model.forward_t(&batch.images, false)?;
+        // Decoded in f32 whatever the model computes in.
+        let out = model
+            .forward_t(&batch.images, false)?
+            .to_dtype(mustard_core::candle_core::DType::F32)?;
         let (b, p) = result_records(model, &out, batch)?;
         let keep = |r: &ResultRecord, t: Task| {
             batch
@@ -792,10 +1000,9 @@ impl Accumulator {
                             .iter()
                             .map(|&d| f32::from(u8::from(d > 0.0)))
                             .collect();
-                        self.depth
-                            .update(&align_log_depth(&p, &log, &valid), &target)?;
+                        depth_image(&mut self.depth, &align_log_depth(&p, &log, &valid), &target)?;
                     } else {
-                        self.depth.update(&p, &target)?;
+                        depth_image(&mut self.depth, &p, &target)?;
                     }
                 }
             } else {
@@ -838,9 +1045,9 @@ impl Accumulator {
                 .map(|(&l, &v)| if v > 0.0 { l.exp() } else { 0.0 })
                 .collect();
             if relative {
-                self.depth.update(&align_log_depth(p, l, v), &target)?;
+                depth_image(&mut self.depth, &align_log_depth(p, l, v), &target)?;
             } else {
-                self.depth.update(p, &target)?;
+                depth_image(&mut self.depth, p, &target)?;
             }
         }
         Ok(())
@@ -891,7 +1098,9 @@ impl Accumulator {
                 },
             );
         }
-        if let (true, Some(d)) = (tasks.contains(&Task::Depth), self.depth.mean()) {
+        let mut depth = DepthAccumulator::new(mustard_eval::DepthConfig::default());
+        self.depth.iter().for_each(|&m| depth.add(m));
+        if let (true, Some(d)) = (tasks.contains(&Task::Depth), depth.mean()) {
             m.insert(Task::Depth, TaskMetrics::Depth(d));
         }
         if let (true, Some(top1), Some(top5)) = (
@@ -948,9 +1157,190 @@ fn coco(
     Ok(Some(mustard_eval::evaluate(gt, &dt, &params)?))
 }
 
+/// One image's depth errors, after those of the images before it.
+fn depth_image(
+    depth: &mut Vec<Option<mustard_eval::DepthMetrics>>,
+    prediction: &[f32],
+    target: &[f32],
+) -> Result<()> {
+    let config = mustard_eval::DepthConfig::default();
+    depth.push(mustard_eval::depth_metrics(prediction, target, &config)?);
+    Ok(())
+}
+
+/// The little-endian encoding of what an evaluation process sends rank 0: numbers as their
+/// bits, so nothing is rounded on the way.
+mod wire {
+    use mustard_eval::coco::ResultRecord;
+
+    #[derive(Default)]
+    pub(super) struct Writer(pub(super) Vec<u8>);
+
+    impl Writer {
+        pub(super) fn u64(&mut self, v: u64) {
+            self.0.extend_from_slice(&v.to_le_bytes());
+        }
+        pub(super) fn f64(&mut self, v: f64) {
+            self.0.extend_from_slice(&v.to_le_bytes());
+        }
+        pub(super) fn counts(&mut self, v: &[u64]) {
+            self.u64(v.len() as u64);
+            v.iter().for_each(|&c| self.u64(c));
+        }
+        pub(super) fn text(&mut self, v: &str) {
+            self.u64(v.len() as u64);
+            self.0.extend_from_slice(v.as_bytes());
+        }
+        /// A box or keypoints result (evaluation makes no mask results).
+        pub(super) fn record(&mut self, r: &ResultRecord) {
+            self.u64(r.image_id as u64);
+            self.u64(r.category_id as u64);
+            self.f64(r.score);
+            match &r.bbox {
+                Some(b) => {
+                    self.u64(1);
+                    b.iter().for_each(|&v| self.f64(v));
+                }
+                None => self.u64(0),
+            }
+            match &r.keypoints {
+                Some(k) => {
+                    self.u64(k.len() as u64 + 1);
+                    k.iter().for_each(|&v| self.f64(v));
+                }
+                None => self.u64(0),
+            }
+        }
+    }
+
+    pub(super) struct Reader<'a> {
+        bytes: &'a [u8],
+        at: usize,
+    }
+
+    impl<'a> Reader<'a> {
+        pub(super) fn new(bytes: &'a [u8]) -> Self {
+            Reader { bytes, at: 0 }
+        }
+        fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+            let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+            let end = end.ok_or_else(|| {
+                format!("{} bytes end before byte {}", self.bytes.len(), self.at + n)
+            })?;
+            let part = &self.bytes[self.at..end];
+            self.at = end;
+            Ok(part)
+        }
+        pub(super) fn u64(&mut self) -> Result<u64, String> {
+            Ok(u64::from_le_bytes(
+                self.take(8)?.try_into().expect("8 bytes"),
+            ))
+        }
+        pub(super) fn f64(&mut self) -> Result<f64, String> {
+            Ok(f64::from_bits(self.u64()?))
+        }
+        fn len(&mut self) -> Result<usize, String> {
+            let n = self.u64()?;
+            usize::try_from(n)
+                .ok()
+                .filter(|&n| n <= self.bytes.len())
+                .ok_or_else(|| format!("a length of {n} in {} bytes", self.bytes.len()))
+        }
+        pub(super) fn counts(&mut self) -> Result<Vec<u64>, String> {
+            (0..self.len()?).map(|_| self.u64()).collect()
+        }
+        pub(super) fn text(&mut self) -> Result<String, String> {
+            let n = self.len()?;
+            Ok(String::from_utf8_lossy(self.take(n)?).into_owned())
+        }
+        pub(super) fn record(&mut self) -> Result<ResultRecord, String> {
+            let (image_id, category_id) = (self.u64()? as i64, self.u64()? as i64);
+            let score = self.f64()?;
+            let bbox = match self.u64()? {
+                0 => None,
+                _ => Some([self.f64()?, self.f64()?, self.f64()?, self.f64()?]),
+            };
+            let keypoints = match self.len()? {
+                0 => None,
+                n => Some((1..n).map(|_| self.f64()).collect::<Result<Vec<_>, _>>()?),
+            };
+            Ok(ResultRecord {
+                image_id,
+                category_id,
+                score,
+                bbox,
+                segmentation: None,
+                keypoints,
+            })
+        }
+        pub(super) fn end(&self) -> Result<(), String> {
+            if self.at == self.bytes.len() {
+                Ok(())
+            } else {
+                Err(format!("{} bytes left over", self.bytes.len() - self.at))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a process sends rank 0 comes back bit for bit, and a cut message is an error.
+    #[test]
+    fn evaluation_parts_travel_exactly() {
+        let records = [
+            ResultRecord {
+                image_id: 7,
+                category_id: 3,
+                score: 0.1 + 0.2,
+                bbox: Some([1.0 / 3.0, -0.0, 5e-324, 1e300]),
+                segmentation: None,
+                keypoints: None,
+            },
+            ResultRecord {
+                image_id: -1,
+                category_id: 1,
+                score: f64::MIN_POSITIVE,
+                bbox: None,
+                segmentation: None,
+                keypoints: Some(vec![0.5, 2.0 / 3.0, 2.0]),
+            },
+            ResultRecord {
+                image_id: i64::MAX,
+                category_id: 0,
+                score: 1.0,
+                bbox: Some([0.0; 4]),
+                segmentation: None,
+                keypoints: Some(Vec::new()),
+            },
+        ];
+        let mut w = wire::Writer::default();
+        records.iter().for_each(|r| w.record(r));
+        w.counts(&[3, 0, u64::MAX]);
+        w.text("a.png: truncated");
+        let mut r = wire::Reader::new(&w.0);
+        for want in &records {
+            let got = r.record().unwrap();
+            assert_eq!(got, *want);
+            let bits = |v: &Option<[f64; 4]>| v.map(|b| b.map(f64::to_bits));
+            assert_eq!(bits(&got.bbox), bits(&want.bbox));
+            assert_eq!(got.score.to_bits(), want.score.to_bits());
+        }
+        assert_eq!(r.counts().unwrap(), [3, 0, u64::MAX]);
+        assert_eq!(r.text().unwrap(), "a.png: truncated");
+        r.end().unwrap();
+        let mut cut = wire::Reader::new(&w.0[..w.0.len() - 3]);
+        for _ in &records {
+            cut.record().unwrap();
+        }
+        cut.counts().unwrap();
+        assert_eq!(
+            cut.text().unwrap_err(),
+            format!("{} bytes end before byte {}", w.0.len() - 3, w.0.len())
+        );
+    }
 
     /// At the identity (an image already at the input size) the original-resolution path gives
     /// the network's values exactly; at half the size it interpolates between pixel centres.

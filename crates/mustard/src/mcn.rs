@@ -18,7 +18,7 @@ use crate::checkpoint::{load_model, RunPaths};
 use crate::config::{read_toml, write_toml, Config};
 use crate::datasets::{open_dataset, synthetic_datasets};
 use crate::error::Problems;
-use crate::evaluate::{evaluate, EvalReport};
+use crate::evaluate::{evaluate_shared, EvalReport, Resolution};
 use crate::stats::{claim_above, MeanStd};
 use crate::train::train_unless_done;
 use crate::{Error, Result};
@@ -186,8 +186,8 @@ pub fn study(config: &McnConfig, runs: &Path, progress: bool) -> Result<Study> {
     base.numerics.apply();
     let root = runs.join("mcn");
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-    // Under a launcher every process trains every model together; rank 0 alone measures,
-    // writes and reports.
+    // Under a launcher every process trains every model together and evaluates its share of
+    // the validation set; rank 0 alone scores, times, writes and reports.
     let main = mustard_core::dist::is_main();
     let progress = progress && main;
     if main {
@@ -222,9 +222,6 @@ pub fn study(config: &McnConfig, runs: &Path, progress: bool) -> Result<Study> {
                 eprintln!("mcn: {}", state.say(&what, &format!("training the {what}")));
             }
             variant.train_seconds += train_unless_done(&c, &root, progress)?;
-            if !main {
-                continue;
-            }
             measure(
                 &mut variant,
                 &RunPaths::new(&root, &c.name).last(),
@@ -283,18 +280,23 @@ fn charts(variants: &[Variant], seeds: usize) -> Vec<crate::charts::Bars> {
 }
 
 /// A trained model on the validation set: its metrics, and with `size` its parameters and
-/// speed.
+/// speed. Every process of the run calls it; rank 0 alone keeps the numbers.
 fn measure(variant: &mut Variant, weights: &Path, val: &Arc<Dataset>, size: bool) -> Result<()> {
     let (config, varmap, model) = load_model(weights)?;
     let t = &config.train;
-    variant.reports.push(evaluate(
+    let Some(report) = evaluate_shared(
         &model,
         val.clone(),
         t.input_size,
         t.batch_size,
         t.workers,
+        Resolution::Original,
         config.data.skip_bad,
-    )?);
+    )?
+    else {
+        return Ok(());
+    };
+    variant.reports.push(report);
     if size {
         variant.parameters = mustard_core::optim::trainable_vars(&varmap)
             .iter()

@@ -238,8 +238,10 @@ impl MultiTaskModel {
     /// Runs every head; `train` selects BatchNorm batch statistics.
     ///
     /// # Shapes
-    /// `(B, 3, H, W)` normalised images, H and W multiples of 32.
+    /// `(B, 3, H, W)` normalised images, H and W multiples of 32, of any float type (taken in
+    /// the model's: f32 images into an f64 model, say).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Outputs> {
+        let x = &x.to_dtype(self.dtype)?;
         let maps = self.backbone.forward_t(x, train)?;
         let dense = match &self.neck {
             Neck::Fpn(f) => f.forward_t(&maps, train)?.dense().clone(),

@@ -24,7 +24,7 @@ use crate::checkpoint::{load_model, RunPaths};
 use crate::config::{read_toml, write_toml, Config};
 use crate::datasets::{classes_of, open_dataset};
 use crate::error::Problems;
-use crate::evaluate::{evaluate, evaluate_loss, EvalReport};
+use crate::evaluate::{evaluate_loss_shared, evaluate_shared, EvalReport, Resolution};
 use crate::pseudo::{pseudo_label, PseudoOptions, PseudoSummary};
 use crate::stats::{claim_above, MeanStd};
 use crate::train::train_unless_done;
@@ -739,17 +739,11 @@ impl Pipeline<'_> {
     fn initial_student(&self, student: &Config, test: &TestSets) -> Result<Initial> {
         let state = crate::train::StageState::of(&self.paths.root, &student.name);
         self.say(|| state.say("student", "training the student on every pseudo-label"));
-        if !mustard_core::dist::is_main() {
-            // Scored by rank 0 alone.
-            return Ok(Initial {
-                report: TaskMap::new(),
-                loss: TaskMap::new(),
-            });
-        }
         let mut c = student.clone();
         c.model.classes = classes_of(&PseudoSource::open(&self.paths.labels(), None)?);
         let (_, model) = initial_model(&c)?;
-        let (report, loss) = per_task(&model, &c, test)?;
+        // Every process evaluates its share; rank 0 scores (the others keep nothing).
+        let (report, loss) = per_task(&model, &c, test)?.unwrap_or_default();
         Ok(Initial { report, loss })
     }
 
@@ -763,17 +757,18 @@ impl Pipeline<'_> {
     ) -> Result<Vec<TaskResult>> {
         let stage = Instant::now();
         self.say(|| "evaluating every model on the test sets".into());
-        if !mustard_core::dist::is_main() {
-            // Rank 0 evaluates and reports.
-            return Ok(Vec::new());
-        }
+        // Every process evaluates its share of each test set; rank 0 scores and reports (the
+        // others return no rows).
         let (config, _, model) = load_model(&self.paths.last("student"))?;
-        let (student, student_loss) = per_task(&model, &config, test)?;
+        let scored = per_task(&model, &config, test)?;
         let loss_of = |losses: &TaskMap<f64>, task| losses.get(task).copied().unwrap_or(f64::NAN);
         let mut rows = Vec::new();
         for (task, weights) in teachers {
             let (c, _, model) = load_model(weights)?;
             let report = evaluate_on(&model, &c, test.of(*task)?)?;
+            let (Some(report), Some((student, student_loss))) = (report, &scored) else {
+                continue;
+            };
             let baseline = match files.labelled.get(*task) {
                 Some(path) => {
                     let train = open_dataset(path, None, self.config.base.data.skip_bad)?;
@@ -794,7 +789,7 @@ impl Pipeline<'_> {
                 student: student.get(*task).copied().unwrap_or(f64::NAN),
                 initial: initial.report.get(*task).copied().unwrap_or(f64::NAN),
                 initial_loss: loss_of(&initial.loss, *task),
-                student_loss: loss_of(&student_loss, *task),
+                student_loss: loss_of(student_loss, *task),
             });
         }
         self.timings
@@ -866,14 +861,10 @@ impl Pipeline<'_> {
                 });
                 let seconds = train_unless_done(&c, &self.paths.root, self.progress)?;
                 self.timings.push((c.name.clone(), seconds));
-                // Rank 0 evaluates and reports.
-                if !mustard_core::dist::is_main() {
-                    row.1.push(f64::NAN);
-                    continue;
-                }
+                // Every process evaluates its share; rank 0 scores and reports.
                 let (c, _, model) = load_model(&self.paths.last(&c.name))?;
-                row.1
-                    .push(evaluate_on(&model, &c, &test)?.headline_of(task));
+                let report = evaluate_on(&model, &c, &test)?;
+                row.1.push(report.map_or(f64::NAN, |r| r.headline_of(task)));
             }
         }
         rows.push(constant);
@@ -1133,7 +1124,7 @@ fn per_task(
     model: &MultiTaskModel,
     config: &Config,
     test: &TestSets,
-) -> Result<(TaskMap<f64>, TaskMap<f64>)> {
+) -> Result<Option<(TaskMap<f64>, TaskMap<f64>)>> {
     let (mut metric, mut loss) = (TaskMap::new(), TaskMap::new());
     let t = &config.train;
     for (path, set) in &test.opened {
@@ -1148,7 +1139,10 @@ fn per_task(
             continue;
         }
         let report = evaluate_on(model, config, set)?;
-        let losses = evaluate_loss(model, set.clone(), t.input_size, t.batch_size)?;
+        let losses = evaluate_loss_shared(model, set.clone(), t.input_size, t.batch_size)?;
+        let (Some(report), Some(losses)) = (report, losses) else {
+            continue;
+        };
         for task in tasks {
             metric.insert(task, report.headline_of(task));
             if let Some(&l) = losses.get(task) {
@@ -1156,7 +1150,7 @@ fn per_task(
             }
         }
     }
-    Ok((metric, loss))
+    Ok(mustard_core::dist::is_main().then_some((metric, loss)))
 }
 
 /// `report.md`, `results.json` and `must.png`.
@@ -1250,13 +1244,20 @@ fn labels_tasks(tasks: &[Task]) -> mustard_data::TaskSet {
     tasks.iter().copied().collect()
 }
 
-fn evaluate_on(model: &MultiTaskModel, config: &Config, test: &Arc<Dataset>) -> Result<EvalReport> {
-    evaluate(
+/// `model` on a test set, split over the processes of the run: the report on rank 0, `None`
+/// on the others (every process calls it).
+fn evaluate_on(
+    model: &MultiTaskModel,
+    config: &Config,
+    test: &Arc<Dataset>,
+) -> Result<Option<EvalReport>> {
+    evaluate_shared(
         model,
         test.clone(),
         config.train.input_size,
         config.train.batch_size,
         config.train.workers,
+        Resolution::Original,
         config.data.skip_bad,
     )
 }

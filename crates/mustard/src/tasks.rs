@@ -583,6 +583,34 @@ typed_access!(Outputs, Output {
     classification: Classification => Tensor,
 });
 
+impl Outputs {
+    /// Every output in `dtype`: the decoders read f32, whatever the model computes in.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let f = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?) };
+        let det = |d: &DetectionOutput| -> Result<DetectionOutput> {
+            Ok(DetectionOutput {
+                hm: f(&d.hm)?,
+                wh: f(&d.wh)?,
+                reg: f(&d.reg)?,
+            })
+        };
+        Ok(Outputs(self.0.try_map(|_, o| -> Result<Output> {
+            Ok(match o {
+                Output::Detection(d) => Output::Detection(det(d)?),
+                Output::Pose(p) => Output::Pose(PoseOutput {
+                    det: det(&p.det)?,
+                    hps: f(&p.hps)?,
+                    hm_hp: f(&p.hm_hp)?,
+                    hp_offset: f(&p.hp_offset)?,
+                }),
+                Output::Segmentation(t) => Output::Segmentation(f(t)?),
+                Output::Depth(t) => Output::Depth(f(t)?),
+                Output::Classification(t) => Output::Classification(f(t)?),
+            })
+        })?))
+    }
+}
+
 /// Every head of a model.
 #[derive(Default)]
 pub struct Heads(pub TaskMap<Head>);

@@ -298,13 +298,11 @@ fn run_loop(
             EpochEnd::Stopped => break,
         };
         let finished_epoch = trainer.end_epoch(per_epoch);
-        // Rank 0 validates and decides (best weights, early stopping); the others take its
-        // decisions.
+        // Every process runs its share of the validation batches; rank 0 scores and decides
+        // (best weights, early stopping), the others take its decisions.
         let validation = match &data.val {
-            Some(ds)
-                if main && (finished_epoch || trainer.state().step >= trainer.total_steps()) =>
-            {
-                Some(trainer.validate(ds.clone())?)
+            Some(ds) if finished_epoch || trainer.state().step >= trainer.total_steps() => {
+                trainer.validate(ds.clone())?
             }
             _ => None,
         };

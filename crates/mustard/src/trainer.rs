@@ -19,7 +19,7 @@ use mustard_data::{Dataset, TaskMap};
 
 use crate::checkpoint::{self, LoopState, RunPaths};
 use crate::config::{Config, TrainConfig};
-use crate::evaluate::{evaluate_at, EvalReport, Resolution};
+use crate::evaluate::{evaluate_shared, EvalReport, Resolution};
 use crate::model::MultiTaskModel;
 use crate::targets::Batch;
 use crate::tasks::{BACKBONE, NECK};
@@ -319,11 +319,14 @@ impl Trainer {
     }
 
     /// Evaluates on `dataset` (with the averaged weights when there is an average) and keeps
-    /// the weights as `best.safetensors` when their score is the best so far.
-    pub fn validate(&mut self, dataset: Arc<Dataset>) -> Result<EvalReport> {
+    /// the weights as `best.safetensors` when their score is the best so far. Every process of
+    /// the run calls it and runs the model on its share of the batches; rank 0 scores, keeps
+    /// the best weights and gets the report (`None` on the others, which take rank 0's
+    /// decisions from [`Trainer::share_decisions`]).
+    pub fn validate(&mut self, dataset: Arc<Dataset>) -> Result<Option<EvalReport>> {
         let t = &self.train;
         let training = self.ema.as_ref().map(|e| self.swap_in(e)).transpose()?;
-        let report = evaluate_at(
+        let report = evaluate_shared(
             &self.model,
             dataset,
             t.input_size,
@@ -332,10 +335,12 @@ impl Trainer {
             Resolution::Network,
             self.skip_bad,
         )?;
-        if report.score() > self.state.best {
-            self.state.best = report.score();
-            self.state.best_epoch = self.state.epoch;
-            checkpoint::save(&self.run.best(), &self.varmap, None, None, self.state)?;
+        if let Some(report) = &report {
+            if report.score() > self.state.best {
+                self.state.best = report.score();
+                self.state.best_epoch = self.state.epoch;
+                checkpoint::save(&self.run.best(), &self.varmap, None, None, self.state)?;
+            }
         }
         if let Some(weights) = training {
             self.restore(&weights)?;

@@ -235,6 +235,9 @@ impl Collective for Mpi {
     #[cfg(feature = "nccl")]
     fn all_reduce_cuda(&self, values: super::CudaValues<'_>) -> Result<()> {
         use cudarc::nccl::safe::ReduceOp;
+        if super::share_gpu() {
+            return super::cuda_through_host(self, values);
+        }
         let started = Instant::now();
         let stream = match &values {
             super::CudaValues::F32(s) => s.stream().clone(),
