@@ -86,6 +86,19 @@ pub enum DataCommand {
         #[arg(long)]
         deep: bool,
     },
+    /// Compare a pseudo-label store with the true labels of its images: box and person recall
+    /// and precision at each score threshold, segmentation, depth and class agreement.
+    Labels {
+        /// The store (`mustard pseudo-label --out DIR`).
+        store: PathBuf,
+        /// A COCO file of the same images with true labels in the store's label spaces (for
+        /// `mustard must`'s synthetic data: runs/must/data/…/unlabeled_truth.json).
+        #[arg(long)]
+        truth: PathBuf,
+        /// Image folder of --truth (default: its folder).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
 }
 
 /// The network, for verbs that build one.
@@ -202,8 +215,10 @@ pub struct TrainArgs {
     /// Start the backbone and neck from a mustard checkpoint (file or run folder).
     #[arg(long)]
     pub init_from: Option<PathBuf>,
-    /// Train on a pseudo-label store (from `mustard pseudo-label`) instead of --data.
-    #[arg(long, conflicts_with = "data")]
+    /// Train on a pseudo-label store (from `mustard pseudo-label`) instead of --data; with
+    /// --data, the store's images are read from that file (the same images, which may carry
+    /// real labels for --real-labels).
+    #[arg(long)]
     pub pseudo: Option<PathBuf>,
     /// With --pseudo: use an image's real labels where it has them.
     #[arg(long, requires = "pseudo")]
@@ -273,7 +288,9 @@ impl TrainArgs {
         d.root = self.root.clone().or(d.root.take());
         if let Some(v) = &self.pseudo {
             d.pseudo = Some(v.clone());
-            d.train = None;
+            if self.data.is_none() {
+                d.train = None;
+            }
         }
         d.real_labels |= self.real_labels;
         d.skip_bad |= self.skip_bad;

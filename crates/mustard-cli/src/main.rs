@@ -242,6 +242,13 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn data_labels(store: PathBuf, truth: PathBuf, root: Option<PathBuf>) -> Result<ExitCode> {
+    let truth = mustard::train::open_dataset(&truth, root.as_deref(), false)?;
+    let quality = mustard::label_quality::label_quality(&store, &truth)?;
+    out!("{}", quality.summary());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_plots(files: &[PathBuf]) {
     for f in files {
         outln!("wrote {}", f.display());
@@ -600,6 +607,9 @@ fn main() -> ExitCode {
                     deep,
                 },
         } => data_check(dataset, root, deep),
+        Command::Data {
+            command: DataCommand::Labels { store, truth, root },
+        } => data_labels(store, truth, root),
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
         Command::Predict(args) => predict(args),

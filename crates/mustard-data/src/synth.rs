@@ -698,11 +698,47 @@ fn one_task(images: &[Rendered], task: Option<Task>, family: Family) -> CocoFile
     file
 }
 
+/// Every task's true labels in the MuST splits' taxonomies at once (`unlabeled_truth.json`): the
+/// shapes (1–3) and people with keypoints (4), the stuff-and-merged segmentation, depth and the
+/// colour label — what perfect teachers would say of the unlabelled images, for measuring the
+/// pseudo-labels and a student trained on the truth.
+fn must_truth(images: &[Rendered]) -> CocoFile {
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    CocoFile {
+        categories: categories(),
+        seg_classes: names(&SEG_CLASSES),
+        label_names: names(&COLOUR_LABELS),
+        images: images
+            .iter()
+            .map(|r| ImageRecord {
+                seg_file: r
+                    .record
+                    .seg_file
+                    .as_ref()
+                    .map(|f| f.replace("semantic/", "stuff/")),
+                label: Some(r.split_label),
+                ..r.record.clone()
+            })
+            .collect(),
+        annotations: images
+            .iter()
+            .flat_map(|r| r.annotations.iter())
+            .map(|a| Annotation {
+                segmentation: None,
+                ..a.clone()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// Renders `images` scenes into `out` (`images/`, `semantic/`, `depth/`, in parallel) and writes
 /// `instances.json` labelling every task. With `splits`, the images are instead divided as MuST
 /// uses them, each task in its own label space (the taxonomies of `docs/SYNTHETIC.md`): one
-/// single-task split per task (`train_<task>.json`), `unlabeled.json` (images only) and one test
-/// file per task over the same held-out images (`test_<task>.json`); `images` is then ignored.
+/// single-task split per task (`train_<task>.json`), `unlabeled.json` (images only) with its
+/// labels in every taxonomy beside it (`unlabeled_truth.json`, never trained on by `must`) and
+/// one test file per task over the same held-out images (`test_<task>.json`); `images` is then
+/// ignored.
 pub fn write(
     out: &Path,
     config: &SynthConfig,
@@ -746,10 +782,9 @@ pub fn write(
                 )?;
                 start += s.per_task;
             }
-            save(
-                "unlabeled".into(),
-                one_task(&rendered[start..start + s.unlabeled], None, Family::Main),
-            )?;
+            let unlabeled = &rendered[start..start + s.unlabeled];
+            save("unlabeled".into(), one_task(unlabeled, None, Family::Main))?;
+            save("unlabeled_truth".into(), must_truth(unlabeled))?;
             start += s.unlabeled;
             for task in Task::ALL {
                 let images = &rendered[start..start + s.test];
@@ -897,6 +932,7 @@ mod tests {
                 "depth",
                 "classification",
                 "unlabeled",
+                "unlabeled_truth",
                 "test_detection",
                 "test_pose",
                 "test_segmentation",
@@ -943,6 +979,29 @@ mod tests {
             unlabeled.annotations.is_empty()
                 && unlabeled.images.iter().all(|r| r.tasks == Some(vec![]))
         );
+        // The same images with every task's labels in the splits' taxonomies.
+        let truth = read("unlabeled_truth");
+        assert_eq!(
+            truth.images.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [11, 12, 13]
+        );
+        assert_eq!(
+            cat_names(&truth),
+            ["circle", "square", "triangle", "person"]
+        );
+        assert_eq!(truth.seg_classes, seg.seg_classes);
+        assert_eq!(truth.label_names, cls.label_names);
+        assert!(truth
+            .images
+            .iter()
+            .all(|r| r.tasks == Some(Task::ALL.to_vec())
+                && r.seg_file.as_deref().unwrap().starts_with("stuff/")
+                && r.depth_file.is_some()
+                && r.label.is_some_and(|l| l < 3)));
+        assert!(truth
+            .annotations
+            .iter()
+            .all(|a| (a.category_id == 4) == a.keypoints.is_some()));
         for task in Task::ALL {
             let test = read(&format!("test_{task}"));
             assert_eq!(

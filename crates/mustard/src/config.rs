@@ -271,7 +271,9 @@ pub struct DataConfig {
     /// Leave bad records out instead of refusing the dataset.
     #[serde(default)]
     pub skip_bad: bool,
-    /// Train on a pseudo-label store (`mustard pseudo-label --out DIR`) instead of `train`.
+    /// Train on a pseudo-label store (`mustard pseudo-label --out DIR`) instead of `train`; with
+    /// `train` too, the store's images are read from that file (the same images in the same
+    /// order, checked), whose real labels `real_labels` takes where it has them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pseudo: Option<PathBuf>,
     /// With `pseudo`: where an image of the store also carries real labels for a task, train

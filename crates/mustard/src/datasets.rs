@@ -105,10 +105,18 @@ impl TrainData {
         let d = &config.data;
         let root = d.root.as_deref();
         let (train, val_path): (Arc<dyn Source>, Option<PathBuf>) = match (&d.pseudo, &d.train) {
-            (Some(store), _) => (
-                Arc::new(PseudoSource::open(store, None)?.with_real_labels(d.real_labels)),
-                d.val.clone(),
-            ),
+            // With `train` too: the store's images read from that file (the same images, in
+            // the same order), whose real labels `real_labels` trains on where it has them.
+            (Some(store), train) => {
+                let images = match train {
+                    Some(t) => Some(Arc::new(open_dataset(t, root, d.skip_bad)?)),
+                    None => None,
+                };
+                (
+                    Arc::new(PseudoSource::open(store, images)?.with_real_labels(d.real_labels)),
+                    d.val.clone(),
+                )
+            }
             (None, Some(train)) => (
                 Arc::new(open_dataset(train, root, d.skip_bad)?),
                 d.val.clone(),

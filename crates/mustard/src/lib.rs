@@ -21,6 +21,7 @@ mod error;
 pub mod evaluate;
 pub mod export;
 pub mod init;
+pub mod label_quality;
 pub mod log;
 pub mod mcn;
 pub mod model;

@@ -583,7 +583,10 @@ impl Pipeline<'_> {
                 ));
             }
         }
-        if on_disk.as_ref() != Some(&written) || !dir.join("test_classification.json").is_file() {
+        let complete = ["test_classification.json", "unlabeled_truth.json"]
+            .iter()
+            .all(|f| dir.join(f).is_file());
+        if on_disk.as_ref() != Some(&written) || !complete {
             if let Some(old) = &on_disk {
                 self.say(|| format!(
                     "{} holds a test split of {} images: writing the config's {} (the training images and every finished model stay as they are)",
