@@ -412,27 +412,45 @@ fn must_runs_end_to_end_and_a_rerun_reuses_every_stage() {
         "--truth",
         s(&truth),
     ]));
-    assert!(quality.starts_with("96 images\ndetection boxes: "), "{quality}");
-    let rows: Vec<Vec<f64>> = quality
+    assert!(
+        quality.starts_with("96 images\ndetection boxes: "),
+        "{quality}"
+    );
+    let cut: Vec<Vec<f64>> = quality
         .lines()
         .skip_while(|l| !l.starts_with("detection boxes"))
         .skip(2)
         .take(9)
-        .map(|l| l.split_whitespace().map(|v| v.parse().unwrap_or(f64::NAN)).collect())
+        .map(|l| {
+            l.split_whitespace()
+                .map(|v| v.parse().unwrap_or(f64::NAN))
+                .collect()
+        })
         .collect();
-    assert_eq!(rows.len(), 9, "{quality}");
-    assert_eq!(rows[0][1..4], rows[1][1..4], "{quality}");
-    for pair in rows.windows(2) {
-        assert!(pair[1][1] <= pair[0][1] && pair[1][2] <= pair[0][2], "{quality}");
+    assert_eq!(cut.len(), 9, "{quality}");
+    assert_eq!(cut[0][1..4], cut[1][1..4], "{quality}");
+    for pair in cut.windows(2) {
+        assert!(
+            pair[1][1] <= pair[0][1] && pair[1][2] <= pair[0][2],
+            "{quality}"
+        );
         assert!(pair[1][3] <= pair[0][3], "{quality}");
     }
-    assert!(rows[1][2] > 0.0, "some pseudo-box matches a true box: {quality}");
-    for line in ["segmentation: mIoU ", "depth: δ<1.25 ", "classification: top-1 "] {
+    assert!(
+        cut[1][2] > 0.0,
+        "some pseudo-box matches a true box: {quality}"
+    );
+    for line in [
+        "segmentation: mIoU ",
+        "depth: δ<1.25 ",
+        "classification: top-1 ",
+    ] {
         assert!(quality.contains(line), "{line}: {quality}");
     }
     // A student on the same store over the truth file trains on the real labels; a file of
     // other images is refused.
     let student_config = root.join("student/config.toml");
+    let store = root.join("labels");
     let upper = [
         "train",
         "--config",
@@ -442,7 +460,7 @@ fn must_runs_end_to_end_and_a_rerun_reuses_every_stage() {
         "--name",
         "student-truth",
         "--pseudo",
-        s(&root.join("labels")),
+        s(&store),
         "--real-labels",
         "--max-steps",
         "2",
@@ -452,6 +470,7 @@ fn must_runs_end_to_end_and_a_rerun_reuses_every_stage() {
     ok(mustard(&with_truth));
     let test_file = root.join("data/test_detection.json");
     let mut with_other = upper.to_vec();
+    with_other[6] = "student-other";
     with_other.extend(["--data", s(&test_file)]);
     let refused = mustard(&with_other);
     assert_eq!(refused.status.code(), Some(1));
