@@ -460,9 +460,21 @@ pub fn gaussian_kernel(radius: usize) -> Vec<f64> {
 /// `height` x `width` map with element-wise maximum, clipped at the borders.
 pub fn draw_gaussian(
     map: &mut [f32],
+    size: (usize, usize),
+    centre: (i64, i64),
+    radius: usize,
+) -> Result<()> {
+    draw_gaussian_peak(map, size, centre, radius, 1.0)
+}
+
+/// [`draw_gaussian`] with its peak `peak` instead of 1 (each value of the kernel times `peak`,
+/// in double, rounded once): a soft target, the teacher's confidence at the centre.
+pub fn draw_gaussian_peak(
+    map: &mut [f32],
     (height, width): (usize, usize),
     (cx, cy): (i64, i64),
     radius: usize,
+    peak: f32,
 ) -> Result<()> {
     if map.len() != height * width {
         return Err(Error::config(
@@ -486,7 +498,7 @@ pub fn draw_gaussian(
         let row = ((cy + y) * w) as usize;
         let krow = ((r + y) * d) as usize;
         for x in -left..right {
-            let g = kernel[krow + (r + x) as usize] as f32;
+            let g = (kernel[krow + (r + x) as usize] * f64::from(peak)) as f32;
             let v = &mut map[row + (cx + x) as usize];
             if g > *v {
                 *v = g;

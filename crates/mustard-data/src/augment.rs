@@ -390,6 +390,7 @@ mod tests {
                 class: 2,
                 crowd: false,
                 keypoints: Some(kps),
+                score: 1.0,
             }],
             semantic: Some(semantic),
             depth: Some(DepthMap::from_fn(w, h, |x, y| {

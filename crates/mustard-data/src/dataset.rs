@@ -870,6 +870,7 @@ impl Dataset {
                     class,
                     crowd: a.iscrowd != 0,
                     keypoints,
+                    score: 1.0,
                 });
             }
         }

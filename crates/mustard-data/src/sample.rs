@@ -24,6 +24,8 @@ pub struct Object {
     pub crowd: bool,
     /// `[x, y, v]` per joint for pose categories.
     pub keypoints: Option<Vec<[f32; 3]>>,
+    /// Confidence: 1 for a real label, the teacher's score for a pseudo-label.
+    pub score: f32,
 }
 
 /// A decoded (and possibly augmented) image with every label it carries.

@@ -3,8 +3,8 @@
 use mustard_core::candle_core::{DType, Device, Tensor};
 use mustard_core::candle_nn::ops::sigmoid;
 use mustard_core::candle_nn::VarBuilder;
-use mustard_core::heatmap::{draw_gaussian, object_radius, topk_peaks};
-use mustard_core::loss::{focal_loss, reg_l1};
+use mustard_core::heatmap::{draw_gaussian_peak, object_radius, topk_peaks};
+use mustard_core::loss::{focal_loss, quality_focal_loss, reg_l1};
 use mustard_core::{Error, Result};
 
 use crate::block::{mask_absent, values_at, HeadBlock, HeadInit, SharedHidden};
@@ -25,6 +25,10 @@ pub struct DetectionConfig {
     pub off_weight: f64,
     /// Peaks kept by decoding.
     pub top_k: usize,
+    /// Soft targets: each centre's Gaussian peaks at its label's score (a teacher's
+    /// confidence; 1 for a real label), its size and offset count with that weight, and the
+    /// heatmap trains with the quality focal loss instead of CenterNet's.
+    pub soft_targets: bool,
 }
 
 impl DetectionConfig {
@@ -37,6 +41,7 @@ impl DetectionConfig {
             wh_weight: 0.1,
             off_weight: 1.0,
             top_k: 100,
+            soft_targets: false,
         }
     }
 }
@@ -48,6 +53,9 @@ pub struct BoxLabel {
     pub bbox: [f32; 4],
     /// Class index.
     pub class: usize,
+    /// Confidence: 1 for a real label, the teacher's score for a pseudo-label (used by soft
+    /// targets).
+    pub score: f32,
 }
 
 /// The targets of one image, on the CPU (built in loader workers).
@@ -126,9 +134,14 @@ pub fn encode(
             continue;
         };
         let plane = &mut t.hm[label.class * oh * ow..(label.class + 1) * oh * ow];
-        draw_gaussian(plane, (oh, ow), c.ct_int, c.radius)?;
+        let peak = if config.soft_targets {
+            label.score.clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
+        draw_gaussian_peak(plane, (oh, ow), c.ct_int, c.radius, peak)?;
         t.ind[i] = (c.ct_int.1 as usize * ow + c.ct_int.0 as usize) as u32;
-        t.mask[i] = 1.0;
+        t.mask[i] = peak;
         t.wh[2 * i..2 * i + 2].copy_from_slice(&[c.wh.0, c.wh.1]);
         t.reg[2 * i..2 * i + 2]
             .copy_from_slice(&[c.ct.0 - c.ct_int.0 as f32, c.ct.1 - c.ct_int.1 as f32]);
@@ -328,7 +341,12 @@ impl DetectionHead {
 
     /// Focal + `wh_weight`·L1(wh) + `off_weight`·L1(reg), over the images marked present.
     pub fn loss(&self, out: &DetectionOutput, t: &DetectionBatch) -> Result<DetectionLoss> {
-        let hm = focal_loss(&out.hm, &t.hm, Some(&t.presence))?;
+        let hm = if self.config.soft_targets {
+            // The objects' peak values are their mask weights.
+            quality_focal_loss(&out.hm, &t.hm, &t.mask, Some(&t.presence))?
+        } else {
+            focal_loss(&out.hm, &t.hm, Some(&t.presence))?
+        };
         let mask = mask_absent(&t.mask, &t.presence)?;
         let wh = reg_l1(&out.wh, &t.ind, &mask, &t.wh)?;
         let reg = reg_l1(&out.reg, &t.ind, &mask, &t.reg)?;
@@ -436,10 +454,12 @@ mod tests {
             BoxLabel {
                 bbox: [10.0, 6.0, 42.0, 30.0],
                 class: 1,
+                score: 0.6,
             },
             BoxLabel {
                 bbox: [5.0, 5.0, 5.0, 9.0],
                 class: 0,
+                score: 1.0,
             },
         ];
         let t = encode(&cfg, &labels, (64, 64)).unwrap();
@@ -456,11 +476,36 @@ mod tests {
         assert_eq!(plane[71], 0.0);
         assert_eq!(plane.iter().filter(|&&v| v > 0.0).count(), 1);
         assert!(t.hm[..256].iter().all(|&v| v == 0.0));
+        // Soft targets: the peak and the size and offset weight are the label's score; a
+        // larger box's Gaussian is the hard one times the score.
+        let soft = DetectionConfig {
+            soft_targets: true,
+            ..cfg.clone()
+        };
+        let s = encode(&soft, &labels, (64, 64)).unwrap();
+        assert_eq!(s.mask, [0.6, 0.0, 0.0, 0.0]);
+        assert_eq!(s.hm[256 + 70], 0.6);
+        assert_eq!((s.ind, s.wh, s.reg), (t.ind.clone(), t.wh.clone(), t.reg.clone()));
+        let big = [BoxLabel {
+            bbox: [0.0, 0.0, 160.0, 160.0],
+            class: 0,
+            score: 0.5,
+        }];
+        let (h, sft) = (
+            encode(&cfg, &big, (256, 256)).unwrap(),
+            encode(&soft, &big, (256, 256)).unwrap(),
+        );
+        let spread = h.hm.iter().filter(|&&v| v > 0.0 && v < 1.0).count();
+        assert!(spread >= 8, "{spread}");
+        for (a, b) in h.hm.iter().zip(&sft.hm) {
+            assert_eq!(*b, (f64::from(*a) * 0.5) as f32);
+        }
         let err = encode(
             &cfg,
             &[BoxLabel {
                 bbox: [0.0, 0.0, 8.0, 8.0],
                 class: 2,
+                score: 1.0,
             }],
             (64, 64),
         )

@@ -96,6 +96,7 @@ pub fn encode(
         .map(|p| detection::BoxLabel {
             bbox: p.bbox,
             class: 0,
+            score: 1.0,
         })
         .collect();
     let mut det = detection::encode(&config.detection(), &boxes, (ih, iw))?;

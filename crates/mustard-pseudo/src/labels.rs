@@ -107,6 +107,7 @@ impl ImageLabels {
                 class: b.class,
                 crowd: false,
                 keypoints: None,
+                score: b.score,
             })
             .collect();
         for p in &self.people {
@@ -125,6 +126,7 @@ impl ImageLabels {
                     class,
                     crowd: false,
                     keypoints: p.keypoints.clone(),
+                    score: p.score,
                 }),
             }
         }

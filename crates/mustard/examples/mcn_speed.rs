@@ -131,6 +131,7 @@ fn scene_sample(size: u32, index: u64) -> Result<Sample> {
                     .map(|j| [j[0] as f32, j[1] as f32, j[2] as f32])
                     .collect()
             }),
+            score: 1.0,
         })
         .collect();
     Ok(Sample {

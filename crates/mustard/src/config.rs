@@ -236,6 +236,10 @@ pub struct ModelConfig {
     /// Train depth with the scale-and-shift-invariant loss (relative depth labels).
     #[serde(default)]
     pub relative_depth: bool,
+    /// Soft detection targets: each box's centre peaks at its label's score (a teacher's
+    /// confidence), with the quality focal loss (docs/STUDY.md). Off: CenterNet's hard targets.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub soft_targets: bool,
     /// Filled from the dataset at training time.
     #[serde(default)]
     pub classes: Classes,

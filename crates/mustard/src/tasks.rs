@@ -66,6 +66,7 @@ impl HeadSpec {
                 }
                 HeadSpec::Detection(DetectionConfig {
                     head_conv,
+                    soft_targets: config.soft_targets,
                     ..DetectionConfig::new(classes.categories.len())
                 })
             }
@@ -139,6 +140,7 @@ impl HeadSpec {
                             Some(BoxLabel {
                                 bbox: o.bbox,
                                 class,
+                                score: o.score,
                             })
                         })
                         .collect()
