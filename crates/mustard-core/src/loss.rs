@@ -133,6 +133,59 @@ pub fn quality_focal_loss(
         .broadcast_div(&crate::dist::global_sum(&count.sum_all()?)?.maximum(1.0)?)?)
 }
 
+/// CenterNet's focal loss with each object's positive term weighted by its score: the
+/// penalty-reduced negatives as in [`focal_loss`], the positives `w_k (1 − p_k)² log p_k` at the
+/// objects' centres `ind` (flat positions in each image's `(C, H, W)` map), and the sum divided
+/// by `max(Σ w, 1)` (over every process of a data-parallel step). With every weight 1 it is
+/// [`focal_loss`] (up to the order of the sums).
+///
+/// # Shapes
+/// `logits`, `target`: `(B, C, H, W)`; `ind` (u32), `weights`: `(B, K)` (weight 0 for no
+/// object); `presence`: `(B,)`; returns a scalar.
+pub fn weighted_focal_loss(
+    logits: &Tensor,
+    target: &Tensor,
+    (ind, weights): (&Tensor, &Tensor),
+    presence: Option<&Tensor>,
+) -> Result<Tensor> {
+    const OP: &str = "weighted_focal_loss";
+    same_shape(OP, "logits", logits, "target", target)?;
+    let b = logits.dim(0)?;
+    if ind.dims() != weights.dims() || ind.rank() != 2 || ind.dim(0)? != b {
+        return Err(Error::shape(OP, "ind", ind.shape(), format!("({b}, K), as weights")));
+    }
+    let target = target.to_dtype(logits.dtype())?;
+    let (lo, hi) = (P_MIN.ln(), (1.0 - P_MIN).ln());
+    // The negatives' sums of the focal loss (y < 1 everywhere but at the centres).
+    let mut neg_sum = if fused(logits) {
+        logits
+            .contiguous()?
+            .apply_op2(&target.contiguous()?, FocalSums { bounds: (lo, hi) })?
+            .narrow(1, 1, 1)?
+            .squeeze(1)?
+    } else {
+        focal_sums_composed(logits, &target, (lo, hi))?.1
+    };
+    let at = logits
+        .flatten_from(1)?
+        .gather(&ind.to_dtype(DType::U32)?.contiguous()?, 1)?;
+    let log_p = log_sigmoid(&at)?.clamp(lo, hi)?;
+    let one_minus_p = (1.0 - log_p.exp()?)?;
+    let w = weights.to_dtype(logits.dtype())?;
+    let mut pos_sum = (one_minus_p.sqr()? * log_p)?.mul(&w)?.sum(1)?;
+    let mut count = w.sum(1)?;
+    if let Some(presence) = presence {
+        let p = presence_weights(OP, presence, b, logits.dtype())?;
+        pos_sum = (pos_sum * &p)?;
+        neg_sum = (neg_sum * &p)?;
+        count = (count * &p)?;
+    }
+    let total = (pos_sum.sum_all()? + neg_sum.sum_all()?)?;
+    Ok(total
+        .neg()?
+        .broadcast_div(&crate::dist::global_sum(&count.sum_all()?)?.maximum(1.0)?)?)
+}
+
 /// Whether the losses of `logits` take the one-pass kernels of `ops::loss`.
 fn fused(logits: &Tensor) -> bool {
     crate::ops::cpu_kernels(logits) && matches!(logits.dtype(), DType::F32 | DType::F64)
@@ -302,6 +355,35 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
+
+    /// With every weight 1 the weighted focal loss is CenterNet's; halving an object's weight
+    /// halves its positive term and its share of the divisor.
+    #[test]
+    fn weighted_focal_loss_with_unit_weights_is_the_focal_loss() {
+        let dev = Device::Cpu;
+        let x: Vec<f64> = (0..32).map(|i| ((i * 7 % 11) as f64 - 5.0) * 0.7).collect();
+        let mut y = vec![0.0f64; 32];
+        for (i, v) in [(3, 1.0), (2, 0.6), (4, 0.5), (21, 1.0), (20, 0.3)] {
+            y[i] = v;
+        }
+        let logits = Tensor::from_vec(x.clone(), (2, 2, 2, 4), &dev).unwrap();
+        let target = Tensor::from_vec(y.clone(), (2, 2, 2, 4), &dev).unwrap();
+        // Image 0's centre at flat 3; image 1's at 21 − 16 = 5; a padded slot of weight 0.
+        let ind = Tensor::from_vec(vec![3u32, 0, 5, 0], (2, 2), &dev).unwrap();
+        let ones = Tensor::from_vec(vec![1.0f64, 0.0, 1.0, 0.0], (2, 2), &dev).unwrap();
+        let hard = scalar(focal_loss(&logits, &target, None).unwrap());
+        let weighted = scalar(weighted_focal_loss(&logits, &target, (&ind, &ones), None).unwrap());
+        assert!((hard - weighted).abs() < 1e-12, "{hard} against {weighted}");
+        let half = Tensor::from_vec(vec![0.5f64, 0.0, 1.0, 0.0], (2, 2), &dev).unwrap();
+        let got = scalar(weighted_focal_loss(&logits, &target, (&ind, &half), None).unwrap());
+        let pos = |x: f64| {
+            let p = 1.0 / (1.0 + (-x).exp());
+            (1.0 - p).powi(2) * p.ln()
+        };
+        // Same negatives; the first positive counts half, the divisor is 1.5 instead of 2.
+        let expected = (hard * 2.0 + 0.5 * pos(x[3])) / 1.5;
+        assert!((got - expected).abs() < 1e-12, "{got} against {expected}");
+    }
 
     /// The quality focal loss against the formula written out per value: soft peaks are
     /// positives of their strength, absent images count for nothing, and the sum is divided by

@@ -4,7 +4,7 @@ use mustard_core::candle_core::{DType, Device, Tensor};
 use mustard_core::candle_nn::ops::sigmoid;
 use mustard_core::candle_nn::VarBuilder;
 use mustard_core::heatmap::{draw_gaussian_peak, object_radius, topk_peaks};
-use mustard_core::loss::{focal_loss, quality_focal_loss, reg_l1};
+use mustard_core::loss::{focal_loss, quality_focal_loss, reg_l1, weighted_focal_loss};
 use mustard_core::{Error, Result};
 
 use crate::block::{mask_absent, values_at, HeadBlock, HeadInit, SharedHidden};
@@ -25,10 +25,23 @@ pub struct DetectionConfig {
     pub off_weight: f64,
     /// Peaks kept by decoding.
     pub top_k: usize,
-    /// Soft targets: each centre's Gaussian peaks at its label's score (a teacher's
-    /// confidence; 1 for a real label), its size and offset count with that weight, and the
-    /// heatmap trains with the quality focal loss instead of CenterNet's.
-    pub soft_targets: bool,
+    /// How a label's score (a teacher's confidence; 1 for a real label) enters the targets.
+    pub centre_targets: CentreTargets,
+}
+
+/// How the heatmap targets use each label's score (1 for a real label).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CentreTargets {
+    /// CenterNet's: every centre a positive of 1, the score ignored.
+    #[default]
+    Hard,
+    /// The Gaussian peaks at the score, trained with the quality focal loss (GFL); sizes and
+    /// offsets weighted by the score.
+    Soft,
+    /// CenterNet's Gaussian and focal loss, each centre's positive term weighted by its score
+    /// (and the loss divided by the sum of the scores); sizes and offsets weighted likewise.
+    Weighted,
 }
 
 impl DetectionConfig {
@@ -41,7 +54,7 @@ impl DetectionConfig {
             wh_weight: 0.1,
             off_weight: 1.0,
             top_k: 100,
-            soft_targets: false,
+            centre_targets: CentreTargets::Hard,
         }
     }
 }
@@ -65,7 +78,9 @@ pub struct DetectionTargets {
     pub hm: Vec<f32>,
     /// `(K,)` flat centre positions.
     pub ind: Vec<u32>,
-    /// `(K,)` 1 for real objects.
+    /// `(K,)` flat positions of the centres in the whole `(C, h, w)` heatmap.
+    pub hm_ind: Vec<u32>,
+    /// `(K,)` 1 for real objects (the label's score with soft or weighted targets).
     pub mask: Vec<f32>,
     /// `(K, 2)` box sizes in output pixels.
     pub wh: Vec<f32>,
@@ -115,6 +130,7 @@ pub fn encode(
     let mut t = DetectionTargets {
         hm: vec![0.0; config.num_classes * oh * ow],
         ind: vec![0; k],
+        hm_ind: vec![0; k],
         mask: vec![0.0; k],
         wh: vec![0.0; 2 * k],
         reg: vec![0.0; 2 * k],
@@ -134,14 +150,16 @@ pub fn encode(
             continue;
         };
         let plane = &mut t.hm[label.class * oh * ow..(label.class + 1) * oh * ow];
-        let peak = if config.soft_targets {
-            label.score.clamp(0.0, 1.0)
-        } else {
-            1.0
+        let score = label.score.clamp(0.0, 1.0);
+        let (peak, weight) = match config.centre_targets {
+            CentreTargets::Hard => (1.0, 1.0),
+            CentreTargets::Soft => (score, score),
+            CentreTargets::Weighted => (1.0, score),
         };
         draw_gaussian_peak(plane, (oh, ow), c.ct_int, c.radius, peak)?;
         t.ind[i] = (c.ct_int.1 as usize * ow + c.ct_int.0 as usize) as u32;
-        t.mask[i] = peak;
+        t.hm_ind[i] = (label.class * oh * ow) as u32 + t.ind[i];
+        t.mask[i] = weight;
         t.wh[2 * i..2 * i + 2].copy_from_slice(&[c.wh.0, c.wh.1]);
         t.reg[2 * i..2 * i + 2]
             .copy_from_slice(&[c.ct.0 - c.ct_int.0 as f32, c.ct.1 - c.ct_int.1 as f32]);
@@ -156,6 +174,8 @@ pub struct DetectionBatch {
     pub hm: Tensor,
     /// `(B, K)` u32.
     pub ind: Tensor,
+    /// `(B, K)` u32: the centres' flat positions in the `(C, h, w)` heatmap.
+    pub hm_ind: Tensor,
     /// `(B, K)`.
     pub mask: Tensor,
     /// `(B, K, 2)`.
@@ -177,6 +197,7 @@ impl DetectionBatch {
         Ok(Self {
             hm: f(&self.hm)?,
             ind: f(&self.ind)?,
+            hm_ind: f(&self.hm_ind)?,
             mask: f(&self.mask)?,
             wh: f(&self.wh)?,
             reg: f(&self.reg)?,
@@ -221,6 +242,14 @@ pub fn collate(
             items
                 .iter()
                 .flat_map(|t| t.ind.iter().copied())
+                .collect::<Vec<u32>>(),
+            (b, k),
+            device,
+        )?,
+        hm_ind: Tensor::from_vec(
+            items
+                .iter()
+                .flat_map(|t| t.hm_ind.iter().copied())
                 .collect::<Vec<u32>>(),
             (b, k),
             device,
@@ -341,11 +370,18 @@ impl DetectionHead {
 
     /// Focal + `wh_weight`·L1(wh) + `off_weight`·L1(reg), over the images marked present.
     pub fn loss(&self, out: &DetectionOutput, t: &DetectionBatch) -> Result<DetectionLoss> {
-        let hm = if self.config.soft_targets {
-            // The objects' peak values are their mask weights.
-            quality_focal_loss(&out.hm, &t.hm, &t.mask, Some(&t.presence))?
-        } else {
-            focal_loss(&out.hm, &t.hm, Some(&t.presence))?
+        // The objects' scores are their mask weights.
+        let hm = match self.config.centre_targets {
+            CentreTargets::Hard => focal_loss(&out.hm, &t.hm, Some(&t.presence))?,
+            CentreTargets::Soft => {
+                quality_focal_loss(&out.hm, &t.hm, &t.mask, Some(&t.presence))?
+            }
+            CentreTargets::Weighted => weighted_focal_loss(
+                &out.hm,
+                &t.hm,
+                (&t.hm_ind, &t.mask),
+                Some(&t.presence),
+            )?,
         };
         let mask = mask_absent(&t.mask, &t.presence)?;
         let wh = reg_l1(&out.wh, &t.ind, &mask, &t.wh)?;
@@ -479,7 +515,7 @@ mod tests {
         // Soft targets: the peak and the size and offset weight are the label's score; a
         // larger box's Gaussian is the hard one times the score.
         let soft = DetectionConfig {
-            soft_targets: true,
+            centre_targets: CentreTargets::Soft,
             ..cfg.clone()
         };
         let s = encode(&soft, &labels, (64, 64)).unwrap();

@@ -236,10 +236,12 @@ pub struct ModelConfig {
     /// Train depth with the scale-and-shift-invariant loss (relative depth labels).
     #[serde(default)]
     pub relative_depth: bool,
-    /// Soft detection targets: each box's centre peaks at its label's score (a teacher's
-    /// confidence), with the quality focal loss (docs/STUDY.md). Off: CenterNet's hard targets.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub soft_targets: bool,
+    /// How detection's heatmap targets use each box's score (a teacher's confidence for a
+    /// pseudo-label, 1 for a real one): `hard` (CenterNet's), `soft` (the centre peaks at the
+    /// score, quality focal loss) or `weighted` (each positive weighted by its score);
+    /// docs/STUDY.md measures them.
+    #[serde(default, skip_serializing_if = "is_hard")]
+    pub centre_targets: mustard_heads::detection::CentreTargets,
     /// Filled from the dataset at training time.
     #[serde(default)]
     pub classes: Classes,
@@ -490,4 +492,8 @@ mod tests {
         assert!(cause.contains("unknown field `sede`"), "{cause}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+fn is_hard(t: &mustard_heads::detection::CentreTargets) -> bool {
+    *t == mustard_heads::detection::CentreTargets::Hard
 }

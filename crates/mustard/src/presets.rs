@@ -162,7 +162,7 @@ impl ModelConfig {
             tasks: Task::ALL.to_vec(),
             loss_weights: default_loss_weights(),
             relative_depth: false,
-            soft_targets: false,
+            centre_targets: Default::default(),
             classes: Classes::default(),
         }
     }

@@ -66,7 +66,7 @@ impl HeadSpec {
                 }
                 HeadSpec::Detection(DetectionConfig {
                     head_conv,
-                    soft_targets: config.soft_targets,
+                    centre_targets: config.centre_targets,
                     ..DetectionConfig::new(classes.categories.len())
                 })
             }
