@@ -114,11 +114,15 @@ pub fn quality_focal_loss(
     same_shape(OP, "logits", logits, "target", target)?;
     let b = logits.dim(0)?;
     if peaks.rank() != 2 || peaks.dim(0)? != b {
-        return Err(Error::shape(OP, "peaks", peaks.shape(), format!("({b}, K)")));
+        return Err(Error::shape(
+            OP,
+            "peaks",
+            peaks.shape(),
+            format!("({b}, K)"),
+        ));
     }
     let y = target.to_dtype(logits.dtype())?;
-    let bce = ((logits.relu()? - (logits * &y)?)?
-        + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    let bce = ((logits.relu()? - (logits * &y)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
     let p = log_sigmoid(logits)?.exp()?;
     let modulation = (&y - &p)?.sqr()?;
     let mut per_image = (modulation * bce)?.flatten_from(1)?.sum(1)?;
@@ -152,7 +156,12 @@ pub fn weighted_focal_loss(
     same_shape(OP, "logits", logits, "target", target)?;
     let b = logits.dim(0)?;
     if ind.dims() != weights.dims() || ind.rank() != 2 || ind.dim(0)? != b {
-        return Err(Error::shape(OP, "ind", ind.shape(), format!("({b}, K), as weights")));
+        return Err(Error::shape(
+            OP,
+            "ind",
+            ind.shape(),
+            format!("({b}, K), as weights"),
+        ));
     }
     let target = target.to_dtype(logits.dtype())?;
     let (lo, hi) = (P_MIN.ln(), (1.0 - P_MIN).ln());
@@ -405,14 +414,22 @@ mod tests {
             .unwrap()
             .to_scalar::<f64>()
             .unwrap();
-        assert!((got - all / 2.6).abs() < 1e-12, "{got} against {}", all / 2.6);
+        assert!(
+            (got - all / 2.6).abs() < 1e-12,
+            "{got} against {}",
+            all / 2.6
+        );
         let presence = Tensor::new(&[0.0f64, 1.0], &dev).unwrap();
         let second: f64 = x[4..].iter().zip(&y[4..]).map(|(&a, &b)| term(a, b)).sum();
         let got = quality_focal_loss(&logits, &target, &peaks, Some(&presence))
             .unwrap()
             .to_scalar::<f64>()
             .unwrap();
-        assert!((got - second / 1.9).abs() < 1e-12, "{got} against {}", second / 1.9);
+        assert!(
+            (got - second / 1.9).abs() < 1e-12,
+            "{got} against {}",
+            second / 1.9
+        );
         // A logit far past its target stays finite; one at its target has no loss.
         let far = Tensor::from_vec(vec![60.0f64, -60.0], (1, 1, 1, 2), &dev).unwrap();
         let t = Tensor::from_vec(vec![0.0f64, 1.0], (1, 1, 1, 2), &dev).unwrap();

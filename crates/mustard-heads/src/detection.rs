@@ -373,15 +373,10 @@ impl DetectionHead {
         // The objects' scores are their mask weights.
         let hm = match self.config.centre_targets {
             CentreTargets::Hard => focal_loss(&out.hm, &t.hm, Some(&t.presence))?,
-            CentreTargets::Soft => {
-                quality_focal_loss(&out.hm, &t.hm, &t.mask, Some(&t.presence))?
+            CentreTargets::Soft => quality_focal_loss(&out.hm, &t.hm, &t.mask, Some(&t.presence))?,
+            CentreTargets::Weighted => {
+                weighted_focal_loss(&out.hm, &t.hm, (&t.hm_ind, &t.mask), Some(&t.presence))?
             }
-            CentreTargets::Weighted => weighted_focal_loss(
-                &out.hm,
-                &t.hm,
-                (&t.hm_ind, &t.mask),
-                Some(&t.presence),
-            )?,
         };
         let mask = mask_absent(&t.mask, &t.presence)?;
         let wh = reg_l1(&out.wh, &t.ind, &mask, &t.wh)?;
@@ -521,7 +516,10 @@ mod tests {
         let s = encode(&soft, &labels, (64, 64)).unwrap();
         assert_eq!(s.mask, [0.6, 0.0, 0.0, 0.0]);
         assert_eq!(s.hm[256 + 70], 0.6);
-        assert_eq!((s.ind, s.wh, s.reg), (t.ind.clone(), t.wh.clone(), t.reg.clone()));
+        assert_eq!(
+            (s.ind, s.wh, s.reg),
+            (t.ind.clone(), t.wh.clone(), t.reg.clone())
+        );
         let big = [BoxLabel {
             bbox: [0.0, 0.0, 160.0, 160.0],
             class: 0,
