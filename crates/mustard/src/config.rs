@@ -456,6 +456,10 @@ pub fn write_toml<T: Serialize>(value: &T, path: &Path) -> Result<()> {
     Ok(())
 }
 
+fn is_hard(t: &mustard_heads::detection::CentreTargets) -> bool {
+    *t == mustard_heads::detection::CentreTargets::Hard
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,8 +496,4 @@ mod tests {
         assert!(cause.contains("unknown field `sede`"), "{cause}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-fn is_hard(t: &mustard_heads::detection::CentreTargets) -> bool {
-    *t == mustard_heads::detection::CentreTargets::Hard
 }
