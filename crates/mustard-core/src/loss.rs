@@ -69,15 +69,7 @@ pub fn focal_loss(logits: &Tensor, target: &Tensor, presence: Option<&Tensor>) -
     let b = logits.dim(0)?;
     let target = target.to_dtype(logits.dtype())?;
     let (lo, hi) = (P_MIN.ln(), (1.0 - P_MIN).ln());
-    let (mut pos_sum, mut neg_sum, mut num_pos) = if fused(logits) {
-        let sums = logits
-            .contiguous()?
-            .apply_op2(&target.contiguous()?, FocalSums { bounds: (lo, hi) })?;
-        let column = |i: usize| sums.narrow(1, i, 1)?.squeeze(1);
-        (column(0)?, column(1)?, column(2)?)
-    } else {
-        focal_sums_composed(logits, &target, (lo, hi))?
-    };
+    let (mut pos_sum, mut neg_sum, mut num_pos) = focal_sums(logits, &target, (lo, hi))?;
     if let Some(presence) = presence {
         let w = presence_weights(OP, presence, b, logits.dtype())?;
         pos_sum = (pos_sum * &w)?;
@@ -85,11 +77,31 @@ pub fn focal_loss(logits: &Tensor, target: &Tensor, presence: Option<&Tensor>) -
         num_pos = (num_pos * &w)?;
     }
     // pos_sum is 0 when N = 0, so dividing by max(N, 1) is the reference's two cases in one.
-    // N counts the positives of every process of a data-parallel step (crate::dist).
     let total = (pos_sum.sum_all()? + neg_sum.sum_all()?)?;
-    Ok(total
-        .neg()?
-        .broadcast_div(&crate::dist::global_sum(&num_pos.sum_all()?)?.maximum(1.0)?)?)
+    per_count(total.neg()?, &num_pos)
+}
+
+/// Per image, the focal loss's positive and negative sums (with their sign) and the number of
+/// positives (`(B,)` each): the one-pass kernel where it runs, else candle ops.
+fn focal_sums(
+    logits: &Tensor,
+    target: &Tensor,
+    bounds: (f64, f64),
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if !fused(logits) {
+        return focal_sums_composed(logits, target, bounds);
+    }
+    let sums = logits
+        .contiguous()?
+        .apply_op2(&target.contiguous()?, FocalSums { bounds })?;
+    let column = |i: usize| sums.narrow(1, i, 1)?.squeeze(1);
+    Ok((column(0)?, column(1)?, column(2)?))
+}
+
+/// `sum / max(N, 1)` for the per-image counts `count`, N summed over every process of a
+/// data-parallel step (crate::dist): the normaliser of the heatmap losses.
+fn per_count(sum: Tensor, count: &Tensor) -> Result<Tensor> {
+    Ok(sum.broadcast_div(&crate::dist::global_sum(&count.sum_all()?)?.maximum(1.0)?)?)
 }
 
 /// Quality focal loss (GFL, arXiv 2006.04388) of heatmap logits against soft targets: a peak
@@ -132,9 +144,7 @@ pub fn quality_focal_loss(
         per_image = (per_image * &w)?;
         count = (count * &w)?;
     }
-    Ok(per_image
-        .sum_all()?
-        .broadcast_div(&crate::dist::global_sum(&count.sum_all()?)?.maximum(1.0)?)?)
+    per_count(per_image.sum_all()?, &count)
 }
 
 /// CenterNet's focal loss with each object's positive term weighted by its score: the
@@ -166,15 +176,7 @@ pub fn weighted_focal_loss(
     let target = target.to_dtype(logits.dtype())?;
     let (lo, hi) = (P_MIN.ln(), (1.0 - P_MIN).ln());
     // The negatives' sums of the focal loss (y < 1 everywhere but at the centres).
-    let mut neg_sum = if fused(logits) {
-        logits
-            .contiguous()?
-            .apply_op2(&target.contiguous()?, FocalSums { bounds: (lo, hi) })?
-            .narrow(1, 1, 1)?
-            .squeeze(1)?
-    } else {
-        focal_sums_composed(logits, &target, (lo, hi))?.1
-    };
+    let (_, mut neg_sum, _) = focal_sums(logits, &target, (lo, hi))?;
     let at = logits
         .flatten_from(1)?
         .gather(&ind.to_dtype(DType::U32)?.contiguous()?, 1)?;
@@ -190,9 +192,7 @@ pub fn weighted_focal_loss(
         count = (count * &p)?;
     }
     let total = (pos_sum.sum_all()? + neg_sum.sum_all()?)?;
-    Ok(total
-        .neg()?
-        .broadcast_div(&crate::dist::global_sum(&count.sum_all()?)?.maximum(1.0)?)?)
+    per_count(total.neg()?, &count)
 }
 
 /// Whether the losses of `logits` take the one-pass kernels of `ops::loss`.
