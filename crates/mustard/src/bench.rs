@@ -142,7 +142,7 @@ pub fn bench(
         // its time is not booked to the next phase.
         device.synchronize()?;
         let t1 = Instant::now();
-        let out = model.forward_t(&x, false)?;
+        let out = model.infer(&x)?;
         device.synchronize()?;
         let t2 = Instant::now();
         let kept = postprocess(model, &out, &transforms, (w, h), size)?;

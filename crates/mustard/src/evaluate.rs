@@ -923,10 +923,7 @@ impl Accumulator {
         let batch = &batch.to_device(model.device())?;
         // Each image's maps at their original size, decoded once for segmentation and depth.
         let mut originals = Loaded(vec![None; batch.meta.len()]);
-        // Decoded in f32 whatever the model computes in.
-        let out = model
-            .forward_t(&batch.images, false)?
-            .to_dtype(mustard_core::candle_core::DType::F32)?;
+        let out = model.infer(&batch.images)?;
         let (b, p) = result_records(model, &out, batch)?;
         let keep = |r: &ResultRecord, t: Task| {
             batch
@@ -944,7 +941,6 @@ impl Accumulator {
             batch.targets.segmentation(),
         ) {
             if let Some(o) = &self.originals {
-                let logits = logits.to_dtype(mustard_core::candle_core::DType::F32)?;
                 for (b, m) in batch.meta.iter().enumerate() {
                     if !m.tasks.contains(Task::Segmentation) {
                         continue;

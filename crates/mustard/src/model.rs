@@ -235,6 +235,13 @@ impl MultiTaskModel {
         Ok(copy)
     }
 
+    /// Every head's outputs for decoding and scoring: evaluation mode, in f32 whatever the
+    /// model computes in (the decoders and metrics read f32). Evaluation, prediction,
+    /// pseudo-labelling and `mustard bench` run the model through it.
+    pub fn infer(&self, x: &Tensor) -> Result<Outputs> {
+        self.forward_t(x, false)?.to_dtype(DType::F32)
+    }
+
     /// Runs every head; `train` selects BatchNorm batch statistics.
     ///
     /// # Shapes

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use image::{GrayImage, Luma, RgbImage};
-use mustard_core::candle_core::{DType, Device, Tensor};
+use mustard_core::candle_core::{Device, Tensor};
 use mustard_core::candle_nn::ops::sigmoid;
 use mustard_core::rng::Rng;
 use mustard_data::augment::{Affine, AugmentConfig};
@@ -310,7 +310,7 @@ impl Image {
         let x = Tensor::from_vec(normalise(&self.sample.image), (1, 3, s, s), &Device::Cpu)?
             .to_device(model.device())?;
         let t1 = Instant::now();
-        let outputs = model.forward_t(&x, false)?.to_dtype(DType::F32)?;
+        let outputs = model.infer(&x)?;
         let t2 = Instant::now();
         let mut picture = self.original.clone();
         self.segmentation(model, &outputs, &mut picture)?;

@@ -484,10 +484,7 @@ fn label_batch(
 ) -> Result<()> {
     let model = &teacher.model;
     let th = &m.thresholds;
-    // Decoded in f32 whatever the model computes in.
-    let o = model
-        .forward_t(&batch.images.to_device(model.device())?, false)?
-        .to_dtype(mustard_core::candle_core::DType::F32)?;
+    let o = model.infer(&batch.images.to_device(model.device())?)?;
     let metas = &batch.meta;
     if let (Some(head), Some(d)) = (model.detection(), o.detection()) {
         for ((dets, meta), l) in head.decode(d)?.iter().zip(metas).zip(out.iter_mut()) {
