@@ -284,10 +284,26 @@ fn flat(t: &Tensor) -> Vec<f64> {
         .unwrap()
 }
 
-/// Training BatchNorm's three CUDA passes, emulated, against the CPU op: statistics, the
-/// normalisation (given the CPU's statistics, as the op passes them) and the backward.
-fn batch_norm_case(driver: &Path, shape: (usize, usize, usize, usize), dtype: DType) {
-    let (n, c, h, w) = shape;
+/// Training BatchNorm by the CPU op on seeded inputs, and its gradients against a seeded probe
+/// of the output: what the emulated kernels are held to.
+struct BatchNormReference {
+    eps: f64,
+    x: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    y: Tensor,
+    stats: ops::BatchStats,
+    probe: Tensor,
+    /// The gradients of x, γ and β.
+    dx: Tensor,
+    dgamma: Tensor,
+    dbeta: Tensor,
+}
+
+fn batch_norm_reference(
+    (n, c, h, w): (usize, usize, usize, usize),
+    dtype: DType,
+) -> BatchNormReference {
     let eps = 1e-5;
     let x = parity::input(&[n, c, h, w], 3, dtype)
         .affine(3.0, 0.5)
@@ -308,11 +324,37 @@ fn batch_norm_case(driver: &Path, shape: (usize, usize, usize, usize), dtype: DT
         .unwrap()
         .backward()
         .unwrap();
-    let (dx, dgamma, dbeta) = (
-        grads.get(&xv).unwrap(),
-        grads.get(&gv).unwrap(),
-        grads.get(&bv).unwrap(),
-    );
+    let grad = |v: &Var| grads.get(v).unwrap().clone();
+    BatchNormReference {
+        eps,
+        dx: grad(&xv),
+        dgamma: grad(&gv),
+        dbeta: grad(&bv),
+        x,
+        gamma,
+        beta,
+        y,
+        stats,
+        probe,
+    }
+}
+
+/// Training BatchNorm's three CUDA passes, emulated, against the CPU op: statistics, the
+/// normalisation (given the CPU's statistics, as the op passes them) and the backward.
+fn batch_norm_case(driver: &Path, shape: (usize, usize, usize, usize), dtype: DType) {
+    let (n, c, h, w) = shape;
+    let BatchNormReference {
+        eps,
+        x,
+        gamma,
+        beta,
+        y,
+        stats,
+        probe,
+        dx,
+        dgamma,
+        dbeta,
+    } = batch_norm_reference(shape, dtype);
     let suffix = if dtype == DType::F32 { "f32" } else { "f64" };
     let what = format!("{shape:?} {suffix}");
     let dims = [n as i64, c as i64, (h * w) as i64];
@@ -368,16 +410,21 @@ fn batch_norm_case(driver: &Path, shape: (usize, usize, usize, usize), dtype: DT
         dtype,
     );
     let tolerance = if dtype == DType::F32 { 2e-7 } else { 1e-13 };
-    close(&packed[..len], &flat(dx), tolerance, &format!("dx, {what}"));
+    close(
+        &packed[..len],
+        &flat(&dx),
+        tolerance,
+        &format!("dx, {what}"),
+    );
     close(
         &packed[len..len + c],
-        &flat(dgamma),
+        &flat(&dgamma),
         tolerance,
         &format!("dgamma, {what}"),
     );
     close(
         &packed[len + c..],
-        &flat(dbeta),
+        &flat(&dbeta),
         tolerance,
         &format!("dbeta, {what}"),
     );
@@ -408,26 +455,17 @@ fn synced_batch_norm_case(
 ) {
     let (n, c, h, w) = shape;
     assert_eq!(split.iter().sum::<usize>(), n);
-    let eps = 1e-5;
-    let x = parity::input(&[n, c, h, w], 3, dtype)
-        .affine(3.0, 0.5)
-        .unwrap();
-    let gamma = parity::input(&[c], 4, dtype);
-    let beta = parity::input(&[c], 5, dtype);
-    let (xv, gv, bv) = (
-        Var::from_tensor(&x).unwrap(),
-        Var::from_tensor(&gamma).unwrap(),
-        Var::from_tensor(&beta).unwrap(),
-    );
-    let (y, stats) =
-        ops::batch_norm_train(xv.as_tensor(), gv.as_tensor(), bv.as_tensor(), eps).unwrap();
-    let probe = parity::input(y.dims(), 99, dtype);
-    let grads = (&y * &probe)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let BatchNormReference {
+        eps,
+        x,
+        gamma,
+        stats,
+        probe,
+        dx: want_dx,
+        dgamma: want_dgamma,
+        dbeta: want_dbeta,
+        ..
+    } = batch_norm_reference(shape, dtype);
     let suffix = if dtype == DType::F32 { "f32" } else { "f64" };
     let what = format!("{shape:?} {suffix} over {split:?}");
     let mut starts = vec![0];
@@ -512,21 +550,16 @@ fn synced_batch_norm_case(
         at += elems + 2 * c;
     }
     let tolerance = if dtype == DType::F32 { 1e-6 } else { 1e-13 };
-    close(
-        &dx,
-        &flat(grads.get(&xv).unwrap()),
-        tolerance,
-        &format!("dx, {what}"),
-    );
+    close(&dx, &flat(&want_dx), tolerance, &format!("dx, {what}"));
     close(
         &dgamma,
-        &flat(grads.get(&gv).unwrap()),
+        &flat(&want_dgamma),
         tolerance,
         &format!("dgamma, {what}"),
     );
     close(
         &dbeta,
-        &flat(grads.get(&bv).unwrap()),
+        &flat(&want_dbeta),
         tolerance,
         &format!("dbeta, {what}"),
     );
