@@ -42,47 +42,56 @@ pub fn evaluate(gt: &CocoGt, dt: &CocoDt, params: &Params) -> Result<CocoEval> {
 
     // Annotations and detections of the evaluated images and categories, grouped by
     // (category, image) and in file order within a group, as pycocotools' `_gts`/`_dts`.
-    let key = |image_id: i64, category_id: i64| -> Option<(u32, u32)> {
-        Some((*cat_pos.get(&category_id)?, *img_pos.get(&image_id)?))
+    let key = |image_id: i64, category_id: i64| -> Option<u64> {
+        let k = *cat_pos.get(&category_id)?;
+        let i = *img_pos.get(&image_id)?;
+        Some(u64::from(k) << 32 | u64::from(i))
     };
-    let mut gt_sel: Vec<(u32, u32, usize)> = gt
-        .annotations()
-        .iter()
-        .enumerate()
-        .filter_map(|(n, a)| key(a.image_id, a.category_id).map(|(k, i)| (k, i, n)))
-        .collect();
-    gt_sel.sort_by_key(|&(k, i, _)| (k, i));
-    let mut dt_sel: Vec<(u32, u32, usize)> = dt
-        .detections()
-        .iter()
-        .enumerate()
-        .filter_map(|(n, d)| key(d.image_id, d.category_id).map(|(k, i)| (k, i, n)))
-        .collect();
-    dt_sel.sort_by_key(|&(k, i, _)| (k, i));
-
-    let gts = prepare_gts(gt, &gt_sel, &p)?;
-    let dts = prepare_dts(gt, dt, &dt_sel, &p)?;
-    let cells = group(&gt_sel, &dt_sel);
-
-    let evals: Vec<CellEval> = cells
-        .par_iter()
-        .map(|c| evaluate_cell(&gts[c.gts.clone()], &dts[c.dts.clone()], &p))
-        .collect();
-
-    // Cells of one category are contiguous.
+    let gt_sel = select(
+        gt.annotations()
+            .iter()
+            .map(|a| key(a.image_id, a.category_id)),
+    );
+    let dt_sel = select(
+        dt.detections()
+            .iter()
+            .map(|d| key(d.image_id, d.category_id)),
+    );
     let k_count = cat_ids.len();
-    let mut k_ranges = vec![0..0; k_count];
-    let mut start = 0;
-    while start < cells.len() {
-        let k = cells[start].k;
-        let end = start + cells[start..].iter().take_while(|c| c.k == k).count();
-        k_ranges[k as usize] = start..end;
-        start = end;
-    }
-    let per_k: Vec<Accumulated> = k_ranges
-        .par_iter()
-        .map(|r| accumulate(&evals[r.clone()], &p))
+    let gt_ranges = category_ranges(&gt_sel, k_count);
+    let dt_ranges = category_ranges(&dt_sel, k_count);
+
+    // Each category alone: its (category, image) pairs matched in image order into flat
+    // buffers, then accumulated; nothing per pair outlives its category.
+    let per_k: Vec<CategoryOutcome> = (0..k_count)
+        .into_par_iter()
+        .map(|k| {
+            evaluate_category(
+                gt,
+                dt,
+                &gt_sel[gt_ranges[k].clone()],
+                &dt_sel[dt_ranges[k].clone()],
+                &p,
+            )
+        })
         .collect();
+    // The first error in (category, image, file) order, the ground truth's before the
+    // detections', whatever the threads did.
+    let mut dt_error = None;
+    let mut per_k_acc = Vec::with_capacity(k_count);
+    for outcome in per_k {
+        if let Some(e) = outcome.gt_error {
+            return Err(e);
+        }
+        if dt_error.is_none() {
+            dt_error = outcome.dt_error;
+        }
+        per_k_acc.push(outcome.accumulated);
+    }
+    if let Some(e) = dt_error {
+        return Err(e);
+    }
+    let per_k = per_k_acc;
 
     let (t_n, r_n, a_n, m_n) = (
         p.iou_thrs.len(),
@@ -123,6 +132,43 @@ fn sorted_unique(mut ids: Vec<i64>) -> Vec<i64> {
     ids
 }
 
+/// An evaluated record: `key` = category position << 32 | image position, `n` its index in
+/// the file.
+#[derive(Clone, Copy)]
+struct Sel {
+    key: u64,
+    n: usize,
+}
+
+impl Sel {
+    fn category(self) -> usize {
+        (self.key >> 32) as usize
+    }
+}
+
+/// The records with a key, sorted by key and in file order within a key.
+fn select(keys: impl Iterator<Item = Option<u64>>) -> Vec<Sel> {
+    let mut sel: Vec<Sel> = keys
+        .enumerate()
+        .filter_map(|(n, key)| key.map(|key| Sel { key, n }))
+        .collect();
+    sel.sort_by_key(|s| s.key);
+    sel
+}
+
+/// Per category position, its range of `sel`.
+fn category_ranges(sel: &[Sel], k_count: usize) -> Vec<Range<usize>> {
+    let mut ranges = vec![0..0; k_count];
+    let mut start = 0;
+    while start < sel.len() {
+        let k = sel[start].category();
+        let end = start + sel[start..].partition_point(|s| s.category() == k);
+        ranges[k] = start..end;
+        start = end;
+    }
+    ranges
+}
+
 /// What matching needs of a ground-truth annotation.
 struct GtItem<'a> {
     area: f64,
@@ -145,6 +191,9 @@ enum Geometry<'a> {
     Box([f64; 4]),
     Mask(Rle, [f64; 4]),
     Keypoints(&'a [f64], [f64; 4]),
+    /// A detection whose mask is not needed (no ground truth in its pair) and known to be
+    /// valid (results read as masks were decoded once when loaded).
+    Unused,
 }
 
 fn record(gt: &CocoGt, n: usize) -> String {
@@ -160,252 +209,308 @@ fn invalid(gt: &CocoGt, n: usize, field: &'static str, reason: impl Into<String>
     }
 }
 
-/// The items, or the first error in input order (deterministic under parallel preparation).
-fn collect_ordered<T>(items: Vec<Result<T>>) -> Result<Vec<T>> {
-    items.into_iter().collect()
-}
-
-fn prepare_gts<'a>(
-    gt: &'a CocoGt,
-    sel: &[(u32, u32, usize)],
-    p: &Params,
-) -> Result<Vec<GtItem<'a>>> {
+fn gt_item<'a>(gt: &'a CocoGt, n: usize, p: &Params) -> Result<GtItem<'a>> {
     let k_joints = p.kpt_oks_sigmas.len();
-    let items: Vec<Result<GtItem<'a>>> = sel
-        .par_iter()
-        .map(|&(_, _, n)| {
-            let a = &gt.annotations()[n];
-            let mut ignore = a.iscrowd;
-            let geometry = match p.iou_type {
-                IouType::Bbox => {
-                    Geometry::Box(a.bbox.ok_or_else(|| invalid(gt, n, "bbox", "is missing"))?)
-                }
-                IouType::Segm => {
-                    let s = a
-                        .segmentation
-                        .as_ref()
-                        .ok_or_else(|| invalid(gt, n, "segmentation", "is missing"))?;
-                    let size = gt.image(a.image_id).and_then(|i| i.size());
-                    let rle = s
-                        .to_rle(size)
-                        .map_err(|e| invalid(gt, n, "segmentation", e.to_string()))?;
-                    let b = rle.to_bbox();
-                    Geometry::Mask(rle, b)
-                }
-                IouType::Keypoints => {
-                    let num = a
-                        .num_keypoints
-                        .ok_or_else(|| invalid(gt, n, "num_keypoints", "is missing"))?;
-                    ignore = ignore || num == 0;
-                    let k = a
-                        .keypoints
-                        .as_deref()
-                        .ok_or_else(|| invalid(gt, n, "keypoints", "are missing"))?;
-                    if k.len() != 3 * k_joints {
-                        return Err(invalid(
-                            gt,
-                            n,
-                            "keypoints",
-                            format!(
-                                "has {} values, expected 3 x {k_joints} for {k_joints} sigmas",
-                                k.len()
-                            ),
-                        ));
-                    }
-                    let b = a.bbox.ok_or_else(|| invalid(gt, n, "bbox", "is missing"))?;
-                    Geometry::Keypoints(k, b)
-                }
-            };
-            Ok(GtItem {
-                area: a.area,
-                ignore,
-                crowd: a.iscrowd,
-                id_is_zero: a.id == 0,
-                geometry,
-            })
-        })
-        .collect();
-    collect_ordered(items)
+    let a = &gt.annotations()[n];
+    let mut ignore = a.iscrowd;
+    let geometry = match p.iou_type {
+        IouType::Bbox => Geometry::Box(a.bbox.ok_or_else(|| invalid(gt, n, "bbox", "is missing"))?),
+        IouType::Segm => {
+            let s = a
+                .segmentation
+                .as_ref()
+                .ok_or_else(|| invalid(gt, n, "segmentation", "is missing"))?;
+            let size = gt.image(a.image_id).and_then(|i| i.size());
+            let rle = s
+                .to_rle(size)
+                .map_err(|e| invalid(gt, n, "segmentation", e.to_string()))?;
+            let b = rle.to_bbox();
+            Geometry::Mask(rle, b)
+        }
+        IouType::Keypoints => {
+            let num = a
+                .num_keypoints
+                .ok_or_else(|| invalid(gt, n, "num_keypoints", "is missing"))?;
+            ignore = ignore || num == 0;
+            let k = a
+                .keypoints
+                .as_deref()
+                .ok_or_else(|| invalid(gt, n, "keypoints", "are missing"))?;
+            if k.len() != 3 * k_joints {
+                return Err(invalid(
+                    gt,
+                    n,
+                    "keypoints",
+                    format!(
+                        "has {} values, expected 3 x {k_joints} for {k_joints} sigmas",
+                        k.len()
+                    ),
+                ));
+            }
+            let b = a.bbox.ok_or_else(|| invalid(gt, n, "bbox", "is missing"))?;
+            Geometry::Keypoints(k, b)
+        }
+    };
+    Ok(GtItem {
+        area: a.area,
+        ignore,
+        crowd: a.iscrowd,
+        id_is_zero: a.id == 0,
+        geometry,
+    })
 }
 
-fn prepare_dts<'a>(
+/// A detection ready for matching; `needed` is false when its pair has no ground truth (its
+/// geometry is then only checked, not built, where loading already checked it).
+fn dt_item<'a>(
     gt: &CocoGt,
     dt: &'a CocoDt,
-    sel: &[(u32, u32, usize)],
+    n: usize,
     p: &Params,
-) -> Result<Vec<DtItem<'a>>> {
+    needed: bool,
+) -> Result<DtItem<'a>> {
     let k_joints = p.kpt_oks_sigmas.len();
-    let invalid = |n: usize, field: &'static str, reason: String| Error::InvalidRecord {
+    let invalid = |field: &'static str, reason: String| Error::InvalidRecord {
         origin: dt.origin().to_string(),
         record: format!("result {n}"),
         field,
         reason,
     };
-    let items: Vec<Result<DtItem<'a>>> = sel
-        .par_iter()
-        .map(|&(_, _, n)| {
-            let d = &dt.detections()[n];
-            let geometry = match p.iou_type {
-                IouType::Bbox => Geometry::Box(d.bbox),
-                IouType::Segm => {
-                    let size = gt.image(d.image_id).and_then(|i| i.size());
-                    let rle = match (&d.segmentation, dt.kind()) {
-                        (Some(s), _) => s.to_rle(size),
-                        // loadRes gives box results the polygon of their box.
-                        (None, ResultKind::Bbox) => match size {
-                            Some((h, w)) => Rle::from_bbox(d.bbox, h, w),
-                            None => Err(Error::mask(
-                                "the box needs the image's height and width, which are missing",
-                            )),
-                        },
-                        (None, _) => return Err(invalid(n, "segmentation", "is missing".into())),
-                    }
-                    .map_err(|e| invalid(n, "segmentation", e.to_string()))?;
-                    let b = rle.to_bbox();
-                    Geometry::Mask(rle, b)
-                }
-                IouType::Keypoints => {
-                    let k = d
-                        .keypoints
-                        .as_deref()
-                        .ok_or_else(|| invalid(n, "keypoints", "are missing".into()))?;
-                    if k.len() != 3 * k_joints {
-                        return Err(invalid(
-                            n,
-                            "keypoints",
-                            format!(
-                                "has {} values, expected 3 x {k_joints} for {k_joints} sigmas",
-                                k.len()
-                            ),
-                        ));
-                    }
-                    Geometry::Keypoints(k, d.bbox)
-                }
-            };
-            Ok(DtItem {
-                score: d.score,
-                area: d.area,
-                geometry,
-            })
-        })
-        .collect();
-    collect_ordered(items)
+    let d = &dt.detections()[n];
+    let geometry = match p.iou_type {
+        IouType::Bbox => Geometry::Box(d.bbox),
+        IouType::Segm if !needed && dt.kind() == ResultKind::Segm => Geometry::Unused,
+        IouType::Segm => {
+            let size = gt.image(d.image_id).and_then(|i| i.size());
+            let rle = match (&d.segmentation, dt.kind()) {
+                (Some(s), _) => s.to_rle(size),
+                // loadRes gives box results the polygon of their box.
+                (None, ResultKind::Bbox) => match size {
+                    Some((h, w)) => Rle::from_bbox(d.bbox, h, w),
+                    None => Err(Error::mask(
+                        "the box needs the image's height and width, which are missing",
+                    )),
+                },
+                (None, _) => return Err(invalid("segmentation", "is missing".into())),
+            }
+            .map_err(|e| invalid("segmentation", e.to_string()))?;
+            let b = rle.to_bbox();
+            Geometry::Mask(rle, b)
+        }
+        IouType::Keypoints => {
+            let k = d
+                .keypoints
+                .as_deref()
+                .ok_or_else(|| invalid("keypoints", "are missing".into()))?;
+            if k.len() != 3 * k_joints {
+                return Err(invalid(
+                    "keypoints",
+                    format!(
+                        "has {} values, expected 3 x {k_joints} for {k_joints} sigmas",
+                        k.len()
+                    ),
+                ));
+            }
+            Geometry::Keypoints(k, d.bbox)
+        }
+    };
+    Ok(DtItem {
+        score: d.score,
+        area: d.area,
+        geometry,
+    })
 }
 
-/// The ground truth and detections of one (category, image) pair.
-struct Cell {
-    k: u32,
-    gts: Range<usize>,
-    dts: Range<usize>,
+/// `evaluateImg` of every pair of a category, flat: per kept detection (pairs in image order,
+/// each pair's detections highest score first) its score, its rank in its pair and, per area
+/// range and IoU threshold, FP, TP or IGNORED.
+struct CategoryEval {
+    scores: Vec<f64>,
+    ranks: Vec<u32>,
+    /// `[detection][area][threshold]`.
+    states: Vec<u8>,
+    /// Per area range, the ground truth that is not ignored.
+    npig: Vec<u64>,
 }
 
-fn group(gt_sel: &[(u32, u32, usize)], dt_sel: &[(u32, u32, usize)]) -> Vec<Cell> {
-    let mut cells = Vec::new();
+/// Buffers reused from pair to pair.
+#[derive(Default)]
+struct Scratch {
+    order: Vec<usize>,
+    sim: Vec<f64>,
+    gt_order: Vec<usize>,
+    ignored: Vec<bool>,
+    matched: Vec<bool>,
+}
+
+struct CategoryOutcome {
+    accumulated: Accumulated,
+    gt_error: Option<Error>,
+    dt_error: Option<Error>,
+}
+
+fn evaluate_category(
+    gt: &CocoGt,
+    dt: &CocoDt,
+    gsel: &[Sel],
+    dsel: &[Sel],
+    p: &Params,
+) -> CategoryOutcome {
+    let mut eval = CategoryEval {
+        scores: Vec::new(),
+        ranks: Vec::new(),
+        states: Vec::new(),
+        npig: vec![0; p.area_ranges.len()],
+    };
+    let mut scratch = Scratch::default();
+    let mut gts: Vec<GtItem<'_>> = Vec::new();
+    let mut dts: Vec<DtItem<'_>> = Vec::new();
+    let (mut gt_error, mut dt_error) = (None, None);
     let (mut g, mut d) = (0, 0);
-    while g < gt_sel.len() || d < dt_sel.len() {
-        let kg = gt_sel.get(g).map(|&(k, i, _)| (k, i));
-        let kd = dt_sel.get(d).map(|&(k, i, _)| (k, i));
-        let key = match (kg, kd) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) => a,
-            (None, Some(b)) => b,
+    while g < gsel.len() || d < dsel.len() {
+        let key = match (gsel.get(g), dsel.get(d)) {
+            (Some(a), Some(b)) => a.key.min(b.key),
+            (Some(a), None) => a.key,
+            (None, Some(b)) => b.key,
             (None, None) => break,
         };
-        let g_end = g + gt_sel[g..]
-            .iter()
-            .take_while(|&&(k, i, _)| (k, i) == key)
-            .count();
-        let d_end = d + dt_sel[d..]
-            .iter()
-            .take_while(|&&(k, i, _)| (k, i) == key)
-            .count();
-        cells.push(Cell {
-            k: key.0,
-            gts: g..g_end,
-            dts: d..d_end,
-        });
+        let g_end = g + gsel[g..].partition_point(|s| s.key == key);
+        let d_end = d + dsel[d..].partition_point(|s| s.key == key);
+        let mut failed = false;
+        gts.clear();
+        for s in &gsel[g..g_end] {
+            match gt_item(gt, s.n, p) {
+                Ok(item) => gts.push(item),
+                Err(e) => {
+                    gt_error.get_or_insert(e);
+                    failed = true;
+                }
+            }
+        }
+        dts.clear();
+        let needed = g_end > g;
+        for s in &dsel[d..d_end] {
+            match dt_item(gt, dt, s.n, p, needed) {
+                Ok(item) => dts.push(item),
+                Err(e) => {
+                    dt_error.get_or_insert(e);
+                    failed = true;
+                }
+            }
+        }
+        if !failed && gt_error.is_none() && dt_error.is_none() {
+            evaluate_pair(&gts, &dts, p, &mut scratch, &mut eval);
+        }
         g = g_end;
         d = d_end;
     }
-    cells
+    let accumulated = if gt_error.is_none() && dt_error.is_none() {
+        accumulate(&eval, p)
+    } else {
+        Accumulated {
+            precision: Vec::new(),
+            recall: Vec::new(),
+            num_gt: 0,
+        }
+    };
+    CategoryOutcome {
+        accumulated,
+        gt_error,
+        dt_error,
+    }
 }
 
-/// `evaluateImg` of one (category, image) pair for every area range.
-struct CellEval {
-    /// Scores of the kept detections, highest first.
-    scores: Vec<f64>,
-    /// `[area][detection][threshold]`: FP, TP or IGNORED.
-    states: Vec<u8>,
-    /// Per area range, the ground truth that is not ignored.
-    valid_gt: Vec<u32>,
-}
-
-fn evaluate_cell(gts: &[GtItem<'_>], dts: &[DtItem<'_>], p: &Params) -> CellEval {
+/// `evaluateImg` of one (category, image) pair for every area range, appended to `out`.
+fn evaluate_pair(
+    gts: &[GtItem<'_>],
+    dts: &[DtItem<'_>],
+    p: &Params,
+    s: &mut Scratch,
+    out: &mut CategoryEval,
+) {
     // Highest score first, ties in file order (np.argsort(-scores, kind='mergesort')).
-    let mut order: Vec<usize> = (0..dts.len()).collect();
-    order.sort_by(|&a, &b| {
+    s.order.clear();
+    s.order.extend(0..dts.len());
+    s.order.sort_by(|&a, &b| {
         dts[b]
             .score
             .partial_cmp(&dts[a].score)
             .unwrap_or(std::cmp::Ordering::Equal)
     });
-    order.truncate(p.max_dets[p.max_dets.len() - 1]);
-    let dts: Vec<&DtItem<'_>> = order.iter().map(|&i| &dts[i]).collect();
-    let (g_n, d_n, t_n) = (gts.len(), dts.len(), p.iou_thrs.len());
-    let sim = if g_n > 0 && d_n > 0 {
-        similarity(gts, &dts, p)
-    } else {
-        Vec::new()
-    };
+    s.order.truncate(p.max_dets[p.max_dets.len() - 1]);
+    let (g_n, d_n, t_n, a_n) = (
+        gts.len(),
+        s.order.len(),
+        p.iou_thrs.len(),
+        p.area_ranges.len(),
+    );
+    let at = a_n * t_n;
+    s.sim.clear();
+    if g_n > 0 && d_n > 0 {
+        similarity(gts, dts, &s.order, p, &mut s.sim);
+    }
+    let base = out.scores.len();
+    out.scores.extend(s.order.iter().map(|&i| dts[i].score));
+    out.ranks.extend(0..d_n as u32);
+    out.states.resize((base + d_n) * at, FP);
+    let states = &mut out.states[base * at..];
 
-    let mut states = vec![FP; p.area_ranges.len() * d_n * t_n];
-    let mut valid_gt = Vec::with_capacity(p.area_ranges.len());
-    let mut gt_order: Vec<usize> = Vec::with_capacity(g_n);
-    let mut ignored = vec![false; g_n];
-    let mut matched = vec![false; g_n];
+    s.ignored.clear();
+    s.ignored.resize(g_n, false);
+    s.matched.clear();
+    s.matched.resize(g_n, false);
     for (a, range) in p.area_ranges.iter().enumerate() {
         for (g, item) in gts.iter().enumerate() {
-            ignored[g] = item.ignore || range.excludes(item.area);
+            s.ignored[g] = item.ignore || range.excludes(item.area);
         }
         // Ignored ground truth last, stable.
-        gt_order.clear();
-        gt_order.extend((0..g_n).filter(|&g| !ignored[g]));
-        let valid = gt_order.len();
-        gt_order.extend((0..g_n).filter(|&g| ignored[g]));
-        valid_gt.push(valid as u32);
-        let states = &mut states[a * d_n * t_n..(a + 1) * d_n * t_n];
+        let ignored = &s.ignored;
+        s.gt_order.clear();
+        s.gt_order.extend((0..g_n).filter(|&g| !ignored[g]));
+        let valid = s.gt_order.len();
+        s.gt_order.extend((0..g_n).filter(|&g| ignored[g]));
+        out.npig[a] += valid as u64;
+        if g_n == 0 {
+            for (d, &i) in s.order.iter().enumerate() {
+                let state = if range.excludes(dts[i].area) {
+                    IGNORED
+                } else {
+                    FP
+                };
+                states[d * at + a * t_n..d * at + (a + 1) * t_n].fill(state);
+            }
+            continue;
+        }
         for (t, &thr) in p.iou_thrs.iter().enumerate() {
-            matched.iter_mut().for_each(|m| *m = false);
-            for d in 0..d_n {
+            s.matched.iter_mut().for_each(|m| *m = false);
+            for (d, &i) in s.order.iter().enumerate() {
                 let mut best = thr.min(1.0 - 1e-10);
                 let mut m: Option<usize> = None;
-                if !sim.is_empty() {
-                    let row = &sim[d * g_n..(d + 1) * g_n];
-                    for (gi, &g) in gt_order.iter().enumerate() {
-                        // Already matched, and not a crowd region.
-                        if matched[gi] && !gts[g].crowd {
-                            continue;
-                        }
-                        // Matched to a regular annotation, and now on ignored ones: stop.
-                        if let Some(mi) = m {
-                            if !ignored[gt_order[mi]] && ignored[g] {
-                                break;
-                            }
-                        }
-                        if row[g] < best {
-                            continue;
-                        }
-                        best = row[g];
-                        m = Some(gi);
+                let row = &s.sim[d * g_n..(d + 1) * g_n];
+                for (gi, &g) in s.gt_order.iter().enumerate() {
+                    // Already matched, and not a crowd region.
+                    if s.matched[gi] && !gts[g].crowd {
+                        continue;
                     }
+                    // Matched to a regular annotation, and now on ignored ones: stop.
+                    if let Some(mi) = m {
+                        if !ignored[s.gt_order[mi]] && ignored[g] {
+                            break;
+                        }
+                    }
+                    if row[g] < best {
+                        continue;
+                    }
+                    best = row[g];
+                    m = Some(gi);
                 }
-                let out_of_range = range.excludes(dts[d].area);
-                states[d * t_n + t] = match m {
+                let out_of_range = range.excludes(dts[i].area);
+                states[d * at + a * t_n + t] = match m {
                     None if out_of_range => IGNORED,
                     None => FP,
                     Some(mi) => {
-                        matched[mi] = true;
-                        let g = gt_order[mi];
+                        s.matched[mi] = true;
+                        let g = s.gt_order[mi];
                         if ignored[g] || (gts[g].id_is_zero && out_of_range) {
                             IGNORED
                         } else if gts[g].id_is_zero {
@@ -418,16 +523,18 @@ fn evaluate_cell(gts: &[GtItem<'_>], dts: &[DtItem<'_>], p: &Params) -> CellEval
             }
         }
     }
-    CellEval {
-        scores: dts.iter().map(|d| d.score).collect(),
-        states,
-        valid_gt,
-    }
 }
 
-/// `[detection x ground truth]` IoU (boxes, masks) or OKS (keypoints).
-fn similarity(gts: &[GtItem<'_>], dts: &[&DtItem<'_>], p: &Params) -> Vec<f64> {
-    let mut out = Vec::with_capacity(dts.len() * gts.len());
+/// `[detection x ground truth]` IoU (boxes, masks) or OKS (keypoints) of the detections
+/// `order` picks, into `out`.
+fn similarity(
+    gts: &[GtItem<'_>],
+    dts: &[DtItem<'_>],
+    order: &[usize],
+    p: &Params,
+    out: &mut Vec<f64>,
+) {
+    out.reserve(order.len() * gts.len());
     match p.iou_type {
         IouType::Keypoints => {
             let vars: Vec<f64> = p
@@ -436,9 +543,9 @@ fn similarity(gts: &[GtItem<'_>], dts: &[&DtItem<'_>], p: &Params) -> Vec<f64> {
                 .map(|s| (s * 2.0) * (s * 2.0))
                 .collect();
             let mut buf = Vec::with_capacity(vars.len());
-            for d in dts {
+            for &i in order {
                 for g in gts {
-                    out.push(match (&d.geometry, &g.geometry) {
+                    out.push(match (&dts[i].geometry, &g.geometry) {
                         (Geometry::Keypoints(dk, _), Geometry::Keypoints(gk, gb)) => {
                             oks(gk, gb, g.area, dk, &vars, &mut buf)
                         }
@@ -448,9 +555,9 @@ fn similarity(gts: &[GtItem<'_>], dts: &[&DtItem<'_>], p: &Params) -> Vec<f64> {
             }
         }
         IouType::Bbox | IouType::Segm => {
-            for d in dts {
+            for &i in order {
                 for g in gts {
-                    out.push(match (&d.geometry, &g.geometry) {
+                    out.push(match (&dts[i].geometry, &g.geometry) {
                         (Geometry::Box(db), Geometry::Box(gb)) => rle::bbox_iou(db, gb, g.crowd),
                         (Geometry::Mask(dm, db), Geometry::Mask(gm, gb)) => {
                             rle::iou_with_boxes(dm, db, gm, gb, g.crowd)
@@ -461,7 +568,6 @@ fn similarity(gts: &[GtItem<'_>], dts: &[&DtItem<'_>], p: &Params) -> Vec<f64> {
             }
         }
     }
-    out
 }
 
 /// `computeOks` for one pair: the mean over labelled joints of exp(-d² / (2 (2σ)² (area + ε))).
@@ -508,74 +614,58 @@ struct Accumulated {
     num_gt: u64,
 }
 
-fn accumulate(cells: &[CellEval], p: &Params) -> Accumulated {
+fn accumulate(eval: &CategoryEval, p: &Params) -> Accumulated {
     let (t_n, r_n, a_n, m_n) = (
         p.iou_thrs.len(),
         p.rec_thrs.len(),
         p.area_ranges.len(),
         p.max_dets.len(),
     );
+    let at = a_n * t_n;
     let mut precision = vec![-1.0; t_n * r_n * a_n * m_n];
     let mut recall = vec![-1.0; t_n * a_n * m_n];
     // All kept detections of the category, images in id order, then sorted by score with a
     // stable sort: np.argsort(-dtScores, kind='mergesort') of the concatenation. Keeping only
     // those of rank < maxDet afterwards gives the same order as sorting them alone.
-    let mut entries: Vec<(f64, u32, u32)> = Vec::new();
-    for (c, cell) in cells.iter().enumerate() {
-        entries.extend((0u32..).zip(&cell.scores).map(|(r, &s)| (s, c as u32, r)));
-    }
-    entries.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
-    let n = entries.len();
-    // Per max_dets, the entries of rank < maxDet.
-    let kept: Vec<Vec<u32>> = p
-        .max_dets
-        .iter()
-        .map(|&max_det| {
-            (0u32..)
-                .zip(&entries)
-                .filter(|(_, &(_, _, r))| (r as usize) < max_det)
-                .map(|(e, _)| e)
-                .collect()
-        })
-        .collect();
+    let scores = &eval.scores;
+    let mut order: Vec<u32> = (0..scores.len() as u32).collect();
+    order.sort_by(|&a, &b| {
+        scores[b as usize]
+            .partial_cmp(&scores[a as usize])
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
 
-    // `[threshold][entry]` states of one area range.
-    let mut states = vec![FP; n * t_n];
-    // Cumulative (tp, fp) at each detection that is not ignored.
-    let mut counts: Vec<(u32, u32)> = Vec::with_capacity(n);
-    let mut pr: Vec<f64> = Vec::with_capacity(n);
-    let mut num_gt = 0;
+    // Per threshold, the cumulative (tp, fp) at each detection that is not ignored.
+    let mut counts: Vec<Vec<(u32, u32)>> = vec![Vec::with_capacity(order.len()); t_n];
+    let mut pr: Vec<f64> = Vec::with_capacity(order.len());
     for a in 0..a_n {
-        let npig: u64 = cells.iter().map(|c| u64::from(c.valid_gt[a])).sum();
-        if a == 0 {
-            num_gt = npig;
-        }
+        let npig = eval.npig[a];
         if npig == 0 {
             continue;
         }
         let npig = npig as f64;
-        for (e, &(_, c, r)) in entries.iter().enumerate() {
-            let cell = &cells[c as usize];
-            let from = (a * cell.scores.len() + r as usize) * t_n;
-            for (t, &state) in cell.states[from..from + t_n].iter().enumerate() {
-                states[t * n + e] = state;
-            }
-        }
-        for (m, kept) in kept.iter().enumerate() {
-            for t in 0..t_n {
-                let states = &states[t * n..(t + 1) * n];
-                // Ignored detections only repeat the previous recall and precision, which
-                // changes neither the interpolated precision nor the recall: they are skipped.
-                counts.clear();
-                let (mut tp, mut fp) = (0u32, 0u32);
-                for &e in kept {
-                    match states[e as usize] {
-                        TP => tp += 1,
-                        FP => fp += 1,
+        for (m, &max_det) in p.max_dets.iter().enumerate() {
+            // Ignored detections only repeat the previous recall and precision, which
+            // changes neither the interpolated precision nor the recall: they are skipped.
+            counts.iter_mut().for_each(Vec::clear);
+            let mut tp = vec![0u32; t_n];
+            let mut fp = vec![0u32; t_n];
+            for &e in &order {
+                let e = e as usize;
+                if eval.ranks[e] as usize >= max_det {
+                    continue;
+                }
+                let states = &eval.states[e * at + a * t_n..e * at + (a + 1) * t_n];
+                for (t, &state) in states.iter().enumerate() {
+                    match state {
+                        TP => tp[t] += 1,
+                        FP => fp[t] += 1,
                         _ => continue,
                     }
-                    counts.push((tp, fp));
+                    counts[t].push((tp[t], fp[t]));
                 }
+            }
+            for (t, counts) in counts.iter().enumerate() {
                 // tp / npig and tp / (fp + tp + np.spacing(1)), as numpy computes them.
                 let rc = |i: usize| f64::from(counts[i].0) / npig;
                 pr.clear();
@@ -614,7 +704,7 @@ fn accumulate(cells: &[CellEval], p: &Params) -> Accumulated {
     Accumulated {
         precision,
         recall,
-        num_gt,
+        num_gt: eval.npig.first().copied().unwrap_or(0),
     }
 }
 
