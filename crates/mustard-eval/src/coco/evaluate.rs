@@ -61,37 +61,36 @@ pub fn evaluate(gt: &CocoGt, dt: &CocoDt, params: &Params) -> Result<CocoEval> {
     let gt_ranges = category_ranges(&gt_sel, k_count);
     let dt_ranges = category_ranges(&dt_sel, k_count);
 
-    // Each category alone: its (category, image) pairs matched in image order into flat
-    // buffers, then accumulated; nothing per pair outlives its category.
-    let per_k: Vec<CategoryOutcome> = (0..k_count)
-        .into_par_iter()
-        .map(|k| {
-            evaluate_category(
-                gt,
-                dt,
-                &gt_sel[gt_ranges[k].clone()],
-                &dt_sel[dt_ranges[k].clone()],
-                &p,
-            )
-        })
+    // The (category, image) pairs matched in parallel, in chunks of whole pairs within a
+    // category (a category of many pairs is split, so that one-category keypoint sets use
+    // every thread), into flat buffers; then each category's chunks, joined in image order,
+    // accumulated. Nothing per pair outlives its chunk.
+    let target = ((gt_sel.len() + dt_sel.len()) / (8 * rayon::current_num_threads())).max(2048);
+    let chunks = chunks(&gt_sel, &dt_sel, &gt_ranges, &dt_ranges, target);
+    let parts: Vec<Part> = chunks
+        .par_iter()
+        .map(|c| evaluate_pairs(gt, dt, &gt_sel[c.g.clone()], &dt_sel[c.d.clone()], &p))
         .collect();
     // The first error in (category, image, file) order, the ground truth's before the
     // detections', whatever the threads did.
+    let mut per_k_parts: Vec<Vec<CategoryEval>> = (0..k_count).map(|_| Vec::new()).collect();
     let mut dt_error = None;
-    let mut per_k_acc = Vec::with_capacity(k_count);
-    for outcome in per_k {
-        if let Some(e) = outcome.gt_error {
+    for (c, part) in chunks.iter().zip(parts) {
+        if let Some(e) = part.gt_error {
             return Err(e);
         }
         if dt_error.is_none() {
-            dt_error = outcome.dt_error;
+            dt_error = part.dt_error;
         }
-        per_k_acc.push(outcome.accumulated);
+        per_k_parts[c.k].push(part.eval);
     }
     if let Some(e) = dt_error {
         return Err(e);
     }
-    let per_k = per_k_acc;
+    let per_k: Vec<Accumulated> = per_k_parts
+        .into_par_iter()
+        .map(|parts| accumulate(&CategoryEval::join(parts, p.area_ranges.len()), &p))
+        .collect();
 
     let (t_n, r_n, a_n, m_n) = (
         p.iou_thrs.len(),
@@ -343,25 +342,97 @@ struct Scratch {
     matched: Vec<bool>,
 }
 
-struct CategoryOutcome {
-    accumulated: Accumulated,
+impl CategoryEval {
+    fn new(a_n: usize) -> Self {
+        CategoryEval {
+            scores: Vec::new(),
+            ranks: Vec::new(),
+            states: Vec::new(),
+            npig: vec![0; a_n],
+        }
+    }
+
+    /// The chunks of one category, in order, as one.
+    fn join(mut parts: Vec<CategoryEval>, a_n: usize) -> CategoryEval {
+        if parts.len() == 1 {
+            return parts.pop().unwrap_or_else(|| CategoryEval::new(a_n));
+        }
+        let mut all = CategoryEval::new(a_n);
+        all.scores
+            .reserve(parts.iter().map(|p| p.scores.len()).sum());
+        all.ranks.reserve(parts.iter().map(|p| p.ranks.len()).sum());
+        all.states
+            .reserve(parts.iter().map(|p| p.states.len()).sum());
+        for part in parts {
+            all.scores.extend_from_slice(&part.scores);
+            all.ranks.extend_from_slice(&part.ranks);
+            all.states.extend_from_slice(&part.states);
+            for (total, n) in all.npig.iter_mut().zip(&part.npig) {
+                *total += n;
+            }
+        }
+        all
+    }
+}
+
+/// Whole (category, image) pairs of one category: `g` and `d` are ranges of the selections.
+struct Chunk {
+    k: usize,
+    g: Range<usize>,
+    d: Range<usize>,
+}
+
+/// Every category's pairs, cut into chunks of about `target` records (at least one per
+/// category that has records, never inside a pair).
+fn chunks(
+    gt_sel: &[Sel],
+    dt_sel: &[Sel],
+    gt_ranges: &[Range<usize>],
+    dt_ranges: &[Range<usize>],
+    target: usize,
+) -> Vec<Chunk> {
+    let mut chunks = Vec::new();
+    for (k, (gr, dr)) in gt_ranges.iter().zip(dt_ranges).enumerate() {
+        let (mut g, mut d) = (gr.start, dr.start);
+        let (mut g0, mut d0) = (g, d);
+        while g < gr.end || d < dr.end {
+            let key = match (gt_sel[g..gr.end].first(), dt_sel[d..dr.end].first()) {
+                (Some(a), Some(b)) => a.key.min(b.key),
+                (Some(a), None) => a.key,
+                (None, Some(b)) => b.key,
+                (None, None) => break,
+            };
+            g += gt_sel[g..gr.end].partition_point(|s| s.key == key);
+            d += dt_sel[d..dr.end].partition_point(|s| s.key == key);
+            if (g - g0) + (d - d0) >= target {
+                chunks.push(Chunk {
+                    k,
+                    g: g0..g,
+                    d: d0..d,
+                });
+                (g0, d0) = (g, d);
+            }
+        }
+        if g > g0 || d > d0 {
+            chunks.push(Chunk {
+                k,
+                g: g0..g,
+                d: d0..d,
+            });
+        }
+    }
+    chunks
+}
+
+/// A chunk's evaluation, or the first errors met in it.
+struct Part {
+    eval: CategoryEval,
     gt_error: Option<Error>,
     dt_error: Option<Error>,
 }
 
-fn evaluate_category(
-    gt: &CocoGt,
-    dt: &CocoDt,
-    gsel: &[Sel],
-    dsel: &[Sel],
-    p: &Params,
-) -> CategoryOutcome {
-    let mut eval = CategoryEval {
-        scores: Vec::new(),
-        ranks: Vec::new(),
-        states: Vec::new(),
-        npig: vec![0; p.area_ranges.len()],
-    };
+fn evaluate_pairs(gt: &CocoGt, dt: &CocoDt, gsel: &[Sel], dsel: &[Sel], p: &Params) -> Part {
+    let mut eval = CategoryEval::new(p.area_ranges.len());
     let mut scratch = Scratch::default();
     let mut gts: Vec<GtItem<'_>> = Vec::new();
     let mut dts: Vec<DtItem<'_>> = Vec::new();
@@ -404,17 +475,8 @@ fn evaluate_category(
         g = g_end;
         d = d_end;
     }
-    let accumulated = if gt_error.is_none() && dt_error.is_none() {
-        accumulate(&eval, p)
-    } else {
-        Accumulated {
-            precision: Vec::new(),
-            recall: Vec::new(),
-            num_gt: 0,
-        }
-    };
-    CategoryOutcome {
-        accumulated,
+    Part {
+        eval,
         gt_error,
         dt_error,
     }
