@@ -71,6 +71,7 @@ pub mod classification;
 pub mod coco;
 pub mod depth;
 mod error;
+mod fastjson;
 mod json;
 mod numpy;
 pub mod rle;

@@ -6,7 +6,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use super::Segmentation;
-use crate::{json, Error, Result};
+use crate::{fastjson, json, Error, Result};
 
 /// An image of the ground truth. Only the id is needed, and the size for polygon masks.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -130,6 +130,9 @@ impl CocoGt {
     }
 
     fn parse(bytes: &[u8], origin: &str) -> Result<CocoGt> {
+        if let Some(d) = fastjson::ground_truth(bytes) {
+            return CocoGt::new(origin, d.images, d.categories, d.annotations);
+        }
         let d: Dataset = json::parse(bytes, origin)?;
         CocoGt::new(origin, d.images, d.categories, d.annotations)
     }

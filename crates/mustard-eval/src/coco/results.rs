@@ -5,7 +5,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::{CocoGt, Segmentation};
-use crate::{json, Error, Result};
+use crate::{fastjson, json, Error, Result};
 
 /// One record of a COCO results file: `{"image_id", "category_id", "score"}` with a `bbox`, a
 /// `segmentation` or `keypoints` (or several of them). Other fields are ignored.
@@ -56,6 +56,15 @@ fn optional_box<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<[f6
     deserializer.deserialize_any(BoxVisitor)
 }
 
+/// The records of a results document: the fast reader, or serde where it gives up (then
+/// serde's value or error).
+fn read_records(bytes: &[u8], origin: &str) -> Result<Vec<ResultRecord>> {
+    match fastjson::results(bytes) {
+        Some(records) => Ok(records),
+        None => json::parse(bytes, origin),
+    }
+}
+
 /// How a results file is read; pycocotools' `loadRes` decides it from the first record, and
 /// the kind decides the area of every detection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,15 +110,14 @@ impl CocoDt {
     /// Parses a results json document (a list of [`ResultRecord`]) held in memory; errors name
     /// it `results`.
     pub fn from_json(gt: &CocoGt, bytes: &[u8]) -> Result<CocoDt> {
-        let records: Vec<ResultRecord> = json::parse(bytes, "results")?;
-        CocoDt::from_records(gt, records, "results")
+        CocoDt::from_records(gt, read_records(bytes, "results")?, "results")
     }
 
     /// Reads and parses a results json file; errors name the file.
     pub fn from_path(gt: &CocoGt, path: impl AsRef<Path>) -> Result<CocoDt> {
         let path = path.as_ref();
         let origin = path.display().to_string();
-        let records: Vec<ResultRecord> = json::parse(&json::read(path)?, &origin)?;
+        let records = read_records(&json::read(path)?, &origin)?;
         CocoDt::from_records(gt, records, origin)
     }
 
