@@ -697,9 +697,21 @@ fn accumulate(eval: &CategoryEval, p: &Params) -> Accumulated {
             .unwrap_or(std::cmp::Ordering::Equal)
     });
 
-    // Per threshold, the cumulative (tp, fp) at each detection that is not ignored.
-    let mut counts: Vec<Vec<(u32, u32)>> = vec![Vec::with_capacity(order.len()); t_n];
-    let mut pr: Vec<f64> = Vec::with_capacity(order.len());
+    let n = order.len();
+    // In score order: ranks, and the states as one column per (area range, threshold).
+    let ranks: Vec<u32> = order.iter().map(|&e| eval.ranks[e as usize]).collect();
+    let max_rank = ranks.iter().copied().max().unwrap_or(0) as usize;
+    let mut columns = vec![FP; at * n];
+    for (i, &e) in order.iter().enumerate() {
+        let e = e as usize;
+        for (j, &state) in eval.states[e * at..(e + 1) * at].iter().enumerate() {
+            columns[j * n + i] = state;
+        }
+    }
+
+    // The cumulative (tp, fp) at each detection that is not ignored.
+    let mut counts: Vec<(u32, u32)> = Vec::with_capacity(n);
+    let mut curve = vec![0.0; r_n];
     for a in 0..a_n {
         let npig = eval.npig[a];
         if npig == 0 {
@@ -707,58 +719,42 @@ fn accumulate(eval: &CategoryEval, p: &Params) -> Accumulated {
         }
         let npig = npig as f64;
         for (m, &max_det) in p.max_dets.iter().enumerate() {
-            // Ignored detections only repeat the previous recall and precision, which
-            // changes neither the interpolated precision nor the recall: they are skipped.
-            counts.iter_mut().for_each(Vec::clear);
-            let mut tp = vec![0u32; t_n];
-            let mut fp = vec![0u32; t_n];
-            for &e in &order {
-                let e = e as usize;
-                if eval.ranks[e] as usize >= max_det {
-                    continue;
+            let keeps_all = max_rank < max_det;
+            if m > 0 && keeps_all && max_rank < p.max_dets[m - 1] {
+                // The same detections as the previous maxDets: the same numbers.
+                for t in 0..t_n {
+                    recall[(t * a_n + a) * m_n + m] = recall[(t * a_n + a) * m_n + m - 1];
+                    for ri in 0..r_n {
+                        let at_m = ((t * r_n + ri) * a_n + a) * m_n + m;
+                        precision[at_m] = precision[at_m - 1];
+                    }
                 }
-                let states = &eval.states[e * at + a * t_n..e * at + (a + 1) * t_n];
-                for (t, &state) in states.iter().enumerate() {
+                continue;
+            }
+            for t in 0..t_n {
+                let column = &columns[(a * t_n + t) * n..(a * t_n + t + 1) * n];
+                // Ignored detections only repeat the previous recall and precision, which
+                // changes neither the interpolated precision nor the recall: they are skipped.
+                counts.clear();
+                let (mut tp, mut fp) = (0u32, 0u32);
+                for (&state, &rank) in column.iter().zip(&ranks) {
+                    if !keeps_all && rank as usize >= max_det {
+                        continue;
+                    }
                     match state {
-                        TP => tp[t] += 1,
-                        FP => fp[t] += 1,
+                        TP => tp += 1,
+                        FP => fp += 1,
                         _ => continue,
                     }
-                    counts[t].push((tp[t], fp[t]));
+                    counts.push((tp, fp));
                 }
-            }
-            for (t, counts) in counts.iter().enumerate() {
-                // tp / npig and tp / (fp + tp + np.spacing(1)), as numpy computes them.
-                let rc = |i: usize| f64::from(counts[i].0) / npig;
-                pr.clear();
-                pr.extend(
-                    counts
-                        .iter()
-                        .map(|&(tp, fp)| f64::from(tp) / (f64::from(fp) + f64::from(tp) + EPS)),
-                );
-                recall[(t * a_n + a) * m_n + m] = if counts.is_empty() {
-                    0.0
-                } else {
-                    rc(counts.len() - 1)
+                recall[(t * a_n + a) * m_n + m] = match counts.last() {
+                    Some(&(tp, _)) => f64::from(tp) / npig,
+                    None => 0.0,
                 };
-                for i in (1..pr.len()).rev() {
-                    if pr[i] > pr[i - 1] {
-                        pr[i - 1] = pr[i];
-                    }
-                }
-                for (ri, &thr) in p.rec_thrs.iter().enumerate() {
-                    // np.searchsorted(rc, thr, side='left'); past the end, this and all later
-                    // thresholds keep precision 0.
-                    let pi = partition_point(counts.len(), |i| rc(i) < thr);
-                    match pr.get(pi) {
-                        Some(&v) => precision[((t * r_n + ri) * a_n + a) * m_n + m] = v,
-                        None => {
-                            for rj in ri..r_n {
-                                precision[((t * r_n + rj) * a_n + a) * m_n + m] = 0.0;
-                            }
-                            break;
-                        }
-                    }
+                interpolated_precision(&counts, npig, &p.rec_thrs, &mut curve);
+                for (ri, &v) in curve.iter().enumerate() {
+                    precision[((t * r_n + ri) * a_n + a) * m_n + m] = v;
                 }
             }
         }
@@ -767,6 +763,70 @@ fn accumulate(eval: &CategoryEval, p: &Params) -> Accumulated {
         precision,
         recall,
         num_gt: eval.npig.first().copied().unwrap_or(0),
+    }
+}
+
+/// pycocotools' precision at each recall threshold: with rc = tp / npig and
+/// pr = tp / (fp + tp + np.spacing(1)) at each counted detection, pr made non-increasing from
+/// the end (its running maximum), then read at np.searchsorted(rc, thr, side='left'), 0 past
+/// the end. One backward sweep gives the same numbers: the thresholds in (rc[i-1], rc[i]]
+/// read index i.
+fn interpolated_precision(counts: &[(u32, u32)], npig: f64, rec_thrs: &[f64], out: &mut [f64]) {
+    let rc = |i: usize| f64::from(counts[i].0) / npig;
+    if rec_thrs.windows(2).any(|w| w[0] > w[1]) {
+        return interpolated_precision_unsorted(counts, npig, rec_thrs, out);
+    }
+    let mut ri = rec_thrs.len();
+    let last = counts.len().checked_sub(1).map(rc);
+    while ri > 0 && last.is_none_or(|l| rec_thrs[ri - 1] > l) {
+        ri -= 1;
+        out[ri] = 0.0;
+    }
+    let mut run = f64::NEG_INFINITY;
+    for i in (0..counts.len()).rev() {
+        if ri == 0 {
+            break;
+        }
+        let (tp, fp) = counts[i];
+        let pr = f64::from(tp) / (f64::from(fp) + f64::from(tp) + EPS);
+        if pr > run {
+            run = pr;
+        }
+        let lower = if i > 0 { rc(i - 1) } else { f64::NEG_INFINITY };
+        while ri > 0 && rec_thrs[ri - 1] > lower {
+            ri -= 1;
+            out[ri] = run;
+        }
+    }
+}
+
+/// [`interpolated_precision`] for recall thresholds in any order: a binary search per
+/// threshold; past the end, this and all later thresholds read 0 (pycocotools stops there).
+fn interpolated_precision_unsorted(
+    counts: &[(u32, u32)],
+    npig: f64,
+    rec_thrs: &[f64],
+    out: &mut [f64],
+) {
+    let rc = |i: usize| f64::from(counts[i].0) / npig;
+    let mut pr: Vec<f64> = counts
+        .iter()
+        .map(|&(tp, fp)| f64::from(tp) / (f64::from(fp) + f64::from(tp) + EPS))
+        .collect();
+    for i in (1..pr.len()).rev() {
+        if pr[i] > pr[i - 1] {
+            pr[i - 1] = pr[i];
+        }
+    }
+    for (ri, &thr) in rec_thrs.iter().enumerate() {
+        let pi = partition_point(counts.len(), |i| rc(i) < thr);
+        match pr.get(pi) {
+            Some(&v) => out[ri] = v,
+            None => {
+                out[ri..].fill(0.0);
+                break;
+            }
+        }
     }
 }
 
@@ -782,4 +842,51 @@ fn partition_point(len: usize, below: impl Fn(usize) -> bool) -> usize {
         }
     }
     lo
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The backward sweep reads the same precision as the binary search of each threshold,
+    /// on cumulative counts with runs of equal recall, at pycocotools' thresholds and others.
+    #[test]
+    fn sweep_equals_search() {
+        let mut state: u64 = 7;
+        let mut next = |n: u64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        let coco: Vec<f64> = (0..101).map(|i| f64::from(i) / 100.0).collect();
+        let ends = vec![0.0, 0.5, 1.0];
+        for case in 0..500 {
+            let len = next(40) as usize;
+            let (mut tp, mut fp) = (0u32, 0u32);
+            let counts: Vec<(u32, u32)> = (0..len)
+                .map(|_| {
+                    if next(3) == 0 {
+                        tp += 1;
+                    } else {
+                        fp += 1;
+                    }
+                    (tp, fp)
+                })
+                .collect();
+            let npig = (u64::from(tp) + next(5)).max(1) as f64;
+            for thrs in [&coco, &ends] {
+                let mut swept = vec![-1.0; thrs.len()];
+                let mut searched = vec![-1.0; thrs.len()];
+                interpolated_precision(&counts, npig, thrs, &mut swept);
+                interpolated_precision_unsorted(&counts, npig, thrs, &mut searched);
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&swept),
+                    bits(&searched),
+                    "case {case}: {counts:?} / {npig}"
+                );
+            }
+        }
+    }
 }
