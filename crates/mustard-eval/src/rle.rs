@@ -240,6 +240,108 @@ impl Rle {
         Rle::new(height, width, cnts)
     }
 
+    /// The area and bounding box of a compressed `counts` string, as
+    /// `Rle::from_compressed(counts, height, width)` followed by [`Rle::area`] and
+    /// [`Rle::to_bbox`] give them (the same errors too), without building the counts.
+    pub fn compressed_area_and_bbox(
+        counts: &str,
+        height: u32,
+        width: u32,
+    ) -> Result<(u64, [f64; 4])> {
+        // Where it stops, the full decoder gives the error (or, were it to succeed, the value).
+        let fail = || Rle::from_compressed(counts, height, width).map(|r| (r.area(), r.to_bbox()));
+        let s = counts.as_bytes();
+        let (h, w) = (height, width);
+        let mut p = 0;
+        let mut j = 0usize;
+        let (mut before_last, mut last) = (0u32, 0u32);
+        let (mut total, mut area) = (0u64, 0u64);
+        let (mut xs, mut ys, mut xe, mut ye) = (w, h, 0u32, 0u32);
+        // The (column, row) of the next pixel, kept without dividing: with counts that add
+        // up to height * width (checked below, else the full decoder answers) it is
+        // (cc / h, cc % h) of the C code's position cc.
+        let (mut col, mut row) = (0u64, 0u64);
+        let h64 = u64::from(h);
+        let advance = |col: &mut u64, row: &mut u64, run: u64| {
+            *row += run;
+            if *row >= h64 {
+                if *row < 2 * h64 {
+                    *row -= h64;
+                    *col += 1;
+                } else {
+                    *col += *row / h64;
+                    *row %= h64;
+                }
+            }
+        };
+        while p < s.len() {
+            let mut x: i64 = 0;
+            let mut k = 0u32;
+            loop {
+                let Some(&byte) = s.get(p) else {
+                    return fail();
+                };
+                if !(48..48 + 64).contains(&byte) || k >= 12 {
+                    return fail();
+                }
+                let c = i64::from(byte - 48);
+                x |= (c & 0x1f) << (5 * k);
+                let more = c & 0x20 != 0;
+                p += 1;
+                k += 1;
+                if !more {
+                    if c & 0x10 != 0 {
+                        x |= -1i64 << (5 * k);
+                    }
+                    break;
+                }
+            }
+            if j > 2 {
+                x = x.wrapping_add(i64::from(before_last));
+            }
+            let run = x as u32;
+            (before_last, last) = (last, run);
+            total += u64::from(run);
+            if j % 2 == 1 && run > 0 && h > 0 {
+                area += u64::from(run);
+                let (x_start, y_start) = (col, row);
+                advance(&mut col, &mut row, u64::from(run) - 1);
+                let (x_end, y_end) = (col, row);
+                advance(&mut col, &mut row, 1);
+                if total <= u64::from(u32::MAX) {
+                    let (x_start, y_start) = (x_start as u32, y_start as u32);
+                    let (x_end, y_end) = (x_end as u32, y_end as u32);
+                    xs = xs.min(x_start);
+                    xe = xe.max(x_end);
+                    if x_start < x_end {
+                        ys = 0;
+                        ye = h - 1;
+                    } else {
+                        ys = ys.min(y_start);
+                        ye = ye.max(y_end);
+                    }
+                }
+            } else if h > 0 {
+                advance(&mut col, &mut row, u64::from(run));
+            }
+            j += 1;
+        }
+        if total != u64::from(pixels(h, w)?) {
+            return fail();
+        }
+        let bbox = if j / 2 * 2 == 0 || h == 0 {
+            [0.0; 4]
+        } else {
+            [
+                f64::from(xs),
+                f64::from(ys),
+                f64::from(xe.wrapping_sub(xs).wrapping_add(1)),
+                f64::from(ye.wrapping_sub(ys).wrapping_add(1)),
+            ]
+        };
+        Ok((area, bbox))
+    }
+
     /// The compressed `counts` string of COCO json (`rleToString`): LEB128-like, 6 bits per
     /// character, counts after the third stored as differences to the count two before.
     pub fn to_compressed(&self) -> String {
@@ -299,9 +401,30 @@ impl Rle {
                 "a polygon of {k} points spans {total} boundary samples, more than the {MAX_POLYGON_POINTS} allowed (coordinates far outside the image?)"
             )));
         }
-        // Points densely along the boundary.
-        let mut u: Vec<i64> = Vec::with_capacity(total as usize);
-        let mut v: Vec<i64> = Vec::with_capacity(total as usize);
+        // The points densely along the boundary, in order, each compared with the one before:
+        // where the upsampled x steps onto a pixel centre column, the crossing's y (rounded
+        // up to a pixel centre, clamped to the image) marks where a run flips. In integers:
+        // the C code's `xd = (x + 0.5) / 5 - 0.5` is an integer exactly when x = 5 m + 2, and
+        // `ceil((y + 0.5) / 5 - 0.5)` is `(y + 2)` divided by 5 rounded down.
+        let h = i64::from(height);
+        let w_max = i64::from(width) - 1;
+        let mut a: Vec<u32> = Vec::new();
+        let mut cross = |u0: i64, v0: i64, u1: i64, v1: i64| {
+            if u1 == u0 {
+                return;
+            }
+            let xd = if u1 < u0 { u1 } else { u1 - 1 };
+            if (xd - 2).rem_euclid(5) != 0 {
+                return;
+            }
+            let column = (xd - 2).div_euclid(5);
+            if column < 0 || column > w_max {
+                return;
+            }
+            let row = (v0.min(v1) + 2).div_euclid(5).clamp(0, h);
+            a.push((column * h + row) as u32);
+        };
+        let mut previous: Option<(i64, i64)> = None;
         for j in 0..k {
             let (mut xs, mut xe, mut ys, mut ye) = (x[j], x[j + 1], y[j], y[j + 1]);
             let dx = (xe - xs).abs();
@@ -317,41 +440,37 @@ impl Rle {
                 (xe - xs) as f64 / dy as f64
             };
             if dx >= dy {
-                for d in 0..=dx {
+                // x moves one step per point, so the steps are the columns xd in
+                // [xs, xs + dx) between t = xd - xs and t + 1: only those of xd = 5 m + 2 are
+                // visited, and y is computed there alone.
+                let v = |t: i64| c_int(ys as f64 + s * t as f64 + 0.5);
+                let point = |d: i64| {
                     let t = if flip { dx - d } else { d };
-                    u.push(t + xs);
-                    v.push(c_int(ys as f64 + s * t as f64 + 0.5));
+                    (t + xs, v(t))
+                };
+                if let Some((u0, v0)) = previous {
+                    let (u1, v1) = point(0);
+                    cross(u0, v0, u1, v1);
                 }
+                let mut xd = xs + (2 - xs).rem_euclid(5);
+                while xd < xs + dx {
+                    let t = xd - xs;
+                    cross(xd, v(t), xd + 1, v(t + 1));
+                    xd += 5;
+                }
+                previous = Some(point(dx));
             } else {
+                // The point's x, xs + s t + 0.5, lies between two vertices' x (+ 0.5), which
+                // are in the range of a C int: the cast truncates as `(int)` does.
                 for d in 0..=dy {
                     let t = if flip { dy - d } else { d };
-                    v.push(t + ys);
-                    u.push(c_int(xs as f64 + s * t as f64 + 0.5));
+                    let point = ((xs as f64 + s * t as f64 + 0.5) as i64, t + ys);
+                    if let Some((u0, v0)) = previous {
+                        cross(u0, v0, point.0, point.1);
+                    }
+                    previous = Some(point);
                 }
             }
-        }
-        // Points along the y-boundary, downsampled.
-        let w_max = f64::from(width - 1);
-        let h_f = f64::from(height);
-        let mut a: Vec<u32> = Vec::new();
-        for j in 1..u.len() {
-            if u[j] == u[j - 1] {
-                continue;
-            }
-            let mut xd = if u[j] < u[j - 1] { u[j] } else { u[j] - 1 } as f64;
-            xd = (xd + 0.5) / scale - 0.5;
-            if xd.floor() != xd || xd < 0.0 || xd > w_max {
-                continue;
-            }
-            let mut yd = v[j].min(v[j - 1]) as f64;
-            yd = (yd + 0.5) / scale - 0.5;
-            if yd < 0.0 {
-                yd = 0.0;
-            } else if yd > h_f {
-                yd = h_f;
-            }
-            yd = yd.ceil();
-            a.push((xd as i64 * i64::from(height) + yd as i64) as u32);
         }
         // The RLE of the boundary points.
         a.push(n);
@@ -571,6 +690,159 @@ pub fn bbox_iou(dt: &[f64; 4], gt: &[f64; 4], crowd: bool) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The boundary crossings of a polygon as the C code computes them, step by step in
+    /// floats: the reference of the integer version in [`Rle::from_polygon`].
+    fn crossings_reference(xy: &[f64], height: u32, width: u32) -> Vec<u32> {
+        let k = xy.len() / 2;
+        let scale = 5.0;
+        let mut x: Vec<i64> = (0..k).map(|j| c_int(scale * xy[2 * j] + 0.5)).collect();
+        let mut y: Vec<i64> = (0..k).map(|j| c_int(scale * xy[2 * j + 1] + 0.5)).collect();
+        if k > 0 {
+            x.push(x[0]);
+            y.push(y[0]);
+        }
+        let mut u: Vec<i64> = Vec::new();
+        let mut v: Vec<i64> = Vec::new();
+        for j in 0..k {
+            let (mut xs, mut xe, mut ys, mut ye) = (x[j], x[j + 1], y[j], y[j + 1]);
+            let dx = (xe - xs).abs();
+            let dy = (ys - ye).abs();
+            let flip = (dx >= dy && xs > xe) || (dx < dy && ys > ye);
+            if flip {
+                std::mem::swap(&mut xs, &mut xe);
+                std::mem::swap(&mut ys, &mut ye);
+            }
+            let s = if dx >= dy {
+                (ye - ys) as f64 / dx as f64
+            } else {
+                (xe - xs) as f64 / dy as f64
+            };
+            if dx >= dy {
+                for d in 0..=dx {
+                    let t = if flip { dx - d } else { d };
+                    u.push(t + xs);
+                    v.push(c_int(ys as f64 + s * t as f64 + 0.5));
+                }
+            } else {
+                for d in 0..=dy {
+                    let t = if flip { dy - d } else { d };
+                    v.push(t + ys);
+                    u.push(c_int(xs as f64 + s * t as f64 + 0.5));
+                }
+            }
+        }
+        // Points along the y-boundary, downsampled.
+        let w_max = f64::from(width - 1);
+        let h_f = f64::from(height);
+        let mut a: Vec<u32> = Vec::new();
+        for j in 1..u.len() {
+            if u[j] == u[j - 1] {
+                continue;
+            }
+            let mut xd = if u[j] < u[j - 1] { u[j] } else { u[j] - 1 } as f64;
+            xd = (xd + 0.5) / scale - 0.5;
+            if xd.floor() != xd || xd < 0.0 || xd > w_max {
+                continue;
+            }
+            let mut yd = v[j].min(v[j - 1]) as f64;
+            yd = (yd + 0.5) / scale - 0.5;
+            if yd < 0.0 {
+                yd = 0.0;
+            } else if yd > h_f {
+                yd = h_f;
+            }
+            yd = yd.ceil();
+            a.push((xd as i64 * i64::from(height) + yd as i64) as u32);
+        }
+        a
+    }
+
+    /// The crossings the integer version finds, read back from its RLE (a sorted, deduplicated
+    /// comparison would hide nothing: the counts are built from the sorted crossings).
+    #[test]
+    fn compressed_area_and_bbox_equal_decoding() {
+        let mut state: u64 = 5;
+        let mut next = |n: u64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        let mut valid = 0;
+        for _ in 0..20000 {
+            let (h, w) = (next(9) as u32, next(9) as u32);
+            let s: String = if next(2) == 0 {
+                // A real mask's string, sometimes cut or changed.
+                let bits: Vec<u8> = (0..h * w).map(|_| u8::from(next(3) == 0)).collect();
+                let mut s = Rle::encode(&bits, h, w).unwrap().to_compressed();
+                if next(4) == 0 && !s.is_empty() {
+                    s.remove(next(s.len() as u64) as usize);
+                }
+                s
+            } else {
+                (0..next(8))
+                    .map(|_| char::from(40 + next(80) as u8))
+                    .collect()
+            };
+            let full = Rle::from_compressed(&s, h, w).map(|r| (r.area(), r.to_bbox()));
+            let streamed = Rle::compressed_area_and_bbox(&s, h, w);
+            match (&full, &streamed) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a, b, "{s:?} {h}x{w}");
+                    valid += 1;
+                }
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                _ => panic!("{s:?} {h}x{w}: {full:?} against {streamed:?}"),
+            }
+        }
+        assert!(valid > 5000, "{valid}");
+    }
+
+    #[test]
+    fn polygon_crossings_equal_the_float_reference() {
+        let mut state: u64 = 11;
+        let mut next = |n: u64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        for case in 0..3000 {
+            let (h, w) = (1 + next(60) as u32, 1 + next(60) as u32);
+            let points = next(9) as usize;
+            let xy: Vec<f64> = (0..2 * points)
+                .map(|_| (next(16000) as f64 - 4000.0) / 100.0)
+                .collect();
+            let mut expected = crossings_reference(&xy, h, w);
+            expected.push(h * w);
+            expected.sort_unstable();
+            let rle = Rle::from_polygon(&xy, h, w).unwrap();
+            // Rebuild the RLE from the reference crossings as from_polygon does.
+            let mut a = expected;
+            let mut previous = 0u32;
+            for value in a.iter_mut() {
+                let t = *value;
+                *value -= previous;
+                previous = t;
+            }
+            let mut counts = vec![a[0]];
+            let mut j = 1;
+            while j < a.len() {
+                if a[j] > 0 {
+                    counts.push(a[j]);
+                    j += 1;
+                } else {
+                    j += 1;
+                    if j < a.len() {
+                        *counts.last_mut().unwrap() += a[j];
+                        j += 1;
+                    }
+                }
+            }
+            assert_eq!(rle.counts(), counts, "case {case}: {xy:?} in {h}x{w}");
+        }
+    }
 
     /// A mask drawn row by row, as a string of 0/1.
     fn rows(s: &str, h: u32, w: u32) -> Rle {

@@ -198,10 +198,10 @@ impl CocoDt {
                     let s = r.segmentation.as_ref().ok_or_else(|| {
                         invalid("segmentation", "is missing (result 0 has one)".to_string())
                     })?;
-                    let rle = s
-                        .to_rle(image.size())
+                    let (area, mask_box) = s
+                        .area_and_bbox(image.size())
                         .map_err(|e| invalid("segmentation", e.to_string()))?;
-                    (r.bbox.unwrap_or_else(|| rle.to_bbox()), rle.area() as f64)
+                    (r.bbox.unwrap_or(mask_box), area as f64)
                 }
                 ResultKind::Keypoints => {
                     let k = r.keypoints.as_deref().ok_or_else(|| {

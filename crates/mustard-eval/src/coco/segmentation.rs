@@ -54,6 +54,20 @@ impl Segmentation {
             } => Rle::from_compressed(counts, *height, *width),
         }
     }
+
+    /// The mask's area and bounding box, as [`Segmentation::to_rle`] then [`Rle::area`] and
+    /// [`Rle::to_bbox`] give them (and the same errors); a compressed string is read without
+    /// building the mask.
+    pub fn area_and_bbox(&self, image: Option<(u32, u32)>) -> Result<(u64, [f64; 4])> {
+        match self {
+            Segmentation::Compressed {
+                height,
+                width,
+                counts,
+            } => Rle::compressed_area_and_bbox(counts, *height, *width),
+            _ => self.to_rle(image).map(|r| (r.area(), r.to_bbox())),
+        }
+    }
 }
 
 impl From<&Rle> for Segmentation {
