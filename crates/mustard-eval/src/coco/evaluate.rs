@@ -712,6 +712,7 @@ fn accumulate(eval: &CategoryEval, p: &Params) -> Accumulated {
     // The cumulative (tp, fp) at each detection that is not ignored.
     let mut counts: Vec<(u32, u32)> = Vec::with_capacity(n);
     let mut curve = vec![0.0; r_n];
+    let sorted_thresholds = p.rec_thrs.windows(2).all(|w| w[0] <= w[1]);
     for a in 0..a_n {
         let npig = eval.npig[a];
         if npig == 0 {
@@ -735,6 +736,8 @@ fn accumulate(eval: &CategoryEval, p: &Params) -> Accumulated {
                 let column = &columns[(a * t_n + t) * n..(a * t_n + t + 1) * n];
                 // Ignored detections only repeat the previous recall and precision, which
                 // changes neither the interpolated precision nor the recall: they are skipped.
+                // With sorted recall thresholds only the true positives are kept (see
+                // `precision_at_true_positives`).
                 counts.clear();
                 let (mut tp, mut fp) = (0u32, 0u32);
                 for (&state, &rank) in column.iter().zip(&ranks) {
@@ -742,17 +745,29 @@ fn accumulate(eval: &CategoryEval, p: &Params) -> Accumulated {
                         continue;
                     }
                     match state {
-                        TP => tp += 1,
-                        FP => fp += 1,
-                        _ => continue,
+                        TP => {
+                            tp += 1;
+                            counts.push((tp, fp));
+                        }
+                        FP => {
+                            fp += 1;
+                            if !sorted_thresholds {
+                                counts.push((tp, fp));
+                            }
+                        }
+                        _ => {}
                     }
-                    counts.push((tp, fp));
                 }
-                recall[(t * a_n + a) * m_n + m] = match counts.last() {
-                    Some(&(tp, _)) => f64::from(tp) / npig,
-                    None => 0.0,
+                recall[(t * a_n + a) * m_n + m] = if tp + fp > 0 {
+                    f64::from(tp) / npig
+                } else {
+                    0.0
                 };
-                interpolated_precision(&counts, npig, &p.rec_thrs, &mut curve);
+                if sorted_thresholds {
+                    precision_at_true_positives(&counts, npig, &p.rec_thrs, &mut curve);
+                } else {
+                    interpolated_precision_unsorted(&counts, npig, &p.rec_thrs, &mut curve);
+                }
                 for (ri, &v) in curve.iter().enumerate() {
                     precision[((t * r_n + ri) * a_n + a) * m_n + m] = v;
                 }
@@ -766,28 +781,31 @@ fn accumulate(eval: &CategoryEval, p: &Params) -> Accumulated {
     }
 }
 
-/// pycocotools' precision at each recall threshold: with rc = tp / npig and
+/// pycocotools' precision at each recall threshold, ascending: with rc = tp / npig and
 /// pr = tp / (fp + tp + np.spacing(1)) at each counted detection, pr made non-increasing from
 /// the end (its running maximum), then read at np.searchsorted(rc, thr, side='left'), 0 past
-/// the end. One backward sweep gives the same numbers: the thresholds in (rc[i-1], rc[i]]
-/// read index i.
-fn interpolated_precision(counts: &[(u32, u32)], npig: f64, rec_thrs: &[f64], out: &mut [f64]) {
-    let rc = |i: usize| f64::from(counts[i].0) / npig;
-    if rec_thrs.windows(2).any(|w| w[0] > w[1]) {
-        return interpolated_precision_unsorted(counts, npig, rec_thrs, out);
-    }
+/// the end.
+///
+/// `tps` holds only the true positives' (tp, fp): the index searchsorted finds is a true
+/// positive's (rc grows only there), or the first detection's for thresholds <= 0, whose
+/// maximum is the same; and a false positive's pr is below the one before it, so it never
+/// raises a maximum taken from a true positive at or before it. One backward sweep then gives
+/// the numbers: the thresholds in (rc of the previous true positive, rc] read the running
+/// maximum there.
+fn precision_at_true_positives(tps: &[(u32, u32)], npig: f64, rec_thrs: &[f64], out: &mut [f64]) {
+    let rc = |i: usize| f64::from(tps[i].0) / npig;
     let mut ri = rec_thrs.len();
-    let last = counts.len().checked_sub(1).map(rc);
+    let last = tps.len().checked_sub(1).map(rc);
     while ri > 0 && last.is_none_or(|l| rec_thrs[ri - 1] > l) {
         ri -= 1;
         out[ri] = 0.0;
     }
     let mut run = f64::NEG_INFINITY;
-    for i in (0..counts.len()).rev() {
+    for i in (0..tps.len()).rev() {
         if ri == 0 {
             break;
         }
-        let (tp, fp) = counts[i];
+        let (tp, fp) = tps[i];
         let pr = f64::from(tp) / (f64::from(fp) + f64::from(tp) + EPS);
         if pr > run {
             run = pr;
@@ -800,8 +818,8 @@ fn interpolated_precision(counts: &[(u32, u32)], npig: f64, rec_thrs: &[f64], ou
     }
 }
 
-/// [`interpolated_precision`] for recall thresholds in any order: a binary search per
-/// threshold; past the end, this and all later thresholds read 0 (pycocotools stops there).
+/// [`precision_at_true_positives`] for recall thresholds in any order, from every counted
+/// detection's (tp, fp): a binary search per threshold; past the end, this and all later thresholds read 0 (pycocotools stops there).
 fn interpolated_precision_unsorted(
     counts: &[(u32, u32)],
     npig: f64,
@@ -848,8 +866,9 @@ fn partition_point(len: usize, below: impl Fn(usize) -> bool) -> usize {
 mod tests {
     use super::*;
 
-    /// The backward sweep reads the same precision as the binary search of each threshold,
-    /// on cumulative counts with runs of equal recall, at pycocotools' thresholds and others.
+    /// The backward sweep over the true positives reads the same precision as the binary
+    /// search of each threshold over every detection, on cumulative counts with runs of
+    /// equal recall, at pycocotools' thresholds and others (0 and negative included).
     #[test]
     fn sweep_equals_search() {
         let mut state: u64 = 7;
@@ -860,7 +879,7 @@ mod tests {
             (state >> 33) % n
         };
         let coco: Vec<f64> = (0..101).map(|i| f64::from(i) / 100.0).collect();
-        let ends = vec![0.0, 0.5, 1.0];
+        let ends = vec![-0.5, 0.0, 0.0, 0.01, 0.5, 1.0, 1.5];
         for case in 0..500 {
             let len = next(40) as usize;
             let (mut tp, mut fp) = (0u32, 0u32);
@@ -878,7 +897,13 @@ mod tests {
             for thrs in [&coco, &ends] {
                 let mut swept = vec![-1.0; thrs.len()];
                 let mut searched = vec![-1.0; thrs.len()];
-                interpolated_precision(&counts, npig, thrs, &mut swept);
+                let tps: Vec<(u32, u32)> = counts
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, &(tp, _))| tp > if i > 0 { counts[i - 1].0 } else { 0 })
+                    .map(|(_, &c)| c)
+                    .collect();
+                precision_at_true_positives(&tps, npig, thrs, &mut swept);
                 interpolated_precision_unsorted(&counts, npig, thrs, &mut searched);
                 let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(
