@@ -474,40 +474,140 @@ fn once<T>(slot: &mut Option<T>, value: T) -> R<()> {
     Some(())
 }
 
-/// A results document, or `None` to leave it to serde.
+/// A results document, or `None` to leave it to serde. Large documents are read in parallel
+/// (see [`results_in_parallel`]).
 pub(crate) fn results(bytes: &[u8]) -> Option<Vec<ResultRecord>> {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && bytes.len() >= PARALLEL_BYTES {
+        if let Some(records) = results_in_parallel(bytes, threads) {
+            return Some(records);
+        }
+    }
     let mut r = Reader::new(bytes);
-    let records = r.array(|r| {
-        let (mut image_id, mut category_id, mut score) = (None, None, None);
-        let (mut bbox, mut segmentation, mut keypoints) = (None, None, None);
-        r.object(|r, key| match key {
-            b"image_id" => once(&mut image_id, r.i64()?),
-            b"category_id" => once(&mut category_id, r.i64()?),
-            b"score" => once(&mut score, r.f64()?),
-            b"bbox" => {
-                let v = r.optional(Reader::f64s)?;
-                let b = match v.as_deref() {
-                    None | Some([]) => None,
-                    Some(&[x, y, w, h]) => Some([x, y, w, h]),
-                    Some(_) => return None,
-                };
-                once(&mut bbox, b)
-            }
-            b"segmentation" => once(&mut segmentation, r.optional(Reader::segmentation)?),
-            b"keypoints" => once(&mut keypoints, r.optional(Reader::f64s)?),
-            _ => r.skip(),
-        })?;
-        Some(ResultRecord {
-            image_id: image_id?,
-            category_id: category_id?,
-            score: score?,
-            bbox: bbox.flatten(),
-            segmentation: segmentation.flatten(),
-            keypoints: keypoints.flatten(),
-        })
-    })?;
+    let records = r.array(result)?;
     r.end()?;
     Some(records)
+}
+
+/// Below this size a results document is read by one thread.
+const PARALLEL_BYTES: usize = 1 << 20;
+
+/// The document cut into `parts` pieces at guessed record boundaries (the first `{` after a
+/// `,` past each even cut), each piece read by its own thread until it passes the next
+/// piece's start. A guess is proven right when the piece before ends exactly on it: that
+/// piece's reading began at a proven boundary, so it knows where the records are. Any piece
+/// that fails or lands elsewhere (a guess inside a string) makes the whole document be read
+/// by one thread.
+fn results_in_parallel(bytes: &[u8], parts: usize) -> Option<Vec<ResultRecord>> {
+    use rayon::prelude::*;
+    // The first piece starts at the array's first record.
+    let mut r = Reader::new(bytes);
+    r.eat(b'[')?;
+    if r.peek()? != b'{' {
+        return None;
+    }
+    let mut starts = vec![r.p];
+    for k in 1..parts {
+        let from = (bytes.len() * k / parts).max(starts[k - 1] + 1);
+        let guess = next_record_start(bytes, from)?;
+        if guess <= starts[k - 1] {
+            return None;
+        }
+        starts.push(guess);
+    }
+    starts.dedup();
+    let pieces: Vec<Option<(Vec<ResultRecord>, usize, bool)>> = (0..starts.len())
+        .into_par_iter()
+        .map(|k| {
+            let stop = starts.get(k + 1).copied().unwrap_or(usize::MAX);
+            let mut r = Reader::new(bytes);
+            r.p = starts[k];
+            r.depth = 1;
+            let mut records = Vec::new();
+            loop {
+                records.push(result(&mut r)?);
+                match r.peek()? {
+                    b',' => {
+                        r.p += 1;
+                        r.ws();
+                        if r.p >= stop {
+                            return Some((records, r.p, false));
+                        }
+                    }
+                    b']' => {
+                        r.p += 1;
+                        return Some((records, r.p, true));
+                    }
+                    _ => return None,
+                }
+            }
+        })
+        .collect();
+    let mut all = Vec::with_capacity(pieces.iter().flatten().map(|p| p.0.len()).sum());
+    let last = pieces.len() - 1;
+    for (k, piece) in pieces.into_iter().enumerate() {
+        let (records, end, closed) = piece?;
+        if k < last && (closed || end != starts[k + 1]) {
+            return None;
+        }
+        if k == last {
+            if !closed {
+                return None;
+            }
+            let mut r = Reader::new(bytes);
+            r.p = end;
+            r.end()?;
+        }
+        all.extend(records);
+    }
+    Some(all)
+}
+
+/// The first `{` at or after `from` whose previous non-whitespace byte is a `,`.
+fn next_record_start(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut p = from;
+    loop {
+        p += bytes.get(p..)?.iter().position(|&b| b == b'{')?;
+        let before = bytes[..p]
+            .iter()
+            .rev()
+            .find(|&&b| !matches!(b, b' ' | b'\n' | b'\r' | b'\t'));
+        if before == Some(&b',') {
+            return Some(p);
+        }
+        p += 1;
+    }
+}
+
+/// One record of a results document.
+fn result(r: &mut Reader<'_>) -> R<ResultRecord> {
+    let (mut image_id, mut category_id, mut score) = (None, None, None);
+    let (mut bbox, mut segmentation, mut keypoints) = (None, None, None);
+    r.object(|r, key| match key {
+        b"image_id" => once(&mut image_id, r.i64()?),
+        b"category_id" => once(&mut category_id, r.i64()?),
+        b"score" => once(&mut score, r.f64()?),
+        b"bbox" => {
+            let v = r.optional(Reader::f64s)?;
+            let b = match v.as_deref() {
+                None | Some([]) => None,
+                Some(&[x, y, w, h]) => Some([x, y, w, h]),
+                Some(_) => return None,
+            };
+            once(&mut bbox, b)
+        }
+        b"segmentation" => once(&mut segmentation, r.optional(Reader::segmentation)?),
+        b"keypoints" => once(&mut keypoints, r.optional(Reader::f64s)?),
+        _ => r.skip(),
+    })?;
+    Some(ResultRecord {
+        image_id: image_id?,
+        category_id: category_id?,
+        score: score?,
+        bbox: bbox.flatten(),
+        segmentation: segmentation.flatten(),
+        keypoints: keypoints.flatten(),
+    })
 }
 
 /// A ground-truth document, or `None` to leave it to serde.
@@ -788,5 +888,65 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A document over the parallel size, read by 2 to 5 threads, equals serde's reading,
+    /// also where a cut falls inside strings that look like records.
+    #[test]
+    fn parallel_reading_equals_serde() {
+        let mut doc = String::from("[");
+        let mut n = 0;
+        while doc.len() < PARALLEL_BYTES + 50_000 {
+            if n > 0 {
+                doc.push_str(",\n ");
+            }
+            let note = if n % 7 == 0 {
+                r#", "note": "}, {\"image_id\": 1, \"category_id\": 1, \"score\": 1}, {""#
+            } else {
+                ""
+            };
+            doc.push_str(&format!(
+                r#"{{"image_id": {}, "category_id": {}, "score": 0.{}{note}, "bbox": [{}.25, 2, 3, 4]}}"#,
+                n % 97,
+                n % 5,
+                n % 1000,
+                n
+            ));
+            n += 1;
+        }
+        doc.push(']');
+        let serde: Vec<ResultRecord> = serde_json::from_str(&doc).unwrap();
+        for threads in 2..=5 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let fast = pool.install(|| results(doc.as_bytes())).expect("read");
+            assert_eq!(fast, serde, "{threads} threads");
+            // The pieces alone (no fallback to one thread) read it too where the cuts are
+            // not inside a note.
+            if let Some(parallel) = results_in_parallel(doc.as_bytes(), threads) {
+                assert_eq!(parallel, serde);
+            }
+        }
+        // Without the notes, every cut is proven and the pieces read it.
+        let plain = doc.replace(
+            r#", "note": "}, {\"image_id\": 1, \"category_id\": 1, \"score\": 1}, {""#,
+            "",
+        );
+        let plain_serde: Vec<ResultRecord> = serde_json::from_str(&plain).unwrap();
+        for threads in 2..=5 {
+            assert_eq!(
+                results_in_parallel(plain.as_bytes(), threads),
+                Some(plain_serde.clone())
+            );
+        }
+        // A broken document is left to serde, whatever the threads.
+        let broken = doc.replacen("\"score\": 0.5", "\"score\": x", 1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        assert!(pool.install(|| results(broken.as_bytes())).is_none());
     }
 }

@@ -1,6 +1,7 @@
 use std::fmt;
 use std::path::Path;
 
+use rayon::prelude::*;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
@@ -64,6 +65,9 @@ fn read_records(bytes: &[u8], origin: &str) -> Result<Vec<ResultRecord>> {
         None => json::parse(bytes, origin),
     }
 }
+
+/// A mask's area and bounding box.
+type MaskExtent = (u64, [f64; 4]);
 
 /// How a results file is read; pycocotools' `loadRes` decides it from the first record, and
 /// the kind decides the area of every detection.
@@ -138,6 +142,19 @@ impl CocoDt {
             Some(r) if r.keypoints.is_some() => ResultKind::Keypoints,
             Some(_) => return Err(Error::UnknownResultKind { origin }),
         };
+        // The masks' areas and boxes, the costly part, computed in parallel beforehand; used
+        // (and their errors reported) in record order below.
+        let mut masks: Vec<Option<Result<MaskExtent>>> = if kind == ResultKind::Segm {
+            records
+                .par_iter()
+                .map(|r| {
+                    let size = gt.image(r.image_id).and_then(|i| i.size());
+                    r.segmentation.as_ref().map(|s| s.area_and_bbox(size))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut detections = Vec::with_capacity(records.len());
         let mut warnings = Vec::new();
         for (index, r) in records.into_iter().enumerate() {
@@ -147,13 +164,13 @@ impl CocoDt {
                 field,
                 reason,
             };
-            let Some(image) = gt.image(r.image_id) else {
+            if gt.image(r.image_id).is_none() {
                 return Err(Error::UnknownImage {
                     origin,
                     index,
                     image_id: r.image_id,
                 });
-            };
+            }
             if gt.category(r.category_id).is_none() {
                 return Err(Error::UnknownCategory {
                     origin,
@@ -195,12 +212,11 @@ impl CocoDt {
                     (b, b[2] * b[3])
                 }
                 ResultKind::Segm => {
-                    let s = r.segmentation.as_ref().ok_or_else(|| {
+                    let mask = masks[index].take().ok_or_else(|| {
                         invalid("segmentation", "is missing (result 0 has one)".to_string())
                     })?;
-                    let (area, mask_box) = s
-                        .area_and_bbox(image.size())
-                        .map_err(|e| invalid("segmentation", e.to_string()))?;
+                    let (area, mask_box) =
+                        mask.map_err(|e| invalid("segmentation", e.to_string()))?;
                     (r.bbox.unwrap_or(mask_box), area as f64)
                 }
                 ResultKind::Keypoints => {
