@@ -324,7 +324,8 @@ struct BenchArgs {
     compare_only: bool,
     compare: Compare,
     threads: usize,
-    rounds: usize,
+    /// Set by `--rounds`; the evaluation comparison's default is 5 runs.
+    rounds: Option<usize>,
     forward_iterations: usize,
     train_iterations: usize,
     criterion: Vec<String>,
@@ -336,19 +337,29 @@ const BENCH_USAGE: &str =
 
   --compare-only          skip the criterion benches, run only the comparisons with Python
   --compare WHICH         mcn: the MCN network against PyTorch eager; eval: COCO evaluation
-                          against pycocotools; onnx: mustard's forward against ONNX Runtime on
+                          against hotcoco, ultrafast-pycocotools, faster-coco-eval and
+                          pycocotools (bench/eval_compare.py); onnx: mustard's forward against ONNX Runtime on
                           the exported network (full preset, 512 px); all (default)
-  --threads N             threads of both sides of the MCN comparison (default: all cores)
-  --rounds R              alternating mustard/PyTorch runs of each MCN case (default 2)
+  --threads N             threads of both sides of the MCN comparison, and of the evaluation
+                          comparison besides 1 (default: all cores)
+  --rounds R              alternating mustard/PyTorch runs of each MCN case (default 2), runs
+                          of each fast evaluator per set and thread count (default 5)
   --forward-iterations K  timed forward passes per run, after one warm-up (default 5)
   --train-iterations K    timed training steps per run, after one warm-up (default 3)";
+
+impl BenchArgs {
+    /// Alternating runs of each MCN and ONNX case.
+    fn mcn_rounds(&self) -> usize {
+        self.rounds.unwrap_or(2)
+    }
+}
 
 fn parse_bench_args(extra: &[String]) -> Result<BenchArgs> {
     let mut args = BenchArgs {
         compare_only: false,
         compare: Compare::All,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        rounds: 2,
+        rounds: None,
         forward_iterations: 5,
         train_iterations: 3,
         criterion: Vec::new(),
@@ -378,7 +389,7 @@ fn parse_bench_args(extra: &[String]) -> Result<BenchArgs> {
                 }
             }
             "--threads" => args.threads = number(a)?,
-            "--rounds" => args.rounds = number(a)?,
+            "--rounds" => args.rounds = Some(number(a)?),
             "--forward-iterations" => args.forward_iterations = number(a)?,
             "--train-iterations" => args.train_iterations = number(a)?,
             "-h" | "--help" => {
@@ -432,7 +443,7 @@ fn bench(extra: &[String]) -> Result<()> {
     }
     if matches!(args.compare, Compare::All | Compare::Eval) {
         if python_has(&python, "pycocotools") {
-            eval_compare(&python)?;
+            eval_compare(&python, &args)?;
         } else {
             eprintln!(
                 "bench: no Python with pycocotools at {} (`cargo xtask fixtures` creates it); \
@@ -490,11 +501,11 @@ fn onnx_compare(python: &Path, args: &BenchArgs) -> Result<()> {
     let threads = args.threads.to_string();
     let iterations = args.forward_iterations.to_string();
     let py = python.to_str().context("venv path is not UTF-8")?;
-    for round in 0..args.rounds {
+    for round in 0..args.mcn_rounds() {
         eprintln!(
             "bench: ONNX Runtime comparison, round {} of {}",
             round + 1,
-            args.rounds
+            args.mcn_rounds()
         );
         let status = Command::new("cargo")
             .args(mustard)
@@ -529,25 +540,53 @@ fn onnx_compare(python: &Path, args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// mustard-eval against pycocotools on the same files.
-fn eval_compare(python: &Path) -> Result<()> {
-    let problem = std::env::temp_dir().join("mustard-eval-speed");
-    let problem = problem.to_str().context("temp path is not UTF-8")?;
-    run(
-        python.to_str().context("venv path is not UTF-8")?,
-        &["bench/eval_speed.py", problem],
-    )?;
+/// mustard-eval against hotcoco, ultrafast-pycocotools, faster-coco-eval and pycocotools on
+/// the same generated files (`bench/eval_compare.py`; the Python packages it lacks are
+/// installed into the virtual environment first), at `--threads` and 1 thread.
+fn eval_compare(python: &Path, args: &BenchArgs) -> Result<()> {
+    let py = python.to_str().context("venv path is not UTF-8")?;
+    let missing: Vec<&str> = [
+        ("hotcoco", "hotcoco==1.3.0"),
+        ("ultrafast_pycocotools", "ultrafast-pycocotools==0.1.14"),
+        ("faster_coco_eval", "faster-coco-eval==1.8.0"),
+    ]
+    .into_iter()
+    .filter(|(module, _)| !python_has(python, module))
+    .map(|(_, package)| package)
+    .collect();
+    if !missing.is_empty() {
+        let mut pip = vec!["-m", "pip", "install", "--only-binary=:all:"];
+        pip.extend(&missing);
+        run(py, &pip)?;
+    }
     run(
         "cargo",
         &[
-            "run",
+            "build",
             "--release",
             "-p",
             "mustard-eval",
             "--example",
-            "coco_speed",
-            "--",
-            problem,
+            "coco_compare",
+        ],
+    )?;
+    let threads = if args.threads == 1 {
+        "1".to_string()
+    } else {
+        format!("{},1", args.threads)
+    };
+    let rounds = args.rounds.unwrap_or(5).max(1).to_string();
+    let mustard = root().join("target/release/examples/coco_compare");
+    run(
+        py,
+        &[
+            "bench/eval_compare.py",
+            "--threads",
+            &threads,
+            "--runs",
+            &rounds,
+            "--mustard",
+            mustard.to_str().context("target path is not UTF-8")?,
         ],
     )
 }
@@ -716,13 +755,13 @@ fn mcn_compare(python: &Path, args: &BenchArgs) -> Result<()> {
         ("train", "train step 8x3x256x256", args.train_iterations),
     ];
     let mut results: Vec<[Measured; 2]> = vec![Default::default(); cases.len()];
-    for round in 0..args.rounds {
+    for round in 0..args.mcn_rounds() {
         for (c, (case, _, iterations)) in cases.iter().enumerate() {
             for (s, side) in [Side::Mustard, Side::PyTorch].into_iter().enumerate() {
                 eprintln!(
                     "mcn: round {}/{}, {} {case}",
                     round + 1,
-                    args.rounds,
+                    args.mcn_rounds(),
                     side.name()
                 );
                 let v = mcn_case(side, &example, python, case, *iterations, threads)?;
@@ -750,7 +789,8 @@ fn mcn_compare(python: &Path, args: &BenchArgs) -> Result<()> {
     println!(
         "MCN (ResNet-18 + FPN 128 + detection, segmentation, pose heads; {} parameters), CPU, \
          {threads} threads, {} alternating runs per side; medians of all timed iterations",
-        params[0], args.rounds
+        params[0],
+        args.mcn_rounds()
     );
     println!();
     println!("| case | mustard | PyTorch | mustard / PyTorch | mustard peak | PyTorch peak | per-run medians, mustard ; PyTorch |");
