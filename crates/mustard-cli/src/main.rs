@@ -14,7 +14,7 @@ use clap::Parser;
 use mustard::core::DeviceSpec;
 use mustard::data::synth::{self, Splits, SynthConfig};
 use mustard::data::{CheckDepth, Dataset, Task, TaskMap};
-use mustard::eval::{CocoDt, CocoGt, IouType, Params};
+use mustard::eval::{CocoDt, IouType, Params};
 use mustard::must::{Downstream, MustConfig, MustData, Transfer};
 use mustard::train::{TrainOptions, TrainSummary};
 use mustard::Preset;
@@ -162,8 +162,7 @@ fn write_json(out: &Option<PathBuf>, value: &serde_json::Value) -> Result<()> {
 
 fn eval(args: EvalArgs) -> Result<ExitCode> {
     if let (Some(gt), Some(results)) = (&args.gt, &args.results) {
-        let gt = CocoGt::from_path(gt)?;
-        let dt = CocoDt::from_path(&gt, results)?;
+        let (gt, dt) = CocoDt::load(gt, results)?;
         let warnings = dt.warnings();
         for w in warnings.iter().take(5) {
             eprintln!("warning: {}: {w}", results.display());

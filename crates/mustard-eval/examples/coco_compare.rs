@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use mustard_eval::coco::{evaluate, CocoDt, CocoGt, IouType, Params};
+use mustard_eval::coco::{evaluate, CocoDt, IouType, Params};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -18,8 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let iou_type: IouType = iou_type.parse()?;
     let start = Instant::now();
-    let gt = CocoGt::from_path(gt)?;
-    let dt = CocoDt::from_path(&gt, results)?;
+    let (gt, dt) = CocoDt::load(gt, results)?;
     let loaded = Instant::now();
     let eval = evaluate(&gt, &dt, &Params::new(iou_type))?;
     let summary = eval.summary();

@@ -213,12 +213,21 @@ fn files_are_named_in_errors() {
     )
     .unwrap();
     let e = CocoDt::from_path(&gt(), &path).unwrap_err();
-    std::fs::remove_file(&path).unwrap();
-    assert_eq!(
-        e.to_string(),
-        format!(
-            "{}: result 0: image_id 7 is not an image of the ground truth",
-            path.display()
-        )
+    let expected = format!(
+        "{}: result 0: image_id 7 is not an image of the ground truth",
+        path.display()
     );
+    assert_eq!(e.to_string(), expected);
+    // Both files at once: the same errors, the ground truth's first.
+    let gt_path =
+        std::env::temp_dir().join(format!("mustard-eval-errors-gt-{}.json", std::process::id()));
+    std::fs::write(&gt_path, gt_json().to_string()).unwrap();
+    let e = CocoDt::load(&gt_path, &path).unwrap_err();
+    assert_eq!(e.to_string(), expected);
+    let e = CocoDt::load(&missing, &path).unwrap_err();
+    assert_eq!(e.to_string(), missing.display().to_string());
+    let e = CocoDt::load(&gt_path, &missing).unwrap_err();
+    assert_eq!(e.to_string(), missing.display().to_string());
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(&gt_path).unwrap();
 }

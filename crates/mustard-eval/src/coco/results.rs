@@ -66,6 +66,13 @@ fn read_records(bytes: &[u8], origin: &str) -> Result<Vec<ResultRecord>> {
     }
 }
 
+/// The records of a results file, and the file's name for errors.
+fn records_from_path(path: &Path) -> Result<(Vec<ResultRecord>, String)> {
+    let origin = path.display().to_string();
+    let records = read_records(&json::read(path)?, &origin)?;
+    Ok((records, origin))
+}
+
 /// A mask's area and bounding box.
 type MaskExtent = (u64, [f64; 4]);
 
@@ -119,10 +126,19 @@ impl CocoDt {
 
     /// Reads and parses a results json file; errors name the file.
     pub fn from_path(gt: &CocoGt, path: impl AsRef<Path>) -> Result<CocoDt> {
-        let path = path.as_ref();
-        let origin = path.display().to_string();
-        let records = read_records(&json::read(path)?, &origin)?;
+        let (records, origin) = records_from_path(path.as_ref())?;
         CocoDt::from_records(gt, records, origin)
+    }
+
+    /// Reads a ground truth and a results file at once (the two parsed side by side), as
+    /// [`CocoGt::from_path`] then [`CocoDt::from_path`] do, with the same errors.
+    pub fn load(gt: impl AsRef<Path>, results: impl AsRef<Path>) -> Result<(CocoGt, CocoDt)> {
+        let (gt, results) = (gt.as_ref(), results.as_ref());
+        let (gt, records) = rayon::join(|| CocoGt::from_path(gt), || records_from_path(results));
+        let gt = gt?;
+        let (records, origin) = records?;
+        let dt = CocoDt::from_records(&gt, records, origin)?;
+        Ok((gt, dt))
     }
 
     /// Results built in memory; `origin` names them in errors.
