@@ -219,8 +219,10 @@ fn files_are_named_in_errors() {
     );
     assert_eq!(e.to_string(), expected);
     // Both files at once: the same errors, the ground truth's first.
-    let gt_path =
-        std::env::temp_dir().join(format!("mustard-eval-errors-gt-{}.json", std::process::id()));
+    let gt_path = std::env::temp_dir().join(format!(
+        "mustard-eval-errors-gt-{}.json",
+        std::process::id()
+    ));
     std::fs::write(&gt_path, gt_json().to_string()).unwrap();
     let e = CocoDt::load(&gt_path, &path).unwrap_err();
     assert_eq!(e.to_string(), expected);
