@@ -800,13 +800,8 @@ mod tests {
         let base = br#"[{"image_id": 12, "category_id": 3, "score": 0.125, "bbox": [1.5, -2, 3e2, 4], "keypoints": [1, 2, 1]},
             {"image_id": 1, "category_id": 2, "score": 1, "segmentation": {"size": [2, 3], "counts": "0\\4"}, "x": [null, true, false, "a"]}]"#;
         let alphabet = b"0123456789-+.eE,:[]{}\" nultrfsa\\";
-        let mut state: u64 = 20261206;
-        let mut next = |n: usize| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) as usize % n
-        };
+        let mut draw = crate::lcg(20261206);
+        let mut next = |n: usize| draw(n as u64) as usize;
         let (mut agreed, mut left) = (0, 0);
         for _ in 0..20000 {
             let mut doc = base.to_vec();

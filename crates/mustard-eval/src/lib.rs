@@ -83,3 +83,16 @@ pub use depth::{depth_metrics, DepthAccumulator, DepthAlignment, DepthConfig, De
 pub use error::{Error, Result};
 pub use rle::Rle;
 pub use semseg::{ConfusionMatrix, SegmentationMetrics};
+
+/// The random draws of the unit tests: Knuth's MMIX LCG from `seed`, each call a number
+/// below its argument (from the high 31 bits).
+#[cfg(test)]
+pub(crate) fn lcg(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut state = seed;
+    move |n| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    }
+}

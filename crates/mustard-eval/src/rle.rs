@@ -381,14 +381,8 @@ impl Rle {
         if height == 0 || width == 0 {
             return Rle::new(height, width, vec![0]);
         }
+        let (x, y) = polygon_vertices(xy);
         let k = xy.len() / 2;
-        let scale = 5.0;
-        let mut x: Vec<i64> = (0..k).map(|j| c_int(scale * xy[2 * j] + 0.5)).collect();
-        let mut y: Vec<i64> = (0..k).map(|j| c_int(scale * xy[2 * j + 1] + 0.5)).collect();
-        if k > 0 {
-            x.push(x[0]);
-            y.push(y[0]);
-        }
         let mut total: u64 = 0;
         for j in 0..k {
             total += (x[j] - x[j + 1])
@@ -426,19 +420,14 @@ impl Rle {
         };
         let mut previous: Option<(i64, i64)> = None;
         for j in 0..k {
-            let (mut xs, mut xe, mut ys, mut ye) = (x[j], x[j + 1], y[j], y[j + 1]);
-            let dx = (xe - xs).abs();
-            let dy = (ys - ye).abs();
-            let flip = (dx >= dy && xs > xe) || (dx < dy && ys > ye);
-            if flip {
-                std::mem::swap(&mut xs, &mut xe);
-                std::mem::swap(&mut ys, &mut ye);
-            }
-            let s = if dx >= dy {
-                (ye - ys) as f64 / dx as f64
-            } else {
-                (xe - xs) as f64 / dy as f64
-            };
+            let Edge {
+                xs,
+                ys,
+                dx,
+                dy,
+                flip,
+                s,
+            } = Edge::new(&x, &y, j);
             if dx >= dy {
                 // x moves one step per point, so the steps are the columns xd in
                 // [xs, xs + dx) between t = xd - xs and t + 1: only those of xd = 5 m + 2 are
@@ -472,33 +461,7 @@ impl Rle {
                 }
             }
         }
-        // The RLE of the boundary points.
-        a.push(n);
-        a.sort_unstable();
-        let mut previous = 0u32;
-        for value in a.iter_mut() {
-            let t = *value;
-            *value -= previous;
-            previous = t;
-        }
-        let mut counts = Vec::with_capacity(a.len());
-        counts.push(a[0]);
-        let mut j = 1;
-        while j < a.len() {
-            if a[j] > 0 {
-                counts.push(a[j]);
-                j += 1;
-            } else {
-                j += 1;
-                if j < a.len() {
-                    if let Some(last) = counts.last_mut() {
-                        *last += a[j];
-                    }
-                    j += 1;
-                }
-            }
-        }
-        Rle::new(height, width, counts)
+        Rle::new(height, width, counts_from_crossings(a, n))
     }
 
     /// The union of polygons, as pycocotools converts a polygon `segmentation` of COCO json
@@ -548,6 +511,87 @@ fn c_int(x: f64) -> i64 {
     } else {
         x as i64
     }
+}
+
+/// A polygon's vertices upsampled 5x as C ints, the first repeated at the end (`rleFrPoly`).
+fn polygon_vertices(xy: &[f64]) -> (Vec<i64>, Vec<i64>) {
+    let k = xy.len() / 2;
+    let scale = 5.0;
+    let mut x: Vec<i64> = (0..k).map(|j| c_int(scale * xy[2 * j] + 0.5)).collect();
+    let mut y: Vec<i64> = (0..k).map(|j| c_int(scale * xy[2 * j + 1] + 0.5)).collect();
+    if k > 0 {
+        x.push(x[0]);
+        y.push(y[0]);
+    }
+    (x, y)
+}
+
+/// Edge `j` of the upsampled polygon as `rleFrPoly` walks it: from (xs, ys), along x when
+/// `dx >= dy` (else along y), reversed (`flip`) so that the walk goes up, with slope `s`.
+struct Edge {
+    xs: i64,
+    ys: i64,
+    dx: i64,
+    dy: i64,
+    flip: bool,
+    s: f64,
+}
+
+impl Edge {
+    fn new(x: &[i64], y: &[i64], j: usize) -> Edge {
+        let (mut xs, mut xe, mut ys, mut ye) = (x[j], x[j + 1], y[j], y[j + 1]);
+        let dx = (xe - xs).abs();
+        let dy = (ys - ye).abs();
+        let flip = (dx >= dy && xs > xe) || (dx < dy && ys > ye);
+        if flip {
+            std::mem::swap(&mut xs, &mut xe);
+            std::mem::swap(&mut ys, &mut ye);
+        }
+        let s = if dx >= dy {
+            (ye - ys) as f64 / dx as f64
+        } else {
+            (xe - xs) as f64 / dy as f64
+        };
+        Edge {
+            xs,
+            ys,
+            dx,
+            dy,
+            flip,
+            s,
+        }
+    }
+}
+
+/// The counts of a polygon's mask from its boundary crossings (column-major pixel indices
+/// where a run flips), as `rleFrPoly` ends: sorted, differenced, empty runs merged.
+fn counts_from_crossings(mut a: Vec<u32>, n: u32) -> Vec<u32> {
+    a.push(n);
+    a.sort_unstable();
+    let mut previous = 0u32;
+    for value in a.iter_mut() {
+        let t = *value;
+        *value -= previous;
+        previous = t;
+    }
+    let mut counts = Vec::with_capacity(a.len());
+    counts.push(a[0]);
+    let mut j = 1;
+    while j < a.len() {
+        if a[j] > 0 {
+            counts.push(a[j]);
+            j += 1;
+        } else {
+            j += 1;
+            if j < a.len() {
+                if let Some(last) = counts.last_mut() {
+                    *last += a[j];
+                }
+                j += 1;
+            }
+        }
+    }
+    counts
 }
 
 fn merge_pair(a: &[u32], b: &[u32], intersect: bool) -> Vec<u32> {
@@ -694,30 +738,19 @@ mod tests {
     /// The boundary crossings of a polygon as the C code computes them, step by step in
     /// floats: the reference of the integer version in [`Rle::from_polygon`].
     fn crossings_reference(xy: &[f64], height: u32, width: u32) -> Vec<u32> {
-        let k = xy.len() / 2;
         let scale = 5.0;
-        let mut x: Vec<i64> = (0..k).map(|j| c_int(scale * xy[2 * j] + 0.5)).collect();
-        let mut y: Vec<i64> = (0..k).map(|j| c_int(scale * xy[2 * j + 1] + 0.5)).collect();
-        if k > 0 {
-            x.push(x[0]);
-            y.push(y[0]);
-        }
+        let (x, y) = polygon_vertices(xy);
         let mut u: Vec<i64> = Vec::new();
         let mut v: Vec<i64> = Vec::new();
-        for j in 0..k {
-            let (mut xs, mut xe, mut ys, mut ye) = (x[j], x[j + 1], y[j], y[j + 1]);
-            let dx = (xe - xs).abs();
-            let dy = (ys - ye).abs();
-            let flip = (dx >= dy && xs > xe) || (dx < dy && ys > ye);
-            if flip {
-                std::mem::swap(&mut xs, &mut xe);
-                std::mem::swap(&mut ys, &mut ye);
-            }
-            let s = if dx >= dy {
-                (ye - ys) as f64 / dx as f64
-            } else {
-                (xe - xs) as f64 / dy as f64
-            };
+        for j in 0..xy.len() / 2 {
+            let Edge {
+                xs,
+                ys,
+                dx,
+                dy,
+                flip,
+                s,
+            } = Edge::new(&x, &y, j);
             if dx >= dy {
                 for d in 0..=dx {
                     let t = if flip { dx - d } else { d };
@@ -758,17 +791,9 @@ mod tests {
         a
     }
 
-    /// The crossings the integer version finds, read back from its RLE (a sorted, deduplicated
-    /// comparison would hide nothing: the counts are built from the sorted crossings).
     #[test]
     fn compressed_area_and_bbox_equal_decoding() {
-        let mut state: u64 = 5;
-        let mut next = |n: u64| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) % n
-        };
+        let mut next = crate::lcg(5);
         let mut valid = 0;
         for _ in 0..20000 {
             let (h, w) = (next(9) as u32, next(9) as u32);
@@ -799,47 +824,18 @@ mod tests {
         assert!(valid > 5000, "{valid}");
     }
 
+    /// The integer walk's RLE equals the one built from the float reference's crossings.
     #[test]
     fn polygon_crossings_equal_the_float_reference() {
-        let mut state: u64 = 11;
-        let mut next = |n: u64| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) % n
-        };
+        let mut next = crate::lcg(11);
         for case in 0..3000 {
             let (h, w) = (1 + next(60) as u32, 1 + next(60) as u32);
             let points = next(9) as usize;
             let xy: Vec<f64> = (0..2 * points)
                 .map(|_| (next(16000) as f64 - 4000.0) / 100.0)
                 .collect();
-            let mut expected = crossings_reference(&xy, h, w);
-            expected.push(h * w);
-            expected.sort_unstable();
+            let counts = counts_from_crossings(crossings_reference(&xy, h, w), h * w);
             let rle = Rle::from_polygon(&xy, h, w).unwrap();
-            // Rebuild the RLE from the reference crossings as from_polygon does.
-            let mut a = expected;
-            let mut previous = 0u32;
-            for value in a.iter_mut() {
-                let t = *value;
-                *value -= previous;
-                previous = t;
-            }
-            let mut counts = vec![a[0]];
-            let mut j = 1;
-            while j < a.len() {
-                if a[j] > 0 {
-                    counts.push(a[j]);
-                    j += 1;
-                } else {
-                    j += 1;
-                    if j < a.len() {
-                        *counts.last_mut().unwrap() += a[j];
-                        j += 1;
-                    }
-                }
-            }
             assert_eq!(rle.counts(), counts, "case {case}: {xy:?} in {h}x{w}");
         }
     }

@@ -871,13 +871,7 @@ mod tests {
     /// equal recall, at pycocotools' thresholds and others (0 and negative included).
     #[test]
     fn sweep_equals_search() {
-        let mut state: u64 = 7;
-        let mut next = |n: u64| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) % n
-        };
+        let mut next = crate::lcg(7);
         let coco: Vec<f64> = (0..101).map(|i| f64::from(i) / 100.0).collect();
         let ends = vec![-0.5, 0.0, 0.0, 0.01, 0.5, 1.0, 1.5];
         for case in 0..500 {
