@@ -26,13 +26,9 @@ THRESHOLDS=${THRESHOLDS:-0.2 0.4 0.5}
 "$M" must --runs "$RUNS" --seeds "$SEEDS" "$@" >&2
 DATA=$RUNS/must/data
 TRUTH=$DATA/unlabeled_truth.json
-TEST=$DATA/test_detection.json
 
-# Box AP (IoU 0.50:0.95) of a checkpoint on the detection test set.
-ap() {
-    "$M" eval --checkpoint "$1" --data "$TEST" --no-plots |
-        sed -n 's/.*(AP) @\[ IoU=0.50:0.95 | area=   all | maxDets=100 \] = //p'
-}
+# shellcheck source=bench/must_common.sh
+source "$(dirname "$0")/must_common.sh"
 
 # Trains run $2 of seed folder $1 from the student's saved config with the remaining options,
 # unless it is done (train continues an unfinished run of the same config).
@@ -45,12 +41,8 @@ student() {
 echo "| seed | teacher | student | student on the truth | detection-only student | detection weighted 2 | $(for t in $THRESHOLDS; do printf 'student at %s | ' "$t"; done)"
 echo "| --- | --- | --- | --- | --- | --- | $(for t in $THRESHOLDS; do printf -- '--- | '; done)"
 for ((k = 0; k < SEEDS; k++)); do
-    root=$RUNS/must
-    [ "$k" -gt 0 ] && root=$RUNS/must/seed$k
-    teachers=()
-    for task in detection pose segmentation depth classification; do
-        teachers+=(--teacher "$root/teacher-$task")
-    done
+    root=$(seed_root "$k")
+    teachers_of "$root"
     student "$root" student-truth --data "$TRUTH" --pseudo "$root/labels" --real-labels
     student "$root" student-detection-only --tasks detection
     sed 's/^detection = 1\.0$/detection = 2.0/' "$root/student/config.toml" >"$root/student-detection-2.toml"

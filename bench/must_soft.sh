@@ -17,12 +17,9 @@ RUNS=${1:-runs-detection}
 SEEDS=${SEEDS:-3}
 FLOOR=${FLOOR:-0.1}
 DATA=$RUNS/must/data
-TEST=$DATA/test_detection.json
 
-ap() {
-    "$M" eval --checkpoint "$1" --data "$TEST" --no-plots |
-        sed -n 's/.*(AP) @\[ IoU=0.50:0.95 | area=   all | maxDets=100 \] = //p'
-}
+# shellcheck source=bench/must_common.sh
+source "$(dirname "$0")/must_common.sh"
 
 # The student's config with centre_targets set to $2, as $1.
 variant() {
@@ -32,12 +29,8 @@ variant() {
 echo "| seed | teacher | student (hard, >= 0.3) | soft, >= 0.3 | soft, >= $FLOOR | weighted, >= 0.3 |"
 echo "| --- | --- | --- | --- | --- | --- |"
 for ((k = 0; k < SEEDS; k++)); do
-    root=$RUNS/must
-    [ "$k" -gt 0 ] && root=$RUNS/must/seed$k
-    teachers=()
-    for task in detection pose segmentation depth classification; do
-        teachers+=(--teacher "$root/teacher-$task")
-    done
+    root=$(seed_root "$k")
+    teachers_of "$root"
     "$M" pseudo-label "${teachers[@]}" --images "$DATA/unlabeled.json" --out "$root/labels-$FLOOR" \
         --det-threshold "$FLOOR" --pose-threshold 0.3 >&2
     variant "$root/student-soft.toml" soft

@@ -21,17 +21,8 @@ EPOCHS=${EPOCHS:-50}
 NECK=${NECK:-64}
 DATA=$RUNS/must/data
 
-# The metric of checkpoint $1 on task $2's test set.
-metric() {
-    local out
-    out=$("$M" eval --checkpoint "$1" --data "$DATA/test_$2.json" --no-plots)
-    case $2 in
-    detection) sed -n 's/.*(AP) @\[ IoU=0.50:0.95 | area=   all | maxDets=100 \] = //p' <<<"$out" ;;
-    segmentation) sed -n 's/^segmentation: mIoU \([0-9.]*\),.*/\1/p' <<<"$out" ;;
-    depth) sed -n 's/.*δ<1.25 \([0-9.]*\),.*/\1/p' <<<"$out" ;;
-    classification) sed -n 's/^classification: top-1 \([0-9.]*\),.*/\1/p' <<<"$out" ;;
-    esac
-}
+# shellcheck source=bench/must_common.sh
+source "$(dirname "$0")/must_common.sh"
 
 row() {
     local seed=$1 name=$2 det=$3 seg=$4 depth=$5 cls=$6
@@ -41,8 +32,7 @@ row() {
 echo "| seed | model | box AP | mIoU | δ<1.25 | top-1 |"
 echo "| --- | --- | --- | --- | --- | --- |"
 for ((k = 0; k < SEEDS; k++)); do
-    root=$RUNS/must
-    [ "$k" -gt 0 ] && root=$RUNS/must/seed$k
+    root=$(seed_root "$k")
     sed "s/^channels = 32$/channels = $NECK/" "$root/student/config.toml" >"$root/student-neck-$NECK.toml"
     sed "s/^epochs = 34$/epochs = $EPOCHS/" "$root/student/config.toml" >"$root/student-epochs-$EPOCHS.toml"
     "$M" train --config "$root/student-neck-$NECK.toml" --runs "$root" --name "student-neck-$NECK" >&2
