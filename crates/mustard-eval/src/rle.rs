@@ -37,6 +37,41 @@ fn pixels(height: u32, width: u32) -> Result<u32> {
     })
 }
 
+/// The next number of a compressed counts string (`rleFrString`'s inner loop) at `*p`, which
+/// moves past it; `None` where the string ends inside it, holds a byte outside `'0'..='o'` or a
+/// number longer than 12 characters. One character (most counts) is the fast path.
+#[inline(always)]
+fn next_compressed(s: &[u8], p: &mut usize) -> Option<i64> {
+    let c = s.get(*p)?.wrapping_sub(48);
+    if c < 0x20 {
+        *p += 1;
+        // Five bits, the sign in the highest.
+        return Some(if c & 0x10 != 0 {
+            i64::from(c) - 32
+        } else {
+            i64::from(c)
+        });
+    }
+    let mut x = 0i64;
+    let mut k = 0u32;
+    loop {
+        let c = s.get(*p)?.wrapping_sub(48);
+        if c >= 64 || k >= 12 {
+            return None;
+        }
+        let c = i64::from(c);
+        x |= (c & 0x1f) << (5 * k);
+        *p += 1;
+        k += 1;
+        if c & 0x20 == 0 {
+            if c & 0x10 != 0 {
+                x |= -1i64 << (5 * k);
+            }
+            return Some(x);
+        }
+    }
+}
+
 impl Rle {
     /// An RLE from uncompressed counts (the `counts` list of COCO json). The counts must add up
     /// to `height * width`.
@@ -248,20 +283,20 @@ impl Rle {
         height: u32,
         width: u32,
     ) -> Result<(u64, [f64; 4])> {
-        // Where it stops, the full decoder gives the error (or, were it to succeed, the value).
+        // Where it stops, the full decoder gives the error (or, were it to succeed, the value):
+        // a malformed number, counts that do not add up to the pixels (checked as they grow,
+        // so that no position below passes height * width), an empty mask.
         let fail = || Rle::from_compressed(counts, height, width).map(|r| (r.area(), r.to_bbox()));
-        let s = counts.as_bytes();
         let (h, w) = (height, width);
-        let mut p = 0;
-        let mut j = 0usize;
-        let (mut before_last, mut last) = (0u32, 0u32);
-        let (mut total, mut area) = (0u64, 0u64);
-        let (mut xs, mut ys, mut xe, mut ye) = (w, h, 0u32, 0u32);
-        // The (column, row) of the next pixel, kept without dividing: with counts that add
-        // up to height * width (checked below, else the full decoder answers) it is
-        // (cc / h, cc % h) of the C code's position cc.
-        let (mut col, mut row) = (0u64, 0u64);
+        let n = match pixels(h, w) {
+            Ok(n) if n > 0 => u64::from(n),
+            _ => return fail(),
+        };
+        let s = counts.as_bytes();
         let h64 = u64::from(h);
+        // The (column, row) of the next pixel, kept without dividing: (cc / h, cc % h) of the
+        // C code's position cc, which stays below height * width.
+        let (mut col, mut row) = (0u64, 0u64);
         let advance = |col: &mut u64, row: &mut u64, run: u64| {
             *row += run;
             if *row >= h64 {
@@ -274,64 +309,71 @@ impl Rle {
                 }
             }
         };
-        while p < s.len() {
-            let mut x: i64 = 0;
-            let mut k = 0u32;
-            loop {
-                let Some(&byte) = s.get(p) else {
-                    return fail();
-                };
-                if !(48..48 + 64).contains(&byte) || k >= 12 {
-                    return fail();
-                }
-                let c = i64::from(byte - 48);
-                x |= (c & 0x1f) << (5 * k);
-                let more = c & 0x20 != 0;
-                p += 1;
-                k += 1;
-                if !more {
-                    if c & 0x10 != 0 {
-                        x |= -1i64 << (5 * k);
-                    }
-                    break;
-                }
-            }
-            if j > 2 {
-                x = x.wrapping_add(i64::from(before_last));
-            }
-            let run = x as u32;
-            (before_last, last) = (last, run);
-            total += u64::from(run);
-            if j % 2 == 1 && run > 0 && h > 0 {
-                area += u64::from(run);
-                let (x_start, y_start) = (col, row);
-                advance(&mut col, &mut row, u64::from(run) - 1);
-                let (x_end, y_end) = (col, row);
-                advance(&mut col, &mut row, 1);
-                if total <= u64::from(u32::MAX) {
-                    let (x_start, y_start) = (x_start as u32, y_start as u32);
-                    let (x_end, y_end) = (x_end as u32, y_end as u32);
-                    xs = xs.min(x_start);
-                    xe = xe.max(x_end);
-                    if x_start < x_end {
-                        ys = 0;
-                        ye = h - 1;
-                    } else {
-                        ys = ys.min(y_start);
-                        ye = ye.max(y_end);
-                    }
-                }
-            } else if h > 0 {
-                advance(&mut col, &mut row, u64::from(run));
-            }
-            j += 1;
-        }
-        if total != u64::from(pixels(h, w)?) {
+        let mut p = 0;
+        // Counts 0 (zeros) and 1 (ones) are taken as written; from count 3 on, each adds the
+        // count two before it, of its own kind: `prev` holds 0 until then.
+        let Some(first) = next_compressed(s, &mut p) else {
+            return fail();
+        };
+        let mut total = u64::from(first as u32);
+        if total > n {
             return fail();
         }
-        let bbox = if j / 2 * 2 == 0 || h == 0 {
+        advance(&mut col, &mut row, total);
+        let (mut prev_zeros, mut prev_ones) = (0u32, 0u32);
+        let mut pairs = 0usize;
+        let mut area = 0u64;
+        let (mut xs, mut ys, mut xe, mut ye) = (u64::from(w), h64, 0u64, 0u64);
+        while p < s.len() {
+            let Some(x) = next_compressed(s, &mut p) else {
+                return fail();
+            };
+            let ones = x.wrapping_add(i64::from(prev_ones)) as u32;
+            prev_ones = ones;
+            pairs += 1;
+            total += u64::from(ones);
+            if total > n {
+                return fail();
+            }
+            if ones > 0 {
+                let (x_start, y_start) = (col, row);
+                advance(&mut col, &mut row, u64::from(ones) - 1);
+                // Positions only grow: the box's left is the first run's, its right the last's.
+                if area == 0 {
+                    xs = x_start;
+                }
+                area += u64::from(ones);
+                xe = col;
+                if x_start < col {
+                    ys = 0;
+                    ye = h64 - 1;
+                } else {
+                    ys = ys.min(y_start);
+                    ye = ye.max(row);
+                }
+                advance(&mut col, &mut row, 1);
+            }
+            if p == s.len() {
+                break;
+            }
+            let Some(x) = next_compressed(s, &mut p) else {
+                return fail();
+            };
+            let zeros = x.wrapping_add(i64::from(prev_zeros)) as u32;
+            prev_zeros = zeros;
+            total += u64::from(zeros);
+            if total > n {
+                return fail();
+            }
+            advance(&mut col, &mut row, u64::from(zeros));
+        }
+        if total != n {
+            return fail();
+        }
+        let bbox = if pairs == 0 {
             [0.0; 4]
         } else {
+            let (xs, ys, xe, ye) = (xs as u32, ys as u32, xe as u32, ye as u32);
             [
                 f64::from(xs),
                 f64::from(ys),
@@ -451,14 +493,65 @@ impl Rle {
             } else {
                 // The point's x, xs + s t + 0.5, lies between two vertices' x (+ 0.5), which
                 // are in the range of a C int: the cast truncates as `(int)` does.
-                for d in 0..=dy {
+                let point = |d: i64| {
                     let t = if flip { dy - d } else { d };
-                    let point = ((xs as f64 + s * t as f64 + 0.5) as i64, t + ys);
-                    if let Some((u0, v0)) = previous {
-                        cross(u0, v0, point.0, point.1);
-                    }
-                    previous = Some(point);
+                    ((xs as f64 + s * t as f64 + 0.5) as i64, t + ys)
+                };
+                let (first, last) = (point(0), point(dy));
+                if let Some((u0, v0)) = previous {
+                    cross(u0, v0, first.0, first.1);
                 }
+                // The C code compares every point with the one before, and only a step of x
+                // onto or off a column xd = 5 m + 2 (from xd to above it, or from above it to
+                // xd) marks a crossing. x is monotonic along the edge (a product by a growing
+                // t, rounded, then truncated, never turns back), so the step past each such
+                // column is the first point beyond it: found by galloping, not walking.
+                let (x0, x1) = (first.0, last.0);
+                let mut found = 0;
+                // The columns in the order the edge passes them: [x0, x1) up, [x1, x0) down.
+                let lowest = x0.min(x1) + (2 - x0.min(x1)).rem_euclid(5);
+                let count = (x0.max(x1) - lowest + 4).max(0) / 5;
+                for m in 0..count {
+                    let column = if x1 > x0 {
+                        lowest + 5 * m
+                    } else {
+                        lowest + 5 * (count - 1 - m)
+                    };
+                    // Beyond the column: x above it going up, at it or below going down.
+                    let beyond = |d: i64| {
+                        let x = point(d).0;
+                        if x1 > x0 {
+                            x > column
+                        } else {
+                            x <= column
+                        }
+                    };
+                    // The first d in (found, dy] beyond, where `point(found)` is not (else
+                    // the step that passed this column passed the one before, already done).
+                    if !beyond(found) {
+                        let (mut lo, mut step) = (found, 1);
+                        let mut hi = loop {
+                            let d = (lo + step).min(dy);
+                            if beyond(d) {
+                                break d;
+                            }
+                            lo = d;
+                            step *= 2;
+                        };
+                        while hi - lo > 1 {
+                            let mid = lo + (hi - lo) / 2;
+                            if beyond(mid) {
+                                hi = mid;
+                            } else {
+                                lo = mid;
+                            }
+                        }
+                        let ((u0, v0), (u1, v1)) = (point(hi - 1), point(hi));
+                        cross(u0, v0, u1, v1);
+                        found = hi;
+                    }
+                }
+                previous = Some(last);
             }
         }
         Rle::new(height, width, counts_from_crossings(a, n))
@@ -796,10 +889,30 @@ mod tests {
         let mut next = crate::lcg(5);
         let mut valid = 0;
         for _ in 0..20000 {
-            let (h, w) = (next(9) as u32, next(9) as u32);
-            let s: String = if next(2) == 0 {
-                // A real mask's string, sometimes cut or changed.
-                let bits: Vec<u8> = (0..h * w).map(|_| u8::from(next(3) == 0)).collect();
+            let large = next(4) == 0;
+            let (h, w) = if large {
+                (1 + next(70) as u32, 1 + next(70) as u32)
+            } else {
+                (next(9) as u32, next(9) as u32)
+            };
+            let s: String = if large || next(2) == 0 {
+                // A real mask's string, sometimes cut or changed: noise, or (large) a filled
+                // rectangle, so that runs cross columns and counts take several characters.
+                let (x0, y0) = (next(u64::from(w) + 1) as u32, next(u64::from(h) + 1) as u32);
+                let (x1, y1) = (
+                    x0 + next(u64::from(w - x0) + 1) as u32,
+                    y0 + next(u64::from(h - y0) + 1) as u32,
+                );
+                let bits: Vec<u8> = (0..h * w)
+                    .map(|i| {
+                        let (x, y) = (i / h.max(1), i % h.max(1));
+                        u8::from(if large {
+                            (x0..x1).contains(&x) && (y0..y1).contains(&y) || next(50) == 0
+                        } else {
+                            next(3) == 0
+                        })
+                    })
+                    .collect();
                 let mut s = Rle::encode(&bits, h, w).unwrap().to_compressed();
                 if next(4) == 0 && !s.is_empty() {
                     s.remove(next(s.len() as u64) as usize);
