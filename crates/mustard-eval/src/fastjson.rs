@@ -124,7 +124,15 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> R<String> {
         self.eat(b'"')?;
         let start = self.p;
-        // The common case: no escape.
+        // The common case: no escape. Plain bytes (printable ASCII but the quote and the
+        // backslash) are skipped 32 at a time, each block checked whole, which vectorises.
+        let plain = |c: u8| (0x20..0x80).contains(&c) && c != b'"' && c != b'\\';
+        while let Some(block) = self.b.get(self.p..self.p + 32) {
+            if !block.iter().fold(true, |all, &c| all & plain(c)) {
+                break;
+            }
+            self.p += 32;
+        }
         loop {
             let c = *self.b.get(self.p)?;
             match c {
@@ -843,6 +851,38 @@ mod tests {
             agreed > 1000,
             "{agreed} read, {left} valid ones left to serde"
         );
+    }
+
+    /// Strings around the 32-byte blocks of the fast scan: a quote, an escape, a control
+    /// byte or a non-ASCII character at every position reads as serde reads it (or is left to
+    /// serde).
+    #[test]
+    fn long_strings_read_as_serde_reads_them() {
+        let mut checked = 0;
+        for len in 0..80 {
+            for at in 0..len {
+                for special in ["\"", "\\\\", "\\n", "\n", "é", "\\u00e9", "o"] {
+                    let body: String = (0..len)
+                        .map(|i| {
+                            if i == at {
+                                special.to_string()
+                            } else {
+                                char::from(b'0' + (i % 40) as u8).to_string()
+                            }
+                        })
+                        .collect();
+                    let doc = format!(
+                        r#"[{{"image_id": 1, "category_id": 2, "score": 1, "segmentation": {{"size": [2, 3], "counts": "{body}"}}}}]"#
+                    );
+                    let serde: Result<Vec<ResultRecord>, _> = serde_json::from_str(&doc);
+                    if let Some(fast) = results(doc.as_bytes()) {
+                        assert_eq!(Some(fast), serde.ok(), "{doc}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 9000, "{checked}");
     }
 
     #[test]

@@ -660,7 +660,9 @@ impl Edge {
 /// where a run flips), as `rleFrPoly` ends: sorted, differenced, empty runs merged.
 fn counts_from_crossings(mut a: Vec<u32>, n: u32) -> Vec<u32> {
     a.push(n);
-    a.sort_unstable();
+    // Each edge adds its crossings in order of x, up or down: runs that a stable sort
+    // finds and merges (an unstable one sorts from scratch).
+    a.sort();
     let mut previous = 0u32;
     for value in a.iter_mut() {
         let t = *value;
