@@ -482,23 +482,27 @@ fn once<T>(slot: &mut Option<T>, value: T) -> R<()> {
     Some(())
 }
 
-/// A results document, or `None` to leave it to serde. Large documents are read in parallel
-/// (see [`results_in_parallel`]).
-pub(crate) fn results(bytes: &[u8]) -> Option<Vec<ResultRecord>> {
-    let threads = rayon::current_num_threads();
-    if threads > 1 && bytes.len() >= PARALLEL_BYTES {
-        if let Some(records) = results_in_parallel(bytes, threads) {
-            return Some(records);
+/// A results document, or `None` to leave it to serde: its records in file order, in pieces
+/// (whoever turns them into something else can free each piece as it goes). Large documents are
+/// read in pieces of about [`PIECE_BYTES`], in parallel (see [`results_in_parallel`]).
+pub(crate) fn results(bytes: &[u8]) -> Option<Vec<Vec<ResultRecord>>> {
+    if bytes.len() >= PARALLEL_BYTES {
+        let parts = rayon::current_num_threads().max(bytes.len() / PIECE_BYTES);
+        if let Some(pieces) = results_in_parallel(bytes, parts) {
+            return Some(pieces);
         }
     }
     let mut r = Reader::new(bytes);
     let records = r.array(result)?;
     r.end()?;
-    Some(records)
+    Some(vec![records])
 }
 
-/// Below this size a results document is read by one thread.
+/// Below this size a results document is read in one piece, by one thread.
 const PARALLEL_BYTES: usize = 1 << 20;
+
+/// About the size of a piece of a large results document.
+const PIECE_BYTES: usize = 8 << 20;
 
 /// The document cut into `parts` pieces at guessed record boundaries (the first `{` after a
 /// `,` past each even cut), each piece read by its own thread until it passes the next
@@ -506,7 +510,7 @@ const PARALLEL_BYTES: usize = 1 << 20;
 /// piece's reading began at a proven boundary, so it knows where the records are. Any piece
 /// that fails or lands elsewhere (a guess inside a string) makes the whole document be read
 /// by one thread.
-fn results_in_parallel(bytes: &[u8], parts: usize) -> Option<Vec<ResultRecord>> {
+fn results_in_parallel(bytes: &[u8], parts: usize) -> Option<Vec<Vec<ResultRecord>>> {
     use rayon::prelude::*;
     // The first piece starts at the array's first record.
     let mut r = Reader::new(bytes);
@@ -551,7 +555,7 @@ fn results_in_parallel(bytes: &[u8], parts: usize) -> Option<Vec<ResultRecord>> 
             }
         })
         .collect();
-    let mut all = Vec::with_capacity(pieces.iter().flatten().map(|p| p.0.len()).sum());
+    let mut all = Vec::with_capacity(pieces.len());
     let last = pieces.len() - 1;
     for (k, piece) in pieces.into_iter().enumerate() {
         let (records, end, closed) = piece?;
@@ -566,7 +570,7 @@ fn results_in_parallel(bytes: &[u8], parts: usize) -> Option<Vec<ResultRecord>> 
             r.p = end;
             r.end()?;
         }
-        all.extend(records);
+        all.push(records);
     }
     Some(all)
 }
@@ -718,8 +722,13 @@ fn annotation(r: &mut Reader<'_>) -> R<GtAnnotation> {
 mod tests {
     use super::*;
 
+    /// The records of a document read in pieces, as one list.
+    fn flat(pieces: Option<Vec<Vec<ResultRecord>>>) -> Option<Vec<ResultRecord>> {
+        pieces.map(|p| p.into_iter().flatten().collect())
+    }
+
     fn both_results(doc: &str) -> Option<Vec<ResultRecord>> {
-        let fast = results(doc.as_bytes());
+        let fast = flat(results(doc.as_bytes()));
         let serde: Result<Vec<ResultRecord>, _> = serde_json::from_str(doc);
         if let Some(f) = &fast {
             assert_eq!(Some(f), serde.as_ref().ok(), "{doc}");
@@ -824,7 +833,7 @@ mod tests {
                 }
             }
             let serde: Result<Vec<ResultRecord>, _> = serde_json::from_slice(&doc);
-            match results(&doc) {
+            match flat(results(&doc)) {
                 Some(fast) => {
                     let serde = serde.unwrap_or_else(|e| {
                         panic!("{}: read, serde: {e}", String::from_utf8_lossy(&doc))
@@ -875,7 +884,7 @@ mod tests {
                         r#"[{{"image_id": 1, "category_id": 2, "score": 1, "segmentation": {{"size": [2, 3], "counts": "{body}"}}}}]"#
                     );
                     let serde: Result<Vec<ResultRecord>, _> = serde_json::from_str(&doc);
-                    if let Some(fast) = results(doc.as_bytes()) {
+                    if let Some(fast) = flat(results(doc.as_bytes())) {
                         assert_eq!(Some(fast), serde.ok(), "{doc}");
                         checked += 1;
                     }
@@ -915,7 +924,7 @@ mod tests {
         ] {
             let doc = format!(r#"[{{"image_id": 1, "category_id": 1, "score": {literal}}}]"#);
             let serde: Vec<ResultRecord> = serde_json::from_str(&doc).unwrap();
-            if let Some(fast) = results(doc.as_bytes()) {
+            if let Some(fast) = flat(results(doc.as_bytes())) {
                 assert_eq!(
                     fast[0].score.to_bits(),
                     serde[0].score.to_bits(),
@@ -951,16 +960,16 @@ mod tests {
         }
         doc.push(']');
         let serde: Vec<ResultRecord> = serde_json::from_str(&doc).unwrap();
-        for threads in 2..=5 {
+        for threads in 1..=5 {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            let fast = pool.install(|| results(doc.as_bytes())).expect("read");
+            let fast = flat(pool.install(|| results(doc.as_bytes()))).expect("read");
             assert_eq!(fast, serde, "{threads} threads");
             // The pieces alone (no fallback to one thread) read it too where the cuts are
             // not inside a note.
-            if let Some(parallel) = results_in_parallel(doc.as_bytes(), threads) {
+            if let Some(parallel) = flat(results_in_parallel(doc.as_bytes(), threads)) {
                 assert_eq!(parallel, serde);
             }
         }
@@ -971,10 +980,9 @@ mod tests {
         );
         let plain_serde: Vec<ResultRecord> = serde_json::from_str(&plain).unwrap();
         for threads in 2..=5 {
-            assert_eq!(
-                results_in_parallel(plain.as_bytes(), threads),
-                Some(plain_serde.clone())
-            );
+            let pieces = results_in_parallel(plain.as_bytes(), threads).expect("read");
+            assert_eq!(pieces.len(), threads);
+            assert_eq!(flat(Some(pieces)), Some(plain_serde.clone()));
         }
         // A broken document is left to serde, whatever the threads.
         let broken = doc.replacen("\"score\": 0.5", "\"score\": x", 1);

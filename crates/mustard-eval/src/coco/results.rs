@@ -57,17 +57,17 @@ fn optional_box<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<[f6
     deserializer.deserialize_any(BoxVisitor)
 }
 
-/// The records of a results document: the fast reader, or serde where it gives up (then
-/// serde's value or error).
-fn read_records(bytes: &[u8], origin: &str) -> Result<Vec<ResultRecord>> {
+/// The records of a results document, in file order and in pieces: the fast reader, or serde
+/// where it gives up (then serde's value, one piece, or its error).
+fn read_records(bytes: &[u8], origin: &str) -> Result<Vec<Vec<ResultRecord>>> {
     match fastjson::results(bytes) {
-        Some(records) => Ok(records),
-        None => json::parse(bytes, origin),
+        Some(pieces) => Ok(pieces),
+        None => json::parse(bytes, origin).map(|records| vec![records]),
     }
 }
 
-/// The records of a results file, and the file's name for errors.
-fn records_from_path(path: &Path) -> Result<(Vec<ResultRecord>, String)> {
+/// The records of a results file, in pieces, and the file's name for errors.
+fn records_from_path(path: &Path) -> Result<(Vec<Vec<ResultRecord>>, String)> {
     let origin = path.display().to_string();
     let records = read_records(&json::read(path)?, &origin)?;
     Ok((records, origin))
@@ -121,13 +121,13 @@ impl CocoDt {
     /// Parses a results json document (a list of [`ResultRecord`]) held in memory; errors name
     /// it `results`.
     pub fn from_json(gt: &CocoGt, bytes: &[u8]) -> Result<CocoDt> {
-        CocoDt::from_records(gt, read_records(bytes, "results")?, "results")
+        CocoDt::from_pieces(gt, read_records(bytes, "results")?, "results".into())
     }
 
     /// Reads and parses a results json file; errors name the file.
     pub fn from_path(gt: &CocoGt, path: impl AsRef<Path>) -> Result<CocoDt> {
-        let (records, origin) = records_from_path(path.as_ref())?;
-        CocoDt::from_records(gt, records, origin)
+        let (pieces, origin) = records_from_path(path.as_ref())?;
+        CocoDt::from_pieces(gt, pieces, origin)
     }
 
     /// Reads a ground truth and a results file at once (the two parsed side by side), as
@@ -136,8 +136,8 @@ impl CocoDt {
         let (gt, results) = (gt.as_ref(), results.as_ref());
         let (gt, records) = rayon::join(|| CocoGt::from_path(gt), || records_from_path(results));
         let gt = gt?;
-        let (records, origin) = records?;
-        let dt = CocoDt::from_records(&gt, records, origin)?;
+        let (pieces, origin) = records?;
+        let dt = CocoDt::from_pieces(&gt, pieces, origin)?;
         Ok((gt, dt))
     }
 
@@ -150,8 +150,13 @@ impl CocoDt {
         records: Vec<ResultRecord>,
         origin: impl Into<String>,
     ) -> Result<CocoDt> {
-        let origin = origin.into();
-        let kind = match records.first() {
+        CocoDt::from_pieces(gt, vec![records], origin.into())
+    }
+
+    /// [`CocoDt::from_records`] of the records of `pieces` in order; each piece is freed once
+    /// its detections are made, so that records and detections are not all held at once.
+    fn from_pieces(gt: &CocoGt, pieces: Vec<Vec<ResultRecord>>, origin: String) -> Result<CocoDt> {
+        let kind = match pieces.iter().flatten().next() {
             None => ResultKind::Bbox,
             Some(r) if r.bbox.is_some() => ResultKind::Bbox,
             Some(r) if r.segmentation.is_some() => ResultKind::Segm,
@@ -161,8 +166,9 @@ impl CocoDt {
         // The masks' areas and boxes, the costly part, computed in parallel beforehand; used
         // (and their errors reported) in record order below.
         let mut masks: Vec<Option<Result<MaskExtent>>> = if kind == ResultKind::Segm {
-            records
+            pieces
                 .par_iter()
+                .flat_map_iter(|piece| piece.iter())
                 .map(|r| {
                     let size = gt.image(r.image_id).and_then(|i| i.size());
                     r.segmentation.as_ref().map(|s| s.area_and_bbox(size))
@@ -171,9 +177,9 @@ impl CocoDt {
         } else {
             Vec::new()
         };
-        let mut detections = Vec::with_capacity(records.len());
+        let mut detections = Vec::with_capacity(pieces.iter().map(Vec::len).sum());
         let mut warnings = Vec::new();
-        for (index, r) in records.into_iter().enumerate() {
+        for (index, r) in pieces.into_iter().flatten().enumerate() {
             let invalid = |field: &'static str, reason: String| Error::InvalidRecord {
                 origin: origin.clone(),
                 record: format!("result {index}"),
