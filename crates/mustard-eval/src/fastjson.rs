@@ -12,6 +12,8 @@
 //! integer and converted (`-0` is `0.0`), any other is rounded correctly
 //! (`float_roundtrip`), and a literal out of the `f64` range gives up.
 
+use std::io::Read;
+
 use crate::coco::{Category, GtAnnotation, Image, ResultRecord, Segmentation};
 
 /// The ground truth's three lists.
@@ -484,51 +486,153 @@ fn once<T>(slot: &mut Option<T>, value: T) -> R<()> {
 
 /// A results document, or `None` to leave it to serde: its records in file order, in pieces
 /// (whoever turns them into something else can free each piece as it goes). Large documents are
-/// read in pieces of about [`PIECE_BYTES`], in parallel (see [`results_in_parallel`]).
+/// read in pieces of about [`PIECE_BYTES`], in parallel (see [`read_block`]).
 pub(crate) fn results(bytes: &[u8]) -> Option<Vec<Vec<ResultRecord>>> {
-    if bytes.len() >= PARALLEL_BYTES {
-        let parts = rayon::current_num_threads().max(bytes.len() / PIECE_BYTES);
-        if let Some(pieces) = results_in_parallel(bytes, parts) {
-            return Some(pieces);
+    let Some(start) = array_start(bytes) else {
+        // `[]`, or not something this reader reads.
+        let mut r = Reader::new(bytes);
+        r.eat(b'[')?;
+        r.eat(b']')?;
+        return r.end().map(|()| Vec::new());
+    };
+    let (pieces, next) = read_records(bytes, start, false)?;
+    match next {
+        Next::Closed(end) => {
+            let mut r = Reader::new(bytes);
+            r.p = end;
+            r.end()?;
+            Some(pieces)
         }
+        Next::More(_) => None,
     }
-    let mut r = Reader::new(bytes);
-    let records = r.array(result)?;
-    r.end()?;
-    Some(vec![records])
 }
 
-/// Below this size a results document is read in one piece, by one thread.
-const PARALLEL_BYTES: usize = 1 << 20;
+/// A results file read `block` bytes at a time, the records of each block parsed (in
+/// parallel pieces) before the next is read, so that the whole file is never in memory at
+/// once; a record cut by a block's end is read again with the next. `Ok(None)` leaves the
+/// document to serde, as [`results`] does (then its value or error).
+pub(crate) fn results_from_reader(
+    src: &mut impl Read,
+    block: usize,
+) -> std::io::Result<Option<Vec<Vec<ResultRecord>>>> {
+    let mut buf = Vec::new();
+    let mut more = fill(src, &mut buf, block)?;
+    // The array's opening: `[` and whitespace, then a record or `]`.
+    let mut start = loop {
+        match array_start(&buf) {
+            Some(start) => break start,
+            None if more && buf.iter().all(|c| b" \n\r\t[".contains(c)) => {
+                more = fill(src, &mut buf, block)?;
+            }
+            None => {
+                // Possibly `[]`: the whole document decides.
+                src.read_to_end(&mut buf)?;
+                return Ok(results(&buf));
+            }
+        }
+    };
+    let mut pieces = Vec::new();
+    loop {
+        let Some((read, next)) = read_records(&buf, start, more) else {
+            return Ok(None);
+        };
+        pieces.extend(read.into_iter().filter(|p| !p.is_empty()));
+        match next {
+            Next::Closed(end) => {
+                // Only whitespace may follow, to the end of the file.
+                let mut rest = buf.split_off(end);
+                drop(buf);
+                src.read_to_end(&mut rest)?;
+                return Ok(Reader::new(&rest).end().map(|()| pieces));
+            }
+            Next::More(at) => {
+                // No whole record in more than a block and more than any real record: one
+                // the reader gives up on (serde decides), not one cut by the block's end.
+                if !more || (at == start && buf.len() - start > block.max(MAX_RECORD_BYTES)) {
+                    return Ok(None);
+                }
+                buf.drain(..at);
+                start = 0;
+                more = fill(src, &mut buf, block)?;
+            }
+        }
+    }
+}
 
-/// About the size of a piece of a large results document.
-const PIECE_BYTES: usize = 8 << 20;
+/// Longer than any record of a results file the fast reader reads.
+const MAX_RECORD_BYTES: usize = 64 << 20;
 
-/// The document cut into `parts` pieces at guessed record boundaries (the first `{` after a
-/// `,` past each even cut), each piece read by its own thread until it passes the next
-/// piece's start. A guess is proven right when the piece before ends exactly on it: that
-/// piece's reading began at a proven boundary, so it knows where the records are. Any piece
-/// that fails or lands elsewhere (a guess inside a string) makes the whole document be read
-/// by one thread.
-fn results_in_parallel(bytes: &[u8], parts: usize) -> Option<Vec<Vec<ResultRecord>>> {
-    use rayon::prelude::*;
-    // The first piece starts at the array's first record.
+/// Appends up to `block` bytes of `src` to `buf`; false once `src` has ended.
+fn fill(src: &mut impl Read, buf: &mut Vec<u8>, block: usize) -> std::io::Result<bool> {
+    let n = src.by_ref().take(block as u64).read_to_end(buf)?;
+    Ok(n == block)
+}
+
+/// Where the first record of a results array begins (`[`, whitespace, then `{`).
+fn array_start(bytes: &[u8]) -> Option<usize> {
     let mut r = Reader::new(bytes);
     r.eat(b'[')?;
-    if r.peek()? != b'{' {
-        return None;
+    (r.peek()? == b'{').then_some(r.p)
+}
+
+/// Below this size a block of results is read in one piece, by one thread.
+const PARALLEL_BYTES: usize = 1 << 20;
+
+/// About the size of a piece of a large block of results.
+const PIECE_BYTES: usize = 8 << 20;
+
+/// What follows the records a block gave.
+enum Next {
+    /// The array closed; its `]` ends before this position.
+    Closed(usize),
+    /// The block ended inside the array: the next record begins at this position (just after
+    /// a comma), which the next block continues.
+    More(usize),
+}
+
+/// The records of `bytes` from `start`, a record's start, in pieces (in parallel where the
+/// block is large), and what follows them; `more` says that `bytes` may end inside the array
+/// (a block of a file). `None` leaves the document to serde.
+fn read_records(bytes: &[u8], start: usize, more: bool) -> Option<(Vec<Vec<ResultRecord>>, Next)> {
+    let size = bytes.len() - start;
+    if size >= PARALLEL_BYTES {
+        let parts = rayon::current_num_threads().max(size / PIECE_BYTES);
+        if let Some(read) = read_block(bytes, start, parts, more) {
+            return Some(read);
+        }
     }
-    let mut starts = vec![r.p];
+    read_block(bytes, start, 1, more)
+}
+
+/// `bytes` from `start` cut into `parts` pieces at guessed record boundaries (the first `{`
+/// after a `,` past each even cut), each piece read by its own thread until it passes the next
+/// piece's start. A guess is proven right when the piece before ends exactly on it: that
+/// piece's reading began at a proven boundary, so it knows where the records are. Any piece
+/// that fails or lands elsewhere (a guess inside a string) gives `None` (the caller reads the
+/// block as one piece). The last piece reads to the array's end or, with `more`, to the last
+/// whole record of the block.
+fn read_block(
+    bytes: &[u8],
+    start: usize,
+    parts: usize,
+    more: bool,
+) -> Option<(Vec<Vec<ResultRecord>>, Next)> {
+    use rayon::prelude::*;
+    let mut starts = vec![start];
     for k in 1..parts {
-        let from = (bytes.len() * k / parts).max(starts[k - 1] + 1);
-        let guess = next_record_start(bytes, from)?;
+        let from = (start + (bytes.len() - start) * k / parts).max(starts[k - 1] + 1);
+        let Some(guess) = next_record_start(bytes, from) else {
+            break;
+        };
         if guess <= starts[k - 1] {
             return None;
         }
         starts.push(guess);
     }
     starts.dedup();
-    let pieces: Vec<Option<(Vec<ResultRecord>, usize, bool)>> = (0..starts.len())
+    let last = starts.len() - 1;
+    // Per piece: its records, and where it stopped (the next piece's start, or what follows).
+    let pieces: Vec<Option<(Vec<ResultRecord>, Next)>> = (0..starts.len())
         .into_par_iter()
         .map(|k| {
             let stop = starts.get(k + 1).copied().unwrap_or(usize::MAX);
@@ -537,42 +641,51 @@ fn results_in_parallel(bytes: &[u8], parts: usize) -> Option<Vec<Vec<ResultRecor
             r.depth = 1;
             let mut records = Vec::new();
             loop {
-                records.push(result(&mut r)?);
-                match r.peek()? {
-                    b',' => {
+                let at = r.p;
+                let cut = |records| (k == last && more).then_some((records, Next::More(at)));
+                let Some(record) = result(&mut r) else {
+                    return cut(records);
+                };
+                match r.peek() {
+                    Some(b',') => {
+                        records.push(record);
                         r.p += 1;
+                        let after = r.p;
                         r.ws();
                         if r.p >= stop {
-                            return Some((records, r.p, false));
+                            return Some((records, Next::More(r.p)));
+                        }
+                        if r.p == bytes.len() {
+                            return (k == last && more).then_some((records, Next::More(after)));
                         }
                     }
-                    b']' => {
+                    Some(b']') => {
+                        records.push(record);
                         r.p += 1;
-                        return Some((records, r.p, true));
+                        return Some((records, Next::Closed(r.p)));
                     }
-                    _ => return None,
+                    None => return cut(records),
+                    Some(_) => return None,
                 }
             }
         })
         .collect();
     let mut all = Vec::with_capacity(pieces.len());
-    let last = pieces.len() - 1;
+    let mut next = None;
     for (k, piece) in pieces.into_iter().enumerate() {
-        let (records, end, closed) = piece?;
-        if k < last && (closed || end != starts[k + 1]) {
-            return None;
-        }
-        if k == last {
-            if !closed {
-                return None;
+        let (records, stopped) = piece?;
+        if k < last {
+            // Proven only where it ends on the next piece's start.
+            match stopped {
+                Next::More(end) if end == starts[k + 1] => {}
+                _ => return None,
             }
-            let mut r = Reader::new(bytes);
-            r.p = end;
-            r.end()?;
+        } else {
+            next = Some(stopped);
         }
         all.push(records);
     }
-    Some(all)
+    Some((all, next?))
 }
 
 /// The first `{` at or after `from` whose previous non-whitespace byte is a `,`.
@@ -969,8 +1082,8 @@ mod tests {
             assert_eq!(fast, serde, "{threads} threads");
             // The pieces alone (no fallback to one thread) read it too where the cuts are
             // not inside a note.
-            if let Some(parallel) = flat(results_in_parallel(doc.as_bytes(), threads)) {
-                assert_eq!(parallel, serde);
+            if let Some((parallel, _)) = read_block(doc.as_bytes(), 1, threads, false) {
+                assert_eq!(flat(Some(parallel)), Some(serde.clone()));
             }
         }
         // Without the notes, every cut is proven and the pieces read it.
@@ -980,9 +1093,32 @@ mod tests {
         );
         let plain_serde: Vec<ResultRecord> = serde_json::from_str(&plain).unwrap();
         for threads in 2..=5 {
-            let pieces = results_in_parallel(plain.as_bytes(), threads).expect("read");
+            let (pieces, _) = read_block(plain.as_bytes(), 1, threads, false).expect("read");
             assert_eq!(pieces.len(), threads);
             assert_eq!(flat(Some(pieces)), Some(plain_serde.clone()));
+        }
+        // Read a block at a time, the blocks cutting records anywhere (the notes too), with
+        // readers that return less than asked.
+        for (threads, block) in [
+            (1, 100_000),
+            (2, 4096),
+            (3, 333_333),
+            (2, 2_000_000),
+            (1, 1 << 26),
+        ] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut src = Trickle(doc.as_bytes(), 1000);
+            let read = pool
+                .install(|| results_from_reader(&mut src, block))
+                .unwrap();
+            assert_eq!(
+                flat(read),
+                Some(serde.clone()),
+                "{threads} threads, blocks of {block}"
+            );
         }
         // A broken document is left to serde, whatever the threads.
         let broken = doc.replacen("\"score\": 0.5", "\"score\": x", 1);
@@ -991,5 +1127,57 @@ mod tests {
             .build()
             .unwrap();
         assert!(pool.install(|| results(broken.as_bytes())).is_none());
+    }
+    /// A reader that hands out at most `.1` bytes at a time.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(out.len()).min(self.1);
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    /// Blocks of every small size over small documents: what the whole-document reader and
+    /// serde give (or left to serde where the whole-document reader leaves it).
+    #[test]
+    fn block_reading_equals_whole_reading() {
+        let docs = [
+            r#" [ {"image_id": 1, "category_id": 2, "score": 0.5, "bbox": [1, 2.5, 3e1, 4E-1], "x": [{"a": null}, true, "s\n"]},
+            {"image_id": -3, "category_id": 7, "score": -0, "bbox": [], "keypoints": [1, 2, 0.1]} ,
+            {"image_id": 4, "category_id": 5, "score": 1, "segmentation": {"size": [2, 3], "counts": "0\\4"}}] "#,
+            "[]",
+            " [ ] \n",
+            "[{\"image_id\": 1, \"category_id\": 2, \"score\": 1, \"bbox\": [1, 2, 3, 4]}]",
+            // Broken or left to serde.
+            "[{\"image_id\": 1, \"category_id\": 2, \"score\": 1, \"bbox\": [1, 2, 3, 4]}] x",
+            "[{\"image_id\": 1, \"category_id\": 2, \"score\": 1, \"bbox\": [1, 2, 3, 4]},]",
+            "[{\"image_id\": 1, \"category_id\": 2, \"score\": 1, \"bbox\": [1, 2, 3, 4]}",
+            "[{\"image_id\": 1, \"category_id\": 2, \"score\": 1, \"note\": \"é\"}, {\"image_id\": 1, \"category_id\": 2, \"score\": 1}]",
+            "  ",
+            "",
+            "{}",
+        ];
+        for doc in docs {
+            let whole = results(doc.as_bytes());
+            if let Some(w) = &whole {
+                let serde: Vec<ResultRecord> = serde_json::from_str(doc).unwrap();
+                assert_eq!(flat(Some(w.clone())), Some(serde), "{doc}");
+            }
+            for block in 1..=doc.len() + 1 {
+                for trickle in [1, 3, usize::MAX] {
+                    let read =
+                        results_from_reader(&mut Trickle(doc.as_bytes(), trickle), block).unwrap();
+                    assert_eq!(
+                        flat(read),
+                        flat(whole.clone()),
+                        "{doc:?} in blocks of {block}, {trickle} at a time"
+                    );
+                }
+            }
+        }
+        assert!(results(b"[]").is_some_and(|p| p.is_empty()));
     }
 }

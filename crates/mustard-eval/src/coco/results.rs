@@ -66,12 +66,28 @@ fn read_records(bytes: &[u8], origin: &str) -> Result<Vec<Vec<ResultRecord>>> {
     }
 }
 
-/// The records of a results file, in pieces, and the file's name for errors.
+/// The records of a results file, in pieces, and the file's name for errors. The fast reader
+/// reads the file a block at a time; where it gives up, serde reads it whole.
 fn records_from_path(path: &Path) -> Result<(Vec<Vec<ResultRecord>>, String)> {
     let origin = path.display().to_string();
-    let records = read_records(&json::read(path)?, &origin)?;
-    Ok((records, origin))
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let pieces = match fastjson::results_from_reader(&mut file, READ_BLOCK).map_err(io)? {
+        Some(pieces) => pieces,
+        None => {
+            drop(file);
+            let bytes = json::read(path)?;
+            vec![json::parse(&bytes, &origin)?]
+        }
+    };
+    Ok((pieces, origin))
 }
+
+/// How much of a results file is read at a time.
+const READ_BLOCK: usize = 64 << 20;
 
 /// A mask's area and bounding box.
 type MaskExtent = (u64, [f64; 4]);
