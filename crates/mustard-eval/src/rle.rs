@@ -37,6 +37,17 @@ fn pixels(height: u32, width: u32) -> Result<u32> {
     })
 }
 
+/// `rleToBbox`'s box `[x, y, w, h]` from the first and last column and row of the mask; widths
+/// and heights in unsigned 32-bit arithmetic, as the C code (an empty mask wraps around).
+fn extent_box(xs: u32, ys: u32, xe: u32, ye: u32) -> [f64; 4] {
+    [
+        f64::from(xs),
+        f64::from(ys),
+        f64::from(xe.wrapping_sub(xs).wrapping_add(1)),
+        f64::from(ye.wrapping_sub(ys).wrapping_add(1)),
+    ]
+}
+
 /// The next number of a compressed counts string (`rleFrString`'s inner loop) at `*p`, which
 /// moves past it; `None` where the string ends inside it, holds a byte outside `'0'..='o'` or a
 /// number longer than 12 characters. One character (most counts) is the fast path.
@@ -222,12 +233,7 @@ impl Rle {
                 ye = ye.max(y_end);
             }
         }
-        [
-            f64::from(xs),
-            f64::from(ys),
-            f64::from(xe.wrapping_sub(xs).wrapping_add(1)),
-            f64::from(ye.wrapping_sub(ys).wrapping_add(1)),
-        ]
+        extent_box(xs, ys, xe, ye)
     }
 
     /// Decodes the compressed `counts` string of COCO json (`rleFrString`).
@@ -373,13 +379,7 @@ impl Rle {
         let bbox = if pairs == 0 {
             [0.0; 4]
         } else {
-            let (xs, ys, xe, ye) = (xs as u32, ys as u32, xe as u32, ye as u32);
-            [
-                f64::from(xs),
-                f64::from(ys),
-                f64::from(xe.wrapping_sub(xs).wrapping_add(1)),
-                f64::from(ye.wrapping_sub(ys).wrapping_add(1)),
-            ]
+            extent_box(xs as u32, ys as u32, xe as u32, ye as u32)
         };
         Ok((area, bbox))
     }
