@@ -564,6 +564,7 @@ const MAX_RECORD_BYTES: usize = 64 << 20;
 
 /// Appends up to `block` bytes of `src` to `buf`; false once `src` has ended.
 fn fill(src: &mut impl Read, buf: &mut Vec<u8>, block: usize) -> std::io::Result<bool> {
+    debug_assert!(block > 0, "blocks of no bytes never end");
     let n = src.by_ref().take(block as u64).read_to_end(buf)?;
     Ok(n == block)
 }
@@ -595,8 +596,12 @@ enum Next {
 /// (a block of a file). `None` leaves the document to serde.
 fn read_records(bytes: &[u8], start: usize, more: bool) -> Option<(Vec<Vec<ResultRecord>>, Next)> {
     let size = bytes.len() - start;
-    if size >= PARALLEL_BYTES {
-        let parts = rayon::current_num_threads().max(size / PIECE_BYTES);
+    let parts = if size >= PARALLEL_BYTES {
+        rayon::current_num_threads().max(size / PIECE_BYTES)
+    } else {
+        1
+    };
+    if parts > 1 {
         if let Some(read) = read_block(bytes, start, parts, more) {
             return Some(read);
         }

@@ -184,7 +184,7 @@ impl CocoDt {
         let mut masks: Vec<Option<Result<MaskExtent>>> = if kind == ResultKind::Segm {
             pieces
                 .par_iter()
-                .flat_map_iter(|piece| piece.iter())
+                .flat_map(|piece| piece.par_iter())
                 .map(|r| {
                     let size = gt.image(r.image_id).and_then(|i| i.size());
                     r.segmentation.as_ref().map(|s| s.area_and_bbox(size))
