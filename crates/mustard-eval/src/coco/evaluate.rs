@@ -1,10 +1,10 @@
 //! pycocotools' `COCOeval.evaluate` and `accumulate`.
 
-use std::collections::HashMap;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::ids::IdIndex;
 use super::report::{CategoryAp, CocoEval, NdArray};
 use super::{CocoDt, CocoGt, IouType, Params, ResultKind};
 use crate::rle::{self, Rle};
@@ -31,30 +31,25 @@ pub fn evaluate(gt: &CocoGt, dt: &CocoDt, params: &Params) -> Result<CocoEval> {
         Some(ids) => ids.clone(),
         None => gt.categories().iter().map(|c| c.id).collect(),
     });
-    let img_pos: HashMap<i64, u32> = (0u32..)
-        .zip(img_ids.iter().copied())
-        .map(|(i, id)| (id, i))
-        .collect();
-    let cat_pos: HashMap<i64, u32> = (0u32..)
-        .zip(cat_ids.iter().copied())
-        .map(|(i, id)| (id, i))
-        .collect();
+    // Unique ids: no duplicate to report.
+    let unique = |ids: &[i64]| IdIndex::new(ids).unwrap_or_else(|_| unreachable!());
+    let (img_pos, cat_pos) = (unique(&img_ids), unique(&cat_ids));
 
     // Annotations and detections of the evaluated images and categories, grouped by
     // (category, image) and in file order within a group, as pycocotools' `_gts`/`_dts`.
     let key = |image_id: i64, category_id: i64| -> Option<u64> {
-        let k = *cat_pos.get(&category_id)?;
-        let i = *img_pos.get(&image_id)?;
-        Some(u64::from(k) << 32 | u64::from(i))
+        let k = cat_pos.get(category_id)? as u64;
+        let i = img_pos.get(image_id)? as u64;
+        Some(k << 32 | i)
     };
     let gt_sel = select(
         gt.annotations()
-            .iter()
+            .par_iter()
             .map(|a| key(a.image_id, a.category_id)),
     );
     let dt_sel = select(
         dt.detections()
-            .iter()
+            .par_iter()
             .map(|d| key(d.image_id, d.category_id)),
     );
     let k_count = cat_ids.len();
@@ -146,12 +141,13 @@ impl Sel {
 }
 
 /// The records with a key, sorted by key and in file order within a key.
-fn select(keys: impl Iterator<Item = Option<u64>>) -> Vec<Sel> {
+fn select(keys: impl IndexedParallelIterator<Item = Option<u64>>) -> Vec<Sel> {
     let mut sel: Vec<Sel> = keys
         .enumerate()
         .filter_map(|(n, key)| key.map(|key| Sel { key, n }))
         .collect();
-    sel.sort_by_key(|s| s.key);
+    // Stable: file order within a key.
+    sel.par_sort_by_key(|s| s.key);
     sel
 }
 

@@ -1,10 +1,10 @@
-use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+use super::ids::IdIndex;
 use super::Segmentation;
 use crate::{fastjson, json, Error, Result};
 
@@ -113,8 +113,8 @@ pub struct CocoGt {
     images: Vec<Image>,
     categories: Vec<Category>,
     annotations: Vec<GtAnnotation>,
-    image_index: HashMap<i64, usize>,
-    category_index: HashMap<i64, usize>,
+    image_index: IdIndex,
+    category_index: IdIndex,
 }
 
 impl CocoGt {
@@ -181,31 +181,22 @@ impl CocoGt {
 
     /// The image with this id.
     pub fn image(&self, id: i64) -> Option<&Image> {
-        self.image_index.get(&id).map(|&i| &self.images[i])
+        self.image_index.get(id).map(|i| &self.images[i])
     }
 
     /// The category with this id.
     pub fn category(&self, id: i64) -> Option<&Category> {
-        self.category_index.get(&id).map(|&i| &self.categories[i])
+        self.category_index.get(id).map(|i| &self.categories[i])
     }
 }
 
-fn index(
-    origin: &str,
-    what: &'static str,
-    ids: impl Iterator<Item = i64>,
-) -> Result<HashMap<i64, usize>> {
-    let mut map = HashMap::new();
-    for (i, id) in ids.enumerate() {
-        if let Some(first) = map.insert(id, i) {
-            return Err(Error::DuplicateId {
-                origin: origin.to_string(),
-                what,
-                id,
-                first,
-                second: i,
-            });
-        }
-    }
-    Ok(map)
+fn index(origin: &str, what: &'static str, ids: impl Iterator<Item = i64>) -> Result<IdIndex> {
+    let ids: Vec<i64> = ids.collect();
+    IdIndex::new(&ids).map_err(|(id, first, second)| Error::DuplicateId {
+        origin: origin.to_string(),
+        what,
+        id,
+        first,
+        second,
+    })
 }

@@ -29,6 +29,7 @@
 
 mod evaluate;
 mod gt;
+mod ids;
 mod params;
 mod report;
 mod results;
