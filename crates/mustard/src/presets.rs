@@ -284,8 +284,8 @@ impl MustConfig {
 
     /// The quick pipeline at 128 px (where pose is measurable), every model with 3 seeds, the
     /// transfer test on every downstream task from the student, from scratch and from each
-    /// teacher. About 15 minutes per seed on 2 cores (50 min for the three on the Intel Xeon,
-    /// docs/STUDY.md).
+    /// teacher. About 11 minutes per quiet seed on 2 cores (47 min for the three on the Intel
+    /// Xeon with the cores partly shared, 2026-12-06; docs/STUDY.md).
     pub fn study() -> Self {
         let mut config = MustConfig::quick();
         config.base.train.input_size = 128;
