@@ -1,26 +1,24 @@
 #!/usr/bin/env bash
 # Student variants against the run's student (docs/STUDY.md), on the teachers and pseudo-labels
-# of a finished `mustard must --seeds 3` run, one change at a time, per seed: the student
-# retrained with
-#   - its FPN neck twice as wide (64 channels instead of 32);
-#   - 50 epochs instead of 34 (1.5x the steps);
-#   - 50 epochs with the detection loss weighted 2 (the two changes that helped detection
-#     alone, together).
-# Prints, per seed and variant, the four metrics whose retention the study reports: box AP
-# (detection), mIoU (segmentation), δ<1.25 (depth) and top-1 (classification), with the
-# teachers' for reference. Every model trains once: a rerun reuses what is there.
+# of a finished `mustard must --seeds 3` run, per seed: the student retrained with its epochs,
+# its detection loss weight and its FPN neck's channels set as each variant says. Prints, per
+# seed and variant, the four metrics whose retention the study reports: box AP (detection),
+# mIoU (segmentation), δ<1.25 (depth) and top-1 (classification), with the teachers' for
+# reference. Every model trains once: a rerun reuses what is there.
 #
 #   bash bench/must_student.sh [RUNS]        (default RUNS: runs-detection)
 #
-# MUSTARD (default target/release/mustard), SEEDS (default 3), EPOCHS (default 50), NECK
-# (default 64).
+# MUSTARD (default target/release/mustard), SEEDS (default 3), VARIANTS (default below: name,
+# epochs, detection weight, neck channels, colon-separated; the study's were, one change at a
+# time against the 34-epoch student of 2026-12-06, then together:
+#   neck-64:34:1:64  epochs-50:50:1:32  epochs-50-det-2:50:2:32
+# and, on top of that, epochs-66-det-2:66:2:32 and epochs-50-det-3:50:3:32).
 set -euo pipefail
 
 M=${MUSTARD:-target/release/mustard}
 RUNS=${1:-runs-detection}
 SEEDS=${SEEDS:-3}
-EPOCHS=${EPOCHS:-50}
-NECK=${NECK:-64}
+VARIANTS=${VARIANTS:-neck-64:34:1:64 epochs-50:50:1:32 epochs-50-det-2:50:2:32 epochs-66-det-2:66:2:32 epochs-50-det-3:50:3:32}
 DATA=$RUNS/must/data
 
 # shellcheck source=bench/must_common.sh
@@ -35,14 +33,18 @@ echo "| seed | model | box AP | mIoU | δ<1.25 | top-1 |"
 echo "| --- | --- | --- | --- | --- | --- |"
 for ((k = 0; k < SEEDS; k++)); do
     root=$(seed_root "$k")
-    sed "s/^channels = 32$/channels = $NECK/" "$root/student/config.toml" >"$root/student-neck-$NECK.toml"
-    sed "s/^epochs = 34$/epochs = $EPOCHS/" "$root/student/config.toml" >"$root/student-epochs-$EPOCHS.toml"
-    "$M" train --config "$root/student-neck-$NECK.toml" --runs "$root" --name "student-neck-$NECK" >&2
-    sed "s/^detection = 1.0$/detection = 2.0/" "$root/student-epochs-$EPOCHS.toml" >"$root/student-epochs-$EPOCHS-det-2.toml"
-    "$M" train --config "$root/student-epochs-$EPOCHS.toml" --runs "$root" --name "student-epochs-$EPOCHS" >&2
-    "$M" train --config "$root/student-epochs-$EPOCHS-det-2.toml" --runs "$root" --name "student-epochs-$EPOCHS-det-2" >&2
+    names=(student)
+    for v in $VARIANTS; do
+        IFS=: read -r name epochs det channels <<<"$v"
+        sed -e "s/^epochs = [0-9]*$/epochs = $epochs/" \
+            -e "s/^detection = [0-9.]*$/detection = $det.0/" \
+            -e "s/^channels = [0-9]*$/channels = $channels/" \
+            "$root/student/config.toml" >"$root/student-$name.toml"
+        "$M" train --config "$root/student-$name.toml" --runs "$root" --name "student-$name" >&2
+        names+=("student-$name")
+    done
     row "$k" teachers "$root/teacher-detection" "$root/teacher-segmentation" "$root/teacher-depth" "$root/teacher-classification"
-    for s in student "student-neck-$NECK" "student-epochs-$EPOCHS" "student-epochs-$EPOCHS-det-2"; do
+    for s in "${names[@]}"; do
         row "$k" "$s" "$root/$s" "$root/$s" "$root/$s" "$root/$s"
     done
 done
