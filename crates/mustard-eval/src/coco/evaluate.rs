@@ -822,7 +822,6 @@ fn interpolated_precision_unsorted(
     rec_thrs: &[f64],
     out: &mut [f64],
 ) {
-    let rc = |i: usize| f64::from(counts[i].0) / npig;
     let mut pr: Vec<f64> = counts
         .iter()
         .map(|&(tp, fp)| f64::from(tp) / (f64::from(fp) + f64::from(tp) + EPS))
@@ -833,7 +832,7 @@ fn interpolated_precision_unsorted(
         }
     }
     for (ri, &thr) in rec_thrs.iter().enumerate() {
-        let pi = partition_point(counts.len(), |i| rc(i) < thr);
+        let pi = counts.partition_point(|&(tp, _)| f64::from(tp) / npig < thr);
         match pr.get(pi) {
             Some(&v) => out[ri] = v,
             None => {
@@ -842,20 +841,6 @@ fn interpolated_precision_unsorted(
             }
         }
     }
-}
-
-/// The first index in `0..len` where `below` is false (`below` must be true, then false).
-fn partition_point(len: usize, below: impl Fn(usize) -> bool) -> usize {
-    let (mut lo, mut hi) = (0, len);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if below(mid) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    lo
 }
 
 #[cfg(test)]
