@@ -49,15 +49,14 @@ fn extent_box(xs: u32, ys: u32, xe: u32, ye: u32) -> [f64; 4] {
 }
 
 /// The next number of a compressed counts string (`rleFrString`'s inner loop) at `*p`, which
-/// moves past it; `None` where the string ends inside it, holds a byte outside `'0'..='o'` or a
-/// number longer than 12 characters. One character (most counts) is the fast path.
+/// moves past it; an error where the string ends inside it, holds a byte outside `'0'..='o'` or
+/// a number longer than 12 characters. One character (most counts) is the fast path.
 #[inline(always)]
-fn next_compressed(s: &[u8], p: &mut usize) -> Option<i64> {
-    let c = s.get(*p)?.wrapping_sub(48);
-    if c < 0x20 {
+fn next_compressed(s: &[u8], p: &mut usize) -> Result<i64> {
+    if let Some(c) = s.get(*p).map(|b| b.wrapping_sub(48)).filter(|&c| c < 0x20) {
         *p += 1;
         // Five bits, the sign in the highest.
-        return Some(if c & 0x10 != 0 {
+        return Ok(if c & 0x10 != 0 {
             i64::from(c) - 32
         } else {
             i64::from(c)
@@ -66,11 +65,24 @@ fn next_compressed(s: &[u8], p: &mut usize) -> Option<i64> {
     let mut x = 0i64;
     let mut k = 0u32;
     loop {
-        let c = s.get(*p)?.wrapping_sub(48);
-        if c >= 64 || k >= 12 {
-            return None;
+        let at = *p;
+        let Some(&byte) = s.get(at) else {
+            return Err(Error::mask(format!(
+                "compressed counts end inside a number (at byte {at})"
+            )));
+        };
+        if !(48..48 + 64).contains(&byte) {
+            return Err(Error::mask(format!(
+                "compressed counts hold {:?} at byte {at}, outside '0'..='o'",
+                char::from(byte)
+            )));
         }
-        let c = i64::from(c);
+        if k >= 12 {
+            return Err(Error::mask(format!(
+                "compressed counts hold a number longer than 12 characters at byte {at}"
+            )));
+        }
+        let c = i64::from(byte - 48);
         x |= (c & 0x1f) << (5 * k);
         *p += 1;
         k += 1;
@@ -78,7 +90,7 @@ fn next_compressed(s: &[u8], p: &mut usize) -> Option<i64> {
             if c & 0x10 != 0 {
                 x |= -1i64 << (5 * k);
             }
-            return Some(x);
+            return Ok(x);
         }
     }
 }
@@ -242,37 +254,7 @@ impl Rle {
         let mut cnts: Vec<u32> = Vec::with_capacity(s.len());
         let mut p = 0;
         while p < s.len() {
-            let mut x: i64 = 0;
-            let mut k = 0u32;
-            loop {
-                let Some(&byte) = s.get(p) else {
-                    return Err(Error::mask(format!(
-                        "compressed counts end inside a number (at byte {p})"
-                    )));
-                };
-                if !(48..48 + 64).contains(&byte) {
-                    return Err(Error::mask(format!(
-                        "compressed counts hold {:?} at byte {p}, outside '0'..='o'",
-                        char::from(byte)
-                    )));
-                }
-                if k >= 12 {
-                    return Err(Error::mask(format!(
-                        "compressed counts hold a number longer than 12 characters at byte {p}"
-                    )));
-                }
-                let c = i64::from(byte - 48);
-                x |= (c & 0x1f) << (5 * k);
-                let more = c & 0x20 != 0;
-                p += 1;
-                k += 1;
-                if !more {
-                    if c & 0x10 != 0 {
-                        x |= -1i64 << (5 * k);
-                    }
-                    break;
-                }
-            }
+            let mut x = next_compressed(s, &mut p)?;
             if cnts.len() > 2 {
                 x = x.wrapping_add(i64::from(cnts[cnts.len() - 2]));
             }
@@ -318,7 +300,7 @@ impl Rle {
         let mut p = 0;
         // Counts 0 (zeros) and 1 (ones) are taken as written; from count 3 on, each adds the
         // count two before it, of its own kind: `prev` holds 0 until then.
-        let Some(first) = next_compressed(s, &mut p) else {
+        let Ok(first) = next_compressed(s, &mut p) else {
             return fail();
         };
         let mut total = u64::from(first as u32);
@@ -331,7 +313,7 @@ impl Rle {
         let mut area = 0u64;
         let (mut xs, mut ys, mut xe, mut ye) = (u64::from(w), h64, 0u64, 0u64);
         while p < s.len() {
-            let Some(x) = next_compressed(s, &mut p) else {
+            let Ok(x) = next_compressed(s, &mut p) else {
                 return fail();
             };
             let ones = x.wrapping_add(i64::from(prev_ones)) as u32;
@@ -362,7 +344,7 @@ impl Rle {
             if p == s.len() {
                 break;
             }
-            let Some(x) = next_compressed(s, &mut p) else {
+            let Ok(x) = next_compressed(s, &mut p) else {
                 return fail();
             };
             let zeros = x.wrapping_add(i64::from(prev_zeros)) as u32;
