@@ -600,12 +600,27 @@ fn similarity(
                 .iter()
                 .map(|s| (s * 2.0) * (s * 2.0))
                 .collect();
+            let cut = oks_cut(&p.iou_thrs);
+            let labelled: Vec<usize> = gts
+                .iter()
+                .map(|g| match &g.geometry {
+                    Geometry::Keypoints(gk, _) => {
+                        gk.iter().skip(2).step_by(3).filter(|&&v| v > 0.0).count()
+                    }
+                    _ => 0,
+                })
+                .collect();
             let mut buf = Vec::with_capacity(vars.len());
             for &i in order {
-                for g in gts {
+                for (g, &labelled) in gts.iter().zip(&labelled) {
                     out.push(match (&dts[i].geometry, &g.geometry) {
                         (Geometry::Keypoints(dk, _), Geometry::Keypoints(gk, gb)) => {
-                            oks(gk, gb, g.area, dk, &vars, &mut buf)
+                            let joints = Joints {
+                                gt: gk,
+                                gt_box: gb,
+                                labelled,
+                            };
+                            oks(&joints, g.area, dk, &vars, cut, &mut buf)
                         }
                         _ => 0.0,
                     });
@@ -628,26 +643,48 @@ fn similarity(
     }
 }
 
+/// A ground truth's keypoints, `labelled` of them with a visibility above 0.
+struct Joints<'a> {
+    gt: &'a [f64],
+    gt_box: &'a [f64; 4],
+    labelled: usize,
+}
+
+/// The smallest joint exponent past which a pair's OKS is surely below every IoU threshold
+/// (matching compares with `min(threshold, 1 - 1e-10)`), so never matches, whatever its
+/// exact value: each of its terms exp(-e) is then below 0.99 of the lowest threshold, and so
+/// is their mean. None where the lowest threshold is not above 0 (every pair may match).
+fn oks_cut(iou_thrs: &[f64]) -> Option<f64> {
+    let lowest = iou_thrs
+        .iter()
+        .map(|t| t.min(1.0 - 1e-10))
+        .fold(f64::INFINITY, f64::min);
+    (lowest > 0.0 && lowest.is_finite()).then(|| -(0.99 * lowest).ln())
+}
+
 /// `computeOks` for one pair: the mean over labelled joints of exp(-d² / (2 (2σ)² (area + ε))).
 /// Without labelled joints, the distance is to the box twice the annotation's box, over all
-/// joints.
+/// joints. A pair whose every exponent is past `cut` (see [`oks_cut`]) reads 0: it cannot
+/// match, and its exponentials are not computed.
 fn oks(
-    gt: &[f64],
-    gt_box: &[f64; 4],
+    joints: &Joints<'_>,
     area: f64,
     dt: &[f64],
     vars: &[f64],
+    cut: Option<f64>,
     buf: &mut Vec<f64>,
 ) -> f64 {
-    let labelled = gt.iter().skip(2).step_by(3).filter(|&&v| v > 0.0).count();
-    let [bx, by, bw, bh] = *gt_box;
+    let gt = joints.gt;
+    let [bx, by, bw, bh] = *joints.gt_box;
     let (x0, x1) = (bx - bw, bx + bw * 2.0);
     let (y0, y1) = (by - bh, by + bh * 2.0);
     buf.clear();
+    let mut lowest = f64::INFINITY;
+    let mut nan = false;
     for (j, &var) in vars.iter().enumerate() {
         let (xg, yg, vg) = (gt[3 * j], gt[3 * j + 1], gt[3 * j + 2]);
         let (xd, yd) = (dt[3 * j], dt[3 * j + 1]);
-        let (dx, dy) = if labelled > 0 {
+        let (dx, dy) = if joints.labelled > 0 {
             if vg <= 0.0 {
                 continue;
             }
@@ -659,7 +696,15 @@ fn oks(
             )
         };
         let e = (dx * dx + dy * dy) / var / (area + EPS) / 2.0;
-        buf.push((-e).exp());
+        lowest = lowest.min(e);
+        nan |= e.is_nan();
+        buf.push(e);
+    }
+    if !nan && !buf.is_empty() && cut.is_some_and(|cut| lowest > cut) {
+        return 0.0;
+    }
+    for e in buf.iter_mut() {
+        *e = (-*e).exp();
     }
     numpy::sum(buf) / buf.len() as f64
 }
@@ -705,6 +750,20 @@ fn accumulate(eval: &CategoryEval, p: &Params) -> Accumulated {
         }
     }
 
+    // Per maxDets that keeps fewer than every detection, the positions (in score order) of
+    // those it keeps: its columns are read there only.
+    let kept: Vec<Option<Vec<u32>>> = p
+        .max_dets
+        .iter()
+        .map(|&max_det| {
+            (max_rank >= max_det).then(|| {
+                (0..n as u32)
+                    .filter(|&i| (ranks[i as usize] as usize) < max_det)
+                    .collect()
+            })
+        })
+        .collect();
+
     // The cumulative (tp, fp) at each detection that is not ignored.
     let mut counts: Vec<(u32, u32)> = Vec::with_capacity(n);
     let mut curve = vec![0.0; r_n];
@@ -736,23 +795,22 @@ fn accumulate(eval: &CategoryEval, p: &Params) -> Accumulated {
                 // `precision_at_true_positives`).
                 counts.clear();
                 let (mut tp, mut fp) = (0u32, 0u32);
-                for (&state, &rank) in column.iter().zip(&ranks) {
-                    if !keeps_all && rank as usize >= max_det {
-                        continue;
+                let mut count = |state: u8| match state {
+                    TP => {
+                        tp += 1;
+                        counts.push((tp, fp));
                     }
-                    match state {
-                        TP => {
-                            tp += 1;
+                    FP => {
+                        fp += 1;
+                        if !sorted_thresholds {
                             counts.push((tp, fp));
                         }
-                        FP => {
-                            fp += 1;
-                            if !sorted_thresholds {
-                                counts.push((tp, fp));
-                            }
-                        }
-                        _ => {}
                     }
+                    _ => {}
+                };
+                match &kept[m] {
+                    None => column.iter().for_each(|&state| count(state)),
+                    Some(kept) => kept.iter().for_each(|&i| count(column[i as usize])),
                 }
                 recall[(t * a_n + a) * m_n + m] = if tp + fp > 0 {
                     f64::from(tp) / npig
@@ -888,5 +946,63 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A pair cut short reads 0 only where its full OKS is below the lowest threshold, and
+    /// every other pair reads its full OKS to the bit: with labelled joints and without, near
+    /// and far, at pycocotools' thresholds and at a low one.
+    #[test]
+    fn cut_pairs_never_match() {
+        let mut next = crate::lcg(11);
+        let sigmas = Params::new(IouType::Keypoints).kpt_oks_sigmas;
+        let vars: Vec<f64> = sigmas.iter().map(|s| (s * 2.0) * (s * 2.0)).collect();
+        let mut buf = Vec::new();
+        let (mut cut_short, mut kept) = (0, 0);
+        for thrs in [vec![0.5, 0.75, 0.95], vec![0.05, 0.5], vec![1.5]] {
+            let cut = oks_cut(&thrs);
+            let lowest = thrs
+                .iter()
+                .map(|t| t.min(1.0 - 1e-10))
+                .fold(f64::INFINITY, f64::min);
+            for case in 0..4000 {
+                let spread = [2.0, 20.0, 200.0][case % 3];
+                let centre = next(400) as f64;
+                let gt: Vec<f64> = (0..vars.len())
+                    .flat_map(|_| {
+                        let v = if case % 5 == 0 { 0.0 } else { next(3) as f64 };
+                        [centre + next(40) as f64, centre + next(40) as f64, v]
+                    })
+                    .collect();
+                let dt: Vec<f64> = gt
+                    .chunks(3)
+                    .flat_map(|j| {
+                        let d = (next(1000) as f64 / 1000.0 - 0.5) * spread;
+                        [j[0] + d, j[1] - d / 2.0, 1.0]
+                    })
+                    .collect();
+                let gt_box = [centre, centre, 40.0, 40.0];
+                let labelled = gt.iter().skip(2).step_by(3).filter(|&&v| v > 0.0).count();
+                let joints = Joints {
+                    gt: &gt,
+                    gt_box: &gt_box,
+                    labelled,
+                };
+                let area = 100.0 + next(5000) as f64;
+                let full = oks(&joints, area, &dt, &vars, None, &mut buf);
+                let fast = oks(&joints, area, &dt, &vars, cut, &mut buf);
+                if fast.to_bits() == full.to_bits() {
+                    kept += 1;
+                } else {
+                    assert_eq!(fast, 0.0, "case {case}");
+                    assert!(full < lowest, "case {case}: {full} cut at {lowest}");
+                    cut_short += 1;
+                }
+            }
+        }
+        // Both ways taken, often.
+        assert!(
+            cut_short > 2000 && kept > 2000,
+            "{cut_short} cut, {kept} kept"
+        );
     }
 }
