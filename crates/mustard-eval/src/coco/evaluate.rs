@@ -336,6 +336,7 @@ struct Scratch {
     gt_order: Vec<usize>,
     ignored: Vec<bool>,
     matched: Vec<bool>,
+    row_max: Vec<f64>,
 }
 
 impl CategoryEval {
@@ -507,6 +508,20 @@ fn evaluate_pair(
     if g_n > 0 && d_n > 0 {
         similarity(gts, dts, &s.order, p, &mut s.sim);
     }
+    // Per detection, the highest similarity in its row (NaN, which matches, as infinity):
+    // below a threshold, the detection matches nothing there.
+    s.row_max.clear();
+    if g_n > 0 {
+        s.row_max.extend(s.sim.chunks_exact(g_n).map(|row| {
+            row.iter().fold(f64::NEG_INFINITY, |m, &v| {
+                if v.is_nan() {
+                    f64::INFINITY
+                } else {
+                    m.max(v)
+                }
+            })
+        }));
+    }
     let base = out.scores.len();
     out.scores.extend(s.order.iter().map(|&i| dts[i].score));
     out.ranks.extend(0..d_n as u32);
@@ -541,11 +556,18 @@ fn evaluate_pair(
         }
         for (t, &thr) in p.iou_thrs.iter().enumerate() {
             s.matched.iter_mut().for_each(|m| *m = false);
+            let thr = thr.min(1.0 - 1e-10);
             for (d, &i) in s.order.iter().enumerate() {
-                let mut best = thr.min(1.0 - 1e-10);
+                let mut best = thr;
                 let mut m: Option<usize> = None;
                 let row = &s.sim[d * g_n..(d + 1) * g_n];
-                for (gi, &g) in s.gt_order.iter().enumerate() {
+                // Below `best` everywhere: no match (the loop would skip every column).
+                let candidates = if s.row_max[d] < best {
+                    &[][..]
+                } else {
+                    &s.gt_order[..]
+                };
+                for (gi, &g) in candidates.iter().enumerate() {
                     // Already matched, and not a crowd region.
                     if s.matched[gi] && !gts[g].crowd {
                         continue;
@@ -765,7 +787,7 @@ fn accumulate(eval: &CategoryEval, p: &Params) -> Accumulated {
         .collect();
 
     // The cumulative (tp, fp) at each detection that is not ignored.
-    let mut counts: Vec<(u32, u32)> = Vec::with_capacity(n);
+    let mut counts: Vec<(u32, u32)> = vec![(0, 0); n + 1];
     let mut curve = vec![0.0; r_n];
     let sorted_thresholds = p.rec_thrs.windows(2).all(|w| w[0] <= w[1]);
     for a in 0..a_n {
@@ -793,34 +815,35 @@ fn accumulate(eval: &CategoryEval, p: &Params) -> Accumulated {
                 // changes neither the interpolated precision nor the recall: they are skipped.
                 // With sorted recall thresholds only the true positives are kept (see
                 // `precision_at_true_positives`).
-                counts.clear();
-                let (mut tp, mut fp) = (0u32, 0u32);
-                let mut count = |state: u8| match state {
-                    TP => {
-                        tp += 1;
-                        counts.push((tp, fp));
-                    }
-                    FP => {
-                        fp += 1;
-                        if !sorted_thresholds {
-                            counts.push((tp, fp));
-                        }
-                    }
-                    _ => {}
+                // Without branches on the state (true and false positives mix at random):
+                // every detection writes its counts at `len`, which only the counted advance.
+                let (mut tp, mut fp, mut len) = (0u32, 0u32, 0usize);
+                let mut count = |state: u8| {
+                    let is_tp = u32::from(state == TP);
+                    let is_fp = u32::from(state == FP);
+                    tp += is_tp;
+                    fp += is_fp;
+                    counts[len] = (tp, fp);
+                    len += if sorted_thresholds {
+                        is_tp
+                    } else {
+                        is_tp + is_fp
+                    } as usize;
                 };
                 match &kept[m] {
                     None => column.iter().for_each(|&state| count(state)),
                     Some(kept) => kept.iter().for_each(|&i| count(column[i as usize])),
                 }
+                let counts = &counts[..len];
                 recall[(t * a_n + a) * m_n + m] = if tp + fp > 0 {
                     f64::from(tp) / npig
                 } else {
                     0.0
                 };
                 if sorted_thresholds {
-                    precision_at_true_positives(&counts, npig, &p.rec_thrs, &mut curve);
+                    precision_at_true_positives(counts, npig, &p.rec_thrs, &mut curve);
                 } else {
-                    interpolated_precision_unsorted(&counts, npig, &p.rec_thrs, &mut curve);
+                    interpolated_precision_unsorted(counts, npig, &p.rec_thrs, &mut curve);
                 }
                 for (ri, &v) in curve.iter().enumerate() {
                     precision[((t * r_n + ri) * a_n + a) * m_n + m] = v;
