@@ -42,17 +42,21 @@ pub fn evaluate(gt: &CocoGt, dt: &CocoDt, params: &Params) -> Result<CocoEval> {
         let i = img_pos.get(image_id)? as u64;
         Some(k << 32 | i)
     };
+    let k_count = cat_ids.len();
     let gt_sel = select(
         gt.annotations()
             .par_iter()
             .map(|a| key(a.image_id, a.category_id)),
+        k_count,
+        img_ids.len(),
     );
     let dt_sel = select(
         dt.detections()
             .par_iter()
             .map(|d| key(d.image_id, d.category_id)),
+        k_count,
+        img_ids.len(),
     );
-    let k_count = cat_ids.len();
     let gt_ranges = category_ranges(&gt_sel, k_count);
     let dt_ranges = category_ranges(&dt_sel, k_count);
 
@@ -140,15 +144,39 @@ impl Sel {
     }
 }
 
-/// The records with a key, sorted by key and in file order within a key.
-fn select(keys: impl IndexedParallelIterator<Item = Option<u64>>) -> Vec<Sel> {
-    let mut sel: Vec<Sel> = keys
+/// The records with a key, sorted by key and in file order within a key: two stable
+/// counting passes over the records in file order, by image position and then by category
+/// position, linear in the records.
+fn select(
+    keys: impl IndexedParallelIterator<Item = Option<u64>>,
+    k_count: usize,
+    i_count: usize,
+) -> Vec<Sel> {
+    let sel: Vec<Sel> = keys
         .enumerate()
         .filter_map(|(n, key)| key.map(|key| Sel { key, n }))
         .collect();
-    // Stable: file order within a key.
-    sel.par_sort_by_key(|s| s.key);
-    sel
+    let by_image = counting_sort(&sel, i_count, |s| (s.key & u64::from(u32::MAX)) as usize);
+    drop(sel);
+    counting_sort(&by_image, k_count, Sel::category)
+}
+
+/// `items` sorted by `bucket` (below `buckets`), stably.
+fn counting_sort(items: &[Sel], buckets: usize, bucket: impl Fn(Sel) -> usize) -> Vec<Sel> {
+    let mut starts = vec![0usize; buckets + 1];
+    for &s in items {
+        starts[bucket(s) + 1] += 1;
+    }
+    for b in 1..=buckets {
+        starts[b] += starts[b - 1];
+    }
+    let mut out = vec![Sel { key: 0, n: 0 }; items.len()];
+    for &s in items {
+        let at = &mut starts[bucket(s)];
+        out[*at] = s;
+        *at += 1;
+    }
+    out
 }
 
 /// Per category position, its range of `sel`.
@@ -1027,5 +1055,26 @@ mod tests {
             cut_short > 2000 && kept > 2000,
             "{cut_short} cut, {kept} kept"
         );
+    }
+
+    /// The counting passes order records as a stable sort by key does: file order within a
+    /// key, records without a key left out, every category and image count.
+    #[test]
+    fn select_is_a_stable_sort() {
+        let mut next = crate::lcg(5);
+        for (k_count, i_count) in [(1, 1), (1, 50), (7, 1), (80, 300), (3, 5000)] {
+            let keys: Vec<Option<u64>> = (0..20_000)
+                .map(|_| (next(10) > 0).then(|| next(k_count) << 32 | next(i_count)))
+                .collect();
+            let sel = select(keys.par_iter().copied(), k_count as usize, i_count as usize);
+            let mut expected: Vec<(u64, usize)> = keys
+                .iter()
+                .enumerate()
+                .filter_map(|(n, k)| k.map(|k| (k, n)))
+                .collect();
+            expected.sort_by_key(|&(k, _)| k);
+            let got: Vec<(u64, usize)> = sel.iter().map(|s| (s.key, s.n)).collect();
+            assert_eq!(got, expected, "{k_count} categories, {i_count} images");
+        }
     }
 }
