@@ -427,8 +427,8 @@ fn chunks(
                 (None, Some(b)) => b.key,
                 (None, None) => break,
             };
-            g += gt_sel[g..gr.end].partition_point(|s| s.key == key);
-            d += dt_sel[d..dr.end].partition_point(|s| s.key == key);
+            g += run_len(&gt_sel[g..gr.end], key);
+            d += run_len(&dt_sel[d..dr.end], key);
             if (g - g0) + (d - d0) >= target {
                 chunks.push(Chunk {
                     k,
@@ -447,6 +447,12 @@ fn chunks(
         }
     }
     chunks
+}
+
+/// How many records at the start of `sel` have `key`: counted one by one, as pairs hold a
+/// few records (a binary search over the rest of the selection strayed over megabytes).
+fn run_len(sel: &[Sel], key: u64) -> usize {
+    sel.iter().take_while(|s| s.key == key).count()
 }
 
 /// A chunk's evaluation, or the first errors met in it.
@@ -470,8 +476,8 @@ fn evaluate_pairs(gt: &CocoGt, dt: &CocoDt, gsel: &[Sel], dsel: &[Sel], p: &Para
             (None, Some(b)) => b.key,
             (None, None) => break,
         };
-        let g_end = g + gsel[g..].partition_point(|s| s.key == key);
-        let d_end = d + dsel[d..].partition_point(|s| s.key == key);
+        let g_end = g + run_len(&gsel[g..], key);
+        let d_end = d + run_len(&dsel[d..], key);
         let mut failed = false;
         gts.clear();
         for s in &gsel[g..g_end] {
@@ -789,41 +795,52 @@ fn accumulate(eval: &CategoryEval, p: &Params) -> Accumulated {
     });
 
     let n = order.len();
-    // In score order: ranks, and the states as one column per (area range, threshold).
+    // Ranks in score order.
     let ranks: Vec<u32> = order.iter().map(|&e| eval.ranks[e as usize]).collect();
     let max_rank = ranks.iter().copied().max().unwrap_or(0) as usize;
-    let mut columns = vec![FP; at * n];
-    for (i, &e) in order.iter().enumerate() {
-        let e = e as usize;
-        for (j, &state) in eval.states[e * at..(e + 1) * at].iter().enumerate() {
-            columns[j * n + i] = state;
-        }
-    }
-
-    // Per maxDets that keeps fewer than every detection, the positions (in score order) of
-    // those it keeps: its columns are read there only.
-    let kept: Vec<Option<Vec<u32>>> = p
-        .max_dets
-        .iter()
-        .map(|&max_det| {
-            (max_rank >= max_det).then(|| {
-                (0..n as u32)
-                    .filter(|&i| (ranks[i as usize] as usize) < max_det)
-                    .collect()
-            })
-        })
-        .collect();
 
     // The cumulative (tp, fp) at each detection that is not ignored.
     let mut counts: Vec<(u32, u32)> = vec![(0, 0); n + 1];
     let mut curve = vec![0.0; r_n];
     let sorted_thresholds = p.rec_thrs.windows(2).all(|w| w[0] <= w[1]);
+    let mut counted: Vec<u32> = Vec::with_capacity(n);
+    let mut columns: Vec<u8> = Vec::new();
     for a in 0..a_n {
         let npig = eval.npig[a];
         if npig == 0 {
             continue;
         }
         let npig = npig as f64;
+        // Ignored detections only repeat the previous recall and precision, which changes
+        // neither the interpolated precision nor the recall: the area range's columns hold,
+        // in score order, only the detections it counts at some threshold (most of those
+        // outside the range it ignores at all), one column per threshold.
+        let row = |e: u32| &eval.states[e as usize * at + a * t_n..][..t_n];
+        counted.clear();
+        counted.extend(
+            (0..n as u32).filter(|&i| row(order[i as usize]).iter().any(|&s| s != IGNORED)),
+        );
+        let c = counted.len();
+        columns.clear();
+        columns.resize(t_n * c, FP);
+        for (j, &i) in counted.iter().enumerate() {
+            for (t, &state) in row(order[i as usize]).iter().enumerate() {
+                columns[t * c + j] = state;
+            }
+        }
+        // Per maxDets that keeps fewer than every detection, the places in the columns of
+        // those it keeps: its columns are read there only.
+        let kept: Vec<Option<Vec<u32>>> = p
+            .max_dets
+            .iter()
+            .map(|&max_det| {
+                (max_rank >= max_det).then(|| {
+                    (0..c as u32)
+                        .filter(|&j| (ranks[counted[j as usize] as usize] as usize) < max_det)
+                        .collect()
+                })
+            })
+            .collect();
         for (m, &max_det) in p.max_dets.iter().enumerate() {
             let keeps_all = max_rank < max_det;
             if m > 0 && keeps_all && max_rank < p.max_dets[m - 1] {
@@ -838,13 +855,11 @@ fn accumulate(eval: &CategoryEval, p: &Params) -> Accumulated {
                 continue;
             }
             for t in 0..t_n {
-                let column = &columns[(a * t_n + t) * n..(a * t_n + t + 1) * n];
-                // Ignored detections only repeat the previous recall and precision, which
-                // changes neither the interpolated precision nor the recall: they are skipped.
+                let column = &columns[t * c..(t + 1) * c];
                 // With sorted recall thresholds only the true positives are kept (see
-                // `precision_at_true_positives`).
-                // Without branches on the state (true and false positives mix at random):
-                // every detection writes its counts at `len`, which only the counted advance.
+                // `precision_at_true_positives`). Without branches on the state (true and
+                // false positives mix at random): every detection writes its counts at
+                // `len`, which only the kept advance.
                 let (mut tp, mut fp, mut len) = (0u32, 0u32, 0usize);
                 let mut count = |state: u8| {
                     let is_tp = u32::from(state == TP);
