@@ -38,6 +38,8 @@ struct Reader<'a> {
     depth: usize,
     /// Reused by [`Reader::f64s`].
     nums: Vec<f64>,
+    /// The length of the last list [`Reader::keypoints`] read.
+    keypoints_len: usize,
 }
 
 type R<T> = Option<T>;
@@ -55,6 +57,7 @@ impl<'a> Reader<'a> {
             p: 0,
             depth: 0,
             nums: Vec::new(),
+            keypoints_len: 0,
         }
     }
 
@@ -349,6 +352,40 @@ impl<'a> Reader<'a> {
     fn f64s(&mut self) -> R<Vec<f64>> {
         let mut buf = std::mem::take(&mut self.nums);
         buf.clear();
+        self.f64s_into(&mut buf)?;
+        let out = buf.as_slice().to_vec();
+        self.nums = buf;
+        Some(out)
+    }
+
+    /// A detection's keypoints: read in place into a list of the last keypoints' length (in a
+    /// results file they all have one), no longer than it reads.
+    fn keypoints(&mut self) -> R<Vec<f64>> {
+        let mut out = Vec::with_capacity(self.keypoints_len);
+        self.f64s_into(&mut out)?;
+        out.shrink_to_fit();
+        self.keypoints_len = out.len();
+        Some(out)
+    }
+
+    /// `[x, y, w, h]`, or `[]` as none, read without allocating.
+    fn bbox(&mut self) -> R<Option<[f64; 4]>> {
+        let mut buf = std::mem::take(&mut self.nums);
+        buf.clear();
+        let read = self.f64s_into(&mut buf);
+        let b = match buf[..] {
+            [] => Some(None),
+            [x, y, w, h] => Some(Some([x, y, w, h])),
+            _ => None,
+        };
+        self.nums = buf;
+        read?;
+        b
+    }
+
+    /// `[number, …]` appended to `buf`.
+    #[inline]
+    fn f64s_into(&mut self, buf: &mut Vec<f64>) -> R<()> {
         self.eat(b'[')?;
         if self.peek()? != b']' {
             loop {
@@ -361,9 +398,7 @@ impl<'a> Reader<'a> {
             }
         }
         self.p += 1;
-        let out = buf.as_slice().to_vec();
-        self.nums = buf;
-        Some(out)
+        Some(())
     }
 
     /// `{"key": value, …}` with `field` reading the value of each key (it is called with the
@@ -718,16 +753,11 @@ fn result(r: &mut Reader<'_>) -> R<ResultRecord> {
         b"category_id" => once(&mut category_id, r.i64()?),
         b"score" => once(&mut score, r.f64()?),
         b"bbox" => {
-            let v = r.optional(Reader::f64s)?;
-            let b = match v.as_deref() {
-                None | Some([]) => None,
-                Some(&[x, y, w, h]) => Some([x, y, w, h]),
-                Some(_) => return None,
-            };
+            let b = r.optional(Reader::bbox)?.flatten();
             once(&mut bbox, b)
         }
         b"segmentation" => once(&mut segmentation, r.optional(Reader::segmentation)?),
-        b"keypoints" => once(&mut keypoints, r.optional(Reader::f64s)?),
+        b"keypoints" => once(&mut keypoints, r.optional(Reader::keypoints)?),
         _ => r.skip(),
     })?;
     Some(ResultRecord {
@@ -819,7 +849,7 @@ fn annotation(r: &mut Reader<'_>) -> R<GtAnnotation> {
             once(&mut iscrowd, v)
         }
         b"segmentation" => once(&mut segmentation, r.optional(Reader::segmentation)?),
-        b"keypoints" => once(&mut keypoints, r.optional(Reader::f64s)?),
+        b"keypoints" => once(&mut keypoints, r.optional(Reader::keypoints)?),
         b"num_keypoints" => once(&mut num_keypoints, r.optional(Reader::u64)?),
         _ => r.skip(),
     })?;
