@@ -262,6 +262,8 @@ fn must_runs_end_to_end_and_a_rerun_reuses_every_stage() {
         MUST_BOX_THRESHOLD,
         "--pose-threshold",
         MUST_BOX_THRESHOLD,
+        "--student-loss-weight",
+        MUST_DETECTION_WEIGHT,
     ];
     let stdout = ok(mustard(&args));
     let root = runs.join("must");
@@ -565,6 +567,10 @@ const MUST_UNLABELLED: &str = "96";
 const MUST_TEACHER_EPOCHS: &str = "16";
 const MUST_STUDENT_EPOCHS: &str = "20";
 const MUST_BOX_THRESHOLD: &str = "0.2";
+// The presets weight detection 3 in the student's loss (the 3-seed studies); at this budget
+// (64 px, 20 epochs, 32 test images) weight 3 left the classification student at 0.44 against
+// its teacher's 0.63 on the Intel Xeon (weight 2: 0.59), so the test keeps weight 2.
+const MUST_DETECTION_WEIGHT: &str = "detection=2";
 
 #[test]
 fn must_on_user_data_explains_bad_arguments() {
@@ -582,6 +588,22 @@ fn must_on_user_data_explains_bad_arguments() {
         text(&out.stderr),
         "error: --labelled \"detection\": expected TASK=PATH, e.g. detection=train.json\n"
     );
+    // A student loss weight names its task and gives a number.
+    for (weight, error) in [
+        ("detection", "expected TASK=WEIGHT, e.g. detection=3"),
+        ("detection=heavy", "expected TASK=WEIGHT, e.g. detection=3"),
+        (
+            "boxes=2",
+            "unknown task \"boxes\": expected one of detection, pose, segmentation, depth, classification",
+        ),
+    ] {
+        let out = mustard(&["must", "--student-loss-weight", weight]);
+        assert!(!out.status.success());
+        assert_eq!(
+            text(&out.stderr),
+            format!("error: --student-loss-weight {weight:?}: {error}\n")
+        );
+    }
     // A teacher is trained on a labelled set or given as a checkpoint, not both.
     let out = mustard(&[
         "must",

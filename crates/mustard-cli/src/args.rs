@@ -529,6 +529,10 @@ pub struct MustArgs {
     /// Epochs of the student.
     #[arg(long)]
     pub student_epochs: Option<usize>,
+    /// A task's weight in the student's loss, as TASK=WEIGHT (e.g. detection=3); repeat per
+    /// task. The other tasks keep the preset's weights.
+    #[arg(long, value_name = "TASK=WEIGHT")]
+    pub student_loss_weight: Vec<String>,
     /// Images per pseudo-label shard.
     #[arg(long)]
     pub shard_size: Option<usize>,

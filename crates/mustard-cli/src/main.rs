@@ -483,6 +483,22 @@ fn must_config(args: &MustArgs) -> Result<MustConfig> {
     args.optim.apply_to(&mut config.base);
     config.teacher_epochs = args.teacher_epochs.unwrap_or(config.teacher_epochs);
     config.student_epochs = args.student_epochs.unwrap_or(config.student_epochs);
+    for item in &args.student_loss_weight {
+        let parsed = item
+            .split_once('=')
+            .and_then(|(task, w)| Some((task, w.parse::<f64>().ok()?)));
+        let Some((task, weight)) = parsed else {
+            bail!("--student-loss-weight {item:?}: expected TASK=WEIGHT, e.g. detection=3");
+        };
+        let task: Task = task
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--student-loss-weight {item:?}: {e}"))?;
+        config
+            .student
+            .loss_weights
+            .get_or_insert_with(mustard::config::default_loss_weights)
+            .insert(task, weight);
+    }
     config.shard_size = args.shard_size.unwrap_or(config.shard_size);
     config.thresholds = args.thresholds.over(config.thresholds.clone());
     match args.transfer.as_deref() {
