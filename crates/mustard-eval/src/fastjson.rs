@@ -36,7 +36,7 @@ struct Reader<'a> {
     b: &'a [u8],
     p: usize,
     depth: usize,
-    /// Reused by [`Reader::f64s`].
+    /// Reused by [`Reader::with_f64s`].
     nums: Vec<f64>,
     /// The length of the last list [`Reader::keypoints`] read.
     keypoints_len: usize,
@@ -350,12 +350,7 @@ impl<'a> Reader<'a> {
 
     /// A list of numbers, allocated once at its length.
     fn f64s(&mut self) -> R<Vec<f64>> {
-        let mut buf = std::mem::take(&mut self.nums);
-        buf.clear();
-        self.f64s_into(&mut buf)?;
-        let out = buf.as_slice().to_vec();
-        self.nums = buf;
-        Some(out)
+        self.with_f64s(<[f64]>::to_vec)
     }
 
     /// A detection's keypoints: read in place into a list of the last keypoints' length (in a
@@ -370,17 +365,20 @@ impl<'a> Reader<'a> {
 
     /// `[x, y, w, h]`, or `[]` as none, read without allocating.
     fn bbox(&mut self) -> R<Option<[f64; 4]>> {
-        let mut buf = std::mem::take(&mut self.nums);
-        buf.clear();
-        let read = self.f64s_into(&mut buf);
-        let b = match buf[..] {
+        self.with_f64s(|v| match *v {
             [] => Some(None),
             [x, y, w, h] => Some(Some([x, y, w, h])),
             _ => None,
-        };
+        })?
+    }
+
+    /// `[number, …]` read into the reused buffer, then `f` of it.
+    fn with_f64s<T>(&mut self, f: impl FnOnce(&[f64]) -> T) -> R<T> {
+        let mut buf = std::mem::take(&mut self.nums);
+        buf.clear();
+        let out = self.f64s_into(&mut buf).map(|()| f(&buf));
         self.nums = buf;
-        read?;
-        b
+        out
     }
 
     /// `[number, …]` appended to `buf`.

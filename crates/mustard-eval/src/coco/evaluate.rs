@@ -200,6 +200,8 @@ struct GtItem<'a> {
     crowd: bool,
     /// A match with id 0 counts as none in pycocotools (`dtm` holds the matched id).
     id_is_zero: bool,
+    /// Keypoints with a visibility above 0 (0 for boxes and masks).
+    labelled: usize,
     geometry: Geometry<'a>,
 }
 
@@ -236,6 +238,7 @@ fn gt_item<'a>(gt: &'a CocoGt, n: usize, p: &Params) -> Result<GtItem<'a>> {
     let k_joints = p.kpt_oks_sigmas.len();
     let a = &gt.annotations()[n];
     let mut ignore = a.iscrowd;
+    let mut labelled = 0;
     let geometry = match p.iou_type {
         IouType::Bbox => Geometry::Box(a.bbox.ok_or_else(|| invalid(gt, n, "bbox", "is missing"))?),
         IouType::Segm => {
@@ -271,6 +274,7 @@ fn gt_item<'a>(gt: &'a CocoGt, n: usize, p: &Params) -> Result<GtItem<'a>> {
                 ));
             }
             let b = a.bbox.ok_or_else(|| invalid(gt, n, "bbox", "is missing"))?;
+            labelled = labelled_joints(k);
             Geometry::Keypoints(k, b)
         }
     };
@@ -279,6 +283,7 @@ fn gt_item<'a>(gt: &'a CocoGt, n: usize, p: &Params) -> Result<GtItem<'a>> {
         ignore,
         crowd: a.iscrowd,
         id_is_zero: a.id == 0,
+        labelled,
         geometry,
     })
 }
@@ -356,9 +361,11 @@ struct CategoryEval {
     npig: Vec<u64>,
 }
 
-/// Buffers reused from pair to pair.
+/// Buffers reused from pair to pair, and what OKS needs of the parameters.
 #[derive(Default)]
 struct Scratch {
+    oks: OksScale,
+    joints: Vec<f64>,
     order: Vec<usize>,
     sim: Vec<f64>,
     gt_order: Vec<usize>,
@@ -464,7 +471,10 @@ struct Part {
 
 fn evaluate_pairs(gt: &CocoGt, dt: &CocoDt, gsel: &[Sel], dsel: &[Sel], p: &Params) -> Part {
     let mut eval = CategoryEval::new(p.area_ranges.len());
-    let mut scratch = Scratch::default();
+    let mut scratch = Scratch {
+        oks: OksScale::new(p),
+        ..Scratch::default()
+    };
     let mut gts: Vec<GtItem<'_>> = Vec::new();
     let mut dts: Vec<DtItem<'_>> = Vec::new();
     let (mut gt_error, mut dt_error) = (None, None);
@@ -540,7 +550,7 @@ fn evaluate_pair(
     let at = a_n * t_n;
     s.sim.clear();
     if g_n > 0 && d_n > 0 {
-        similarity(gts, dts, &s.order, p, &mut s.sim);
+        similarity(gts, dts, &s.order, p, &s.oks, &mut s.joints, &mut s.sim);
     }
     // Per detection, the highest similarity in its row (NaN, which matches, as infinity):
     // below a threshold, the detection matches nothing there.
@@ -590,7 +600,7 @@ fn evaluate_pair(
         }
         for (t, &thr) in p.iou_thrs.iter().enumerate() {
             s.matched.iter_mut().for_each(|m| *m = false);
-            let thr = thr.min(1.0 - 1e-10);
+            let thr = matching_threshold(thr);
             for (d, &i) in s.order.iter().enumerate() {
                 let mut best = thr;
                 let mut m: Option<usize> = None;
@@ -639,44 +649,30 @@ fn evaluate_pair(
     }
 }
 
-/// `[detection x ground truth]` IoU (boxes, masks) or OKS (keypoints) of the detections
-/// `order` picks, into `out`.
+/// `[detection x ground truth]` IoU (boxes, masks) or OKS (keypoints, `buf` for the joints'
+/// terms) of the detections `order` picks, into `out`.
 fn similarity(
     gts: &[GtItem<'_>],
     dts: &[DtItem<'_>],
     order: &[usize],
     p: &Params,
+    scale: &OksScale,
+    buf: &mut Vec<f64>,
     out: &mut Vec<f64>,
 ) {
     out.reserve(order.len() * gts.len());
     match p.iou_type {
         IouType::Keypoints => {
-            let vars: Vec<f64> = p
-                .kpt_oks_sigmas
-                .iter()
-                .map(|s| (s * 2.0) * (s * 2.0))
-                .collect();
-            let cut = oks_cut(&p.iou_thrs);
-            let labelled: Vec<usize> = gts
-                .iter()
-                .map(|g| match &g.geometry {
-                    Geometry::Keypoints(gk, _) => {
-                        gk.iter().skip(2).step_by(3).filter(|&&v| v > 0.0).count()
-                    }
-                    _ => 0,
-                })
-                .collect();
-            let mut buf = Vec::with_capacity(vars.len());
             for &i in order {
-                for (g, &labelled) in gts.iter().zip(&labelled) {
+                for g in gts {
                     out.push(match (&dts[i].geometry, &g.geometry) {
                         (Geometry::Keypoints(dk, _), Geometry::Keypoints(gk, gb)) => {
                             let joints = Joints {
                                 gt: gk,
                                 gt_box: gb,
-                                labelled,
+                                labelled: g.labelled,
                             };
-                            oks(&joints, g.area, dk, &vars, cut, &mut buf)
+                            oks(&joints, g.area, dk, scale, buf)
                         }
                         _ => 0.0,
                     });
@@ -699,6 +695,17 @@ fn similarity(
     }
 }
 
+/// The similarity a match needs at IoU threshold `thr`: pycocotools starts matching from
+/// `min(thr, 1 - 1e-10)`.
+fn matching_threshold(thr: f64) -> f64 {
+    thr.min(1.0 - 1e-10)
+}
+
+/// How many of the keypoints `[x, y, v, …]` have a visibility above 0.
+fn labelled_joints(k: &[f64]) -> usize {
+    k.iter().skip(2).step_by(3).filter(|&&v| v > 0.0).count()
+}
+
 /// A ground truth's keypoints, `labelled` of them with a visibility above 0.
 struct Joints<'a> {
     gt: &'a [f64],
@@ -706,30 +713,39 @@ struct Joints<'a> {
     labelled: usize,
 }
 
-/// The smallest joint exponent past which a pair's OKS is surely below every IoU threshold
-/// (matching compares with `min(threshold, 1 - 1e-10)`), so never matches, whatever its
-/// exact value: each of its terms exp(-e) is then below 0.99 of the lowest threshold, and so
-/// is their mean. None where the lowest threshold is not above 0 (every pair may match).
-fn oks_cut(iou_thrs: &[f64]) -> Option<f64> {
-    let lowest = iou_thrs
-        .iter()
-        .map(|t| t.min(1.0 - 1e-10))
-        .fold(f64::INFINITY, f64::min);
-    (lowest > 0.0 && lowest.is_finite()).then(|| -(0.99 * lowest).ln())
+/// What OKS needs of the parameters: each joint's (2σ)², and the smallest joint exponent
+/// past which a pair's OKS is surely below every IoU threshold, so never matches, whatever
+/// its exact value (each of its terms exp(-e) is then below 0.99 of the lowest threshold, and
+/// so is their mean); no cut where the lowest threshold is not above 0 (every pair may match).
+#[derive(Default)]
+struct OksScale {
+    vars: Vec<f64>,
+    cut: Option<f64>,
+}
+
+impl OksScale {
+    fn new(p: &Params) -> Self {
+        let lowest = p
+            .iou_thrs
+            .iter()
+            .map(|&t| matching_threshold(t))
+            .fold(f64::INFINITY, f64::min);
+        OksScale {
+            vars: p
+                .kpt_oks_sigmas
+                .iter()
+                .map(|s| (s * 2.0) * (s * 2.0))
+                .collect(),
+            cut: (lowest > 0.0 && lowest.is_finite()).then(|| -(0.99 * lowest).ln()),
+        }
+    }
 }
 
 /// `computeOks` for one pair: the mean over labelled joints of exp(-d² / (2 (2σ)² (area + ε))).
 /// Without labelled joints, the distance is to the box twice the annotation's box, over all
-/// joints. A pair whose every exponent is past `cut` (see [`oks_cut`]) reads 0: it cannot
-/// match, and its exponentials are not computed.
-fn oks(
-    joints: &Joints<'_>,
-    area: f64,
-    dt: &[f64],
-    vars: &[f64],
-    cut: Option<f64>,
-    buf: &mut Vec<f64>,
-) -> f64 {
+/// joints. A pair whose every exponent is past the scale's cut reads 0: it cannot match,
+/// and its exponentials are not computed.
+fn oks(joints: &Joints<'_>, area: f64, dt: &[f64], scale: &OksScale, buf: &mut Vec<f64>) -> f64 {
     let gt = joints.gt;
     let [bx, by, bw, bh] = *joints.gt_box;
     let (x0, x1) = (bx - bw, bx + bw * 2.0);
@@ -737,7 +753,7 @@ fn oks(
     buf.clear();
     let mut lowest = f64::INFINITY;
     let mut nan = false;
-    for (j, &var) in vars.iter().enumerate() {
+    for (j, &var) in scale.vars.iter().enumerate() {
         let (xg, yg, vg) = (gt[3 * j], gt[3 * j + 1], gt[3 * j + 2]);
         let (xd, yd) = (dt[3 * j], dt[3 * j + 1]);
         let (dx, dy) = if joints.labelled > 0 {
@@ -756,7 +772,7 @@ fn oks(
         nan |= e.is_nan();
         buf.push(e);
     }
-    if !nan && !buf.is_empty() && cut.is_some_and(|cut| lowest > cut) {
+    if !nan && !buf.is_empty() && scale.cut.is_some_and(|cut| lowest > cut) {
         return 0.0;
     }
     for e in buf.iter_mut() {
@@ -1020,20 +1036,25 @@ mod tests {
     #[test]
     fn cut_pairs_never_match() {
         let mut next = crate::lcg(11);
-        let sigmas = Params::new(IouType::Keypoints).kpt_oks_sigmas;
-        let vars: Vec<f64> = sigmas.iter().map(|s| (s * 2.0) * (s * 2.0)).collect();
         let mut buf = Vec::new();
         let (mut cut_short, mut kept) = (0, 0);
         for thrs in [vec![0.5, 0.75, 0.95], vec![0.05, 0.5], vec![1.5]] {
-            let cut = oks_cut(&thrs);
             let lowest = thrs
                 .iter()
-                .map(|t| t.min(1.0 - 1e-10))
+                .map(|&t| matching_threshold(t))
                 .fold(f64::INFINITY, f64::min);
+            let scale = OksScale::new(&Params {
+                iou_thrs: thrs,
+                ..Params::new(IouType::Keypoints)
+            });
+            let uncut = OksScale {
+                cut: None,
+                vars: scale.vars.clone(),
+            };
             for case in 0..4000 {
                 let spread = [2.0, 20.0, 200.0][case % 3];
                 let centre = next(400) as f64;
-                let gt: Vec<f64> = (0..vars.len())
+                let gt: Vec<f64> = (0..scale.vars.len())
                     .flat_map(|_| {
                         let v = if case % 5 == 0 { 0.0 } else { next(3) as f64 };
                         [centre + next(40) as f64, centre + next(40) as f64, v]
@@ -1047,15 +1068,14 @@ mod tests {
                     })
                     .collect();
                 let gt_box = [centre, centre, 40.0, 40.0];
-                let labelled = gt.iter().skip(2).step_by(3).filter(|&&v| v > 0.0).count();
                 let joints = Joints {
                     gt: &gt,
                     gt_box: &gt_box,
-                    labelled,
+                    labelled: labelled_joints(&gt),
                 };
                 let area = 100.0 + next(5000) as f64;
-                let full = oks(&joints, area, &dt, &vars, None, &mut buf);
-                let fast = oks(&joints, area, &dt, &vars, cut, &mut buf);
+                let full = oks(&joints, area, &dt, &uncut, &mut buf);
+                let fast = oks(&joints, area, &dt, &scale, &mut buf);
                 if fast.to_bits() == full.to_bits() {
                     kept += 1;
                 } else {
