@@ -36,8 +36,9 @@ for ((k = 0; k < SEEDS; k++)); do
     names=(student)
     for v in $VARIANTS; do
         IFS=: read -r name epochs det channels <<<"$v"
+        [[ $det == *.* ]] || det=$det.0
         sed -e "s/^epochs = [0-9]*$/epochs = $epochs/" \
-            -e "s/^detection = [0-9.]*$/detection = $det.0/" \
+            -e "s/^detection = [0-9.]*$/detection = $det/" \
             -e "s/^channels = [0-9]*$/channels = $channels/" \
             "$root/student/config.toml" >"$root/student-$name.toml"
         "$M" train --config "$root/student-$name.toml" --runs "$root" --name "student-$name" >&2

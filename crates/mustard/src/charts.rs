@@ -318,7 +318,7 @@ pub fn write_bars(path: &Path, panels: &[Bars]) -> Result<()> {
                 .max()
                 .unwrap_or(0);
             let per_group = (p.legend.len() as u32 * 38 + 20).max(longest as u32 * 8 + 16);
-            per_group * p.groups.len() as u32 + 90
+            per_group * p.groups.len() as u32 + 90 + key_width(p)
         })
         .max()
         .unwrap_or(0)
@@ -338,7 +338,39 @@ pub fn write_bars(path: &Path, panels: &[Bars]) -> Result<()> {
     })
 }
 
+/// The width of a bar panel's key: a swatch and the longest legend entry at 12 px (7.2 px
+/// a character), drawn right of the plot so that it never covers a bar or its value.
+fn key_width(panel: &Bars) -> u32 {
+    match panel.legend.iter().map(|n| n.chars().count()).max() {
+        Some(longest) => longest as u32 * 15 / 2 + 34,
+        None => 0,
+    }
+}
+
+/// The key of a bar panel, one swatch and name a row, from the top of `area`.
+fn bar_key(area: &Area<'_>, legend: &[String]) -> std::result::Result<(), String> {
+    for (i, name) in legend.iter().enumerate() {
+        let y = 40 + i as i32 * 18;
+        area.draw(&Rectangle::new(
+            [(6, y - 5), (18, y + 5)],
+            colour(i).filled(),
+        ))
+        .map_err(err)?;
+        area.draw(&Text::new(
+            name.clone(),
+            (24, y),
+            text(12.0).pos(Pos::new(HPos::Left, VPos::Center)),
+        ))
+        .map_err(err)?;
+    }
+    Ok(())
+}
+
 fn bar_panel(area: &Area<'_>, panel: &Bars) -> std::result::Result<(), String> {
+    let (plot_width, _) = area.dim_in_pixel();
+    let (area, key) = area.split_horizontally(plot_width.saturating_sub(key_width(panel)));
+    bar_key(&key, &panel.legend)?;
+    let area = &area;
     let n = panel.groups.len();
     let k = panel.legend.len().max(1);
     let top = panel
@@ -359,11 +391,11 @@ fn bar_panel(area: &Area<'_>, panel: &Bars) -> std::result::Result<(), String> {
         .fold(0.0f64, f64::max);
     // At least three groups' room, so that one group's bars keep a bar's width.
     let pad = (3.0 - n as f64).max(0.0) / 2.0;
-    // Room above the tallest bar for its value and the legend.
+    // Room above the tallest bar for its value (the key is beside the plot, not in it).
     let y_max = if top <= 1.0 && top > 0.3 {
-        1.25
+        1.1
     } else {
-        (top * 1.3).max(0.01)
+        (top * 1.15).max(0.01)
     };
     let mut chart = ChartBuilder::on(area)
         .caption(panel.title.clone(), text(15.0))
@@ -433,19 +465,7 @@ fn bar_panel(area: &Area<'_>, panel: &Bars) -> std::result::Result<(), String> {
                 .map_err(err)?;
         }
     }
-    for (i, name) in panel.legend.iter().enumerate() {
-        chart
-            .draw_series(std::iter::once(Rectangle::new(
-                [(0.0, 0.0), (0.0, 0.0)],
-                colour(i).filled(),
-            )))
-            .map_err(err)?
-            .label(name.clone())
-            .legend(move |(x, y)| {
-                Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour(i).filled())
-            });
-    }
-    legend(&mut chart)
+    Ok(())
 }
 
 /// The legend of the series labelled so far, in the upper right corner.
@@ -774,6 +794,49 @@ mod tests {
         let img = pixels(&path);
         assert_eq!(img.dimensions(), (560, 330));
         assert!(has(&img, colour(0)) && has(&img, colour(1)));
+
+        // A crowded key (seven long entries, bars up to 1.0) sits right of the plot: in its
+        // strip each colour is only its swatch, so no bar and no bar's value lies under it.
+        let legend: Vec<String> = (0..7).map(|i| format!("teacher number {i}")).collect();
+        let crowded = Bars {
+            title: "crowded".into(),
+            y_label: "metric".into(),
+            legend: legend.clone(),
+            groups: (0..4)
+                .map(|g| {
+                    (
+                        format!("group {g}"),
+                        (0..7).map(|i| 0.9 + 0.01 * (g + i) as f64).collect(),
+                    )
+                })
+                .collect(),
+            errors: None,
+            empty: String::new(),
+        };
+        let key = key_width(&crowded);
+        assert_eq!(
+            key,
+            16 * 15 / 2 + 34,
+            "\"teacher number 0\" is 16 characters"
+        );
+        write_bars(&path, &[crowded]).unwrap();
+        let img = pixels(&path);
+        assert_eq!(img.dimensions(), (4 * (7 * 38 + 20) + 90 + key, 330));
+        let x0 = img.width() - 6 - key;
+        for i in 0..7u32 {
+            let c = colour(i as usize);
+            let (mut seen, y) = (0, 6 + 40 + 18 * i);
+            for (x, py, p) in img.enumerate_pixels() {
+                if x >= x0 && p.0 == [c.0, c.1, c.2] {
+                    assert!(
+                        (x0 + 6..x0 + 18).contains(&x) && (y - 5..y + 5).contains(&py),
+                        "colour {i} at ({x}, {py})"
+                    );
+                    seen += 1;
+                }
+            }
+            assert_eq!(seen, 12 * 10, "swatch {i}");
+        }
 
         let path = temp("pr.png");
         let curve: Vec<f64> = (0..=100).map(|r| 1.0 - r as f64 / 200.0).collect();
