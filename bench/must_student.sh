@@ -2,9 +2,9 @@
 # Student variants against the run's student (docs/STUDY.md), on the teachers and pseudo-labels
 # of a finished `mustard must --seeds 3` run, per seed: the student retrained with its epochs,
 # its detection loss weight and its FPN neck's channels set as each variant says. Prints, per
-# seed and variant, the four metrics whose retention the study reports: box AP (detection),
-# mIoU (segmentation), δ<1.25 (depth) and top-1 (classification), with the teachers' for
-# reference. Every model trains once: a rerun reuses what is there.
+# seed and variant, the five metrics whose retention the study reports: box AP (detection),
+# keypoint AP (pose), mIoU (segmentation), δ<1.25 (depth) and top-1 (classification), with the
+# teachers' for reference. Every model trains once: a rerun reuses what is there.
 #
 #   bash bench/must_student.sh [RUNS]        (default RUNS: runs-detection)
 #
@@ -12,7 +12,8 @@
 # epochs, detection weight, neck channels, colon-separated; the study's were, one change at a
 # time against the 34-epoch student of 2026-12-06, then together:
 #   neck-64:34:1:64  epochs-50:50:1:32  epochs-50-det-2:50:2:32
-# and, on top of that, epochs-66-det-2:66:2:32 and epochs-50-det-3:50:3:32).
+# and, on top of that, epochs-66-det-2:66:2:32, epochs-50-det-3:50:3:32, epochs-66-det-3:66:3:32,
+# epochs-50-det-3.5:50:3.5:32 and epochs-50-det-4:50:4:32, the presets' student since).
 set -euo pipefail
 
 M=${MUSTARD:-target/release/mustard}
@@ -25,12 +26,12 @@ DATA=$RUNS/must/data
 source "$(dirname "$0")/must_common.sh"
 
 row() {
-    local seed=$1 name=$2 det=$3 seg=$4 depth=$5 cls=$6
-    echo "| $seed | $name | $(metric "$det" detection) | $(metric "$seg" segmentation) | $(metric "$depth" depth) | $(metric "$cls" classification) |"
+    local seed=$1 name=$2 det=$3 pose=$4 seg=$5 depth=$6 cls=$7
+    echo "| $seed | $name | $(metric "$det" detection) | $(metric "$pose" pose) | $(metric "$seg" segmentation) | $(metric "$depth" depth) | $(metric "$cls" classification) |"
 }
 
-echo "| seed | model | box AP | mIoU | δ<1.25 | top-1 |"
-echo "| --- | --- | --- | --- | --- | --- |"
+echo "| seed | model | box AP | keypoint AP | mIoU | δ<1.25 | top-1 |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
 for ((k = 0; k < SEEDS; k++)); do
     root=$(seed_root "$k")
     names=(student)
@@ -44,8 +45,8 @@ for ((k = 0; k < SEEDS; k++)); do
         "$M" train --config "$root/student-$name.toml" --runs "$root" --name "student-$name" >&2
         names+=("student-$name")
     done
-    row "$k" teachers "$root/teacher-detection" "$root/teacher-segmentation" "$root/teacher-depth" "$root/teacher-classification"
+    row "$k" teachers "$root/teacher-detection" "$root/teacher-pose" "$root/teacher-segmentation" "$root/teacher-depth" "$root/teacher-classification"
     for s in "${names[@]}"; do
-        row "$k" "$s" "$root/$s" "$root/$s" "$root/$s" "$root/$s"
+        row "$k" "$s" "$root/$s" "$root/$s" "$root/$s" "$root/$s" "$root/$s"
     done
 done
