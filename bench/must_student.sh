@@ -9,7 +9,8 @@
 #   bash bench/must_student.sh [RUNS]        (default RUNS: runs-detection)
 #
 # MUSTARD (default target/release/mustard), SEEDS (default 3), VARIANTS (default below: name,
-# epochs, detection weight, neck channels, colon-separated; the study's were, one change at a
+# epochs, detection weight, neck channels and, optionally, classification weight (default 4),
+# colon-separated; the study's were, one change at a
 # time against the 34-epoch student of 2026-12-06, then together:
 #   neck-64:34:1:64  epochs-50:50:1:32  epochs-50-det-2:50:2:32
 # and, on top of that, epochs-66-det-2:66:2:32, epochs-50-det-3:50:3:32, epochs-66-det-3:66:3:32,
@@ -36,10 +37,13 @@ for ((k = 0; k < SEEDS; k++)); do
     root=$(seed_root "$k")
     names=(student)
     for v in $VARIANTS; do
-        IFS=: read -r name epochs det channels <<<"$v"
+        IFS=: read -r name epochs det channels cls <<<"$v"
         [[ $det == *.* ]] || det=$det.0
+        cls=${cls:-4}
+        [[ $cls == *.* ]] || cls=$cls.0
         sed -e "s/^epochs = [0-9]*$/epochs = $epochs/" \
             -e "s/^detection = [0-9.]*$/detection = $det/" \
+            -e "s/^classification = [0-9.]*$/classification = $cls/" \
             -e "s/^channels = [0-9]*$/channels = $channels/" \
             "$root/student/config.toml" >"$root/student-$name.toml"
         "$M" train --config "$root/student-$name.toml" --runs "$root" --name "student-$name" >&2
