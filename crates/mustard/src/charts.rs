@@ -338,8 +338,9 @@ pub fn write_bars(path: &Path, panels: &[Bars]) -> Result<()> {
     })
 }
 
-/// The width of a bar panel's key: a swatch and the longest legend entry at 12 px (7.2 px
-/// a character), drawn right of the plot so that it never covers a bar or its value.
+/// The width of a bar panel's key: a swatch and the longest legend entry at 12 px (7.5 px a
+/// character, a little over the font's 7.2), drawn right of the plot so that it never covers
+/// a bar or its value.
 fn key_width(panel: &Bars) -> u32 {
     match panel.legend.iter().map(|n| n.chars().count()).max() {
         Some(longest) => longest as u32 * 15 / 2 + 34,
@@ -367,10 +368,9 @@ fn bar_key(area: &Area<'_>, legend: &[String]) -> std::result::Result<(), String
 }
 
 fn bar_panel(area: &Area<'_>, panel: &Bars) -> std::result::Result<(), String> {
-    let (plot_width, _) = area.dim_in_pixel();
-    let (area, key) = area.split_horizontally(plot_width.saturating_sub(key_width(panel)));
+    let (width, _) = area.dim_in_pixel();
+    let (plot, key) = area.split_horizontally(width.saturating_sub(key_width(panel)));
     bar_key(&key, &panel.legend)?;
-    let area = &area;
     let n = panel.groups.len();
     let k = panel.legend.len().max(1);
     let top = panel
@@ -397,7 +397,7 @@ fn bar_panel(area: &Area<'_>, panel: &Bars) -> std::result::Result<(), String> {
     } else {
         (top * 1.15).max(0.01)
     };
-    let mut chart = ChartBuilder::on(area)
+    let mut chart = ChartBuilder::on(&plot)
         .caption(panel.title.clone(), text(15.0))
         .margin_right(10)
         .x_label_area_size(30)

@@ -248,7 +248,7 @@ impl MustConfig {
             // README) until a change of rounding left detection at 84%; over 3 seeds, 50
             // epochs with detection weighted 2 kept 93% of detection and 96–99% of the others
             // (34 epochs: 85%), weighted 3 kept 95.6% (at 128 px: 89% -> 94%); weighted 4 keeps
-            // 97.5% (at 128 px: 97.6%) and 95–101% of the others, above the pose teacher
+            // 97.5% (at 128 px: 97.7%) and 95–100% of the others, above the pose teacher
             // (docs/STUDY.md; 3.5 left classification at 93%).
             teacher_epochs: 28,
             student_epochs: 50,
